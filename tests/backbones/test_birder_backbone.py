@@ -1,0 +1,139 @@
+import pytest
+import torch
+from birder.common import fs_ops
+from birder.conf import settings
+from birder.data.transforms.classification import get_rgb_stats
+from birder.model_registry import registry
+
+from tests.tiny import TINY_CONFIG, TINY_NETWORK
+from vitdense.backbones import BirderBackbone, WeightsFileError
+
+
+def _write_birder_weights(tmp_path, monkeypatch, rgb_mode="imagenet", safetensors=False):
+    """A tiny network saved by birder's own writers, as a user's weights file would be."""
+    torch.manual_seed(0)
+    net = registry.net_factory(TINY_NETWORK, 10, config=TINY_CONFIG)
+    rgb_stats = get_rgb_stats(rgb_mode)
+    signature = {"inputs": [{"data_shape": [0, 3, 224, 224]}], "outputs": [{"data_shape": [0, 10]}]}
+    monkeypatch.setattr(settings, "MODELS_DIR", tmp_path)
+    if safetensors:
+        path = tmp_path / "tiny.safetensors"
+        fs_ops.save_st(net, str(path), net.task, {}, signature, rgb_stats, external_config=TINY_CONFIG)
+    else:
+        fs_ops.checkpoint_model(
+            "tiny", 0, net, signature, {}, rgb_stats, None, None, None, None, external_config=TINY_CONFIG
+        )
+        path = fs_ops.model_path("tiny", epoch=0)
+    return net.eval(), rgb_stats, path
+
+
+@pytest.mark.parametrize("safetensors", [False, True])
+def test_weights_file_reproduces_birder_detection_features(tmp_path, monkeypatch, safetensors):
+    net, rgb_stats, path = _write_birder_weights(tmp_path, monkeypatch, safetensors=safetensors)
+    backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, weights=str(path)).eval()
+    assert backbone.pixel_mean == pytest.approx(rgb_stats["mean"])
+    assert backbone.pixel_std == pytest.approx(rgb_stats["std"])
+
+    images = torch.rand(2, 3, 224, 224)
+    mean = torch.tensor(rgb_stats["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(rgb_stats["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = net.detection_features((images - mean) / std)["stage1"]
+        actual = backbone(images)
+    assert actual.shape == (2, 64, 16, 16)
+    torch.testing.assert_close(actual, expected)
+
+
+def test_contract_attributes_and_default_stats():
+    backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG)
+    assert (backbone.out_channels, backbone.stride, backbone.size_divisibility) == (64, 14, 14)
+    assert backbone.pixel_mean == pytest.approx(get_rgb_stats("birder")["mean"])
+
+
+def test_full_size_network_shape_contract():
+    backbone = BirderBackbone()
+    assert backbone.out_channels == 896 and backbone.stride == 14 and backbone.num_blocks == 18
+    assert sum(p.numel() for p in backbone.parameters()) == pytest.approx(171e6, rel=0.01)
+
+
+@pytest.mark.parametrize("size", [(112, 168), (252, 98), (224, 224)])
+def test_any_multiple_of_the_patch_size(size):
+    backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG).eval()
+    with torch.no_grad():
+        features = backbone(torch.rand(1, 3, *size))
+    assert features.shape == (1, 64, size[0] // 14, size[1] // 14)
+
+
+def test_size_not_multiple_of_patch_is_refused_not_cropped():
+    backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG)
+    with pytest.raises(ValueError, match="multiple of the patch size 14"):
+        backbone(torch.rand(1, 3, 230, 224))
+
+
+def test_weights_that_do_not_fit_list_the_keys(tmp_path, monkeypatch):
+    _, _, path = _write_birder_weights(tmp_path, monkeypatch)
+    with pytest.raises(WeightsFileError) as error:
+        BirderBackbone("rope_vit_reg8_so150m_p14_swiglu_rms_ap", config=TINY_CONFIG, weights=str(path))
+    message = str(error.value)
+    assert str(path) in message and "Missing key" in message and "attn_pool" in message
+
+
+def test_missing_and_corrupt_weights_files_are_named(tmp_path):
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, weights=str(missing))
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsFileError, match="corrupt.pt"):
+        BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, weights=str(corrupt))
+
+
+def test_pretrained_offline_says_which_file_to_fetch_and_where(monkeypatch):
+    import birder
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(birder, "load_pretrained_model", offline)
+    with pytest.raises(RuntimeError) as error:
+        BirderBackbone(pretrained="capi")
+    message = str(error.value)
+    assert "rope_vit_reg8_so150m_p14_swiglu_rms_avg_capi.pt" in message
+    assert "https://" in message and "weights=" in message
+
+
+@pytest.mark.parametrize(("freeze", "frozen_blocks"), [("none", []), (1, [0]), ("all", [0, 1])])
+def test_freezing_keeps_frozen_parts_in_eval_without_gradients(freeze, frozen_blocks):
+    backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, freeze=freeze).train()
+    embeddings_frozen = freeze != "none"
+    assert backbone.net.pos_embedding.requires_grad is not embeddings_frozen
+    assert backbone.net.conv_proj.training is not embeddings_frozen
+    for index, block in enumerate(backbone.net.encoder.block):
+        frozen = index in frozen_blocks
+        assert all(p.requires_grad is not frozen for p in block.parameters())
+        assert block.training is not frozen
+
+
+def test_bad_freeze_value():
+    with pytest.raises(ValueError, match="freeze must be"):
+        BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, freeze=3)
+
+
+def test_block_index_and_no_weight_decay():
+    backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG)
+    names = dict(backbone.named_parameters())
+    assert backbone.block_index("net.pos_embedding") == 0
+    assert backbone.block_index("net.conv_proj.weight") == 0
+    assert backbone.block_index("net.encoder.block.1.attn.qkv.weight") == 2
+    no_decay = backbone.no_weight_decay()
+    assert {"net.pos_embedding", "net.reg_tokens", "net.encoder.block.0.norm1.weight"} <= no_decay
+    assert "net.encoder.block.0.attn.qkv.weight" not in no_decay
+    assert all(names[name].ndim <= 1 for name in no_decay - {"net.pos_embedding", "net.reg_tokens"})
+
+
+def test_drop_path_and_grad_checkpointing_switches():
+    backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, drop_path_rate=0.3, grad_checkpointing=True)
+    assert backbone.net.config["drop_path_rate"] == 0.3
+    images = torch.rand(1, 3, 56, 56)
+    backbone(images).sum().backward()
+    assert backbone.net.encoder.block[0].attn.qkv.weight.grad is not None

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from tests.tiny import TINY_CONFIG, TINY_NETWORK
+from vitdense.backbones import BirderBackbone, SimpleFeaturePyramid
+
+
+@pytest.fixture(scope="module")
+def pyramid():
+    return SimpleFeaturePyramid(BirderBackbone(TINY_NETWORK, config=TINY_CONFIG), out_channels=32).eval()
+
+
+def test_declared_strides_are_the_true_ones(pyramid):
+    assert pyramid.strides == {"p2": 3.5, "p3": 7.0, "p4": 14.0, "p5": 28.0, "p6": 56.0}
+    assert pyramid.size_divisibility == 56
+    assert pyramid.out_channels == 32
+
+
+@pytest.mark.parametrize("size", [(224, 224), (112, 336), (1008, 56)])
+def test_every_level_stride_equals_image_size_over_feature_size(pyramid, size):
+    with torch.no_grad():
+        features = pyramid(torch.rand(1, 3, *size))
+    assert list(features) == list(pyramid.strides)
+    for name, feature in features.items():
+        assert feature.shape[:2] == (1, 32)
+        assert size[0] / feature.shape[-2] == pyramid.strides[name]
+        assert size[1] / feature.shape[-1] == pyramid.strides[name]
+
+
+def test_levels_are_phase_aligned_with_the_image(pyramid):
+    """A response confined to one ViT cell covers exactly that cell's pixels at every level."""
+    vit_map = torch.zeros(1, 64, 4, 4)
+    vit_map[..., 2, 1] = 1.0  # ViT cell (2, 1): pixel rows [28, 42), cols [14, 28)
+    expected = {"p2": (28, 42, 14, 28), "p3": (28, 42, 14, 28), "p4": (28, 42, 14, 28), "p5": (28, 56, 0, 28)}
+    for name, branch in pyramid.levels.items():
+        resample = branch[0]
+        with torch.no_grad():
+            response = (resample(vit_map) - resample(torch.zeros_like(vit_map))).abs().sum(1)[0]
+        stride = pyramid.strides[name]
+        rows, cols = torch.nonzero(response > 0, as_tuple=True)
+        extent = (rows.min() * stride, (rows.max() + 1) * stride, cols.min() * stride, (cols.max() + 1) * stride)
+        assert tuple(float(v) for v in extent) == expected[name], name
+
+
+def test_sizes_not_multiple_of_coarsest_stride_are_refused(pyramid):
+    with pytest.raises(ValueError, match="multiple of 56"):
+        pyramid(torch.rand(1, 3, 210, 224))
+
+
+def test_subset_of_scales_and_no_top_block():
+    pyramid = SimpleFeaturePyramid(
+        BirderBackbone(TINY_NETWORK, config=TINY_CONFIG), out_channels=16, scale_factors=(2.0, 1.0), top_block=False
+    )
+    assert pyramid.strides == {"p3": 7.0, "p4": 14.0}
+    assert pyramid.size_divisibility == 14
+    features = pyramid(torch.rand(1, 3, 70, 42))
+    assert [tuple(f.shape[-2:]) for f in features.values()] == [(10, 6), (5, 3)]

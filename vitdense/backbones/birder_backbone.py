@@ -1,0 +1,223 @@
+"""birder's plain ViT as a single-map dense feature extractor."""
+
+import logging
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from birder.common import fs_ops
+from birder.common.lib import get_pretrained_model_url
+from birder.conf import settings
+from birder.data.transforms.classification import get_rgb_stats
+from birder.model_registry import registry
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NETWORK = "rope_vit_reg8_so150m_p14_swiglu_rms_avg"
+
+# Tokens and embeddings that carry no weight decay, besides every 1-d tensor (norm scales, biases).
+_NO_DECAY_NAMES = ("pos_embedding", "reg_tokens", "class_token")
+_BLOCK_PATTERN = re.compile(r"^net\.encoder\.block\.(\d+)\.")
+
+
+class WeightsFileError(ValueError):
+    """A weights file that cannot be read or does not fit the requested network."""
+
+
+class BirderBackbone(nn.Module):
+    """A birder ViT that maps an image batch to its last block's patch tokens as one map.
+
+    The network is built by name through birder's registry (``config`` overrides sizes, which is how
+    tests get a tiny member of the same family), then optionally loaded from a local weights file or,
+    only when ``pretrained`` is given, from birder's hub. The classification head and final norm are
+    removed: the simple feature pyramid normalises each level itself, as in ViTDet.
+
+    Args:
+        network: birder network name.
+        config: overrides merged into the registered config (e.g. ``{"hidden_dim": 64, "num_layers": 2}``).
+        weights: a local ``.pt`` or ``.safetensors`` file written by birder. Its ``rgb_stats`` become the
+            normalisation statistics.
+        pretrained: a birder weights tag (``"capi"``) to download from birder's hub when not cached.
+        freeze: ``"none"``; ``"all"``; or an int K that freezes the patch embedding, position embedding,
+            register tokens and the first K blocks. Frozen parts stay in eval mode with no gradients.
+        drop_path_rate: overrides the config's stochastic depth rate (linearly increasing over blocks).
+        grad_checkpointing: recompute block activations in backward to save memory.
+    """
+
+    def __init__(
+        self,
+        network: str = DEFAULT_NETWORK,
+        config: dict[str, Any] | None = None,
+        weights: str | None = None,
+        pretrained: str | None = None,
+        freeze: Literal["none", "all"] | int = "none",
+        drop_path_rate: float | None = None,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if weights is not None and pretrained is not None:
+            raise ValueError("Give either weights=<local file> or pretrained=<tag>, not both")
+
+        config = dict(config or {})
+        if drop_path_rate is not None:
+            config["drop_path_rate"] = drop_path_rate
+
+        if weights is not None:
+            net, rgb_stats = _load_weights_file(network, Path(weights), config)
+        elif pretrained is not None:
+            net, rgb_stats = _load_pretrained(network, pretrained, config)
+        else:
+            net = registry.net_factory(network, 0, config=config or None)
+            rgb_stats = get_rgb_stats("birder")
+
+        net.strip_for_detection_features()
+        net.set_dynamic_size(True)
+        if getattr(net, "class_token", None) is not None or getattr(net, "out_indices", None) is not None:
+            raise ValueError(
+                f"{network}: vitdense expects a ViT without class token whose detection_features() returns "
+                "the last block only (no out_indices in config)"
+            )
+
+        self.net = net
+        self.network = network
+        self.out_channels: int = net.embedding_size
+        self.stride: int = net.patch_size
+        self.size_divisibility: int = net.patch_size
+        self.num_blocks: int = net.num_layers
+        self.pixel_mean = tuple(float(v) for v in rgb_stats["mean"])
+        self.pixel_std = tuple(float(v) for v in rgb_stats["std"])
+        self.register_buffer("_mean", torch.tensor(self.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.pixel_std).view(1, 3, 1, 1), persistent=False)
+
+        if grad_checkpointing:
+            net.set_grad_checkpointing(True)
+
+        self.frozen_blocks = self._parse_freeze(freeze)
+        for name, param in self.named_parameters():
+            if self._is_frozen(name):
+                param.requires_grad_(False)
+
+    def _parse_freeze(self, freeze: Literal["none", "all"] | int) -> int:
+        """Number of blocks frozen, with -1 for nothing frozen at all (embeddings trainable too)."""
+        if freeze == "none":
+            return -1
+        if freeze == "all":
+            return self.num_blocks
+        if isinstance(freeze, int) and not isinstance(freeze, bool) and 0 <= freeze <= self.num_blocks:
+            return freeze
+        raise ValueError(f"freeze must be 'none', 'all' or an int in [0, {self.num_blocks}], got {freeze!r}")
+
+    def _is_frozen(self, param_name: str) -> bool:
+        return self.frozen_blocks >= 0 and self.block_index(param_name) <= self.frozen_blocks
+
+    def block_index(self, param_name: str) -> int:
+        """Depth of a parameter for layer-wise lr decay: 0 for embeddings and tokens, i + 1 for block i."""
+        match = _BLOCK_PATTERN.match(param_name)
+        if match is not None:
+            return int(match.group(1)) + 1
+        if param_name.startswith("net.encoder.block."):
+            raise ValueError(f"Cannot read the block index of {param_name}")
+        return 0
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters that take no weight decay: 1-d tensors, position embedding, tokens."""
+        return {
+            name
+            for name, param in self.named_parameters()
+            if param.ndim <= 1 or name.rsplit(".", 1)[-1] in _NO_DECAY_NAMES
+        }
+
+    def train(self, mode: bool = True) -> "BirderBackbone":
+        """Switch modes, keeping frozen parts in eval mode (no dropout or drop-path where nothing trains)."""
+        super().train(mode)
+        if mode and self.frozen_blocks >= 0:
+            for module in (self.net.conv_proj, self.net.patch_embed):
+                module.eval()
+            for block in self.net.encoder.block[: self.frozen_blocks]:
+                block.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Encode a batch.
+
+        Args:
+            images: float (B, 3, H, W) RGB in [0, 1]; H and W multiples of ``stride`` (14).
+
+        Returns:
+            (B, out_channels, H / 14, W / 14) patch features of the last block (no final norm).
+        """
+        height, width = images.shape[-2:]
+        if height % self.stride or width % self.stride:
+            raise ValueError(
+                f"Input size {height}x{width} is not a multiple of the patch size {self.stride}: birder would "
+                f"silently drop the last pixels. Pad the batch to a multiple of {self.stride}."
+            )
+        images = (images - self._mean.to(images.dtype)) / self._std.to(images.dtype)
+        (features,) = self.net.detection_features(images).values()
+        return features
+
+
+def _load_weights_file(network: str, path: Path, config: dict[str, Any]) -> tuple[nn.Module, dict]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Weights file {path} does not exist. Pass the path of a birder .pt or .safetensors file "
+            f"for {network}, or weights=null for random initialisation."
+        )
+    if path.suffix not in (".pt", ".safetensors"):
+        raise WeightsFileError(f"Weights file {path}: expected a birder .pt or .safetensors file")
+
+    try:
+        net, info = fs_ops.load_model(
+            torch.device("cpu"),
+            network,
+            path=path,
+            config=config or None,
+            inference=False,
+            st=path.suffix == ".safetensors",
+        )
+    except Exception as error:
+        if isinstance(error, RuntimeError) and "state_dict" in str(error):
+            # load_state_dict lists the missing, unexpected and mis-shaped keys; keep them and name the file.
+            raise WeightsFileError(
+                f"Weights file {path} does not fit network {network} (config overrides: {config or 'none'}): "
+                f"{error}\nCheck that the file was written for {network} with the same sizes."
+            ) from error
+        raise WeightsFileError(
+            f"Weights file {path} is not a readable birder weights file ({type(error).__name__}: {error}). "
+            "Re-download or re-export it with birder."
+        ) from error
+
+    for param in net.parameters():
+        param.requires_grad_(True)
+    return net, info.rgb_stats
+
+
+def _load_pretrained(network: str, tag: str, config: dict[str, Any]) -> tuple[nn.Module, dict]:
+    weights_name = f"{network}_{tag}"
+    try:
+        model_file, url = get_pretrained_model_url(weights_name, "pt")
+    except Exception as error:
+        raise ValueError(f"birder has no pretrained weights named {weights_name}") from error
+
+    local = settings.MODELS_DIR.joinpath(model_file)
+    try:
+        import birder
+
+        net, info = birder.load_pretrained_model(
+            weights_name, inference=False, custom_config=config or None, progress_bar=False
+        )
+    except RuntimeError as error:
+        raise WeightsFileError(f"Pretrained weights {local} do not fit {network} with {config}: {error}") from error
+    except Exception as error:
+        raise RuntimeError(
+            f"Could not get the pretrained weights {weights_name} ({type(error).__name__}: {error}). "
+            f"Without network access, download {url} on another machine and put it at {local.resolve()} "
+            f"(birder's models directory, relative to the working directory), or pass "
+            f"weights=<path to the file> instead of pretrained={tag!r}."
+        ) from error
+
+    for param in net.parameters():
+        param.requires_grad_(True)
+    return net, info.rgb_stats
