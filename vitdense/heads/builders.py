@@ -1,0 +1,238 @@
+"""Default wiring of Faster / Mask R-CNN on a simple-feature-pyramid ViT, in the ViTDet configuration.
+
+Parts are torchvision's (`RegionProposalNetwork`, `RPNHead`, `RoIHeads`, `FastRCNNConvFCHead`, ...) except the
+two that must know the true, non-power-of-two strides of a patch-14 pyramid: `StrideAnchorGenerator` and
+`ExactMultiScaleRoIAlign`. Defaults follow ViTDet (Li et al. 2022, detectron2 `projects/ViTDet`): 2-conv RPN
+head, 4-conv + 1-fc box head and 4-conv mask head with LayerNorm, 512 RoIs per image.
+"""
+
+import functools
+from collections.abc import Callable, Sequence
+
+from birder.layers import LayerNorm2d
+from torch import nn
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+
+from vitdense.heads.anchor_generator import StrideAnchorGenerator, default_anchor_sizes
+from vitdense.heads.detector import RCNNDetector
+from vitdense.heads.roi_align import ExactMultiScaleRoIAlign
+
+__all__ = ["build_faster_rcnn", "build_mask_rcnn", "build_roi_heads", "build_rpn", "layer_norm_2d"]
+
+# detectron2's "LN" for the ViTDet heads: a per-location LayerNorm over channels with eps 1e-6.
+layer_norm_2d: Callable[[int], nn.Module] = functools.partial(LayerNorm2d, eps=1e-6)
+
+POOLED_LEVELS = ("p2", "p3", "p4", "p5")
+
+
+def _strides_of(backbone: nn.Module, names: Sequence[str]) -> list[float]:
+    missing = [n for n in names if n not in backbone.strides]
+    if missing:
+        raise ValueError(f"backbone has no levels {missing}; its strides are {dict(backbone.strides)}")
+    return [float(backbone.strides[n]) for n in names]
+
+
+def build_rpn(
+    backbone: nn.Module,
+    *,
+    anchor_size_multiple: float = 8.0,
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    pre_nms_top_n: tuple[int, int] = (2000, 1000),
+    post_nms_top_n: tuple[int, int] = (1000, 1000),
+    nms_thresh: float = 0.7,
+    batch_size_per_image: int = 256,
+    positive_fraction: float = 0.5,
+) -> RegionProposalNetwork:
+    """Region proposal network over every backbone level, with anchors on the true strides.
+
+    Args:
+        backbone: provides `out_channels` and `strides` (all levels the backbone returns, in order).
+        anchor_size_multiple: one anchor size per level, this times the level's stride
+            (8 -> 28, 56, 112, 224, 448 px for strides 3.5 ... 56).
+        aspect_ratios: height / width ratios of the anchors at every location.
+        pre_nms_top_n: (train, test) proposals kept per level before NMS.
+        post_nms_top_n: (train, test) proposals kept per image after NMS.
+        nms_thresh: IoU threshold of the proposal NMS.
+        batch_size_per_image: anchors sampled per image for the RPN losses.
+        positive_fraction: largest share of positives among the sampled anchors.
+
+    Returns:
+        torchvision `RegionProposalNetwork` (IoU >= 0.7 positive, < 0.3 negative).
+    """
+    strides = list(backbone.strides.values())
+    anchors = StrideAnchorGenerator(
+        default_anchor_sizes(strides, anchor_size_multiple), [list(aspect_ratios)] * len(strides), strides
+    )
+    head = RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=2)
+    return RegionProposalNetwork(
+        anchors,
+        head,
+        fg_iou_thresh=0.7,
+        bg_iou_thresh=0.3,
+        batch_size_per_image=batch_size_per_image,
+        positive_fraction=positive_fraction,
+        pre_nms_top_n={"training": pre_nms_top_n[0], "testing": pre_nms_top_n[1]},
+        post_nms_top_n={"training": post_nms_top_n[0], "testing": post_nms_top_n[1]},
+        nms_thresh=nms_thresh,
+    )
+
+
+def build_roi_heads(
+    backbone: nn.Module,
+    num_classes: int,
+    *,
+    masks: bool = False,
+    pooled_levels: Sequence[str] = POOLED_LEVELS,
+    head_dim: int = 256,
+    fc_dim: int = 1024,
+    norm_layer: Callable[[int], nn.Module] = layer_norm_2d,
+    batch_size_per_image: int = 512,
+    positive_fraction: float = 0.25,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+) -> RoIHeads:
+    """Box (and mask) heads pooling 7x7 (14x14) from `pooled_levels` at their true strides.
+
+    Args:
+        backbone: provides `out_channels` and `strides`.
+        num_classes: foreground classes K; the predictors get K + 1 outputs (0 is background).
+        masks: add the Mask R-CNN branch (4 convs, deconv to 28x28, one mask per class).
+        pooled_levels: levels the RoI poolers read, finest first.
+        head_dim: channels of every head conv (4 in the box head, 4 in the mask head).
+        fc_dim: width of the box head's fully connected layer.
+        norm_layer: norm after every head conv, built as `norm_layer(channels)`.
+        batch_size_per_image: RoIs sampled per image for the box losses.
+        positive_fraction: largest share of positives among them.
+        score_thresh: eval: drop detections scoring at or below this.
+        nms_thresh: eval: per-class NMS IoU threshold.
+        detections_per_img: eval: keep at most this many detections per image.
+
+    Returns:
+        torchvision `RoIHeads` (IoU >= 0.5 foreground, box coder weights (10, 10, 5, 5)).
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes counts foreground classes and must be >= 1, got {num_classes}")
+    strides = _strides_of(backbone, pooled_levels)
+    channels = backbone.out_channels
+    box_pool = ExactMultiScaleRoIAlign(pooled_levels, strides, 7, sampling_ratio=2)
+    box_head = FastRCNNConvFCHead((channels, 7, 7), [head_dim] * 4, [fc_dim], norm_layer=norm_layer)
+    mask_parts: dict[str, nn.Module] = {}
+    if masks:
+        mask_parts = {
+            "mask_roi_pool": ExactMultiScaleRoIAlign(pooled_levels, strides, 14, sampling_ratio=2),
+            "mask_head": MaskRCNNHeads(channels, [head_dim] * 4, 1, norm_layer=norm_layer),
+            "mask_predictor": MaskRCNNPredictor(head_dim, head_dim, num_classes + 1),
+        }
+    return RoIHeads(
+        box_pool,
+        box_head,
+        FastRCNNPredictor(fc_dim, num_classes + 1),
+        fg_iou_thresh=0.5,
+        bg_iou_thresh=0.5,
+        batch_size_per_image=batch_size_per_image,
+        positive_fraction=positive_fraction,
+        bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
+        detections_per_img=detections_per_img,
+        **mask_parts,
+    )
+
+
+def build_faster_rcnn(
+    backbone: nn.Module,
+    num_classes: int,
+    *,
+    rpn_pre_nms_top_n: tuple[int, int] = (2000, 1000),
+    rpn_post_nms_top_n: tuple[int, int] = (1000, 1000),
+    roi_batch_size_per_image: int = 512,
+    head_dim: int = 256,
+    fc_dim: int = 1024,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+) -> RCNNDetector:
+    """Faster R-CNN in the ViTDet configuration.
+
+    For knobs not listed here build the parts with `build_rpn` / `build_roi_heads` (or by hand) and pass them
+    to `RCNNDetector`.
+
+    Args:
+        backbone: simple-feature-pyramid backbone (`out_channels`, `strides`, `size_divisibility`) with at
+            least levels p2..p5; the RPN uses every level it returns.
+        num_classes: foreground classes K (labels 1..K).
+        rpn_pre_nms_top_n: (train, test) proposals per level before NMS.
+        rpn_post_nms_top_n: (train, test) proposals per image after NMS.
+        roi_batch_size_per_image: RoIs sampled per image for the box losses (25 % positive at most).
+        head_dim: channels of the box head convs.
+        fc_dim: width of the box head's fully connected layer.
+        score_thresh: eval score threshold.
+        nms_thresh: eval per-class NMS IoU.
+        detections_per_img: eval detections kept per image.
+
+    Returns:
+        `RCNNDetector` returning losses in training mode and canvas-frame detections in eval mode.
+    """
+    rpn = build_rpn(backbone, pre_nms_top_n=rpn_pre_nms_top_n, post_nms_top_n=rpn_post_nms_top_n)
+    roi_heads = build_roi_heads(
+        backbone,
+        num_classes,
+        masks=False,
+        head_dim=head_dim,
+        fc_dim=fc_dim,
+        batch_size_per_image=roi_batch_size_per_image,
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
+        detections_per_img=detections_per_img,
+    )
+    return RCNNDetector(backbone, rpn, roi_heads)
+
+
+def build_mask_rcnn(
+    backbone: nn.Module,
+    num_classes: int,
+    *,
+    rpn_pre_nms_top_n: tuple[int, int] = (2000, 1000),
+    rpn_post_nms_top_n: tuple[int, int] = (1000, 1000),
+    roi_batch_size_per_image: int = 512,
+    head_dim: int = 256,
+    fc_dim: int = 1024,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+) -> RCNNDetector:
+    """Mask R-CNN in the ViTDet configuration: `build_faster_rcnn` plus a 14x14-pooled, 4-conv mask head.
+
+    Args:
+        backbone: as in `build_faster_rcnn`.
+        num_classes: foreground classes K (labels 1..K).
+        rpn_pre_nms_top_n: (train, test) proposals per level before NMS.
+        rpn_post_nms_top_n: (train, test) proposals per image after NMS.
+        roi_batch_size_per_image: RoIs sampled per image for the box losses; the mask loss uses their
+            positives.
+        head_dim: channels of the box and mask head convs.
+        fc_dim: width of the box head's fully connected layer.
+        score_thresh: eval score threshold.
+        nms_thresh: eval per-class NMS IoU.
+        detections_per_img: eval detections kept per image (each gets a mask).
+
+    Returns:
+        `RCNNDetector` whose eval detections also carry `masks` float (N, 1, 28, 28) probabilities.
+    """
+    rpn = build_rpn(backbone, pre_nms_top_n=rpn_pre_nms_top_n, post_nms_top_n=rpn_post_nms_top_n)
+    roi_heads = build_roi_heads(
+        backbone,
+        num_classes,
+        masks=True,
+        head_dim=head_dim,
+        fc_dim=fc_dim,
+        batch_size_per_image=roi_batch_size_per_image,
+        score_thresh=score_thresh,
+        nms_thresh=nms_thresh,
+        detections_per_img=detections_per_img,
+    )
+    return RCNNDetector(backbone, rpn, roi_heads)
