@@ -5,7 +5,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import box_iou
 
 from vitdense.heads.anchor_generator import StrideAnchorGenerator
-from vitdense.heads.builders import build_faster_rcnn, build_mask_rcnn
+from vitdense.heads.builders import FasterRCNN, MaskRCNN
 from vitdense.heads.roi_align import ExactMultiScaleRoIAlign
 
 # Small heads and proposal budgets keep a CPU step well under a second; the wiring is the default one.
@@ -32,7 +32,7 @@ def _batch(masks: bool):
 
 
 def test_default_configuration_is_vitdet(fake_backbone):
-    model = build_mask_rcnn(fake_backbone, num_classes=3)
+    model = MaskRCNN(backbone=fake_backbone, num_classes=3)
     rpn, roi = model.rpn, model.roi_heads
     assert isinstance(rpn.anchor_generator, StrideAnchorGenerator)
     assert rpn.anchor_generator.strides == [3.5, 7.0, 14.0, 28.0, 56.0]
@@ -56,13 +56,13 @@ def test_default_configuration_is_vitdet(fake_backbone):
     assert roi.mask_predictor.mask_fcn_logits.out_channels == 4
     assert (roi.fg_bg_sampler.batch_size_per_image, roi.fg_bg_sampler.positive_fraction) == (512, 0.25)
     assert (roi.score_thresh, roi.nms_thresh, roi.detections_per_img) == (0.05, 0.5, 100)
-    assert not build_faster_rcnn(fake_backbone, num_classes=3).roi_heads.has_mask()
+    assert not FasterRCNN(backbone=fake_backbone, num_classes=3).roi_heads.has_mask()
 
 
 @pytest.mark.parametrize("masks", [False, True])
 def test_train_and_eval_step(fake_backbone, masks):
-    build = build_mask_rcnn if masks else build_faster_rcnn
-    model = build(fake_backbone, num_classes=3, **SMALL)
+    build = MaskRCNN if masks else FasterRCNN
+    model = build(backbone=fake_backbone, num_classes=3, **SMALL)
     images, sizes, targets = _batch(masks)
     model.train()
     losses = model(images, sizes, targets)
@@ -93,7 +93,7 @@ def test_train_and_eval_step(fake_backbone, masks):
 
 def test_num_classes_must_count_foreground(fake_backbone):
     with pytest.raises(ValueError, match="foreground"):
-        build_faster_rcnn(fake_backbone, num_classes=0)
+        FasterRCNN(backbone=fake_backbone, num_classes=0)
 
 
 @pytest.mark.slow
@@ -104,7 +104,7 @@ def test_overfits_one_image(fake_backbone):
     losses rise for a while before they fall, hence the comparison of averaged ends.
     """
     torch.manual_seed(0)
-    model = build_mask_rcnn(fake_backbone, num_classes=2, **SMALL)
+    model = MaskRCNN(backbone=fake_backbone, num_classes=2, **SMALL)
     images, sizes, targets = _batch(masks=True)
     images, sizes, targets = images[:1], sizes[:1], targets[:1]
     targets[0]["labels"] = torch.tensor([1, 2])

@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from vitdense.heads.builders import build_faster_rcnn, build_mask_rcnn
+from vitdense.heads.builders import FasterRCNN, MaskRCNN
 from vitdense.heads.detector import RCNNDetector, paste_detections
 
 SMALL = dict(rpn_post_nms_top_n=(200, 100), roi_batch_size_per_image=64, head_dim=16, fc_dim=32)
 
 
 def test_uint8_input_is_scaled_to_unit_range(fake_backbone):
-    model = build_faster_rcnn(fake_backbone, num_classes=2, **SMALL).eval()
+    model = FasterRCNN(backbone=fake_backbone, num_classes=2, **SMALL).eval()
     seen = []
     fake_backbone.register_forward_hook(lambda m, args, out: seen.append(args[0]))
     images = torch.full((1, 3, 224, 224), 255, dtype=torch.uint8)
@@ -18,13 +18,13 @@ def test_uint8_input_is_scaled_to_unit_range(fake_backbone):
 
 
 def test_wrong_canvas_size_says_how_to_pad(fake_backbone):
-    model = build_faster_rcnn(fake_backbone, num_classes=2, **SMALL).eval()
+    model = FasterRCNN(backbone=fake_backbone, num_classes=2, **SMALL).eval()
     with pytest.raises(ValueError, match=r"pad the batch to a multiple of 56 \(e.g. 224x280\)"):
         model(torch.zeros(1, 3, 224, 250), [(224, 250)])
 
 
 def test_training_input_checks(fake_backbone):
-    model = build_faster_rcnn(fake_backbone, num_classes=2, **SMALL).train()
+    model = FasterRCNN(backbone=fake_backbone, num_classes=2, **SMALL).train()
     images = torch.zeros(1, 3, 224, 224)
     with pytest.raises(ValueError, match="targets are required"):
         model(images, [(224, 224)])
@@ -81,7 +81,7 @@ def test_paste_detections_without_masks_and_empty(fake_backbone):
 
 
 def test_mask_rcnn_end_to_end_paste(fake_backbone):
-    model = build_mask_rcnn(fake_backbone, num_classes=2, **SMALL).eval()
+    model = MaskRCNN(backbone=fake_backbone, num_classes=2, **SMALL).eval()
     with torch.no_grad():
         dets = model(torch.rand(2, 3, 224, 224), [(224, 224), (168, 224)])
     out = paste_detections(dets, [224 / 300, 168 / 200], [(300, 300), (200, 267)])

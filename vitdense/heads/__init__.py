@@ -2,8 +2,8 @@
 
 from vitdense.heads.anchor_generator import StrideAnchorGenerator, default_anchor_sizes
 from vitdense.heads.builders import (
-    build_faster_rcnn,
-    build_mask_rcnn,
+    FasterRCNN,
+    MaskRCNN,
     build_roi_heads,
     build_rpn,
     layer_norm_2d,
@@ -13,10 +13,10 @@ from vitdense.heads.roi_align import ExactMultiScaleRoIAlign, roi_align, roi_ali
 
 __all__ = [
     "ExactMultiScaleRoIAlign",
+    "FasterRCNN",
+    "MaskRCNN",
     "RCNNDetector",
     "StrideAnchorGenerator",
-    "build_faster_rcnn",
-    "build_mask_rcnn",
     "build_roi_heads",
     "build_rpn",
     "default_anchor_sizes",

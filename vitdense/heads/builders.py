@@ -20,7 +20,7 @@ from vitdense.heads.anchor_generator import StrideAnchorGenerator, default_ancho
 from vitdense.heads.detector import RCNNDetector
 from vitdense.heads.roi_align import ExactMultiScaleRoIAlign
 
-__all__ = ["build_faster_rcnn", "build_mask_rcnn", "build_roi_heads", "build_rpn", "layer_norm_2d"]
+__all__ = ["FasterRCNN", "MaskRCNN", "build_roi_heads", "build_rpn", "layer_norm_2d"]
 
 # detectron2's "LN" for the ViTDet heads: a per-location LayerNorm over channels with eps 1e-6.
 layer_norm_2d: Callable[[int], nn.Module] = functools.partial(LayerNorm2d, eps=1e-6)
@@ -143,96 +143,63 @@ def build_roi_heads(
     )
 
 
-def build_faster_rcnn(
-    backbone: nn.Module,
-    num_classes: int,
-    *,
-    rpn_pre_nms_top_n: tuple[int, int] = (2000, 1000),
-    rpn_post_nms_top_n: tuple[int, int] = (1000, 1000),
-    roi_batch_size_per_image: int = 512,
-    head_dim: int = 256,
-    fc_dim: int = 1024,
-    score_thresh: float = 0.05,
-    nms_thresh: float = 0.5,
-    detections_per_img: int = 100,
-) -> RCNNDetector:
-    """Faster R-CNN in the ViTDet configuration.
+class FasterRCNN(RCNNDetector):
+    """Faster R-CNN in the ViTDet configuration on a simple-feature-pyramid backbone.
 
-    For knobs not listed here build the parts with `build_rpn` / `build_roi_heads` (or by hand) and pass them
-    to `RCNNDetector`.
+    ``num_classes`` comes first so that a task can take ``Callable[[int], RCNNDetector]``: a YAML recipe gives
+    the backbone and the knobs as init args and the datamodule's class count completes the call. For knobs not
+    listed here, build the parts with :func:`build_rpn` / :func:`build_roi_heads` (or by hand) and pass them to
+    :class:`RCNNDetector`.
 
     Args:
-        backbone: simple-feature-pyramid backbone (`out_channels`, `strides`, `size_divisibility`) with at
-            least levels p2..p5; the RPN uses every level it returns.
         num_classes: foreground classes K (labels 1..K).
+        backbone: simple-feature-pyramid backbone (``out_channels``, ``strides``, ``size_divisibility``) with
+            at least levels p2..p5; the RPN uses every level it returns.
         rpn_pre_nms_top_n: (train, test) proposals per level before NMS.
         rpn_post_nms_top_n: (train, test) proposals per image after NMS.
         roi_batch_size_per_image: RoIs sampled per image for the box losses (25 % positive at most).
-        head_dim: channels of the box head convs.
+        head_dim: channels of the box (and mask) head convs.
         fc_dim: width of the box head's fully connected layer.
         score_thresh: eval score threshold.
         nms_thresh: eval per-class NMS IoU.
         detections_per_img: eval detections kept per image.
-
-    Returns:
-        `RCNNDetector` returning losses in training mode and canvas-frame detections in eval mode.
     """
-    rpn = build_rpn(backbone, pre_nms_top_n=rpn_pre_nms_top_n, post_nms_top_n=rpn_post_nms_top_n)
-    roi_heads = build_roi_heads(
-        backbone,
-        num_classes,
-        masks=False,
-        head_dim=head_dim,
-        fc_dim=fc_dim,
-        batch_size_per_image=roi_batch_size_per_image,
-        score_thresh=score_thresh,
-        nms_thresh=nms_thresh,
-        detections_per_img=detections_per_img,
-    )
-    return RCNNDetector(backbone, rpn, roi_heads)
+
+    with_masks = False
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: nn.Module,
+        *,
+        rpn_pre_nms_top_n: tuple[int, int] = (2000, 1000),
+        rpn_post_nms_top_n: tuple[int, int] = (1000, 1000),
+        roi_batch_size_per_image: int = 512,
+        head_dim: int = 256,
+        fc_dim: int = 1024,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+    ) -> None:
+        rpn = build_rpn(backbone, pre_nms_top_n=rpn_pre_nms_top_n, post_nms_top_n=rpn_post_nms_top_n)
+        roi_heads = build_roi_heads(
+            backbone,
+            num_classes,
+            masks=self.with_masks,
+            head_dim=head_dim,
+            fc_dim=fc_dim,
+            batch_size_per_image=roi_batch_size_per_image,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+        )
+        super().__init__(backbone, rpn, roi_heads)
 
 
-def build_mask_rcnn(
-    backbone: nn.Module,
-    num_classes: int,
-    *,
-    rpn_pre_nms_top_n: tuple[int, int] = (2000, 1000),
-    rpn_post_nms_top_n: tuple[int, int] = (1000, 1000),
-    roi_batch_size_per_image: int = 512,
-    head_dim: int = 256,
-    fc_dim: int = 1024,
-    score_thresh: float = 0.05,
-    nms_thresh: float = 0.5,
-    detections_per_img: int = 100,
-) -> RCNNDetector:
-    """Mask R-CNN in the ViTDet configuration: `build_faster_rcnn` plus a 14x14-pooled, 4-conv mask head.
+class MaskRCNN(FasterRCNN):
+    """Mask R-CNN in the ViTDet configuration: :class:`FasterRCNN` plus a 14x14-pooled, 4-conv mask head.
 
-    Args:
-        backbone: as in `build_faster_rcnn`.
-        num_classes: foreground classes K (labels 1..K).
-        rpn_pre_nms_top_n: (train, test) proposals per level before NMS.
-        rpn_post_nms_top_n: (train, test) proposals per image after NMS.
-        roi_batch_size_per_image: RoIs sampled per image for the box losses; the mask loss uses their
-            positives.
-        head_dim: channels of the box and mask head convs.
-        fc_dim: width of the box head's fully connected layer.
-        score_thresh: eval score threshold.
-        nms_thresh: eval per-class NMS IoU.
-        detections_per_img: eval detections kept per image (each gets a mask).
-
-    Returns:
-        `RCNNDetector` whose eval detections also carry `masks` float (N, 1, 28, 28) probabilities.
+    Eval detections also carry ``masks`` float (N, 1, 28, 28) probabilities. Arguments as :class:`FasterRCNN`.
     """
-    rpn = build_rpn(backbone, pre_nms_top_n=rpn_pre_nms_top_n, post_nms_top_n=rpn_post_nms_top_n)
-    roi_heads = build_roi_heads(
-        backbone,
-        num_classes,
-        masks=True,
-        head_dim=head_dim,
-        fc_dim=fc_dim,
-        batch_size_per_image=roi_batch_size_per_image,
-        score_thresh=score_thresh,
-        nms_thresh=nms_thresh,
-        detections_per_img=detections_per_img,
-    )
-    return RCNNDetector(backbone, rpn, roi_heads)
+
+    with_masks = True
