@@ -64,6 +64,12 @@ def test_any_multiple_of_the_patch_size(size):
     assert features.shape == (1, 64, size[0] // 14, size[1] // 14)
 
 
+def test_local_weights_take_precedence_over_a_hub_tag(tmp_path, monkeypatch):
+    _, _, path = _write_birder_weights(tmp_path, monkeypatch)
+    backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, weights=str(path), pretrained="capi")
+    assert backbone.pixel_mean == pytest.approx(get_rgb_stats("imagenet")["mean"])
+
+
 def test_size_not_multiple_of_patch_is_refused_not_cropped():
     backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG)
     with pytest.raises(ValueError, match="multiple of the patch size 14"):

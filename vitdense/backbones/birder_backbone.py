@@ -39,7 +39,8 @@ class BirderBackbone(nn.Module):
         config: overrides merged into the registered config (e.g. ``{"hidden_dim": 64, "num_layers": 2}``).
         weights: a local ``.pt`` or ``.safetensors`` file written by birder. Its ``rgb_stats`` become the
             normalisation statistics.
-        pretrained: a birder weights tag (``"capi"``) to download from birder's hub when not cached.
+        pretrained: a birder weights tag (``"capi"``) to download from birder's hub when not cached in
+            birder's models directory (``./models``). Ignored when ``weights`` is given.
         freeze: ``"none"``; ``"all"``; or an int K that freezes the patch embedding, position embedding,
             register tokens and the first K blocks. Frozen parts stay in eval mode with no gradients.
         drop_path_rate: overrides the config's stochastic depth rate (linearly increasing over blocks).
@@ -58,7 +59,9 @@ class BirderBackbone(nn.Module):
     ) -> None:
         super().__init__()
         if weights is not None and pretrained is not None:
-            raise ValueError("Give either weights=<local file> or pretrained=<tag>, not both")
+            # Recipes name the hub tag; a local file given on top (e.g. from the command line) replaces it.
+            logger.info(f"Loading {weights}; pretrained={pretrained!r} is ignored")
+            pretrained = None
 
         config = dict(config or {})
         if drop_path_rate is not None:

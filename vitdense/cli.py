@@ -1,0 +1,31 @@
+"""The ``vitdense`` command: Lightning's CLI over the kit's tasks and datamodules."""
+
+from lightning import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+
+class VitDenseCLI(LightningCLI):
+    """``fit``, ``validate``, ``test`` and ``predict`` from one flat YAML recipe.
+
+    The datamodule reads its classes from the annotation files, so the model's ``num_classes`` is linked
+    from the instantiated datamodule instead of being written twice.
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (LightningArgumentParser)
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the console script and ``python -m vitdense``."""
+    VitDenseCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()

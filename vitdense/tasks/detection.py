@@ -1,0 +1,157 @@
+"""Faster / Mask R-CNN training, COCO evaluation and prediction as a LightningModule."""
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from vitdense.heads import RCNNDetector, paste_detections
+from vitdense.tasks.coco_evaluator import CocoEvaluator
+from vitdense.tasks.optim import apply_lr_scale, layer_decay_param_groups
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, list[dict[str, Any]]]
+
+
+class DetectionTask(LightningModule):
+    """Fine-tunes an :class:`RCNNDetector` and scores it with the official COCO metrics.
+
+    Batches are ``(images, targets)`` from the vitdense COCO datamodules: uint8 (B, 3, H, W) canvases and
+    per-image dicts (``boxes`` xyxy canvas pixels, ``labels`` 1..K, ``masks``, ``image_id``, ``scale``,
+    ``orig_size``, ``image_size``). Validation and test paste detections back onto the original images and
+    score them with pycocotools against the split's annotation file; ``predict_step`` returns them with the
+    dataset's own category ids.
+
+    Args:
+        num_classes: number of foreground classes (linked from the datamodule by the CLI).
+        detector: builds the detector for ``num_classes`` (e.g. :class:`vitdense.heads.MaskRCNN` with its
+            backbone as init args).
+        optimizer: builds the optimizer from param groups (defaults: AdamW).
+        lr_scheduler: builds a per-step scheduler from the optimizer (e.g. ``WarmupMultiStepLR``).
+        layer_decay: layer-wise lr decay over the ViT blocks (1.0: off).
+        mask_threshold: probability above which a pasted mask pixel is foreground.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        detector: Callable[[int], RCNNDetector],
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        layer_decay: float = 1.0,
+        mask_threshold: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["detector", "optimizer", "lr_scheduler"])
+        self.model = detector(num_classes)
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.layer_decay = layer_decay
+        self.mask_threshold = mask_threshold
+        iou_types = ("bbox", "segm") if self.model.roi_heads.has_mask() else ("bbox",)
+        self.evaluator = CocoEvaluator(iou_types)
+        # Category ids and names of labels 1..K, taken from the datamodule and saved in checkpoints so that
+        # predictions keep the dataset's own ids.
+        self.category_ids: list[int] = list(range(1, num_classes + 1))
+        self.class_names: list[str] = [str(index) for index in self.category_ids]
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "category_ids"):
+            if len(datamodule.category_ids) != self.hparams.num_classes:
+                raise ValueError(
+                    f"The datamodule has {len(datamodule.category_ids)} classes but the model was built for "
+                    f"{self.hparams.num_classes}: set model.init_args.num_classes to match (the CLI links it)."
+                )
+            self.category_ids = list(datamodule.category_ids)
+            self.class_names = list(datamodule.class_names)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["category_ids"] = self.category_ids
+        checkpoint["class_names"] = self.class_names
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.category_ids = checkpoint.get("category_ids", self.category_ids)
+        self.class_names = checkpoint.get("class_names", self.class_names)
+
+    def forward(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """Detections in the canvas frame; see :meth:`RCNNDetector.forward`."""
+        return self.model(images, image_sizes)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses = self.model(images, [target["image_size"] for target in targets], targets)
+        loss = sum(losses.values())
+        batch_size = images.shape[0]
+        self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=batch_size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def _detect(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
+        images, targets = batch
+        detections = self.model(images, [target["image_size"] for target in targets])
+        return paste_detections(
+            detections,
+            [target["scale"] for target in targets],
+            [target["orig_size"] for target in targets],
+            mask_threshold=self.mask_threshold,
+        )
+
+    def _evaluation_step(self, batch: Batch) -> None:
+        for target, detection in zip(batch[1], self._detect(batch), strict=True):
+            self.evaluator.update(int(target["image_id"]), detection, self.category_ids)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluation_step(batch)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluation_step(batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.evaluator.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_coco_metrics("val", self.trainer.val_dataloaders)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_coco_metrics("test", self.trainer.test_dataloaders)
+
+    def _log_coco_metrics(self, split: str, dataloader: Any) -> None:
+        if self.trainer.sanity_checking:
+            return
+        coco_gt = getattr(dataloader.dataset, "coco", None)
+        if coco_gt is None:
+            raise TypeError(f"The {split} dataset must expose its pycocotools COCO object as `.coco`")
+        metrics = self.evaluator.compute(coco_gt)
+        self.log_dict({f"{split}/{name}": value for name, value in metrics.items()}, sync_dist=False)
+        if self.trainer.is_global_zero:
+            for iou_type, summary in self.evaluator.summaries.items():
+                print(f"COCO {split} {iou_type} (step {self.global_step}):\n{summary.rstrip()}", flush=True)
+            print(json.dumps({"split": split, "step": self.global_step, **metrics}), flush=True)
+        self.evaluator.reset()
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        """Per image: ``boxes`` xyxy original pixels, ``labels`` category ids, ``scores``, ``masks`` bool (N, H, W)."""
+        outputs = []
+        for target, detection in zip(batch[1], self._detect(batch), strict=True):
+            lookup = torch.tensor([0, *self.category_ids], device=detection["labels"].device)
+            output = {**detection, "labels": lookup[detection["labels"]]}
+            output.update({key: target[key] for key in ("image_id", "file_name", "orig_size") if key in target})
+            outputs.append({key: value.cpu() if torch.is_tensor(value) else value for key, value in output.items()})
+        return outputs
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(layer_decay_param_groups(self, self.layer_decay))
+        apply_lr_scale(optimizer)
+        if self.lr_scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
