@@ -1,0 +1,84 @@
+"""Tests for vitdense.datamodules.synthetic: determinism, COCO validity, the ShapesDataModule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+
+from vitdense.datamodules import ShapesDataModule, boxes_from_masks, write_shapes_coco
+
+
+def test_same_seed_gives_byte_identical_json(tmp_path: Path) -> None:
+    a = write_shapes_coco(tmp_path / "a", num_train=6, num_val=3, seed=5)
+    b = write_shapes_coco(tmp_path / "b", num_train=6, num_val=3, seed=5)
+    c = write_shapes_coco(tmp_path / "c", num_train=6, num_val=3, seed=6)
+    for key in ("train_annotations", "val_annotations"):
+        assert a[key].read_bytes() == b[key].read_bytes()
+        assert a[key].read_bytes() != c[key].read_bytes()
+
+
+def test_files_are_valid_coco(shapes: dict[str, Path]) -> None:
+    for split in ("train", "val"):
+        coco = COCO(str(shapes[f"{split}_annotations"]))
+        assert sorted(coco.getCatIds()) == [1, 3, 7, 8]  # non-contiguous on purpose
+        names = [c["name"] for c in coco.loadCats([1, 3, 7, 8])]
+        assert names == ["circle", "rectangle", "triangle", "diamond"]
+        anns = coco.dataset["annotations"]
+        assert any(a["iscrowd"] for a in anns), "each split has a crowd region"
+        assert any(isinstance(a["segmentation"], list) for a in anns)
+        rles = [a["segmentation"] for a in anns if isinstance(a["segmentation"], dict)]
+        assert any(isinstance(rle["counts"], str) for rle in rles), "compressed RLE"
+        assert any(isinstance(rle["counts"], list) for rle in rles), "uncompressed RLE (the crowd)"
+        assert len({a["image_id"] for a in anns}) < len(coco.imgs), "some images have no annotations"
+        for img in coco.dataset["images"]:
+            assert img["file_name"].startswith(f"{split}/")
+            assert (shapes[f"{split}_images"] / img["file_name"]).is_file()
+        ids = [a["id"] for a in anns]
+        assert len(set(ids)) == len(ids)
+        for ann in anns:
+            mask = coco.annToMask(ann)
+            assert mask.sum() > 0 and abs(mask.sum() - ann["area"]) <= 1
+            x1, y1, x2, y2 = boxes_from_masks(mask[None])[0]
+            assert [x1, y1, x2 - x1, y2 - y1] == ann["bbox"]
+            if not ann["iscrowd"]:
+                assert max(ann["bbox"][2:]) >= 28, "objects must be large enough to learn quickly"
+
+
+def test_classes_have_typical_colours(shapes: dict[str, Path]) -> None:
+    from PIL import Image
+
+    coco = COCO(str(shapes["train_annotations"]))
+    means: dict[int, list[np.ndarray]] = {}
+    for ann in coco.dataset["annotations"]:
+        if ann["iscrowd"]:
+            continue
+        image = np.asarray(Image.open(shapes["train_images"] / coco.imgs[ann["image_id"]]["file_name"]))
+        means.setdefault(ann["category_id"], []).append(image[coco.annToMask(ann).astype(bool)].mean(0))
+    centres = {cid: np.mean(v, axis=0) for cid, v in means.items()}
+    for cid, values in means.items():
+        for value in values:
+            nearest = min(centres, key=lambda c: np.linalg.norm(centres[c] - value))
+            assert nearest == cid
+
+
+def test_shapes_datamodule_writes_once_and_loads(tmp_path: Path) -> None:
+    root = tmp_path / "shapes"
+    dm = ShapesDataModule(root=str(root), num_train=6, num_val=3, num_workers=0, batch_size=2)
+    train_json = root / "annotations" / "instances_train.json"
+    stamp = train_json.stat().st_mtime_ns
+    assert dm.num_classes == 4 and dm.category_ids == [1, 3, 7, 8]
+    again = ShapesDataModule(root=str(root), num_train=6, num_val=3, num_workers=0)
+    assert train_json.stat().st_mtime_ns == stamp, "an up-to-date data set is not rewritten"
+    assert again.image_size == 224
+    ShapesDataModule(root=str(root), num_train=7, num_val=3, num_workers=0)
+    assert len(json.loads(train_json.read_text())["images"]) == 7, "changed parameters rewrite the data"
+    dm.setup("fit")
+    images, targets = next(iter(dm.train_dataloader()))
+    assert images.shape == (2, 3, 224, 224) and images.dtype == torch.uint8
+    assert all(t["masks"].shape[1:] == (224, 224) for t in targets)
+    images, targets = next(iter(dm.val_dataloader()))
+    assert images.shape[1:] == (3, 224, 224) and targets[0]["scale"] == 1.0

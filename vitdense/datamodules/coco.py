@@ -1,0 +1,696 @@
+"""COCO-format detection / instance segmentation data: datasets, bad-data policy and the DataModule.
+
+Labels are contiguous ``1..K`` (0 is background, the torchvision R-CNN convention); label ``L`` is
+category id ``category_ids[L - 1]`` (ids sorted ascending; they may include 0 and have gaps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import io
+import json
+import logging
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from torch.utils.data import DataLoader, Dataset
+
+from vitdense.datamodules.collate import collate_detection
+from vitdense.datamodules.transforms import EvalTransform, TrainTransform
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "BadDataError",
+    "CocoDataModule",
+    "CocoDetection",
+    "PredictImages",
+    "load_coco",
+    "read_image",
+    "to_rgb_array",
+]
+
+logger = logging.getLogger(__name__)
+
+OnBadData = Literal["error", "skip"]
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+# Exceptions PIL raises for unreadable, truncated or hostile files (SyntaxError: some malformed headers).
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+_SKIP_HINT = "or pass on_bad_data='skip' to drop it"
+
+
+class BadDataError(ValueError):
+    """A record of the data set is unusable; the message names the file, the record and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------------------------
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Convert a PIL image of any mode to an RGB array.
+
+    Alpha is composited over black (the canvas padding colour), palettes are expanded, and high bit
+    depth modes are rescaled to 8 bit rather than clipped: ``I;16*`` by ``/257``, ``I`` the same when its
+    values fit 16 bit (how Pillow opens 16-bit PNGs) else by its min/max, ``F`` from ``[0, 1]`` when it
+    lies there else by its min/max.
+
+    Returns:
+        ``uint8`` ``(H, W, 3)``.
+    """
+    mode = image.mode
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
+        rgb = rgba[..., :3] * (rgba[..., 3:] / 255.0)
+        return np.ascontiguousarray(np.round(rgb).astype(np.uint8))
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(image).astype(np.float64)
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535):
+            gray = values / 257.0
+        elif mode == "F" and lo >= 0 and hi <= 1:
+            gray = values * 255.0
+        else:
+            gray = (values - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(values)
+        gray = np.round(gray).clip(0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    if mode != "RGB":
+        image = image.convert("RGB")
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+
+
+def read_image(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image file to RGB with its EXIF orientation applied.
+
+    Args:
+        path: image file.
+        expected_hw: ``(h, w)`` the annotations were made on. If the EXIF-rotated image does not match
+            but the stored pixels do, the stored pixels are returned (the annotation tool ignored EXIF).
+
+    Returns:
+        ``uint8`` ``(H, W, 3)``.
+
+    Raises:
+        OSError, ValueError, SyntaxError: the file is missing, truncated or not an image.
+    """
+    with Image.open(path) as raw:
+        raw.load()  # decode now, so a truncated file fails here and not lazily later
+        oriented = ImageOps.exif_transpose(raw)
+        if expected_hw is not None and (oriented.height, oriented.width) != expected_hw:
+            if (raw.height, raw.width) == expected_hw:
+                oriented = raw
+        return to_rgb_array(oriented)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Annotations
+# ----------------------------------------------------------------------------------------------------
+
+
+def load_coco(annotation_file: str | Path) -> COCO:
+    """Parse a COCO annotation file (quietly: pycocotools prints progress to stdout).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        BadDataError: the file is not valid JSON or lacks ``images`` / ``categories``.
+    """
+    path = Path(annotation_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: annotation file not found; check the *_annotations argument")
+
+    try:
+        with path.open("rb") as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadDataError(f"{path}: not valid JSON ({exc}); re-export or re-download the file") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise BadDataError(f"{path}: no 'images' list; a COCO file has 'images', 'annotations', 'categories'")
+    if not isinstance(data.get("categories"), list) or not data["categories"]:
+        raise BadDataError(f"{path}: no 'categories' list; add the category records (id, name)")
+    data.setdefault("annotations", [])
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def categories_of(coco: COCO, annotation_file: str | Path) -> tuple[list[int], list[str]]:
+    """Category ids sorted ascending and their names; label ``L`` is ``ids[L - 1]``."""
+    cats = {}
+    for cat in coco.dataset["categories"]:
+        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int):
+            raise BadDataError(f"{annotation_file}: category {cat!r} has no integer 'id'; fix the record")
+        if cat["id"] in cats:
+            raise BadDataError(f"{annotation_file}: category id {cat['id']} appears twice; make ids unique")
+        cats[cat["id"]] = str(cat.get("name", cat["id"]))
+    ids = sorted(cats)
+    return ids, [cats[i] for i in ids]
+
+
+@dataclass
+class _Instance:
+    ann_id: int | str | None
+    box: tuple[float, float, float, float]  # xyxy, clipped to the image
+    label: int
+    segmentation: list[list[float]] | dict[str, Any] | None
+
+
+@dataclass
+class _ImageRecord:
+    image_id: int
+    file_name: str
+    path: str
+    height: int
+    width: int
+    instances: list[_Instance] = field(default_factory=list)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_size(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _check_segmentation(seg: Any, h: int, w: int) -> tuple[Any, str | None]:
+    """Return ``(cleaned segmentation, None)`` or ``(None, what is wrong)``.
+
+    Polygon parts with fewer than 3 points or an odd number of coordinates are dropped (detectron2 does
+    the same); a 4-number part would otherwise be read by pycocotools as a box.
+    """
+    if isinstance(seg, list):
+        parts = []
+        for part in seg:
+            if not isinstance(part, list) or not all(_is_number(v) for v in part):
+                return None, "a polygon part is not a list of numbers"
+            if len(part) >= 6 and len(part) % 2 == 0:
+                parts.append(part)
+        if not parts:
+            return None, "no polygon with at least 3 x,y points"
+        return parts, None
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+            return None, f"RLE 'size' is {size!r}, expected [height, width]"
+        if list(size) != [h, w]:
+            return None, f"RLE size {size} differs from the image size [{h}, {w}]"
+        if isinstance(counts, list):
+            if not all(isinstance(v, int) and v >= 0 for v in counts) or sum(counts) != h * w:
+                return None, "uncompressed RLE counts must be non-negative ints summing to height*width"
+        elif not isinstance(counts, (str, bytes)):
+            return None, f"RLE 'counts' is {type(counts).__name__}, expected a string or a list of ints"
+        return seg, None
+    return None, f"segmentation is {type(seg).__name__}, expected polygons (list) or RLE (dict)"
+
+
+def decode_masks(instances: list[_Instance], h: int, w: int) -> np.ndarray:
+    """Rasterise instance segmentations (polygons, compressed or uncompressed RLE).
+
+    Returns:
+        ``uint8`` ``(N, h, w)`` in {0, 1}, in the annotation frame.
+    """
+    if not instances:
+        return np.zeros((0, h, w), dtype=np.uint8)
+    rles = []
+    for inst in instances:
+        seg = inst.segmentation
+        if isinstance(seg, list):
+            rles.append(mask_utils.merge(mask_utils.frPyObjects(seg, h, w)))
+        elif isinstance(seg["counts"], list):
+            rles.append(mask_utils.frPyObjects(seg, h, w))
+        else:
+            rles.append(seg)
+    # decode gives (h, w, N) in Fortran order; one copy makes each mask contiguous for OpenCV.
+    return np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------------------------------
+
+
+class CocoDetection(Dataset):
+    """One split of a COCO-format data set, validated once at construction.
+
+    Yields ``(image, target)``: ``image`` ``uint8`` ``(3, S, S)`` RGB, content top-left, zero padding
+    bottom/right; ``target`` has ``"image_id"`` (COCO id), ``"boxes"`` ``float32`` ``(N, 4)`` xyxy absolute
+    pixels in the canvas frame, ``"labels"`` ``int64`` ``(N,)`` in ``1..K``, ``"masks"`` ``uint8``
+    ``(N, S, S)`` (only when ``masks=True``), ``"orig_size"`` ``(h, w)`` of the file, ``"scale"`` (canvas =
+    original * scale) and ``"image_size"`` ``(h, w)`` of the valid region. Crowd annotations never
+    appear in targets; they stay in ``.coco`` for evaluation.
+
+    Bad records (missing image, degenerate / outside box, unknown category or image, malformed
+    segmentation) raise :class:`BadDataError` under ``on_bad_data="error"``; under ``"skip"`` they are
+    dropped, logged once each and counted in ``skipped`` by reason. A corrupt image is found when it is
+    loaded: it raises with its file name, or under ``"skip"`` another sample is returned (counts made
+    in DataLoader workers stay in those processes).
+
+    Args:
+        images_root: folder that ``file_name`` (which may contain sub-folders) is relative to.
+        annotation_file: the COCO JSON.
+        transform: :class:`TrainTransform` or :class:`EvalTransform`.
+        category_ids: the label mapping (default: this file's categories); pass the training split's.
+        coco: the already parsed ``annotation_file``, to avoid parsing it twice.
+        masks: decode instance masks into the targets.
+        keep_empty_images: keep images with no non-crowd annotation (as negatives).
+        on_bad_data: ``"error"`` or ``"skip"``.
+    """
+
+    def __init__(
+        self,
+        images_root: str | Path,
+        annotation_file: str | Path,
+        transform: TrainTransform | EvalTransform,
+        *,
+        category_ids: list[int] | None = None,
+        coco: COCO | None = None,
+        masks: bool = False,
+        keep_empty_images: bool = True,
+        on_bad_data: OnBadData = "error",
+    ) -> None:
+        if on_bad_data not in ("error", "skip"):
+            raise ValueError(f"on_bad_data={on_bad_data!r}; use 'error' or 'skip'")
+        self.images_root = Path(images_root)
+        self.annotation_file = Path(annotation_file)
+        self.transform = transform
+        self.masks = masks
+        self.keep_empty_images = keep_empty_images
+        self.on_bad_data = on_bad_data
+        self.coco = coco if coco is not None else load_coco(annotation_file)
+        file_ids, file_names = categories_of(self.coco, annotation_file)
+        if category_ids is None:
+            self.category_ids, self.class_names = file_ids, file_names
+        else:
+            names = dict(zip(file_ids, file_names))
+            self.category_ids = list(category_ids)
+            self.class_names = [names.get(i, str(i)) for i in self.category_ids]
+        self.skipped: Counter[str] = Counter()
+        self._bad_indices: set[int] = set()
+        self._records = self._build_records()
+        self.image_ids = [r.image_id for r in self._records]
+        if self.skipped:
+            total = sum(self.skipped.values())
+            logger.warning("%s: skipped %d bad records: %s", self.annotation_file, total, dict(self.skipped))
+
+    def _bad(self, reason: str, message: str) -> None:
+        if self.on_bad_data == "error":
+            raise BadDataError(message)
+        logger.warning("skipping: %s", message)
+        self.skipped[reason] += 1
+
+    def _image_records(self) -> dict[int, _ImageRecord]:
+        records: dict[int, _ImageRecord] = {}
+        for img in self.coco.dataset["images"]:
+            img = img if isinstance(img, dict) else {}
+            iid, name, h, w = img.get("id"), img.get("file_name"), img.get("height"), img.get("width")
+            if not (isinstance(iid, int) and isinstance(name, str) and _is_size(h) and _is_size(w)):
+                self._bad(
+                    "malformed_image_record",
+                    f"{self.annotation_file}: image record {str(img)[:200]} needs an integer 'id', a "
+                    f"'file_name' and positive integer 'height'/'width'; fix the record {_SKIP_HINT}",
+                )
+                continue
+            path = os.path.join(self.images_root, name)
+            if not os.path.isfile(path):
+                self._bad(
+                    "missing_image",
+                    f"{path} (image id {iid}, listed in {self.annotation_file}) does not exist; check the "
+                    f"images folder argument, restore the file or remove the image record, {_SKIP_HINT}",
+                )
+                continue
+            records[iid] = _ImageRecord(iid, name, path, h, w)
+        return records
+
+    def _instance(self, ann: dict[str, Any], rec: _ImageRecord, label: int) -> _Instance | tuple[str, str]:
+        """The checked instance of a non-crowd annotation, or ``(reason, what is wrong and the fix)``."""
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            return "malformed_box", f"has bbox {bbox!r}, expected [x, y, width, height] numbers; fix the box"
+        x, y, bw, bh = bbox
+        if bw <= 0 or bh <= 0:
+            return "degenerate_box", (
+                f"has a zero-area or negative box {bbox} (COCO xywh); fix its width/height or delete "
+                "the annotation"
+            )
+        # COCO itself has boxes up to ~1 px past the border (rounding); clip those, reject the rest.
+        x1, y1 = min(max(x, 0.0), rec.width), min(max(y, 0.0), rec.height)
+        x2, y2 = min(max(x + bw, 0.0), rec.width), min(max(y + bh, 0.0), rec.height)
+        outside = x < -1 or y < -1 or x + bw > rec.width + 1 or y + bh > rec.height + 1
+        if outside or x2 - x1 <= 0 or y2 - y1 <= 0:
+            return "box_outside_image", (
+                f"has box {bbox} (xywh) outside the {rec.width}x{rec.height} (w x h) image by over 1 px; "
+                "fix the box or the image record's width/height"
+            )
+        seg = None
+        if self.masks:
+            seg, problem = _check_segmentation(ann.get("segmentation"), rec.height, rec.width)
+            if problem is not None:
+                return "malformed_segmentation", (
+                    f"has a malformed segmentation: {problem}; give polygons [[x1, y1, x2, y2, x3, y3, ...]] "
+                    "or RLE {'size': [h, w], 'counts': ...}"
+                )
+        return _Instance(ann.get("id"), (x1, y1, x2, y2), label, seg)
+
+    def _build_records(self) -> list[_ImageRecord]:
+        records = self._image_records()
+        image_ids = {img.get("id") for img in self.coco.dataset["images"] if isinstance(img, dict)}
+        label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
+        known = f"{self.category_ids[:20]}{'...' if len(self.category_ids) > 20 else ''}"
+        had_instances: set[int] = set()
+        for ann in self.coco.dataset["annotations"]:
+            ann = ann if isinstance(ann, dict) else {}
+            iid, cid = ann.get("image_id"), ann.get("category_id")
+            where = f"{self.annotation_file}: annotation id {ann.get('id')} (image id {iid})"
+            if iid not in image_ids:
+                fix = "add the image record or delete the annotation"
+                message = f"{where} refers to an image id not in 'images'; {fix}, {_SKIP_HINT}"
+                self._bad("unknown_image", message)
+                continue
+            if cid not in label_of:
+                fix = "fix the id or add the category to the training file"
+                self._bad(
+                    "unknown_category",
+                    f"{where} has category_id {cid!r}, not a training category {known}; {fix}, {_SKIP_HINT}",
+                )
+                continue
+            if ann.get("iscrowd", 0) or iid not in records:
+                continue  # crowd regions are only for evaluation; a bad image was already reported
+            had_instances.add(iid)
+            result = self._instance(ann, records[iid], label_of[cid])
+            if isinstance(result, tuple):
+                self._bad(result[0], f"{where} {result[1]}, {_SKIP_HINT}")
+                continue
+            records[iid].instances.append(result)
+
+        kept = []
+        for rec in records.values():
+            if rec.instances:
+                kept.append(rec)
+            elif rec.image_id in had_instances:
+                # All its objects were dropped as bad: it is not a true negative, so never train on it as one.
+                logger.debug("%s: image id %d lost all its annotations", self.annotation_file, rec.image_id)
+            elif self.keep_empty_images:
+                kept.append(rec)
+        return kept
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _load(self, rec: _ImageRecord) -> tuple[torch.Tensor, dict[str, Any]]:
+        image = read_image(rec.path, expected_hw=(rec.height, rec.width))
+        if image.shape[:2] != (rec.height, rec.width):
+            raise BadDataError(
+                f"{rec.path} (image id {rec.image_id}) is {image.shape[0]}x{image.shape[1]} (h x w) but "
+                f"{self.annotation_file} says {rec.height}x{rec.width}; fix the image record or the file, "
+                f"{_SKIP_HINT}"
+            )
+        n = len(rec.instances)
+        boxes = np.asarray([inst.box for inst in rec.instances], dtype=np.float32).reshape(n, 4)
+        labels = np.asarray([inst.label for inst in rec.instances], dtype=np.int64)
+        masks = decode_masks(rec.instances, rec.height, rec.width) if self.masks else None
+        out = self.transform(image, boxes, labels, masks)
+        target: dict[str, Any] = {
+            "image_id": rec.image_id,
+            "boxes": out.boxes,
+            "labels": out.labels,
+            "orig_size": (rec.height, rec.width),
+            "scale": out.scale,
+            "image_size": out.image_size,
+        }
+        if self.masks:
+            target["masks"] = out.masks
+        return out.image, target
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        n = len(self._records)
+        for step in range(n):
+            i = (index + step) % n
+            if i in self._bad_indices:
+                continue
+            rec = self._records[i]
+            try:
+                return self._load(rec)
+            except BadDataError as exc:
+                if self.on_bad_data == "error":
+                    raise
+                reason, message = "size_mismatch", str(exc)
+            except _DECODE_ERRORS as exc:
+                message = (
+                    f"{rec.path} (image id {rec.image_id}) cannot be decoded ({type(exc).__name__}: {exc}); "
+                    f"replace the file or remove its record from {self.annotation_file}, {_SKIP_HINT}"
+                )
+                if self.on_bad_data == "error":
+                    raise BadDataError(message) from exc
+                reason = "corrupt_image"
+            self._bad_indices.add(i)
+            self._bad(reason, message)
+        raise BadDataError(f"{self.annotation_file}: none of its images is readable; see {self.images_root}")
+
+
+def _resolve_images(source: str) -> list[Path]:
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    else:
+        files = sorted(Path(p) for p in glob.glob(source, recursive=True) if os.path.isfile(p))
+    if not files:
+        raise ValueError(
+            f"predict_images={source!r} matches no image files; give an image file, a folder of images "
+            f"({', '.join(IMAGE_EXTENSIONS[:4])}, ...) or a glob such as 'photos/**/*.jpg'"
+        )
+    return files
+
+
+class PredictImages(Dataset):
+    """Images to run inference on: a file, a folder (its image files, sorted) or a glob.
+
+    Yields ``(image, target)``: ``image`` ``uint8`` ``(3, S, S)`` (longest side resized to ``S``, zero
+    padded bottom/right); ``target`` has ``"image_id"`` (the index), ``"file_name"``, ``"orig_size"``
+    ``(h, w)`` after EXIF orientation, ``"scale"`` (canvas = original * scale) and ``"image_size"``.
+    An unreadable file raises :class:`BadDataError` naming it (there is no sample to put in its place).
+    """
+
+    def __init__(self, source: str, image_size: int) -> None:
+        self.source = source
+        self.files = _resolve_images(source)
+        self.transform = EvalTransform(image_size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        path = self.files[index]
+        try:
+            image = read_image(path)
+        except _DECODE_ERRORS as exc:
+            raise BadDataError(
+                f"{path} cannot be decoded ({type(exc).__name__}: {exc}); replace or remove the file"
+            ) from exc
+        out = self.transform(image)
+        target = {
+            "image_id": index,
+            "file_name": str(path),
+            "orig_size": (image.shape[0], image.shape[1]),
+            "scale": out.scale,
+            "image_size": out.image_size,
+        }
+        return out.image, target
+
+
+# ----------------------------------------------------------------------------------------------------
+# DataModule
+# ----------------------------------------------------------------------------------------------------
+
+
+def _check_image_size(image_size: int, size_divisibility: int) -> None:
+    if size_divisibility <= 0 or image_size <= 0:
+        raise ValueError(f"image_size={image_size}, size_divisibility={size_divisibility}: both must be > 0")
+    if image_size % size_divisibility:
+        lower = image_size // size_divisibility * size_divisibility
+        upper = lower + size_divisibility
+        nearest = f"{lower} or {upper}" if lower else f"{upper}"
+        raise ValueError(
+            f"image_size={image_size} is not a multiple of size_divisibility={size_divisibility} "
+            f"(4 x patch 14, so every pyramid level has an integer size); use {nearest}"
+        )
+
+
+class CocoDataModule(L.LightningDataModule):
+    """COCO-format train / val / test / predict data for Faster and Mask R-CNN.
+
+    Training uses horizontal flip + ViTDet large-scale jitter (:class:`TrainTransform`) to a fixed
+    ``image_size`` canvas; val/test/predict resize the longest side to ``image_size`` and pad
+    (:class:`EvalTransform`). ``num_classes``, ``class_names`` and ``category_ids`` come from the training
+    annotation file, read once in ``__init__`` (so LightningCLI can link ``num_classes`` into the model)
+    and reused for the training dataset.
+
+    Args:
+        train_images: folder the training ``file_name`` entries are relative to.
+        train_annotations: training COCO JSON.
+        val_images: folder for the validation images.
+        val_annotations: validation COCO JSON.
+        test_images: test image folder (default: ``val_images``).
+        test_annotations: test COCO JSON (default: ``val_annotations``).
+        predict_images: an image file, a folder or a glob for ``predict``.
+        image_size: canvas side ``S``; a multiple of ``size_divisibility``.
+        size_divisibility: batch sides are padded to a multiple of this (56 = 4 x patch 14).
+        batch_size: training batch size.
+        eval_batch_size: val/test/predict batch size (default: ``batch_size``).
+        num_workers: DataLoader workers (persistent when > 0).
+        masks: put instance masks in the training targets (Mask R-CNN).
+        keep_empty_images: keep training images without non-crowd annotations as negatives.
+        min_scale: smallest large-scale-jitter factor.
+        max_scale: largest large-scale-jitter factor.
+        on_bad_data: ``"error"`` raises on the first bad record; ``"skip"`` drops, logs and counts them.
+    """
+
+    def __init__(
+        self,
+        train_images: str,
+        train_annotations: str,
+        val_images: str,
+        val_annotations: str,
+        test_images: str | None = None,
+        test_annotations: str | None = None,
+        predict_images: str | None = None,
+        image_size: int = 1008,
+        size_divisibility: int = 56,
+        batch_size: int = 2,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        masks: bool = True,
+        keep_empty_images: bool = True,
+        min_scale: float = 0.1,
+        max_scale: float = 2.0,
+        on_bad_data: OnBadData = "error",
+    ) -> None:
+        super().__init__()
+        _check_image_size(image_size, size_divisibility)
+        if not 0 < min_scale <= max_scale:
+            raise ValueError(f"need 0 < min_scale <= max_scale; got {min_scale=}, {max_scale=}")
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1) or num_workers < 0:
+            raise ValueError(
+                f"batch_size={batch_size}, eval_batch_size={eval_batch_size} must be >= 1 and "
+                f"num_workers={num_workers} >= 0"
+            )
+        if on_bad_data not in ("error", "skip"):
+            raise ValueError(f"on_bad_data={on_bad_data!r}; use 'error' or 'skip'")
+        self.save_hyperparameters()
+        self.train_images = train_images
+        self.train_annotations = train_annotations
+        self.val_images = val_images
+        self.val_annotations = val_annotations
+        self.test_images = test_images if test_images is not None else val_images
+        self.test_annotations = test_annotations if test_annotations is not None else val_annotations
+        self.predict_images = predict_images
+        self.image_size = image_size
+        self.size_divisibility = size_divisibility
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size if eval_batch_size is not None else batch_size
+        self.num_workers = num_workers
+        self.masks = masks
+        self.keep_empty_images = keep_empty_images
+        self.min_scale = min_scale
+        self.max_scale = max_scale
+        self.on_bad_data = on_bad_data
+
+        # Parsed once: the training file can be ~450 MB (COCO train2017); the train dataset reuses it.
+        self._train_coco: COCO | None = load_coco(train_annotations)
+        self._category_ids, self._class_names = categories_of(self._train_coco, train_annotations)
+        self.train_dataset: CocoDetection | None = None
+        self.val_dataset: CocoDetection | None = None
+        self.test_dataset: CocoDetection | None = None
+        self.predict_dataset: PredictImages | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of foreground classes ``K`` (labels are ``1..K``, 0 is background)."""
+        return len(self._category_ids)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Name of label ``L`` at index ``L - 1``."""
+        return list(self._class_names)
+
+    @property
+    def category_ids(self) -> list[int]:
+        """COCO category id of label ``L`` at index ``L - 1``."""
+        return list(self._category_ids)
+
+    def _eval_dataset(self, images: str, annotations: str) -> CocoDetection:
+        return CocoDetection(
+            images,
+            annotations,
+            EvalTransform(self.image_size),
+            category_ids=self._category_ids,
+            masks=False,
+            keep_empty_images=True,  # evaluation covers every image of the file
+            on_bad_data=self.on_bad_data,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets ``stage`` needs (``fit``, ``validate``, ``test``, ``predict`` or None: all)."""
+        if stage in ("fit", None) and self.train_dataset is None:
+            self.train_dataset = CocoDetection(
+                self.train_images,
+                self.train_annotations,
+                TrainTransform(self.image_size, self.min_scale, self.max_scale),
+                category_ids=self._category_ids,
+                coco=self._train_coco,
+                masks=self.masks,
+                keep_empty_images=self.keep_empty_images,
+                on_bad_data=self.on_bad_data,
+            )
+        if stage in ("fit", "validate", None) and self.val_dataset is None:
+            self.val_dataset = self._eval_dataset(self.val_images, self.val_annotations)
+        if stage in ("test", None) and self.test_dataset is None:
+            self.test_dataset = self._eval_dataset(self.test_images, self.test_annotations)
+        if stage in ("predict", None) and self.predict_dataset is None and self.predict_images is not None:
+            self.predict_dataset = PredictImages(self.predict_images, self.image_size)
+        if stage == "predict" and self.predict_images is None:
+            raise ValueError("predict needs predict_images (an image file, a folder or a glob)")
+
+    def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool, stage: str) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"call setup({stage!r}) before asking for its DataLoader")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate_detection, size_divisibility=self.size_divisibility),
+            # Pinned memory only helps host-to-GPU copies; on CPU-only machines it just warns.
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, self.batch_size, True, "fit")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, self.eval_batch_size, False, "validate")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, self.eval_batch_size, False, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_dataset, self.eval_batch_size, False, "predict")

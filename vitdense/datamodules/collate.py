@@ -1,0 +1,42 @@
+"""Batch collation for detection samples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["collate_detection"]
+
+
+def collate_detection(
+    batch: list[tuple[torch.Tensor, dict[str, Any]]], size_divisibility: int = 56
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Stack images into one padded batch and keep targets as a list.
+
+    Args:
+        batch: ``(image, target)`` pairs; ``image`` is ``uint8`` ``(3, H_i, W_i)``.
+        size_divisibility: the batch height and width are the largest ``H_i``/``W_i`` rounded up to a
+            multiple of this (56 = 4 x the ViT patch 14, so every pyramid level has integer size).
+
+    Returns:
+        ``images``: ``uint8`` ``(B, 3, H, W)``, each image top-left with zero padding bottom/right;
+        ``targets``: the per-sample dicts, with ``"masks"`` (if any) zero padded to ``(N, H, W)``.
+    """
+    if not batch:
+        raise ValueError("collate_detection: got an empty batch")
+    images = [image for image, _ in batch]
+    max_h = max(image.shape[-2] for image in images)
+    max_w = max(image.shape[-1] for image in images)
+    h = -(-max_h // size_divisibility) * size_divisibility
+    w = -(-max_w // size_divisibility) * size_divisibility
+    out = images[0].new_zeros((len(images), images[0].shape[0], h, w))
+    targets = []
+    for i, (image, target) in enumerate(batch):
+        out[i, :, : image.shape[-2], : image.shape[-1]] = image
+        masks = target.get("masks")
+        if masks is not None and masks.shape[-2:] != (h, w):
+            target = {**target, "masks": F.pad(masks, (0, w - masks.shape[-1], 0, h - masks.shape[-2]))}
+        targets.append(target)
+    return out, targets
