@@ -74,8 +74,7 @@ def _tiny_overrides(shapes: dict, root: Path) -> list[str]:
 @pytest.mark.parametrize("recipe", [r for r in RECIPES if r.stem.startswith(("coco", "custom"))], ids=lambda p: p.stem)
 def test_coco_recipes_fit_one_step_on_other_data(recipe, shapes, tmp_path, capsys):
     main(["fit", "--config", str(recipe), *_tiny_overrides(shapes, tmp_path)])
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    metrics = json.loads(lines[-1])
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["split"] == "val" and "bbox_AP50" in metrics
     assert ("segm_AP50" in metrics) == ("faster" not in recipe.stem)
 
@@ -90,10 +89,15 @@ def test_demo_recipe_fits_and_tests_one_step(tmp_path, capsys):
         "--data.init_args.num_workers=0",
         f"--trainer.default_root_dir={tmp_path}",
     ]
-    main(["fit", *common, "--trainer.fast_dev_run=1"])
+    main(["fit", *common, "--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.max_epochs=1"])
+    saved = list(tmp_path.rglob("config.yaml"))
+    assert saved and "vitdense.heads.MaskRCNN" in saved[0].read_text(), "fit saves its full config"
+    capsys.readouterr()
     main(["test", *common, "--trainer.limit_test_batches=1"])
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    assert json.loads(lines[-1])["split"] == "test"
+    printed = capsys.readouterr().out
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95" in printed
+    metrics = json.loads(printed.strip().splitlines()[-1])
+    assert metrics["split"] == "test" and {"bbox_AP50", "segm_AP50"} <= set(metrics)
 
 
 def test_console_script_and_module_entry_point():

@@ -1,5 +1,7 @@
 """The ``vitdense`` command: Lightning's CLI over the kit's tasks and datamodules."""
 
+import json
+
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -13,6 +15,14 @@ class VitDenseCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (LightningArgumentParser)
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    def _print_final_metrics(self) -> None:
+        """End the run's output with one JSON line of the last evaluation's metrics (after the progress bar)."""
+        metrics = getattr(self.model, "final_metrics", None)
+        if metrics and self.trainer.is_global_zero:
+            print(json.dumps(metrics), flush=True)
+
+    after_fit = after_validate = after_test = _print_final_metrics
 
 
 def main(args: list[str] | None = None) -> None:

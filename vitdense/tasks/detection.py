@@ -1,6 +1,5 @@
 """Faster / Mask R-CNN training, COCO evaluation and prediction as a LightningModule."""
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -59,6 +58,8 @@ class DetectionTask(LightningModule):
         # predictions keep the dataset's own ids.
         self.category_ids: list[int] = list(range(1, num_classes + 1))
         self.class_names: list[str] = [str(index) for index in self.category_ids]
+        # The latest evaluation's metrics; the CLI prints them as the run's last line.
+        self.final_metrics: dict[str, Any] = {}
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -132,10 +133,10 @@ class DetectionTask(LightningModule):
             raise TypeError(f"The {split} dataset must expose its pycocotools COCO object as `.coco`")
         metrics = self.evaluator.compute(coco_gt)
         self.log_dict({f"{split}/{name}": value for name, value in metrics.items()}, sync_dist=False)
+        self.final_metrics = {"split": split, "step": self.global_step, **metrics}
         if self.trainer.is_global_zero:
             for iou_type, summary in self.evaluator.summaries.items():
                 print(f"COCO {split} {iou_type} (step {self.global_step}):\n{summary.rstrip()}", flush=True)
-            print(json.dumps({"split": split, "step": self.global_step, **metrics}), flush=True)
         self.evaluator.reset()
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
