@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+from lightning import Trainer
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from tests.tiny import TINY_CONFIG, TINY_NETWORK
+from vitdense.backbones import BirderBackbone, SimpleFeaturePyramid
+from vitdense.datamodules import PredictImages, ShapesDataModule, collate_detection
+from vitdense.heads import MaskRCNN
+from vitdense.tasks import DetectionTask, WarmupMultiStepLR
+
+
+def _detector(num_classes: int) -> MaskRCNN:
+    backbone = SimpleFeaturePyramid(BirderBackbone(TINY_NETWORK, config=TINY_CONFIG), out_channels=32)
+    # score_thresh 0: an untrained model still returns detections to check the mapping on
+    return MaskRCNN(num_classes, backbone, head_dim=32, fc_dim=64, score_thresh=0.0, detections_per_img=5)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return ShapesDataModule(root=str(tmp_path_factory.mktemp("shapes")), num_train=4, num_val=2, num_workers=0)
+
+
+def test_predict_returns_original_frame_category_ids_and_full_size_masks(shapes, tmp_path):
+    rng = np.random.default_rng(0)
+    sizes = {"wide.png": (150, 310), "tall.jpg": (260, 120)}  # (h, w)
+    for name, (h, w) in sizes.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / name)
+    task = DetectionTask(shapes.num_classes, _detector)
+    task.category_ids, task.class_names = shapes.category_ids, shapes.class_names
+    loader = DataLoader(PredictImages(str(tmp_path), 224), batch_size=2, collate_fn=collate_detection)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    (outputs,) = trainer.predict(task, loader)
+    assert len(outputs) == 2
+    for output in outputs:
+        h, w = sizes[output["file_name"].rsplit("/", 1)[-1]]
+        assert output["orig_size"] == (h, w)
+        assert len(output["boxes"]) > 0
+        assert set(output["labels"].tolist()) <= set(shapes.category_ids)
+        assert output["masks"].shape == (len(output["boxes"]), h, w) and output["masks"].dtype == torch.bool
+        boxes = output["boxes"]
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+
+
+def test_class_count_mismatch_with_the_datamodule_is_explained(shapes):
+    task = DetectionTask(shapes.num_classes + 1, _detector)
+    trainer = Trainer(accelerator="cpu", logger=False, fast_dev_run=1, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="num_classes"):
+        trainer.fit(task, shapes)
+
+
+def test_optimizer_uses_layer_decay_and_a_per_step_scheduler():
+    task = DetectionTask(
+        3,
+        _detector,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1),
+        lr_scheduler=lambda optimizer: WarmupMultiStepLR(optimizer, milestones=[10], warmup_steps=0),
+        layer_decay=0.5,
+    )
+    config = task.configure_optimizers()
+    assert config["lr_scheduler"]["interval"] == "step"
+    lrs = {name: group["lr"] for group in config["optimizer"].param_groups for name in group["param_names"]}
+    assert lrs["model.roi_heads.box_predictor.cls_score.weight"] == pytest.approx(1e-3)
+    assert lrs["model.backbone.vit.net.encoder.block.1.attn.qkv.weight"] == pytest.approx(5e-4)
+    assert lrs["model.backbone.vit.net.pos_embedding"] == pytest.approx(1.25e-4)
+
+
+def test_checkpoint_keeps_the_category_ids(shapes):
+    task = DetectionTask(shapes.num_classes, _detector)
+    task.category_ids = [5, 9, 11, 40]
+    checkpoint: dict = {}
+    task.on_save_checkpoint(checkpoint)
+    restored = DetectionTask(shapes.num_classes, _detector)
+    restored.on_load_checkpoint(checkpoint)
+    assert restored.category_ids == [5, 9, 11, 40]
