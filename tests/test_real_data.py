@@ -1,0 +1,33 @@
+"""Extra checks on real photographs from ../shared/data (skipped where that folder is absent)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import _tiny_overrides
+from vitdense.cli import main
+from vitdense.datamodules import CocoDataModule
+
+LABELME = Path(__file__).resolve().parents[2] / "shared" / "data" / "labelme_voc_coco"
+pytestmark = pytest.mark.skipif(not LABELME.is_dir(), reason="../shared/data/labelme_voc_coco not present")
+
+
+def test_labelme_voc_parses_with_category_zero_and_sub_folders():
+    annotations = str(LABELME / "annotations.json")
+    data = CocoDataModule(str(LABELME), annotations, str(LABELME), annotations, image_size=224, num_workers=0)
+    assert data.category_ids[0] == 0 and data.num_classes == 21
+    data.setup("fit")
+    image, target = data.train_dataset[0]
+    assert image.shape == (3, 224, 224) and len(target["boxes"]) == len(target["masks"]) > 0
+    assert target["labels"].min() >= 1
+
+
+def test_custom_recipe_trains_and_evaluates_on_real_photos(tmp_path, capsys):
+    annotations = str(LABELME / "annotations.json")
+    paths = {"train_images": LABELME, "train_annotations": annotations,
+             "val_images": LABELME, "val_annotations": annotations}
+    recipe = Path(__file__).parents[1] / "recipes" / "custom_coco_mask_rcnn.yaml"
+    main(["fit", "--config", str(recipe), *_tiny_overrides(paths, tmp_path)])
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["split"] == "val" and {"bbox_AP", "segm_AP"} <= set(metrics)
