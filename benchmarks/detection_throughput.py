@@ -112,19 +112,17 @@ def main() -> None:
                 detections = model(images, image_sizes)
             paste_detections(detections, [scale] * batch, [tuple(args.original_size)] * batch)
 
-        model.train()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        seconds = measure(train_step, steps, args.warmup, device)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-        print(json.dumps({"name": f"vitdense_{arch}_train", **common, "img_s": batch / seconds, "peak_gib": peak}))
+        def report(name: str, step) -> None:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            seconds = measure(step, steps, args.warmup, device)
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+            print(json.dumps({"name": name, **common, "img_s": batch / seconds, "peak_gib": peak}), flush=True)
 
+        model.train()
+        report(f"vitdense_{arch}_train", train_step)
         model.eval()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        seconds = measure(inference_step, steps, args.warmup, device)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-        print(json.dumps({"name": f"vitdense_{arch}_inference", **common, "img_s": batch / seconds, "peak_gib": peak}))
+        report(f"vitdense_{arch}_inference", inference_step)
         del model, optimizer
         if device.type == "cuda":
             torch.cuda.empty_cache()
