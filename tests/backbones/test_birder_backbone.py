@@ -143,3 +143,17 @@ def test_drop_path_and_grad_checkpointing_switches():
     images = torch.rand(1, 3, 56, 56)
     backbone(images).sum().backward()
     assert backbone.net.encoder.block[0].attn.qkv.weight.grad is not None
+
+
+def test_out_indices_concatenate_blocks_on_channels():
+    torch.manual_seed(0)
+    backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, out_indices=[0, -1]).eval()
+    assert backbone.out_channels == 128
+    images = torch.rand(1, 3, 56, 84)
+    with torch.no_grad():
+        features = backbone(images)
+        normalized = (images - backbone._mean) / backbone._std
+        stages = backbone.net.detection_features(normalized)
+    assert features.shape == (1, 128, 4, 6)
+    torch.testing.assert_close(features, torch.cat([stages["stage1"], stages["stage2"]], dim=1))
+    assert not torch.allclose(stages["stage1"], stages["stage2"])

@@ -45,6 +45,8 @@ class BirderBackbone(nn.Module):
             register tokens and the first K blocks. Frozen parts stay in eval mode with no gradients.
         drop_path_rate: overrides the config's stochastic depth rate (linearly increasing over blocks).
         grad_checkpointing: recompute block activations in backward to save memory.
+        out_indices: blocks whose outputs are concatenated on channels (negative counts from the end), as in
+            DINOv2's multi-layer linear probe; default: the last block only.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class BirderBackbone(nn.Module):
         freeze: Literal["none", "all"] | int = "none",
         drop_path_rate: float | None = None,
         grad_checkpointing: bool = False,
+        out_indices: list[int] | None = None,
     ) -> None:
         super().__init__()
         if weights is not None and pretrained is not None:
@@ -66,6 +69,10 @@ class BirderBackbone(nn.Module):
         config = dict(config or {})
         if drop_path_rate is not None:
             config["drop_path_rate"] = drop_path_rate
+        if out_indices is not None:
+            if not out_indices:
+                raise ValueError("out_indices must name at least one block, or be null for the last one")
+            config["out_indices"] = list(out_indices)
 
         if weights is not None:
             net, rgb_stats = _load_weights_file(network, Path(weights), config)
@@ -77,15 +84,13 @@ class BirderBackbone(nn.Module):
 
         net.strip_for_detection_features()
         net.set_dynamic_size(True)
-        if getattr(net, "class_token", None) is not None or getattr(net, "out_indices", None) is not None:
-            raise ValueError(
-                f"{network}: vitdense expects a ViT without class token whose detection_features() returns "
-                "the last block only (no out_indices in config)"
-            )
+        if getattr(net, "class_token", None) is not None:
+            raise ValueError(f"{network} has a class token; vitdense expects a ViT without one (e.g. *_avg)")
 
         self.net = net
         self.network = network
-        self.out_channels: int = net.embedding_size
+        self.out_indices: list[int] | None = net.out_indices
+        self.out_channels: int = net.embedding_size * (len(net.out_indices) if net.out_indices else 1)
         self.stride: int = net.patch_size
         self.size_divisibility: int = net.patch_size
         self.num_blocks: int = net.num_layers
@@ -149,7 +154,8 @@ class BirderBackbone(nn.Module):
             images: float (B, 3, H, W) RGB in [0, 1]; H and W multiples of ``stride`` (14).
 
         Returns:
-            (B, out_channels, H / 14, W / 14) patch features of the last block (no final norm).
+            (B, out_channels, H / 14, W / 14) patch features of the last block, or of the ``out_indices``
+            blocks concatenated on channels (no final norm).
         """
         height, width = images.shape[-2:]
         if height % self.stride or width % self.stride:
@@ -158,8 +164,8 @@ class BirderBackbone(nn.Module):
                 f"silently drop the last pixels. Pad the batch to a multiple of {self.stride}."
             )
         images = (images - self._mean.to(images.dtype)) / self._std.to(images.dtype)
-        (features,) = self.net.detection_features(images).values()
-        return features
+        stages = list(self.net.detection_features(images).values())
+        return stages[0] if len(stages) == 1 else torch.cat(stages, dim=1)
 
 
 def _load_weights_file(network: str, path: Path, config: dict[str, Any]) -> tuple[nn.Module, dict]:
