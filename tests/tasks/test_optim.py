@@ -4,7 +4,13 @@ from torch import nn
 
 from tests.tiny import TINY_CONFIG, TINY_NETWORK
 from vitdense.backbones import BirderBackbone
-from vitdense.tasks.optim import WarmupCosineLR, WarmupMultiStepLR, apply_lr_scale, layer_decay_param_groups
+from vitdense.tasks.optim import (
+    WarmupCosineLR,
+    WarmupMultiStepLR,
+    WarmupPolyLR,
+    apply_lr_scale,
+    layer_decay_param_groups,
+)
 
 
 class _Model(nn.Module):
@@ -74,3 +80,11 @@ def test_warmup_cosine():
     assert lrs[0] == pytest.approx(1.0) and lrs[2] == pytest.approx(2.0)
     assert lrs[7] == pytest.approx(1.0) and lrs[12] == pytest.approx(0.0)
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+
+
+def test_warmup_poly():
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = WarmupPolyLR(optimizer, total_steps=12, warmup_steps=2, warmup_factor=0.0, power=1.0)
+    lrs = _lrs(scheduler, optimizer, 13)
+    assert lrs[:3] == pytest.approx([0.0, 0.5, 1.0])
+    assert lrs[7] == pytest.approx(0.5) and lrs[12] == pytest.approx(0.0)

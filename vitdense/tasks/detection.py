@@ -5,19 +5,18 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from vitdense.heads import RCNNDetector, paste_detections
+from vitdense.tasks.base import VitDenseTask
 from vitdense.tasks.coco_evaluator import CocoEvaluator
-from vitdense.tasks.optim import apply_lr_scale, layer_decay_param_groups
 
 logger = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, list[dict[str, Any]]]
 
 
-class DetectionTask(LightningModule):
+class DetectionTask(VitDenseTask):
     """Fine-tunes an :class:`RCNNDetector` and scores it with the official COCO metrics.
 
     Batches are ``(images, targets)`` from the vitdense COCO datamodules: uint8 (B, 3, H, W) canvases and
@@ -45,12 +44,9 @@ class DetectionTask(LightningModule):
         layer_decay: float = 1.0,
         mask_threshold: float = 0.5,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, lr_scheduler, layer_decay)
         self.save_hyperparameters(ignore=["detector", "optimizer", "lr_scheduler"])
         self.model = detector(num_classes)
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
-        self.layer_decay = layer_decay
         self.mask_threshold = mask_threshold
         iou_types = ("bbox", "segm") if self.model.roi_heads.has_mask() else ("bbox",)
         self.evaluator = CocoEvaluator(iou_types)
@@ -58,8 +54,6 @@ class DetectionTask(LightningModule):
         # predictions keep the dataset's own ids.
         self.category_ids: list[int] = list(range(1, num_classes + 1))
         self.class_names: list[str] = [str(index) for index in self.category_ids]
-        # The latest evaluation's metrics; the CLI prints them as the run's last line.
-        self.final_metrics: dict[str, Any] = {}
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -148,11 +142,3 @@ class DetectionTask(LightningModule):
             output.update({key: target[key] for key in ("image_id", "file_name", "orig_size") if key in target})
             outputs.append({key: value.cpu() if torch.is_tensor(value) else value for key, value in output.items()})
         return outputs
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(layer_decay_param_groups(self, self.layer_decay))
-        apply_lr_scale(optimizer)
-        if self.lr_scheduler_factory is None:
-            return {"optimizer": optimizer}
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

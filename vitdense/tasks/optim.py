@@ -123,3 +123,35 @@ class WarmupCosineLR(LambdaLR):
             return _warmup_factor(step, warmup_steps, warmup_factor) * cosine
 
         super().__init__(optimizer, factor)
+
+
+class WarmupPolyLR(LambdaLR):
+    """Linear warmup, then polynomial decay ``(1 - progress) ** power`` to ``min_factor * lr`` at ``total_steps``.
+
+    Args:
+        optimizer: the optimizer.
+        total_steps: length of the whole schedule (the trainer's ``max_steps``).
+        warmup_steps: linear warmup length in steps.
+        warmup_factor: lr multiplier at step 0.
+        power: exponent of the decay (1.0: linear, as mmsegmentation's ViT recipes; 0.9 the classic one).
+        min_factor: lr multiplier at the end.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        warmup_steps: int = 1500,
+        warmup_factor: float = 1e-6,
+        power: float = 1.0,
+        min_factor: float = 0.0,
+    ) -> None:
+        if total_steps <= warmup_steps:
+            raise ValueError(f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})")
+
+        def factor(step: int) -> float:
+            progress = min(max(step - warmup_steps, 0) / (total_steps - warmup_steps), 1.0)
+            poly = min_factor + (1.0 - min_factor) * (1.0 - progress) ** power
+            return _warmup_factor(step, warmup_steps, warmup_factor) * poly
+
+        super().__init__(optimizer, factor)

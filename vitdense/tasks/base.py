@@ -1,0 +1,43 @@
+"""What every vitdense task shares: injected optimizer and scheduler, layer-wise lr decay, final metrics."""
+
+from typing import Any
+
+import torch
+from lightning import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from vitdense.tasks.optim import apply_lr_scale, layer_decay_param_groups
+
+
+class VitDenseTask(LightningModule):
+    """Base of the kit's LightningModules.
+
+    Subclasses build ``self.model`` and set ``self.final_metrics`` after each evaluation; the CLI prints the
+    latter as the run's last line.
+
+    Args:
+        optimizer: builds the optimizer from param groups (defaults: AdamW).
+        lr_scheduler: builds a per-step scheduler from the optimizer (e.g. ``WarmupMultiStepLR``).
+        layer_decay: layer-wise lr decay over the ViT blocks (1.0: off).
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        layer_decay: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.layer_decay = layer_decay
+        # The latest evaluation's metrics; the CLI prints them as the run's last line.
+        self.final_metrics: dict[str, Any] = {}
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(layer_decay_param_groups(self, self.layer_decay))
+        apply_lr_scale(optimizer)
+        if self.lr_scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
