@@ -1,10 +1,13 @@
-"""A tiny stand-in for the patch-14 simple-feature-pyramid backbone, with the same contract."""
+"""Backbones for the heads tests: a stand-in with the pyramid contract, and the real tiny ViT and pyramid."""
 
 from collections import OrderedDict
 
 import pytest
 import torch
 from torch import Tensor, nn
+
+from tests.tiny import TINY_CONFIG, TINY_NETWORK
+from vitdense.backbones import BirderBackbone, SimpleFeaturePyramid
 
 STRIDES = {"p2": 3.5, "p3": 7.0, "p4": 14.0, "p5": 28.0, "p6": 56.0}
 
@@ -47,3 +50,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_vit() -> BirderBackbone:
+    """The real birder ViT family at test size: 64 channels, stride 14, random weights."""
+    torch.manual_seed(0)
+    return BirderBackbone(TINY_NETWORK, config=TINY_CONFIG)
+
+
+@pytest.fixture
+def tiny_pyramid(tiny_vit: BirderBackbone) -> SimpleFeaturePyramid:
+    """ViTDet's simple feature pyramid (32 channels, strides 3.5 ... 56) on the tiny ViT."""
+    torch.manual_seed(0)
+    return SimpleFeaturePyramid(tiny_vit, out_channels=32)

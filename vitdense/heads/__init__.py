@@ -1,4 +1,8 @@
-"""Detection heads for simple-feature-pyramid ViTs: exact-stride anchors and RoIAlign, Faster / Mask R-CNN."""
+"""Heads for simple-feature-pyramid ViTs.
+
+Detection: exact-stride anchors and RoIAlign, Faster / Mask R-CNN. Semantic segmentation: Semantic FPN, linear
+probe, FCN auxiliary head, and whole / sliding-window inference.
+"""
 
 from vitdense.heads.anchor_generator import StrideAnchorGenerator, default_anchor_sizes
 from vitdense.heads.builders import (
@@ -9,19 +13,40 @@ from vitdense.heads.builders import (
     layer_norm_2d,
 )
 from vitdense.heads.detector import RCNNDetector, paste_detections
+from vitdense.heads.fcn_head import FCNHead
+from vitdense.heads.linear_head import LinearHead
 from vitdense.heads.roi_align import ExactMultiScaleRoIAlign, roi_align, roi_align_gather
+from vitdense.heads.segmenter import (
+    LinearSegmenter,
+    PyramidSegmenter,
+    Segmenter,
+    slide_inference,
+    sliding_windows,
+    whole_inference,
+)
+from vitdense.heads.semantic_fpn_head import SemanticFPNHead, group_norm_32
 
 __all__ = [
     "ExactMultiScaleRoIAlign",
+    "FCNHead",
     "FasterRCNN",
+    "LinearHead",
+    "LinearSegmenter",
     "MaskRCNN",
+    "PyramidSegmenter",
     "RCNNDetector",
+    "Segmenter",
+    "SemanticFPNHead",
     "StrideAnchorGenerator",
     "build_roi_heads",
     "build_rpn",
     "default_anchor_sizes",
+    "group_norm_32",
     "layer_norm_2d",
     "paste_detections",
     "roi_align",
     "roi_align_gather",
+    "slide_inference",
+    "sliding_windows",
+    "whole_inference",
 ]

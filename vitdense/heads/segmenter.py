@@ -1,0 +1,336 @@
+"""Semantic segmentation models (backbone + decode head + optional auxiliary head) and their inference modes.
+
+As for detection, there is no transform inside the model: the data pipeline resizes each image and zero-pads
+the batch bottom/right to a canvas whose sides are multiples of the model's ``size_divisibility``. The
+inference helpers crop each image's valid region from the model's canvas-size logits and resize them to the
+original image, either from one pass over the padded batch (:func:`whole_inference`) or from overlapping
+crop-size windows (:func:`slide_inference`, mmseg's "slide" mode).
+"""
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from vitdense.heads.fcn_head import FCNHead
+from vitdense.heads.linear_head import LinearHead
+from vitdense.heads.semantic_fpn_head import SemanticFPNHead, group_norm_32
+
+__all__ = [
+    "LinearSegmenter",
+    "PyramidSegmenter",
+    "Segmenter",
+    "slide_inference",
+    "sliding_windows",
+    "whole_inference",
+]
+
+
+def _require(backbone: nn.Module, model: str, attrs: Sequence[str]) -> None:
+    for attr in attrs:
+        if not hasattr(backbone, attr):
+            raise TypeError(f"backbone {type(backbone).__name__} lacks `{attr}`, which {model} needs")
+
+
+def _padded(size: int, divisor: int) -> int:
+    return math.ceil(size / divisor) * divisor
+
+
+class Segmenter(nn.Module):
+    """A backbone, a decode head and an optional auxiliary head, with logits returned at the input size.
+
+    Follows torchvision's segmentation models: the output dict has ``"out"`` and, in training mode when there
+    is an auxiliary head, ``"aux"``; the task weights the auxiliary loss. Use :class:`PyramidSegmenter` or
+    :class:`LinearSegmenter` from a recipe (they take ``num_classes`` first); build this class directly to
+    combine other heads.
+
+    Args:
+        backbone: module with ``size_divisibility: int`` whose
+            ``forward(images float (B, 3, H, W) in [0, 1])`` returns what ``head`` reads: a dict of maps
+            (simple feature pyramid) or one map (plain ViT).
+        head: maps the backbone's output to (B, K, h, w) logits on a grid that tiles the input exactly
+            (h = H / stride).
+        aux_head: like ``head``; run in training mode only.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None) -> None:
+        super().__init__()
+        _require(backbone, type(self).__name__, ("size_divisibility",))
+        self.backbone = backbone
+        self.head = head
+        self.aux_head = aux_head
+
+    @property
+    def size_divisibility(self) -> int:
+        """Canvas height and width must be multiples of this (the backbone's)."""
+        return int(self.backbone.size_divisibility)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """Per-pixel class logits.
+
+        Args:
+            images: (B, 3, H, W) canvas, uint8 in [0, 255] (divided by 255 here) or float in [0, 1]; H and W
+                are multiples of ``size_divisibility``. Normalisation happens inside the backbone.
+
+        Returns:
+            ``"out"``: float (B, K, H, W) logits, bilinearly upsampled (``align_corners=False``) from the
+            head's stride to the canvas; in training mode with an auxiliary head also ``"aux"``, the same
+            shape. Pixels of the padding get logits too: give them the loss's ignore index in the targets.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+        height, width = images.shape[-2:]
+        d = self.size_divisibility
+        if height % d or width % d:
+            raise ValueError(
+                f"images are {height}x{width} but the backbone needs sides that are multiples of {d}; "
+                f"pad the batch to a multiple of {d} (e.g. {_padded(height, d)}x{_padded(width, d)})"
+            )
+        if images.dtype == torch.uint8:
+            images = images.float() / 255.0
+        elif not images.is_floating_point():
+            raise TypeError(f"images must be uint8 in [0, 255] or float in [0, 1], got {images.dtype}")
+
+        features = self.backbone(images)
+        outputs = {"out": self._to_input_size(self.head(features), (height, width))}
+        if self.training and self.aux_head is not None:
+            outputs["aux"] = self._to_input_size(self.aux_head(features), (height, width))
+        return outputs
+
+    @staticmethod
+    def _to_input_size(logits: Tensor, size: tuple[int, int]) -> Tensor:
+        if logits.shape[-2:] == size:
+            return logits
+        # The head's grid tiles the canvas exactly (H = h * stride), so align_corners=False puts every cell's
+        # value at its cell's centre in pixels.
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class PyramidSegmenter(Segmenter):
+    """Semantic FPN on a simple feature pyramid, with mmseg's one-conv FCN auxiliary head on ``p4``.
+
+    ``num_classes`` comes first so that a task can take ``Callable[[int], Segmenter]``: a recipe gives the
+    backbone and the knobs as init args and the datamodule's class count completes the call. Both heads are
+    wired from the backbone's declared ``out_channels`` and ``strides``.
+
+    Args:
+        num_classes: number of classes K.
+        backbone: simple feature pyramid (``out_channels``, ``strides``, ``size_divisibility``) returning at
+            least the ``in_features`` levels.
+        in_features: levels fused by the Semantic FPN head, finest first, strides doubling.
+        channels: channels of the Semantic FPN head's convs.
+        dropout: dropout before both classifiers.
+        norm_layer: norm after every conv of both heads, built as ``norm_layer(channels)`` (default
+            GroupNorm(32); see :class:`SemanticFPNHead`).
+        aux_channels: channels of the auxiliary head's conv; None for no auxiliary head.
+        aux_feature: level the auxiliary head reads.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: nn.Module,
+        *,
+        in_features: Sequence[str] = ("p2", "p3", "p4", "p5"),
+        channels: int = 128,
+        dropout: float = 0.1,
+        norm_layer: Callable[[int], nn.Module] = group_norm_32,
+        aux_channels: int | None = 256,
+        aux_feature: str = "p4",
+    ) -> None:
+        _require(backbone, type(self).__name__, ("out_channels", "strides", "size_divisibility"))
+        head = SemanticFPNHead(
+            num_classes,
+            backbone.out_channels,
+            backbone.strides,
+            in_features=in_features,
+            channels=channels,
+            dropout=dropout,
+            norm_layer=norm_layer,
+        )
+        aux_head = None
+        if aux_channels is not None:
+            if aux_feature not in backbone.strides:
+                raise ValueError(
+                    f"aux_feature {aux_feature!r} is not a backbone level; "
+                    f"levels are {list(backbone.strides)}"
+                )
+            aux_head = FCNHead(
+                num_classes,
+                backbone.out_channels,
+                in_feature=aux_feature,
+                channels=aux_channels,
+                dropout=dropout,
+                norm_layer=norm_layer,
+            )
+        super().__init__(backbone, head, aux_head)
+
+
+class LinearSegmenter(Segmenter):
+    """DINOv2's linear probe on a plain ViT's patch map: BatchNorm and a 1x1 conv (see :class:`LinearHead`).
+
+    Freeze the backbone (``BirderBackbone(freeze="all")``) for the DINOv2 protocol. ``num_classes`` comes
+    first as for :class:`PyramidSegmenter`.
+
+    Args:
+        num_classes: number of classes K.
+        backbone: single-map backbone (``out_channels``, ``size_divisibility``) returning
+            (B, C, H / 14, W / 14), e.g. :class:`vitdense.backbones.BirderBackbone`, possibly with several
+            blocks concatenated.
+        dropout: dropout before the classifier.
+    """
+
+    def __init__(self, num_classes: int, backbone: nn.Module, *, dropout: float = 0.0) -> None:
+        _require(backbone, type(self).__name__, ("out_channels", "size_divisibility"))
+        if hasattr(backbone, "strides"):
+            raise TypeError(
+                f"LinearSegmenter reads one map, but {type(backbone).__name__} declares pyramid levels "
+                f"{list(backbone.strides)}; pass the plain ViT, or use PyramidSegmenter for a pyramid"
+            )
+        super().__init__(backbone, LinearHead(num_classes, backbone.out_channels, dropout=dropout))
+
+
+def _check_batch(
+    images: Tensor, image_sizes: Sequence[tuple[int, int]], orig_sizes: Sequence[tuple[int, int]]
+) -> None:
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    b, _, h, w = images.shape
+    if not len(image_sizes) == len(orig_sizes) == b:
+        raise ValueError(
+            f"got {len(image_sizes)} image_sizes and {len(orig_sizes)} orig_sizes for {b} images"
+        )
+    for i, (ih, iw) in enumerate(image_sizes):
+        if not (0 < ih <= h and 0 < iw <= w):
+            raise ValueError(f"image_sizes[{i}] = {(ih, iw)} is empty or exceeds the {h}x{w} canvas")
+
+
+def _to_original(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """(K, h, w) valid-region logits -> (K, H0, W0) at the original image's size."""
+    size = (int(size[0]), int(size[1]))
+    if logits.shape[-2:] == size:
+        return logits
+    return F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+@torch.no_grad()
+def whole_inference(
+    model: Segmenter,
+    images: Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    orig_sizes: Sequence[tuple[int, int]],
+) -> list[Tensor]:
+    """Logits of every image at its original resolution, from one pass over the padded batch.
+
+    Args:
+        model: a :class:`Segmenter` in eval mode.
+        images: (B, 3, H, W) canvas, uint8 or float in [0, 1], zero-padded bottom/right; H and W multiples of
+            ``model.size_divisibility``.
+        image_sizes: per image, (h, w) of the valid region at the canvas' top-left.
+        orig_sizes: per image, (H0, W0) of the original image the valid region was resized from.
+
+    Returns:
+        Per image, float32 (K, H0, W0) logits (argmax over K gives the label map).
+    """
+    _check_batch(images, image_sizes, orig_sizes)
+    logits = model(images)["out"].float()
+    return [
+        _to_original(image_logits[:, : int(h), : int(w)], orig)
+        for image_logits, (h, w), orig in zip(logits, image_sizes, orig_sizes)
+    ]
+
+
+def sliding_windows(height: int, width: int, crop_size: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Windows of mmseg's slide inference over a ``height`` x ``width`` image.
+
+    Starts step by ``stride``; the last window in each direction is shifted back to end at the border, and an
+    image smaller than ``crop_size`` in a direction gets one window of its own length there. Every pixel is
+    covered and all windows have the same size.
+
+    Args:
+        height: image height in pixels.
+        width: image width in pixels.
+        crop_size: window side.
+        stride: step between window starts, in (0, crop_size].
+
+    Returns:
+        ``(y1, x1, y2, x2)`` windows (end exclusive), row by row.
+    """
+    if crop_size <= 0 or not 0 < stride <= crop_size:
+        raise ValueError(f"need crop_size > 0 and 0 < stride <= crop_size, got {crop_size} and {stride}")
+
+    def starts(length: int) -> list[int]:
+        count = max(length - crop_size + stride - 1, 0) // stride + 1
+        return [max(min(i * stride + crop_size, length) - crop_size, 0) for i in range(count)]
+
+    return [
+        (y1, x1, min(y1 + crop_size, height), min(x1 + crop_size, width))
+        for y1 in starts(height)
+        for x1 in starts(width)
+    ]
+
+
+@torch.no_grad()
+def slide_inference(
+    model: Segmenter,
+    images: Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    orig_sizes: Sequence[tuple[int, int]],
+    crop_size: int,
+    stride: int,
+    window_batch_size: int | None = None,
+) -> list[Tensor]:
+    """Logits of every image at its original resolution, averaged over overlapping windows (mmseg "slide").
+
+    Each image's valid region is cut into ``crop_size`` windows (see :func:`sliding_windows`); windows of one
+    image run as one batch, zero-padded bottom/right to a multiple of ``size_divisibility`` when the image is
+    smaller than the crop. Each pixel's logits are the mean over the windows that cover it.
+
+    Args:
+        model: a :class:`Segmenter` in eval mode.
+        images: (B, 3, H, W) canvas, uint8 or float in [0, 1], zero-padded bottom/right.
+        image_sizes: per image, (h, w) of the valid region at the canvas' top-left.
+        orig_sizes: per image, (H0, W0) of the original image the valid region was resized from.
+        crop_size: window side in canvas pixels, a multiple of ``model.size_divisibility`` (e.g. 518 or 504
+            for a patch-14 ViT, 504 or 560 for its pyramid); usually the training crop.
+        stride: step between windows, in (0, crop_size]; mmseg uses about 2/3 of the crop.
+        window_batch_size: run at most this many windows at once (None: all windows of an image), to bound
+            memory on large images.
+
+    Returns:
+        Per image, float32 (K, H0, W0) logits.
+    """
+    _check_batch(images, image_sizes, orig_sizes)
+    d = model.size_divisibility
+    if crop_size <= 0 or crop_size % d:
+        raise ValueError(
+            f"crop_size {crop_size} must be a multiple of the model's size_divisibility {d} "
+            f"(e.g. {max(_padded(crop_size, d), d)})"
+        )
+    if window_batch_size is not None and window_batch_size < 1:
+        raise ValueError(f"window_batch_size must be >= 1 or None, got {window_batch_size}")
+
+    results = []
+    for image, (h, w), orig in zip(images, image_sizes, orig_sizes):
+        h, w = int(h), int(w)
+        windows = sliding_windows(h, w, crop_size, stride)
+        crop_h, crop_w = min(crop_size, h), min(crop_size, w)
+        crops = torch.stack([image[:, y1:y2, x1:x2] for y1, x1, y2, x2 in windows])
+        # Zero padding, like the batch canvas the model was trained on.
+        crops = F.pad(crops, (0, _padded(crop_w, d) - crop_w, 0, _padded(crop_h, d) - crop_h))
+
+        logits_sum: Tensor | None = None
+        count = torch.zeros((1, h, w), device=images.device)
+        step = window_batch_size or len(windows)
+        for start in range(0, len(windows), step):
+            logits = model(crops[start : start + step])["out"][..., :crop_h, :crop_w].float()
+            if logits_sum is None:
+                logits_sum = logits.new_zeros((logits.shape[1], h, w))
+            for window_logits, (y1, x1, y2, x2) in zip(logits, windows[start : start + step]):
+                logits_sum[:, y1:y2, x1:x2] += window_logits
+                count[:, y1:y2, x1:x2] += 1
+        assert logits_sum is not None
+        results.append(_to_original(logits_sum / count, orig))
+    return results
