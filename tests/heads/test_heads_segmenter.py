@@ -233,3 +233,14 @@ def test_pyramid_segmenter_overfits_one_image(tiny_pyramid):
     (logits,) = whole_inference(model, images.clamp(0, 1), [(112, 112)], [(112, 112)])
     accuracy = (logits.argmax(0) == labels[0]).float().mean().item()
     assert accuracy > 0.9, f"pixel accuracy {accuracy:.3f} after 40 steps"
+
+
+def test_whole_inference_pads_a_patch_multiple_batch_to_the_pyramid_divisibility(tiny_pyramid):
+    model = PyramidSegmenter(3, tiny_pyramid, channels=32, aux_channels=None).eval()
+    assert model.size_divisibility == 56
+    images = torch.rand(1, 3, 252, 238)  # multiples of 14 (what the data pipeline pads to), not of 56
+    (logits,) = whole_inference(model, images, [(250, 230)], [(500, 460)])
+    assert logits.shape == (3, 500, 460)
+    padded = torch.nn.functional.pad(images, (0, 280 - 238, 0, 280 - 252))
+    (expected,) = whole_inference(model, padded, [(250, 230)], [(500, 460)])
+    torch.testing.assert_close(logits, expected)

@@ -226,8 +226,8 @@ def whole_inference(
 
     Args:
         model: a :class:`Segmenter` in eval mode.
-        images: (B, 3, H, W) canvas, uint8 or float in [0, 1], zero-padded bottom/right; H and W multiples of
-            ``model.size_divisibility``.
+        images: (B, 3, H, W) canvas, uint8 or float in [0, 1], zero-padded bottom/right; padded further here
+            to multiples of ``model.size_divisibility`` when needed.
         image_sizes: per image, (h, w) of the valid region at the canvas' top-left.
         orig_sizes: per image, (H0, W0) of the original image the valid region was resized from.
 
@@ -235,6 +235,11 @@ def whole_inference(
         Per image, float32 (K, H0, W0) logits (argmax over K gives the label map).
     """
     _check_batch(images, image_sizes, orig_sizes)
+    divisor = model.size_divisibility
+    height, width = images.shape[-2:]
+    # The data pipeline pads to the patch size; a pyramid with coarser levels needs more. Padding is
+    # bottom/right, so the valid region stays where image_sizes says.
+    images = F.pad(images, (0, -width % divisor, 0, -height % divisor))
     logits = model(images)["out"].float()
     return [
         _to_original(image_logits[:, : int(h), : int(w)], orig)

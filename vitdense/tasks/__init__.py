@@ -1,14 +1,28 @@
 """LightningModules: losses, metrics, logging and optimizer construction around the ``torch.nn`` parts."""
 
+from vitdense.tasks.base import VitDenseTask
 from vitdense.tasks.coco_evaluator import CocoEvaluator
 from vitdense.tasks.detection import DetectionTask
-from vitdense.tasks.optim import WarmupCosineLR, WarmupMultiStepLR, apply_lr_scale, layer_decay_param_groups
+from vitdense.tasks.optim import (
+    WarmupCosineLR,
+    WarmupMultiStepLR,
+    WarmupPolyLR,
+    apply_lr_scale,
+    layer_decay_param_groups,
+)
+from vitdense.tasks.segmentation import SemanticSegmentationTask
+from vitdense.tasks.segmentation_metrics import format_class_table, segmentation_scores
 
 __all__ = [
     "CocoEvaluator",
     "DetectionTask",
+    "SemanticSegmentationTask",
+    "VitDenseTask",
     "WarmupCosineLR",
     "WarmupMultiStepLR",
+    "WarmupPolyLR",
     "apply_lr_scale",
+    "format_class_table",
     "layer_decay_param_groups",
+    "segmentation_scores",
 ]
