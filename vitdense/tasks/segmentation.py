@@ -1,0 +1,151 @@
+"""Semantic segmentation training, dataset-level mIoU evaluation and prediction as a LightningModule."""
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch.nn import functional as F
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from vitdense.heads import Segmenter, slide_inference, whole_inference
+from vitdense.tasks.base import VitDenseTask
+from vitdense.tasks.segmentation_metrics import format_class_table, segmentation_scores
+
+Batch = tuple[torch.Tensor, list[dict[str, Any]]]
+
+
+class SemanticSegmentationTask(VitDenseTask):
+    """Fine-tunes a :class:`Segmenter` with cross-entropy and scores it as the ADE20K benchmark does.
+
+    Batches are ``(images, targets)`` from the vitdense segmentation datamodules: uint8 (B, 3, H, W) and
+    per-image dicts. Training targets hold ``label`` int64 (H, W) at the crop; evaluation targets hold the
+    ``label`` at the image's original resolution with ``orig_size`` and ``image_size`` (the valid region of
+    the resized image in the padded batch). Predictions are made at the original resolution, either from the
+    whole image or by a sliding window whose overlapping logits are averaged, and accumulated in one
+    confusion matrix over the split (summed across processes under DDP): mIoU, aAcc, mAcc and per-class IoU.
+
+    Args:
+        num_classes: number of classes K (linked from the datamodule by the CLI).
+        segmenter: builds the model for ``num_classes`` (e.g. :class:`vitdense.heads.PyramidSegmenter`).
+        optimizer: builds the optimizer from param groups (default: AdamW).
+        lr_scheduler: builds a per-step scheduler (e.g. ``WarmupPolyLR``).
+        layer_decay: layer-wise lr decay over the ViT blocks (1.0: off).
+        aux_weight: weight of the auxiliary head's loss, when the model has one.
+        sliding_window: ``(crop, stride)`` in pixels for sliding-window evaluation; None: whole image.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        segmenter: Callable[[int], Segmenter],
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        layer_decay: float = 1.0,
+        aux_weight: float = 0.4,
+        sliding_window: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(optimizer, lr_scheduler, layer_decay)
+        self.save_hyperparameters(ignore=["segmenter", "optimizer", "lr_scheduler"])
+        self.model = segmenter(num_classes)
+        self.num_classes = num_classes
+        self.aux_weight = aux_weight
+        if sliding_window is not None:
+            crop, stride = sliding_window
+            if not 0 < stride <= crop:
+                raise ValueError(f"sliding_window=(crop, stride)={sliding_window}: need 0 < stride <= crop")
+        self.sliding_window = sliding_window
+        # Taken from the datamodule at setup and saved in checkpoints.
+        self.ignore_index = 255
+        self.class_names = [str(index) for index in range(num_classes)]
+        self.confmat = MulticlassConfusionMatrix(num_classes, ignore_index=self.ignore_index, validate_args=False)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "ignore_index"):
+            return
+        if datamodule.num_classes != self.num_classes:
+            raise ValueError(
+                f"The datamodule has {datamodule.num_classes} classes but the model was built for "
+                f"{self.num_classes}: set model.init_args.num_classes to match (the CLI links it)."
+            )
+        self._set_label_space(datamodule.ignore_index, list(datamodule.class_names))
+
+    def _set_label_space(self, ignore_index: int, class_names: list[str]) -> None:
+        self.ignore_index = ignore_index
+        self.class_names = class_names
+        self.confmat.ignore_index = ignore_index
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ignore_index"] = self.ignore_index
+        checkpoint["class_names"] = self.class_names
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._set_label_space(
+            checkpoint.get("ignore_index", self.ignore_index), checkpoint.get("class_names", self.class_names)
+        )
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"out": logits (B, K, H, W)}`` (plus ``"aux"`` in training); see :class:`Segmenter`."""
+        return self.model(images)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        labels = torch.stack([target["label"] for target in targets])
+        outputs = self.model(images)
+        losses = {"loss_ce": F.cross_entropy(outputs["out"], labels, ignore_index=self.ignore_index)}
+        if "aux" in outputs:
+            aux = F.cross_entropy(outputs["aux"], labels, ignore_index=self.ignore_index)
+            losses["loss_aux"] = self.aux_weight * aux
+        loss = sum(losses.values())
+        batch_size = images.shape[0]
+        self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=batch_size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def _original_logits(self, batch: Batch) -> list[torch.Tensor]:
+        images, targets = batch
+        image_sizes = [tuple(target["image_size"]) for target in targets]
+        orig_sizes = [tuple(target["orig_size"]) for target in targets]
+        if self.sliding_window is None:
+            return whole_inference(self.model, images, image_sizes, orig_sizes)
+        crop, stride = self.sliding_window
+        return slide_inference(self.model, images, image_sizes, orig_sizes, crop, stride)
+
+    def _evaluation_step(self, batch: Batch) -> None:
+        for target, logits in zip(batch[1], self._original_logits(batch), strict=True):
+            self.confmat.update(logits.argmax(dim=0), target["label"])
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluation_step(batch)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluation_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    def _log_scores(self, split: str) -> None:
+        confmat = self.confmat.compute()  # summed over processes
+        self.confmat.reset()
+        if self.trainer.sanity_checking:
+            return
+        scores = segmentation_scores(confmat)
+        summary = {name: float(scores[name]) for name in ("mIoU", "aAcc", "mAcc")}
+        self.log_dict({f"{split}/{name}": value for name, value in summary.items()})
+        self.final_metrics = {"split": split, "step": self.global_step, **summary}
+        if self.trainer.is_global_zero:
+            table = format_class_table(scores, self.class_names)
+            print(f"Semantic segmentation, {split} (step {self.global_step}):\n{table}", flush=True)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        """Per image: ``label`` int64 (H0, W0) class indices at original resolution, with its file name."""
+        outputs = []
+        for target, logits in zip(batch[1], self._original_logits(batch), strict=True):
+            output = {"label": logits.argmax(dim=0).cpu()}
+            output.update({key: target[key] for key in ("file_name", "orig_size") if key in target})
+            outputs.append(output)
+        return outputs
