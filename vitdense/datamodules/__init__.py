@@ -1,4 +1,4 @@
-"""COCO-format data for vitdense: datasets, transforms, collation and LightningDataModules."""
+"""Data for vitdense: detection (COCO) and semantic segmentation datasets, transforms, DataModules."""
 
 from vitdense.datamodules.coco import (
     BadDataError,
@@ -9,8 +9,33 @@ from vitdense.datamodules.coco import (
     read_image,
     to_rgb_array,
 )
-from vitdense.datamodules.collate import collate_detection
-from vitdense.datamodules.synthetic import SHAPES_CATEGORIES, ShapesDataModule, write_shapes_coco
+from vitdense.datamodules.collate import collate_detection, collate_segmentation
+from vitdense.datamodules.segmentation import (
+    ADE20K_CLASSES,
+    ADE20KDataModule,
+    LabelMapping,
+    SegmentationFolder,
+    SegmentationFolderDataModule,
+    SegmentationPredictImages,
+    find_ade20k,
+    read_label,
+)
+from vitdense.datamodules.segmentation_transforms import (
+    CatMaxRatioCrop,
+    PhotoMetricDistortion,
+    RandomResizeKeepRatio,
+    SegmentationEvalTransform,
+    SegmentationTrainTransform,
+    rescale_size,
+)
+from vitdense.datamodules.synthetic import (
+    SHAPES_CATEGORIES,
+    SHAPES_SEMSEG_CLASSES,
+    ShapesDataModule,
+    ShapesSegmentationDataModule,
+    write_shapes_coco,
+    write_shapes_semseg,
+)
 from vitdense.datamodules.transforms import (
     EvalTransform,
     LargeScaleJitter,
@@ -20,20 +45,38 @@ from vitdense.datamodules.transforms import (
 )
 
 __all__ = [
+    "ADE20K_CLASSES",
     "SHAPES_CATEGORIES",
+    "SHAPES_SEMSEG_CLASSES",
+    "ADE20KDataModule",
     "BadDataError",
+    "CatMaxRatioCrop",
     "CocoDataModule",
     "CocoDetection",
     "EvalTransform",
+    "LabelMapping",
     "LargeScaleJitter",
+    "PhotoMetricDistortion",
     "PredictImages",
+    "RandomResizeKeepRatio",
+    "SegmentationEvalTransform",
+    "SegmentationFolder",
+    "SegmentationFolderDataModule",
+    "SegmentationPredictImages",
+    "SegmentationTrainTransform",
     "ShapesDataModule",
+    "ShapesSegmentationDataModule",
     "TrainTransform",
     "TransformOutput",
     "boxes_from_masks",
     "collate_detection",
+    "collate_segmentation",
+    "find_ade20k",
     "load_coco",
     "read_image",
+    "read_label",
+    "rescale_size",
     "to_rgb_array",
     "write_shapes_coco",
+    "write_shapes_semseg",
 ]

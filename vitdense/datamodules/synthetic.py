@@ -1,16 +1,20 @@
-"""A tiny deterministic COCO-format data set of coloured shapes, for demos and tests.
+"""Tiny deterministic data sets of coloured shapes, for demos and tests: COCO detection and semantic.
 
 Four classes with non-contiguous category ids (circle 1, rectangle 3, triangle 7, diamond 8), each with
 its own shape and a jittered class colour, 1-4 objects of 30-110 px per 224 px image on a textured
 background. Masks are stored as polygons for some instances and compressed RLE for others; every tenth
 image (index 2, 12, ...) also has a crowd region (uncompressed RLE, ``iscrowd=1``) and every tenth
 (index 1, 11, ...) has no annotation at all.
+
+The semantic version (:func:`write_shapes_semseg`) uses the same shapes and colours in the
+ADEChallengeData2016 layout, with label PNGs where 0 is background ("other") and 1..4 the shapes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +24,16 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from vitdense.datamodules.coco import CocoDataModule, OnBadData
+from vitdense.datamodules.segmentation import SegmentationFolderDataModule
 
-__all__ = ["SHAPES_CATEGORIES", "ShapesDataModule", "write_shapes_coco"]
+__all__ = [
+    "SHAPES_CATEGORIES",
+    "SHAPES_SEMSEG_CLASSES",
+    "ShapesDataModule",
+    "ShapesSegmentationDataModule",
+    "write_shapes_coco",
+    "write_shapes_semseg",
+]
 
 SHAPES_CATEGORIES: list[dict[str, Any]] = [
     {"id": 1, "name": "circle", "supercategory": "shape"},
@@ -271,6 +283,183 @@ class ShapesDataModule(CocoDataModule):
             keep_empty_images=keep_empty_images,
             min_scale=min_scale,
             max_scale=max_scale,
+            on_bad_data=on_bad_data,
+        )
+        self.root = root
+
+
+# ----------------------------------------------------------------------------------------------------
+# Semantic segmentation (ADEChallengeData2016 layout)
+# ----------------------------------------------------------------------------------------------------
+
+# Raw label values: 0 = background ("other" in ADE20K terms), 1..4 = the shapes.
+SHAPES_SEMSEG_CLASSES: list[str] = ["background", "circle", "rectangle", "triangle", "diamond"]
+_SEMSEG_SHAPE = {1: 1, 2: 3, 3: 7, 4: 8}  # raw label -> the COCO category id used by _polygon/_COLOURS
+_SEMSEG_VERSION = 1  # bump when the generator's output changes, so stale data sets are rewritten
+_SEMSEG_STAMP = "shapes_semseg.json"
+_SEMSEG_SPLITS = (("training", "train"), ("validation", "val"))  # folder, ADE file-name infix
+
+
+def _semseg_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    base = rng.integers(70, 150, 3).astype(np.float32)
+    coarse = rng.normal(0, 18, (6, 8, 3)).astype(np.float32)
+    blotches = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    grain = rng.normal(0, 6, (h, w, 3)).astype(np.float32)
+    return base + blotches + grain
+
+
+def _write_semseg_split(
+    base: Path, split: str, infix: str, num_images: int, image_size: tuple[int, int], rng: np.random.Generator
+) -> None:
+    images, labels = base / "images" / split, base / "annotations" / split
+    images.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    h, w = image_size
+    short = min(h, w)
+    for i in range(num_images):
+        canvas = _semseg_background(rng, h, w)
+        label = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(1, 5))):
+            cls = int(rng.integers(1, 5))
+            # 20-50 % of the short side (48-120 px at 240): large enough to learn in a few hundred steps.
+            bw = float(rng.uniform(0.2, 0.5)) * short
+            bh = float(rng.uniform(0.2, 0.5)) * short if cls == 2 else bw * float(rng.uniform(0.8, 1.2))
+            x, y = float(rng.uniform(0, w - bw)), float(rng.uniform(0, h - bh))
+            points = np.asarray(_polygon(_SEMSEG_SHAPE[cls], x, y, bw, bh)).reshape(-1, 2)
+            mask = np.zeros((h, w), np.uint8)
+            # 4 fractional bits: sub-pixel vertices, so shapes are not snapped to the pixel grid.
+            cv2.fillPoly(mask, [np.round(points * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+            inside = mask.astype(bool)
+            colour = np.clip(np.array(_COLOURS[_SEMSEG_SHAPE[cls]]) + rng.integers(-25, 26, 3), 0, 255)
+            canvas[inside] = colour + rng.normal(0, 5, (int(inside.sum()), 3))
+            label[inside] = cls  # later shapes occlude earlier ones, in the image and the label alike
+        name = f"ADE_{infix}_{i + 1:08d}"
+        Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)).save(images / f"{name}.jpg", quality=92)
+        Image.fromarray(label).save(labels / f"{name}.png")
+
+
+def _semseg_stamp(num_train: int, num_val: int, image_size: tuple[int, int], seed: int) -> dict[str, Any]:
+    return {
+        "version": _SEMSEG_VERSION,
+        "num_train": num_train,
+        "num_val": num_val,
+        "image_size": list(image_size),
+        "seed": seed,
+    }
+
+
+def write_shapes_semseg(
+    root: str | Path,
+    *,
+    num_train: int = 200,
+    num_val: int = 40,
+    image_size: tuple[int, int] = (240, 320),
+    seed: int = 0,
+) -> Path:
+    """Write the semantic shapes set under ``root/ADEChallengeData2016/`` (deterministic in ``seed``).
+
+    Layout as ADE20K: ``images/{training,validation}/ADE_{train,val}_00000001.jpg`` and
+    ``annotations/{training,validation}/ADE_{train,val}_00000001.png`` (8-bit mode ``L``). Label 0 is the
+    textured background, 1..4 are circle, rectangle, triangle, diamond (1-4 shapes per image, each with
+    its class colour jittered, later shapes occluding earlier ones). The default size is not a multiple of
+    14 on purpose. Same arguments give byte-identical label PNGs.
+
+    A folder written earlier by this function (it holds a stamp file) is replaced; a non-empty
+    ``ADEChallengeData2016`` without the stamp is refused rather than overwritten.
+
+    Args:
+        root: output folder.
+        num_train: training images.
+        num_val: validation images.
+        image_size: ``(height, width)``.
+        seed: random seed.
+
+    Returns:
+        The ``root/ADEChallengeData2016`` folder.
+    """
+    base = Path(root) / "ADEChallengeData2016"
+    stamp_file = base / _SEMSEG_STAMP
+    split_dirs = [base / kind / split for kind in ("images", "annotations") for split, _ in _SEMSEG_SPLITS]
+    if not stamp_file.is_file() and any(d.is_dir() and any(d.iterdir()) for d in split_dirs):
+        raise FileExistsError(
+            f"{base} holds data that write_shapes_semseg did not write (no {_SEMSEG_STAMP}); refusing to "
+            "overwrite it, choose another root"
+        )
+    stamp_file.unlink(missing_ok=True)  # a crash while writing leaves no stamp, so the set is rewritten
+    for d in split_dirs:
+        shutil.rmtree(d, ignore_errors=True)  # stale files would otherwise be matched as samples
+    for offset, ((split, infix), n) in enumerate(zip(_SEMSEG_SPLITS, (num_train, num_val))):
+        _write_semseg_split(base, split, infix, n, image_size, np.random.default_rng([seed, offset]))
+    # Written last: a stamp that matches means a complete data set with these parameters.
+    stamp_file.write_text(json.dumps(_semseg_stamp(num_train, num_val, image_size, seed)))
+    return base
+
+
+class ShapesSegmentationDataModule(SegmentationFolderDataModule):
+    """:class:`SegmentationFolderDataModule` on the semantic shapes set, written under ``root`` if missing.
+
+    Images are 240 x 320 (h x w); the defaults scale the mmseg pipeline down for a cheap CPU demo:
+    ``scale=(320, 240)`` (eval images keep their size), random resize ``x [0.5, 2]`` and 224 = 16 x 14
+    crops.
+
+    Background is kept as class 0 by default (``reduce_zero_label=False``: 5 classes, ``"background"``
+    first): unlike ADE20K's "other", it is one well-defined textured region, and learning it makes the
+    demo's mIoU cover every pixel. With ``reduce_zero_label=True`` it is ignored instead and the 4 shapes
+    are classes 0..3, the ADE20K convention.
+
+    Args:
+        root: data folder; the set lives in ``root/ADEChallengeData2016`` (reused when its stamp matches).
+        num_train: training images.
+        num_val: validation images.
+        seed: generator seed.
+        Other arguments: as :class:`SegmentationFolderDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/shapes_semseg",
+        num_train: int = 200,
+        num_val: int = 40,
+        seed: int = 0,
+        predict_images: str | None = None,
+        reduce_zero_label: bool = False,
+        crop_size: int = 224,
+        scale: tuple[int, int] = (320, 240),
+        ratio_range: tuple[float, float] = (0.5, 2.0),
+        cat_max_ratio: float = 0.75,
+        batch_size: int = 8,
+        eval_batch_size: int = 1,
+        num_workers: int = 2,
+        size_divisibility: int = 14,
+        on_bad_data: OnBadData = "error",
+    ) -> None:
+        image_size = (240, 320)
+        base = Path(root) / "ADEChallengeData2016"
+        stamp_file = base / _SEMSEG_STAMP
+        fresh = stamp_file.is_file() and json.loads(stamp_file.read_text()) == _semseg_stamp(
+            num_train, num_val, image_size, seed
+        )
+        if not fresh:
+            write_shapes_semseg(root, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
+        names = SHAPES_SEMSEG_CLASSES[1:] if reduce_zero_label else SHAPES_SEMSEG_CLASSES
+        super().__init__(
+            train_images=str(base / "images" / "training"),
+            train_labels=str(base / "annotations" / "training"),
+            val_images=str(base / "images" / "validation"),
+            val_labels=str(base / "annotations" / "validation"),
+            num_classes=len(names),
+            predict_images=predict_images,
+            class_names=list(names),
+            ignore_index=255,
+            reduce_zero_label=reduce_zero_label,
+            crop_size=crop_size,
+            scale=scale,
+            ratio_range=ratio_range,
+            cat_max_ratio=cat_max_ratio,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            size_divisibility=size_divisibility,
             on_bad_data=on_bad_data,
         )
         self.root = root

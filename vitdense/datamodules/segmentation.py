@@ -1,0 +1,693 @@
+"""Semantic segmentation data: label mapping, folder datasets, bad-data policy and the DataModules.
+
+A data set is a folder of images and a folder of label PNGs matched by file stem (relative path without
+suffix, so nested folders work too). Label PNGs hold one class index per pixel (mode ``L`` or ``P``, read
+as raw indices, never through the palette; 16-bit ``I;16``/``I`` for more than 255 classes). After the
+optional reduce-zero-label mapping (0 -> ``ignore_index``, ``v`` -> ``v - 1``) labels are ``0..K-1`` or
+``ignore_index`` (default 255), which marks ignored pixels and padding.
+
+Samples (see :class:`SegmentationFolder`): training ``(image uint8 (3, C, C), {"label": int64 (C, C)})``;
+evaluation ``(image uint8 (3, h, w), {"label": int64 (H0, W0), "orig_size", "image_size", "file_name"})``
+with the image resized to fit ``scale`` and the label at the original resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from vitdense.datamodules.coco import (
+    _DECODE_ERRORS,
+    _SKIP_HINT,
+    IMAGE_EXTENSIONS,
+    BadDataError,
+    OnBadData,
+    _resolve_images,
+    read_image,
+)
+from vitdense.datamodules.collate import collate_segmentation
+from vitdense.datamodules.segmentation_transforms import SegmentationEvalTransform, SegmentationTrainTransform
+
+__all__ = [
+    "ADE20K_CLASSES",
+    "ADE20KDataModule",
+    "LabelMapping",
+    "SegmentationFolder",
+    "SegmentationFolderDataModule",
+    "SegmentationPredictImages",
+    "find_ade20k",
+    "read_label",
+]
+
+logger = logging.getLogger(__name__)
+
+# ADEChallengeData2016 (SceneParsing, 150 classes) in label order 1..150, i.e. index 0..149 after
+# reduce_zero_label; the names mmseg uses (its 'bed ' has a stray space, dropped here).
+ADE20K_CLASSES: list[str] = [
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
+    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair",
+    "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
+    "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion",
+    "base", "box", "column", "signboard", "chest of drawers", "counter", "sand", "sink", "skyscraper",
+    "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case", "pool table",
+    "pillow", "screen door", "stairway", "river", "bridge", "bookcase", "blind", "coffee table",
+    "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm", "kitchen island",
+    "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light",
+    "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
+    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman",
+    "bottle", "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy",
+    "washer", "plaything", "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag",
+    "minibike", "cradle", "oven", "ball", "food", "step", "tank", "trade name", "microwave", "pot",
+    "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce",
+    "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
+    "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+]  # fmt: skip
+
+# PIL modes whose pixels are class indices. "P" is read through its indices, never its palette.
+_INDEX_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I", "1")
+_ORIENTATION_TAG = 0x0112
+
+
+# ----------------------------------------------------------------------------------------------------
+# Labels
+# ----------------------------------------------------------------------------------------------------
+
+
+class LabelMapping:
+    """Maps raw label values to training labels and rejects values that are neither a class nor ignored.
+
+    Without ``reduce_zero_label`` values are kept. With it (ADE20K, where 0 is "other"): ``0`` ->
+    ``ignore_index``, ``ignore_index`` stays, every other ``v`` -> ``v - 1``. A mapped value must be in
+    ``[0, num_classes)`` or equal ``ignore_index``.
+
+    Args:
+        num_classes: number of classes ``K``.
+        ignore_index: label of ignored pixels; must be ``>= num_classes``.
+        reduce_zero_label: apply the mapping above.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, reduce_zero_label: bool = False) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes={num_classes}: need at least 1 class")
+        if ignore_index < num_classes:
+            raise ValueError(
+                f"ignore_index={ignore_index} must be >= num_classes={num_classes} (it would hide a class, "
+                "or is negative); use 255 or any value >= num_classes"
+            )
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.reduce_zero_label = reduce_zero_label
+        # The smallest dtype that holds every label: cv2 resizes uint8 and int32 maps, not int64.
+        self.dtype = np.dtype(np.uint8 if ignore_index <= 255 else np.int32)
+        # Table raw value -> mapped value (-1: invalid). Raw values above max(K, ignore_index) are all
+        # invalid, so they are clipped onto the last entry, which is kept invalid.
+        size = max(num_classes, ignore_index) + 2
+        raw = np.arange(size, dtype=np.int64)
+        mapped = raw.copy()
+        if reduce_zero_label:
+            mapped = np.where(raw == ignore_index, raw, raw - 1)
+            mapped[0] = ignore_index
+        valid = ((mapped >= 0) & (mapped < num_classes)) | (mapped == ignore_index)
+        valid[-1] = False
+        self._lut = np.where(valid, mapped, -1)
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        """Map a raw label array.
+
+        Args:
+            raw: integer ``(H, W)`` (``uint8``, ``uint16`` or ``int32``).
+
+        Returns:
+            ``(H, W)`` in :attr:`dtype`, values in ``[0, num_classes)`` or ``ignore_index``.
+
+        Raises:
+            ValueError: values out of range; the message lists them.
+        """
+        index = raw.astype(np.intp)
+        mapped = self._lut[np.clip(index, 0, len(self._lut) - 1, out=index)]
+        bad = mapped < 0
+        if raw.dtype.kind == "i":
+            bad |= raw < 0
+        if bad.any():
+            values = np.unique(raw[bad])
+            shown = ", ".join(str(int(v)) for v in values[:10]) + (", ..." if len(values) > 10 else "")
+            rule = " after reduce_zero_label (0 -> ignore, v -> v - 1)" if self.reduce_zero_label else ""
+            raise ValueError(
+                f"label values {{{shown}}} are not in [0, {self.num_classes}){rule} nor "
+                f"ignore_index={self.ignore_index}"
+            )
+        return mapped.astype(self.dtype)
+
+
+def _label_mode_problem(mode: str) -> str | None:
+    if mode in _INDEX_MODES:
+        return None
+    return (
+        f"is a mode {mode} image, but a label PNG must hold one class index per pixel (mode L or P, or "
+        "16-bit I;16); a colour rendering of a label map cannot be used: convert it to indices "
+        "(e.g. map each palette colour to its class index) and save it as an 8-bit PNG"
+    )
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """Read a label PNG as raw class indices (palette images by their indices, not their colours).
+
+    Returns:
+        ``(H, W)`` ``uint8`` (modes ``L``, ``P``, ``1``), ``uint16`` (``I;16*``) or ``int32`` (``I``).
+
+    Raises:
+        BadDataError: the file is not single-channel (e.g. an RGB rendering of the labels).
+        OSError, ValueError, SyntaxError: the file is missing, truncated or not an image.
+    """
+    with Image.open(path) as image:
+        image.load()
+        problem = _label_mode_problem(image.mode)
+        if problem is not None:
+            raise BadDataError(f"{path} {problem}")
+        array = np.asarray(image)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    elif array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array
+
+
+# ----------------------------------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pair:
+    key: str  # relative path without suffix
+    image: str
+    label: str
+
+
+def _index_folder(folder: Path, suffixes: tuple[str, ...], argument: str) -> dict[str, list[Path]]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: folder not found; check the {argument} argument")
+    index: dict[str, list[Path]] = {}
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            path = Path(dirpath, name)
+            if path.suffix.lower() in suffixes:
+                index.setdefault(path.relative_to(folder).with_suffix("").as_posix(), []).append(path)
+    return index
+
+
+def _image_sizes(path: str) -> set[tuple[int, int]]:
+    """``(h, w)`` of the stored pixels and, when EXIF rotates by 90 degrees, of the oriented image."""
+    with Image.open(path) as image:
+        w, h = image.size
+        sizes = {(h, w)}
+        if image.getexif().get(_ORIENTATION_TAG, 1) in (5, 6, 7, 8):
+            sizes.add((w, h))
+    return sizes
+
+
+class SegmentationFolder(Dataset):
+    """One split: images and label PNGs matched by stem, checked cheaply (file headers) at construction.
+
+    With a :class:`SegmentationTrainTransform` it yields ``(image, {"label"})``: ``image`` ``uint8``
+    ``(3, C, C)``, ``label`` ``int64`` ``(C, C)`` (padding = ``ignore_index``). With a
+    :class:`SegmentationEvalTransform`: ``image`` ``uint8`` ``(3, h, w)`` (resized to fit ``scale``, not
+    padded) and ``{"label": int64 (H0, W0), "orig_size": (H0, W0), "image_size": (h, w), "file_name"}``,
+    the label at the original resolution. Labels are mapped by :class:`LabelMapping`.
+
+    Bad records: at construction, an image without a label PNG or a label without an image, two images
+    with the same stem, a label that is not single-channel, and image/label sizes that differ (read from
+    the headers; an EXIF rotation of the image is allowed for); at load time, out-of-range label values,
+    sizes that differ, and undecodable files. Under ``on_bad_data="error"`` they raise
+    :class:`BadDataError` naming the file; under ``"skip"`` they are logged and counted in ``skipped`` by
+    reason, and a bad sample found at load time is replaced by the next good one (counts made in
+    DataLoader workers stay in those processes).
+
+    Args:
+        images: image folder (any of ``IMAGE_EXTENSIONS``; searched recursively).
+        labels: label folder (``.png``; same relative paths and stems as the images).
+        transform: training or evaluation transform.
+        num_classes: number of classes ``K``.
+        ignore_index: ignored / padding label, ``>= K``.
+        reduce_zero_label: raw 0 -> ``ignore_index``, ``v`` -> ``v - 1``.
+        on_bad_data: ``"error"`` or ``"skip"``.
+    """
+
+    def __init__(
+        self,
+        images: str | Path,
+        labels: str | Path,
+        transform: SegmentationTrainTransform | SegmentationEvalTransform,
+        *,
+        num_classes: int,
+        ignore_index: int = 255,
+        reduce_zero_label: bool = False,
+        on_bad_data: OnBadData = "error",
+    ) -> None:
+        if on_bad_data not in ("error", "skip"):
+            raise ValueError(f"on_bad_data={on_bad_data!r}; use 'error' or 'skip'")
+        self.images = Path(images)
+        self.labels = Path(labels)
+        self.transform = transform
+        self.train = isinstance(transform, SegmentationTrainTransform)
+        self.mapping = LabelMapping(num_classes, ignore_index, reduce_zero_label)
+        self.on_bad_data = on_bad_data
+        self.skipped: Counter[str] = Counter()
+        self._bad_indices: set[int] = set()
+        self._pairs = self._build_pairs()
+        if self.skipped:
+            total = sum(self.skipped.values())
+            logger.warning("%s: skipped %d bad records: %s", self.images, total, dict(self.skipped))
+        if not self._pairs:
+            raise BadDataError(
+                f"{self.images}: no image has a label PNG in {self.labels}; images and labels are matched "
+                "by file stem (000001.jpg <-> 000001.png), check both folder arguments"
+            )
+
+    def _bad(self, reason: str, message: str) -> None:
+        if self.on_bad_data == "error":
+            raise BadDataError(message)
+        logger.warning("skipping: %s", message)
+        self.skipped[reason] += 1
+
+    def _build_pairs(self) -> list[_Pair]:
+        images = _index_folder(self.images, IMAGE_EXTENSIONS, "images")
+        labels = _index_folder(self.labels, (".png",), "labels")
+        pairs = []
+        for key in sorted(images.keys() | labels.keys()):
+            found, label = images.get(key, []), labels.get(key, [])
+            if not label:
+                self._bad(
+                    "missing_label",
+                    f"{found[0]} has no label {self.labels / key}.png; add the label PNG or remove the "
+                    f"image, {_SKIP_HINT}",
+                )
+                continue
+            if not found:
+                self._bad(
+                    "missing_image",
+                    f"{label[0]} has no image {self.images / key}.* (any of "
+                    f"{', '.join(IMAGE_EXTENSIONS[:4])}, ...); add the image or remove the label, "
+                    f"{_SKIP_HINT}",
+                )
+                continue
+            if len(found) > 1:
+                names = ", ".join(sorted(str(p) for p in found))
+                self._bad(
+                    "duplicate_image",
+                    f"{names} share the stem of label {label[0]}; keep one of them, {_SKIP_HINT}",
+                )
+                continue
+            pair = _Pair(key, str(found[0]), str(label[0]))
+            problem = self._header_problem(pair)
+            if problem is not None:
+                self._bad(problem[0], problem[1])
+                continue
+            pairs.append(pair)
+        return pairs
+
+    def _header_problem(self, pair: _Pair) -> tuple[str, str] | None:
+        """``(reason, message)`` when the headers show a bad pair; decoding is left to load time."""
+        try:
+            with Image.open(pair.label) as label:
+                mode, (w, h) = label.mode, label.size
+        except _DECODE_ERRORS as exc:
+            return "corrupt_label", (
+                f"{pair.label} cannot be read ({type(exc).__name__}: {exc}); replace it or remove the pair, "
+                f"{_SKIP_HINT}"
+            )
+        problem = _label_mode_problem(mode)
+        if problem is not None:
+            return "label_not_indices", f"{pair.label} {problem}, {_SKIP_HINT}"
+        try:
+            sizes = _image_sizes(pair.image)
+        except _DECODE_ERRORS as exc:
+            return "corrupt_image", (
+                f"{pair.image} cannot be read ({type(exc).__name__}: {exc}); replace it or remove the pair, "
+                f"{_SKIP_HINT}"
+            )
+        if (h, w) not in sizes:
+            ih, iw = min(sizes)
+            return "size_mismatch", (
+                f"{pair.label} is {h}x{w} (h x w) but its image {pair.image} is {ih}x{iw}; labels must have "
+                f"the image's size, fix or remove the pair, {_SKIP_HINT}"
+            )
+        return None
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    @property
+    def files(self) -> list[tuple[str, str]]:
+        """``(image, label)`` paths of the usable pairs, in sample order."""
+        return [(p.image, p.label) for p in self._pairs]
+
+    def _load(self, pair: _Pair) -> tuple[torch.Tensor, dict[str, Any]]:
+        raw = read_label(pair.label)
+        try:
+            label = self.mapping(raw)
+        except ValueError as exc:
+            raise BadDataError(
+                f"{pair.label}: {exc}; check num_classes / reduce_zero_label / ignore_index or fix the file, "
+                f"{_SKIP_HINT}"
+            ) from exc
+        image = read_image(pair.image, expected_hw=label.shape[:2])
+        if image.shape[:2] != label.shape[:2]:
+            raise BadDataError(
+                f"{pair.label} is {label.shape[0]}x{label.shape[1]} (h x w) but its image {pair.image} is "
+                f"{image.shape[0]}x{image.shape[1]}; fix or remove the pair, {_SKIP_HINT}"
+            )
+        if self.train:
+            out_image, out_label = self.transform(image, label)
+            return out_image, {"label": out_label}
+        out_image = self.transform(image)
+        target = {
+            "label": torch.from_numpy(label.astype(np.int64)),
+            "orig_size": (int(label.shape[0]), int(label.shape[1])),
+            "image_size": (int(out_image.shape[-2]), int(out_image.shape[-1])),
+            "file_name": pair.image,
+        }
+        return out_image, target
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        n = len(self._pairs)
+        for step in range(n):
+            i = (index + step) % n
+            if i in self._bad_indices:
+                continue
+            pair = self._pairs[i]
+            try:
+                return self._load(pair)
+            except BadDataError as exc:
+                if self.on_bad_data == "error":
+                    raise
+                reason, message = "bad_label", str(exc)
+            except _DECODE_ERRORS as exc:
+                message = (
+                    f"{pair.image} or {pair.label} cannot be decoded ({type(exc).__name__}: {exc}); replace "
+                    f"the file or remove the pair, {_SKIP_HINT}"
+                )
+                if self.on_bad_data == "error":
+                    raise BadDataError(message) from exc
+                reason = "corrupt_file"
+            self._bad_indices.add(i)
+            self._bad(reason, message)
+        raise BadDataError(f"{self.images}: none of its image/label pairs is readable; see {self.labels}")
+
+
+class SegmentationPredictImages(Dataset):
+    """Images to segment: a file, a folder (its image files, sorted) or a glob.
+
+    Yields ``(image, target)``: ``image`` ``uint8`` ``(3, h, w)`` resized to fit ``scale`` (not padded);
+    ``target`` has ``"orig_size"`` ``(H0, W0)`` after EXIF orientation, ``"image_size"`` ``(h, w)`` and
+    ``"file_name"``. An unreadable file raises :class:`BadDataError` naming it.
+    """
+
+    def __init__(self, source: str, scale: tuple[int, int] = (2048, 512)) -> None:
+        self.source = source
+        self.files = _resolve_images(source)
+        self.transform = SegmentationEvalTransform(scale)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        path = self.files[index]
+        try:
+            image = read_image(path)
+        except _DECODE_ERRORS as exc:
+            raise BadDataError(
+                f"{path} cannot be decoded ({type(exc).__name__}: {exc}); replace or remove the file"
+            ) from exc
+        out = self.transform(image)
+        target = {
+            "orig_size": (int(image.shape[0]), int(image.shape[1])),
+            "image_size": (int(out.shape[-2]), int(out.shape[-1])),
+            "file_name": str(path),
+        }
+        return out, target
+
+
+# ----------------------------------------------------------------------------------------------------
+# DataModules
+# ----------------------------------------------------------------------------------------------------
+
+
+def _check_crop_size(crop_size: int, size_divisibility: int) -> None:
+    if size_divisibility <= 0 or crop_size <= 0:
+        raise ValueError(f"crop_size={crop_size}, size_divisibility={size_divisibility}: both must be > 0")
+    if crop_size % size_divisibility:
+        lower = crop_size // size_divisibility * size_divisibility
+        upper = lower + size_divisibility
+        nearest = f"{lower} or {upper}" if lower else f"{upper}"
+        raise ValueError(
+            f"crop_size={crop_size} is not a multiple of size_divisibility={size_divisibility} (the ViT "
+            f"patch, so the crop is a whole number of patches); use {nearest}"
+        )
+
+
+class SegmentationFolderDataModule(L.LightningDataModule):
+    """Semantic segmentation from an image folder and a label-PNG folder per split (matched by stem).
+
+    Training uses the mmseg ADE20K pipeline (:class:`SegmentationTrainTransform`: random resize to
+    ``scale x U(ratio_range)``, ``crop_size`` crop with ``cat_max_ratio``, flip, photometric distortion,
+    padding); val/test/predict resize to fit ``scale`` (:class:`SegmentationEvalTransform`) and keep the
+    label at the original resolution. Batches are padded by :func:`collate_segmentation` to multiples of
+    ``size_divisibility``. ``num_classes``, ``class_names`` and ``ignore_index`` are set in ``__init__``
+    (LightningCLI links ``num_classes`` into the model); the folders are scanned in ``setup``.
+
+    Args:
+        train_images: training image folder.
+        train_labels: training label-PNG folder.
+        val_images: validation image folder.
+        val_labels: validation label-PNG folder.
+        test_images: test image folder (default: ``val_images``).
+        test_labels: test label folder (default: ``val_labels``).
+        predict_images: an image file, a folder or a glob for ``predict``.
+        num_classes: number of classes ``K`` (after ``reduce_zero_label``).
+        class_names: ``K`` names (default ``"0"``, ``"1"``, ...).
+        ignore_index: ignored / padding label, ``>= K``.
+        reduce_zero_label: raw 0 -> ``ignore_index``, ``v`` -> ``v - 1`` (ADE20K).
+        crop_size: training crop side ``C``; a multiple of ``size_divisibility`` (518 = 37 x 14).
+        scale: ``(long, short)`` reference size of the resize (mmseg ADE20K ``(2048, 512)``).
+        ratio_range: random factor range applied to ``scale`` in training.
+        cat_max_ratio: largest share one class may take of a training crop (1 disables the check).
+        batch_size: training batch size.
+        eval_batch_size: val/test/predict batch size.
+        num_workers: DataLoader workers (persistent when > 0).
+        size_divisibility: batch sides are padded to a multiple of this (the ViT patch, 14).
+        on_bad_data: ``"error"`` raises on the first bad record; ``"skip"`` drops, logs and counts them.
+    """
+
+    def __init__(
+        self,
+        train_images: str,
+        train_labels: str,
+        val_images: str,
+        val_labels: str,
+        num_classes: int,
+        test_images: str | None = None,
+        test_labels: str | None = None,
+        predict_images: str | None = None,
+        class_names: list[str] | None = None,
+        ignore_index: int = 255,
+        reduce_zero_label: bool = False,
+        crop_size: int = 518,
+        scale: tuple[int, int] = (2048, 512),
+        ratio_range: tuple[float, float] = (0.5, 2.0),
+        cat_max_ratio: float = 0.75,
+        batch_size: int = 16,
+        eval_batch_size: int = 1,
+        num_workers: int = 4,
+        size_divisibility: int = 14,
+        on_bad_data: OnBadData = "error",
+    ) -> None:
+        super().__init__()
+        _check_crop_size(crop_size, size_divisibility)
+        LabelMapping(num_classes, ignore_index, reduce_zero_label)  # validates num_classes / ignore_index
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(
+                f"class_names has {len(class_names)} names but num_classes={num_classes}; give one name "
+                "per class"
+            )
+        if len(scale) != 2 or min(scale) <= 0:
+            raise ValueError(f"scale={scale}: give (long, short) positive sides, e.g. (2048, 512)")
+        if len(ratio_range) != 2 or not 0 < ratio_range[0] <= ratio_range[1]:
+            raise ValueError(f"ratio_range={ratio_range}: need 0 < low <= high, e.g. (0.5, 2.0)")
+        if not 0 < cat_max_ratio <= 1:
+            raise ValueError(f"cat_max_ratio={cat_max_ratio}: need 0 < cat_max_ratio <= 1 (1 disables it)")
+        if batch_size < 1 or eval_batch_size < 1 or num_workers < 0:
+            raise ValueError(
+                f"batch_size={batch_size}, eval_batch_size={eval_batch_size} must be >= 1 and "
+                f"num_workers={num_workers} >= 0"
+            )
+        if on_bad_data not in ("error", "skip"):
+            raise ValueError(f"on_bad_data={on_bad_data!r}; use 'error' or 'skip'")
+        self.save_hyperparameters()
+        self.train_images = train_images
+        self.train_labels = train_labels
+        self.val_images = val_images
+        self.val_labels = val_labels
+        self.test_images = test_images if test_images is not None else val_images
+        self.test_labels = test_labels if test_labels is not None else val_labels
+        self.predict_images = predict_images
+        self.num_classes = num_classes
+        self.class_names = [str(i) for i in range(num_classes)] if class_names is None else list(class_names)
+        self.ignore_index = ignore_index
+        self.reduce_zero_label = reduce_zero_label
+        self.crop_size = crop_size
+        self.scale = (int(scale[0]), int(scale[1]))
+        self.ratio_range = (float(ratio_range[0]), float(ratio_range[1]))
+        self.cat_max_ratio = cat_max_ratio
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.size_divisibility = size_divisibility
+        self.on_bad_data = on_bad_data
+        self.train_dataset: SegmentationFolder | None = None
+        self.val_dataset: SegmentationFolder | None = None
+        self.test_dataset: SegmentationFolder | None = None
+        self.predict_dataset: SegmentationPredictImages | None = None
+
+    def _dataset(
+        self, images: str, labels: str, transform: SegmentationTrainTransform | SegmentationEvalTransform
+    ) -> SegmentationFolder:
+        return SegmentationFolder(
+            images,
+            labels,
+            transform,
+            num_classes=self.num_classes,
+            ignore_index=self.ignore_index,
+            reduce_zero_label=self.reduce_zero_label,
+            on_bad_data=self.on_bad_data,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets ``stage`` needs (``fit``, ``validate``, ``test``, ``predict`` or None: all)."""
+        if stage in ("fit", None) and self.train_dataset is None:
+            transform = SegmentationTrainTransform(
+                self.crop_size, self.scale, self.ratio_range, self.cat_max_ratio, self.ignore_index
+            )
+            self.train_dataset = self._dataset(self.train_images, self.train_labels, transform)
+        if stage in ("fit", "validate", None) and self.val_dataset is None:
+            transform = SegmentationEvalTransform(self.scale)
+            self.val_dataset = self._dataset(self.val_images, self.val_labels, transform)
+        if stage in ("test", None) and self.test_dataset is None:
+            same_files = (self.test_images, self.test_labels) == (self.val_images, self.val_labels)
+            if same_files and self.val_dataset is not None:
+                self.test_dataset = self.val_dataset  # same files: reuse the scanned pairs
+            else:
+                transform = SegmentationEvalTransform(self.scale)
+                self.test_dataset = self._dataset(self.test_images, self.test_labels, transform)
+        if stage in ("predict", None) and self.predict_dataset is None and self.predict_images is not None:
+            self.predict_dataset = SegmentationPredictImages(self.predict_images, self.scale)
+        if stage == "predict" and self.predict_images is None:
+            raise ValueError("predict needs predict_images (an image file, a folder or a glob)")
+
+    def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool, stage: str) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"call setup({stage!r}) before asking for its DataLoader")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate_segmentation, size_divisibility=self.size_divisibility),
+            # Pinned memory only helps host-to-GPU copies; on CPU-only machines it just warns.
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, self.batch_size, True, "fit")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, self.eval_batch_size, False, "validate")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, self.eval_batch_size, False, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_dataset, self.eval_batch_size, False, "predict")
+
+
+def find_ade20k(root: str | Path) -> Path:
+    """The ``ADEChallengeData2016`` folder: ``root/ADEChallengeData2016`` or ``root`` itself.
+
+    Raises:
+        FileNotFoundError: neither holds ``images/{training,validation}`` and
+            ``annotations/{training,validation}``.
+    """
+    root = Path(root)
+    needed = [f"{kind}/{split}" for kind in ("images", "annotations") for split in ("training", "validation")]
+    for candidate in (root / "ADEChallengeData2016", root):
+        if all((candidate / sub).is_dir() for sub in needed):
+            return candidate
+    raise FileNotFoundError(
+        f"{root}: no ADE20K layout found (ADEChallengeData2016/images/{{training,validation}}/*.jpg and "
+        "annotations/{training,validation}/*.png); pass the folder that contains ADEChallengeData2016/ "
+        "(unzip ADEChallengeData2016.zip from the MIT SceneParsing benchmark there) or that folder itself"
+    )
+
+
+class ADE20KDataModule(SegmentationFolderDataModule):
+    """ADE20K (ADEChallengeData2016, SceneParsing): 150 classes, 0 = "other" ignored.
+
+    Training uses ``images/training`` + ``annotations/training``; validation and test use the
+    ``validation`` split (the test server's labels are not public). ``reduce_zero_label`` is fixed on:
+    raw 0 ("other") -> 255 (ignored), raw 1..150 -> 0..149 named by :data:`ADE20K_CLASSES`.
+
+    Args:
+        root: the folder containing ``ADEChallengeData2016/``, or that folder itself.
+        Other arguments: as :class:`SegmentationFolderDataModule` (defaults: the mmseg ADE20K 512 x 512
+            pipeline with a 518 = 37 x 14 crop).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        predict_images: str | None = None,
+        crop_size: int = 518,
+        scale: tuple[int, int] = (2048, 512),
+        ratio_range: tuple[float, float] = (0.5, 2.0),
+        cat_max_ratio: float = 0.75,
+        batch_size: int = 16,
+        eval_batch_size: int = 1,
+        num_workers: int = 4,
+        size_divisibility: int = 14,
+        on_bad_data: OnBadData = "error",
+    ) -> None:
+        base = find_ade20k(root)
+        super().__init__(
+            train_images=str(base / "images" / "training"),
+            train_labels=str(base / "annotations" / "training"),
+            val_images=str(base / "images" / "validation"),
+            val_labels=str(base / "annotations" / "validation"),
+            num_classes=len(ADE20K_CLASSES),
+            predict_images=predict_images,
+            class_names=ADE20K_CLASSES,
+            ignore_index=255,
+            reduce_zero_label=True,
+            crop_size=crop_size,
+            scale=scale,
+            ratio_range=ratio_range,
+            cat_max_ratio=cat_max_ratio,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            size_divisibility=size_divisibility,
+            on_bad_data=on_bad_data,
+        )
+        self.root = root
+
