@@ -66,6 +66,23 @@ def test_ade20k_recipes_fit_and_evaluate_on_ade_layout(recipe, ade_root, tmp_pat
     assert "IoU" in printed and "wall" in printed  # the per-class table names ADE20K's classes
 
 
+def test_ade20k_test_subcommand_prints_table_and_metrics(ade_root, tmp_path, capsys):
+    main(
+        [
+            "test",
+            "--config", str(RECIPES / "ade20k_semseg.yaml"),
+            "--config", str(_override_file(tmp_path, "ade20k_semseg")),
+            f"--data.init_args.root={ade_root}",
+            "--data.init_args.num_workers=0",
+            *TRAINER,
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "aAcc" in printed and "ceiling" in printed
+    metrics = json.loads(printed.strip().splitlines()[-1])
+    assert metrics["split"] == "test" and {"mIoU", "aAcc", "mAcc"} <= set(metrics)
+
+
 def test_custom_recipe_with_ignore_index_11_needs_two_overrides(tmp_path, monkeypatch, capsys):
     """A CamVid-like set (11 classes, 11 = void) placed where the template expects it."""
     rng = np.random.default_rng(0)

@@ -31,3 +31,27 @@ def test_custom_recipe_trains_and_evaluates_on_real_photos(tmp_path, capsys):
     main(["fit", "--config", str(recipe), *_tiny_overrides(paths, tmp_path)])
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["split"] == "val" and {"bbox_AP", "segm_AP"} <= set(metrics)
+
+
+CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid_val"
+
+
+@pytest.mark.skipif(not CAMVID.is_dir(), reason="../shared/data/camvid_val not present")
+def test_camvid_with_ignore_index_11_trains_with_the_custom_template(tmp_path, capsys):
+    from tests.test_cli_segmentation import TRAINER, _override_file
+
+    recipe = Path(__file__).parents[1] / "recipes" / "custom_semseg.yaml"
+    images, labels = str(CAMVID / "images"), str(CAMVID / "labels")
+    main(
+        [
+            "fit", "--config", str(recipe),
+            "--data.init_args.num_classes=11", "--data.init_args.ignore_index=11",
+            f"--data.init_args.train_images={images}", f"--data.init_args.train_labels={labels}",
+            f"--data.init_args.val_images={images}", f"--data.init_args.val_labels={labels}",
+            "--config", str(_override_file(tmp_path, "custom_semseg")),
+            "--data.init_args.crop_size=224", "--data.init_args.batch_size=2", "--data.init_args.num_workers=0",
+            *TRAINER, f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["split"] == "val" and 0.0 <= metrics["mIoU"] <= 1.0
