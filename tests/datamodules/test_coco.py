@@ -231,9 +231,15 @@ def test_corrupt_image_in_worker_names_the_file(make_coco: MakeCoco) -> None:
     root, ann_file, _ = _corrupt_set(make_coco)
     ds = CocoDetection(root, ann_file, EvalTransform(56))
     loader = DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate_detection)
+    iterator = iter(loader)
     with pytest.raises(Exception) as info:  # noqa: PT011 - DataLoader re-raises in the main process
-        list(loader)
-    assert "broken.jpg" in str(info.value) and "image id 2" in str(info.value)
+        list(iterator)
+    message = str(info.value)
+    # Shut the worker down now: the traceback would keep it alive until a later garbage collection,
+    # which then waits 5 s for it.
+    iterator._shutdown_workers()
+    del info, iterator
+    assert "broken.jpg" in message and "image id 2" in message
 
 
 def test_corrupt_image_skipped_returns_another_sample(make_coco: MakeCoco) -> None:
