@@ -63,7 +63,11 @@ def main() -> None:
             optimizer.step()
             optimizer.zero_grad()
 
-        context = mock.patch.object(roi_align_module, "roi_align_gather", patch) if patch else contextlib.nullcontext()
+        context = (
+            mock.patch.object(roi_align_module, "roi_align_gather", patch)
+            if patch
+            else contextlib.nullcontext()
+        )
         with context:
             for batch in batches[:2]:
                 step(batch)
@@ -71,8 +75,17 @@ def main() -> None:
             for batch in batches[2:]:
                 step(batch)
             seconds = (time.perf_counter() - start) / args.steps
-        print(json.dumps({"name": f"demo_train_step_cpu_{name}_roi_align", "batch": 4, "size": 224,
-                          "s_per_step": round(seconds, 3), "threads": torch.get_num_threads()}))
+        print(
+            json.dumps(
+                {
+                    "name": f"demo_train_step_cpu_{name}_roi_align",
+                    "batch": 4,
+                    "size": 224,
+                    "s_per_step": round(seconds, 3),
+                    "threads": torch.get_num_threads(),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

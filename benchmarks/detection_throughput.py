@@ -66,7 +66,9 @@ def measure(fn, steps: int, warmup: int, device: torch.device) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny backbone, small canvas (CPU check)")
     parser.add_argument("--size", type=int, default=None, help="canvas side, a multiple of 56 (default 1008)")
     parser.add_argument("--batch", type=int, default=None, help="images per step (default 8)")
@@ -75,8 +77,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--arch", choices=["faster_rcnn", "mask_rcnn", "both"], default="both")
     parser.add_argument("--grad-checkpointing", action="store_true")
-    parser.add_argument("--original-size", type=int, nargs=2, default=(1000, 1333), metavar=("H", "W"),
-                        help="image size masks are pasted back to at inference")
+    parser.add_argument(
+        "--original-size",
+        type=int,
+        nargs=2,
+        default=(1000, 1333),
+        metavar=("H", "W"),
+        help="image size masks are pasted back to at inference",
+    )
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -92,13 +100,19 @@ def main() -> None:
     images, targets = synthetic_batch(batch, size, args.boxes, device)
     image_sizes = [(size, size)] * batch
     scale = size / max(args.original_size)
-    common = {"size": size, "batch": batch, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+    common = {
+        "size": size,
+        "batch": batch,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    }
 
     archs = ["faster_rcnn", "mask_rcnn"] if args.arch == "both" else [args.arch]
     for arch in archs:
         model = build(arch, args.tiny, args.grad_checkpointing).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        arch_targets = targets if arch == "mask_rcnn" else [{k: t[k] for k in ("boxes", "labels")} for t in targets]
+        arch_targets = (
+            targets if arch == "mask_rcnn" else [{k: t[k] for k in ("boxes", "labels")} for t in targets]
+        )
 
         def train_step() -> None:
             with autocast:
@@ -117,13 +131,15 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats()
             seconds = measure(step, steps, args.warmup, device)
             peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-            print(json.dumps({"name": name, **common, "img_s": batch / seconds, "peak_gib": peak}), flush=True)
+            print(
+                json.dumps({"name": name, **common, "img_s": batch / seconds, "peak_gib": peak}), flush=True
+            )
 
         model.train()
         report(f"vitdense_{arch}_train", train_step)
         model.eval()
         report(f"vitdense_{arch}_inference", inference_step)
-        del model, optimizer
+        model = optimizer = None  # free this architecture's memory before the next one
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -89,7 +89,8 @@ def test_coco_recipes_fit_one_step_on_other_data(recipe, shapes, tmp_path, capsy
 def test_demo_recipe_fits_and_tests_one_step(tmp_path, capsys):
     demo = Path(__file__).parents[1] / "recipes" / "demo_shapes_mask_rcnn.yaml"
     common = [
-        "--config", str(demo),
+        "--config",
+        str(demo),
         f"--data.init_args.root={tmp_path / 'shapes'}",
         "--data.init_args.num_train=8",
         "--data.init_args.num_val=4",

@@ -49,8 +49,10 @@ def test_ade20k_recipes_fit_and_evaluate_on_ade_layout(recipe, ade_root, tmp_pat
     main(
         [
             "fit",
-            "--config", str(RECIPES / f"{recipe}.yaml"),
-            "--config", str(_override_file(tmp_path, recipe)),
+            "--config",
+            str(RECIPES / f"{recipe}.yaml"),
+            "--config",
+            str(_override_file(tmp_path, recipe)),
             f"--data.init_args.root={ade_root}",
             "--data.init_args.crop_size=112",
             "--data.init_args.scale=[320, 240]",
@@ -70,8 +72,10 @@ def test_ade20k_test_subcommand_prints_table_and_metrics(ade_root, tmp_path, cap
     main(
         [
             "test",
-            "--config", str(RECIPES / "ade20k_semseg.yaml"),
-            "--config", str(_override_file(tmp_path, "ade20k_semseg")),
+            "--config",
+            str(RECIPES / "ade20k_semseg.yaml"),
+            "--config",
+            str(_override_file(tmp_path, "ade20k_semseg")),
             f"--data.init_args.root={ade_root}",
             "--data.init_args.num_workers=0",
             *TRAINER,
@@ -94,16 +98,20 @@ def test_custom_recipe_with_ignore_index_11_needs_two_overrides(tmp_path, monkey
             folder_labels.mkdir(parents=True, exist_ok=True)
             label = rng.integers(0, 12, (120, 160), dtype=np.uint8)  # 0..10 classes, 11 void
             Image.fromarray(label, mode="L").save(folder_labels / f"{index:03d}.png")
-            Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(folder_images / f"{index:03d}.png")
+            Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(
+                folder_images / f"{index:03d}.png"
+            )
     monkeypatch.chdir(tmp_path)
     main(
         [
             "fit",
-            "--config", str(RECIPES / "custom_semseg.yaml"),
+            "--config",
+            str(RECIPES / "custom_semseg.yaml"),
             "--data.init_args.num_classes=11",
             "--data.init_args.ignore_index=11",
             # test scaffolding: tiny model, small crops, CPU
-            "--config", str(_override_file(tmp_path, "custom_semseg")),
+            "--config",
+            str(_override_file(tmp_path, "custom_semseg")),
             "--data.init_args.crop_size=112",
             "--data.init_args.batch_size=2",
             "--data.init_args.num_workers=0",

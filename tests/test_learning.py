@@ -16,7 +16,8 @@ def test_demo_recipe_reaches_box_and_mask_ap50_above_chance(tmp_path, capsys):
     main(
         [
             "fit",
-            "--config", str(DEMO),
+            "--config",
+            str(DEMO),
             f"--data.init_args.root={tmp_path / 'shapes'}",
             "--data.init_args.num_train=300",
             "--data.init_args.num_val=40",
@@ -42,7 +43,8 @@ def test_semseg_demo_recipe_reaches_miou_above_chance(tmp_path, capsys):
     main(
         [
             "fit",
-            "--config", str(DEMO.with_name("demo_shapes_semseg.yaml")),
+            "--config",
+            str(DEMO.with_name("demo_shapes_semseg.yaml")),
             f"--data.init_args.root={tmp_path / 'shapes'}",
             "--data.init_args.num_train=120",
             "--data.init_args.num_val=20",

@@ -25,8 +25,12 @@ def test_labelme_voc_parses_with_category_zero_and_sub_folders():
 
 def test_custom_recipe_trains_and_evaluates_on_real_photos(tmp_path, capsys):
     annotations = str(LABELME / "annotations.json")
-    paths = {"train_images": LABELME, "train_annotations": annotations,
-             "val_images": LABELME, "val_annotations": annotations}
+    paths = {
+        "train_images": LABELME,
+        "train_annotations": annotations,
+        "val_images": LABELME,
+        "val_annotations": annotations,
+    }
     recipe = Path(__file__).parents[1] / "recipes" / "custom_coco_mask_rcnn.yaml"
     main(["fit", "--config", str(recipe), *_tiny_overrides(paths, tmp_path)])
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -44,13 +48,22 @@ def test_camvid_with_ignore_index_11_trains_with_the_custom_template(tmp_path, c
     images, labels = str(CAMVID / "images"), str(CAMVID / "labels")
     main(
         [
-            "fit", "--config", str(recipe),
-            "--data.init_args.num_classes=11", "--data.init_args.ignore_index=11",
-            f"--data.init_args.train_images={images}", f"--data.init_args.train_labels={labels}",
-            f"--data.init_args.val_images={images}", f"--data.init_args.val_labels={labels}",
-            "--config", str(_override_file(tmp_path, "custom_semseg")),
-            "--data.init_args.crop_size=224", "--data.init_args.batch_size=2", "--data.init_args.num_workers=0",
-            *TRAINER, f"--trainer.default_root_dir={tmp_path}",
+            "fit",
+            "--config",
+            str(recipe),
+            "--data.init_args.num_classes=11",
+            "--data.init_args.ignore_index=11",
+            f"--data.init_args.train_images={images}",
+            f"--data.init_args.train_labels={labels}",
+            f"--data.init_args.val_images={images}",
+            f"--data.init_args.val_labels={labels}",
+            "--config",
+            str(_override_file(tmp_path, "custom_semseg")),
+            "--data.init_args.crop_size=224",
+            "--data.init_args.batch_size=2",
+            "--data.init_args.num_workers=0",
+            *TRAINER,
+            f"--trainer.default_root_dir={tmp_path}",
         ]
     )
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -17,7 +17,7 @@ class VitDenseCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
     def _print_final_metrics(self) -> None:
-        """End the run's output with one JSON line of the last evaluation's metrics (after the progress bar)."""
+        """End the output with one JSON line of the last evaluation's metrics, after the progress bar."""
         metrics = getattr(self.model, "final_metrics", None)
         if metrics and self.trainer.is_global_zero:
             print(json.dumps(metrics), flush=True)

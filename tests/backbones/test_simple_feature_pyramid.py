@@ -38,7 +38,12 @@ def test_levels_are_phase_aligned_with_the_image(pyramid):
             response = (resample(vit_map) - resample(torch.zeros_like(vit_map))).abs().sum(1)[0]
         stride = pyramid.strides[name]
         rows, cols = torch.nonzero(response > 0, as_tuple=True)
-        extent = (rows.min() * stride, (rows.max() + 1) * stride, cols.min() * stride, (cols.max() + 1) * stride)
+        extent = (
+            rows.min() * stride,
+            (rows.max() + 1) * stride,
+            cols.min() * stride,
+            (cols.max() + 1) * stride,
+        )
         assert tuple(float(v) for v in extent) == expected[name], name
 
 
@@ -49,7 +54,10 @@ def test_sizes_not_multiple_of_coarsest_stride_are_refused(pyramid):
 
 def test_subset_of_scales_and_no_top_block():
     pyramid = SimpleFeaturePyramid(
-        BirderBackbone(TINY_NETWORK, config=TINY_CONFIG), out_channels=16, scale_factors=(2.0, 1.0), top_block=False
+        BirderBackbone(TINY_NETWORK, config=TINY_CONFIG),
+        out_channels=16,
+        scale_factors=(2.0, 1.0),
+        top_block=False,
     )
     assert pyramid.strides == {"p3": 7.0, "p4": 14.0}
     assert pyramid.size_divisibility == 14

@@ -15,7 +15,6 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader
 
-
 from vitdense.datamodules import (
     BadDataError,
     CocoDataModule,
@@ -164,7 +163,10 @@ BAD_CASES = {
     "unknown_category": ([IMG], [_ann(77, [1, 1, 5, 5], cid=99)], "unknown_category", [AID, "99"]),
     "unknown_image": ([IMG], [_ann(77, [1, 1, 5, 5], image_id=999)], "unknown_image", [AID, "999"]),
     "malformed_polygon": (
-        [IMG], [_ann(77, [1, 1, 5, 5], segmentation=[[1, 2, 3, 4]])], "malformed_segmentation", [AID]
+        [IMG],
+        [_ann(77, [1, 1, 5, 5], segmentation=[[1, 2, 3, 4]])],
+        "malformed_segmentation",
+        [AID],
     ),
     "rle_wrong_size": (
         [IMG],
@@ -173,7 +175,10 @@ BAD_CASES = {
         [AID, "[28, 56]"],
     ),
     "missing_image": (
-        [IMG, GONE], [_ann(77, [1, 1, 5, 5], image_id=5)], "missing_image", ["gone.png", "image id 5"]
+        [IMG, GONE],
+        [_ann(77, [1, 1, 5, 5], image_id=5)],
+        "missing_image",
+        ["gone.png", "image id 5"],
     ),
 }
 

@@ -282,7 +282,9 @@ def test_workers_draw_different_augmentations(tmp_path: Path) -> None:
     _write_pair(images, labels, "a", _label(40, 60))
     transform = SegmentationTrainTransform(crop_size=28, scale=(60, 40))
     dataset = torch.utils.data.Subset(SegmentationFolder(images, labels, transform, num_classes=3), [0] * 8)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2, collate_fn=collate_segmentation)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=1, num_workers=2, collate_fn=collate_segmentation
+    )
     crops = [targets[0]["label"] for _, targets in loader]
     by_worker = torch.stack(crops[0::2]), torch.stack(crops[1::2])
     assert not torch.equal(*by_worker)

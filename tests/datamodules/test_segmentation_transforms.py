@@ -70,7 +70,7 @@ def test_train_transform_keeps_image_and_label_aligned(photometric: bool) -> Non
         if photometric:
             continue  # colours are distorted; padding (checked above) must still be exact
         # Pixels whose 3x3 label neighbourhood is uniform (crop border excluded: the bilinear resize blends
-            # in pixels beyond it) are away from blending at boundaries.
+        # in pixels beyond it) are away from blending at boundaries.
         window = np.lib.stride_tricks.sliding_window_view(np.pad(lab, 1, constant_values=-1), (3, 3))
         uniform = (window == lab[..., None, None]).all((-1, -2)) & ~pad
         assert (uniform & (lab != IGNORE)).mean() > 0.3, seed

@@ -9,7 +9,6 @@ import torch
 
 from vitdense.datamodules import EvalTransform, LargeScaleJitter, TrainTransform, boxes_from_masks
 
-
 Scene = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 

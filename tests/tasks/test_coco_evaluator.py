@@ -19,21 +19,44 @@ def _square(x, y, size):
 
 
 def _gt() -> COCO:
-    images = [{"id": 10, "width": 120, "height": 100, "file_name": "a.jpg"},
-              {"id": 11, "width": 80, "height": 90, "file_name": "b.jpg"}]
+    images = [
+        {"id": 10, "width": 120, "height": 100, "file_name": "a.jpg"},
+        {"id": 11, "width": 80, "height": 90, "file_name": "b.jpg"},
+    ]
     annotations = []
     boxes = [(10, 10, 30, 3, 10), (60, 20, 40, 7, 10), (5, 50, 20, 3, 11), (40, 40, 35, 7, 11)]
     for index, (x, y, size, category, image) in enumerate(boxes):
-        annotations.append({"id": index + 1, "image_id": image, "category_id": category, "bbox": [x, y, size, size],
-                            "area": size * size, "iscrowd": 0, "segmentation": _square(x, y, size)})
+        annotations.append(
+            {
+                "id": index + 1,
+                "image_id": image,
+                "category_id": category,
+                "bbox": [x, y, size, size],
+                "area": size * size,
+                "iscrowd": 0,
+                "segmentation": _square(x, y, size),
+            }
+        )
     crowd = np.zeros((90, 80), dtype=np.uint8, order="F")
     crowd[0:30, 50:80] = 1
     rle = mask_util.encode(crowd)
-    annotations.append({"id": 9, "image_id": 11, "category_id": 3, "bbox": [50, 0, 30, 30], "area": 900,
-                        "iscrowd": 1, "segmentation": {"size": [90, 80], "counts": rle["counts"].decode()}})
+    annotations.append(
+        {
+            "id": 9,
+            "image_id": 11,
+            "category_id": 3,
+            "bbox": [50, 0, 30, 30],
+            "area": 900,
+            "iscrowd": 1,
+            "segmentation": {"size": [90, 80], "counts": rle["counts"].decode()},
+        }
+    )
     coco = COCO()
-    coco.dataset = {"images": images, "annotations": annotations,
-                    "categories": [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}]}
+    coco.dataset = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}],
+    }
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
@@ -90,12 +113,22 @@ def test_metrics_equal_cocoeval_on_the_same_results_json(tmp_path):
         detection = _detections_from_gt(coco, image_id, 0.15, rng)
         evaluator.update(image_id, detection, CATEGORY_IDS)
         # The reference conversion, written independently: xywh boxes, dataset ids, RLE masks.
-        for box, label, score, mask in zip(detection["boxes"].tolist(), detection["labels"].tolist(),
-                                           detection["scores"].tolist(), detection["masks"].numpy()):
+        for box, label, score, mask in zip(
+            detection["boxes"].tolist(),
+            detection["labels"].tolist(),
+            detection["scores"].tolist(),
+            detection["masks"].numpy(),
+        ):
             rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-            results.append({"image_id": image_id, "category_id": CATEGORY_IDS[label - 1], "score": score,
-                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": CATEGORY_IDS[label - 1],
+                    "score": score,
+                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                }
+            )
     metrics = evaluator.compute(coco)
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results))
@@ -106,14 +139,21 @@ def test_metrics_equal_cocoeval_on_the_same_results_json(tmp_path):
             reference.accumulate()
             reference.summarize()
         for index, name in enumerate(["AP", "AP50", "AP75", "APs", "APm", "APl"]):
-            assert metrics[f"{iou_type}_{name}"] == pytest.approx(reference.stats[index], abs=1e-12), (iou_type, name)
+            assert metrics[f"{iou_type}_{name}"] == pytest.approx(reference.stats[index], abs=1e-12), (
+                iou_type,
+                name,
+            )
     assert 0.0 < metrics["bbox_AP"] < 1.0
 
 
 def test_no_detection_gives_zero_ap_and_only_evaluated_images_count():
     coco = _gt()
     evaluator = CocoEvaluator(("bbox",))
-    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0)}
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "scores": torch.zeros(0),
+    }
     evaluator.update(10, empty, CATEGORY_IDS)
     assert evaluator.compute(coco)["bbox_AP"] == 0.0
 

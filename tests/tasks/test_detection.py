@@ -20,7 +20,9 @@ def _detector(num_classes: int) -> MaskRCNN:
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    return ShapesDataModule(root=str(tmp_path_factory.mktemp("shapes")), num_train=4, num_val=2, num_workers=0)
+    return ShapesDataModule(
+        root=str(tmp_path_factory.mktemp("shapes")), num_train=4, num_val=2, num_workers=0
+    )
 
 
 def test_predict_returns_original_frame_category_ids_and_full_size_masks(shapes, tmp_path):

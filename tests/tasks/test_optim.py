@@ -33,7 +33,12 @@ def test_layer_decay_scales_and_no_decay_groups():
     assert _group_of(groups, "vit.net.encoder.block.0.attn.qkv.weight")["lr_scale"] == 0.25
     assert _group_of(groups, "vit.net.encoder.block.1.mlp.fc2.weight")["lr_scale"] == 0.5
     assert _group_of(groups, "head.weight")["lr_scale"] == 1.0
-    for name in ("vit.net.pos_embedding", "vit.net.reg_tokens", "vit.net.encoder.block.0.norm1.weight", "head.bias"):
+    for name in (
+        "vit.net.pos_embedding",
+        "vit.net.reg_tokens",
+        "vit.net.encoder.block.0.norm1.weight",
+        "head.bias",
+    ):
         assert _group_of(groups, name)["weight_decay"] == 0.0
     for name in ("vit.net.encoder.block.0.attn.qkv.weight", "head.weight"):
         assert "weight_decay" not in _group_of(groups, name)

@@ -22,8 +22,13 @@ def _numpy_reference(preds: list[np.ndarray], labels: list[np.ndarray], num_clas
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = intersect / union
         acc = intersect / label_area
-    return {"mIoU": np.nanmean(iou), "aAcc": intersect.sum() / label_area.sum(), "mAcc": np.nanmean(acc),
-            "IoU": iou, "Acc": acc}
+    return {
+        "mIoU": np.nanmean(iou),
+        "aAcc": intersect.sum() / label_area.sum(),
+        "mAcc": np.nanmean(acc),
+        "IoU": iou,
+        "Acc": acc,
+    }
 
 
 def test_scores_equal_a_direct_numpy_computation_with_ignore_and_absent_classes():
@@ -33,7 +38,9 @@ def test_scores_equal_a_direct_numpy_computation_with_ignore_and_absent_classes(
     for shape in [(7, 9), (12, 5), (4, 4)]:
         label = rng.integers(0, 4, shape)  # classes 4 and 5 never in the ground truth
         label[rng.random(shape) < 0.2] = ignore
-        pred = rng.integers(0, 5, shape)  # class 4 predicted but absent (IoU 0), class 5 absent everywhere (NaN)
+        pred = rng.integers(
+            0, 5, shape
+        )  # class 4 predicted but absent (IoU 0), class 5 absent everywhere (NaN)
         preds.append(pred)
         labels.append(label)
     metric = MulticlassConfusionMatrix(num_classes, ignore_index=ignore)

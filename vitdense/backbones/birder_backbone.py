@@ -160,7 +160,8 @@ class BirderBackbone(nn.Module):
         height, width = images.shape[-2:]
         if height % self.stride or width % self.stride:
             raise ValueError(
-                f"Input size {height}x{width} is not a multiple of the patch size {self.stride}: birder would "
+                f"Input size {height}x{width} is not a multiple of the patch size {self.stride}: birder "
+                f"would "
                 f"silently drop the last pixels. Pad the batch to a multiple of {self.stride}."
             )
         images = (images - self._mean.to(images.dtype)) / self._std.to(images.dtype)
@@ -218,7 +219,9 @@ def _load_pretrained(network: str, tag: str, config: dict[str, Any]) -> tuple[nn
             weights_name, inference=False, custom_config=config or None, progress_bar=False
         )
     except RuntimeError as error:
-        raise WeightsFileError(f"Pretrained weights {local} do not fit {network} with {config}: {error}") from error
+        raise WeightsFileError(
+            f"Pretrained weights {local} do not fit {network} with {config}: {error}"
+        ) from error
     except Exception as error:
         raise RuntimeError(
             f"Could not get the pretrained weights {weights_name} ({type(error).__name__}: {error}). "

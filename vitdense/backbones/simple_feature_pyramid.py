@@ -106,7 +106,8 @@ class SimpleFeaturePyramid(nn.Module):
         height, width = images.shape[-2:]
         if height % self.size_divisibility or width % self.size_divisibility:
             raise ValueError(
-                f"Input size {height}x{width}: pad it to a multiple of {self.size_divisibility} (the coarsest "
+                f"Input size {height}x{width}: pad it to a multiple of {self.size_divisibility} "
+                f"(the coarsest "
                 f"pyramid stride) so that every level has its exact stride, e.g. "
                 f"{math.ceil(height / self.size_divisibility) * self.size_divisibility}x"
                 f"{math.ceil(width / self.size_divisibility) * self.size_divisibility}."

@@ -690,4 +690,3 @@ class ADE20KDataModule(SegmentationFolderDataModule):
             on_bad_data=on_bad_data,
         )
         self.root = root
-

@@ -148,7 +148,8 @@ class FasterRCNN(RCNNDetector):
 
     ``num_classes`` comes first so that a task can take ``Callable[[int], RCNNDetector]``: a YAML recipe gives
     the backbone and the knobs as init args and the datamodule's class count completes the call. For knobs not
-    listed here, build the parts with :func:`build_rpn` / :func:`build_roi_heads` (or by hand) and pass them to
+    listed here, build the parts with :func:`build_rpn` / :func:`build_roi_heads` (or by hand) and pass them
+    to
     :class:`RCNNDetector`.
 
     Args:

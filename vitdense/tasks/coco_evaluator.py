@@ -56,7 +56,12 @@ class CocoEvaluator:
             rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
         results = []
         for index, (box, score, label) in enumerate(zip(boxes.tolist(), scores, labels, strict=True)):
-            result = {"image_id": image_id, "category_id": category_ids[label - 1], "bbox": box, "score": score}
+            result = {
+                "image_id": image_id,
+                "category_id": category_ids[label - 1],
+                "bbox": box,
+                "score": score,
+            }
             if rles is not None:
                 rle = rles[index]
                 result["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
@@ -78,7 +83,8 @@ class CocoEvaluator:
         """Score the gathered results on the images that were evaluated.
 
         Returns:
-            ``{iou_type}_{stat}`` for stat in AP, AP50, AP75, APs, APm, APl (COCOeval's ``stats[:6]``; -1 where
+            ``{iou_type}_{stat}`` for stat in AP, AP50, AP75, APs, APm, APl (COCOeval's ``stats[:6]``; -1
+            where
             COCOeval has no ground truth for a range). ``self.summaries`` holds COCOeval's printed tables.
         """
         per_image = self.gather()
@@ -108,7 +114,10 @@ def evaluate_coco(
         else:
             # loadRes rejects an empty list; with no detection every AP is 0 where ground truth exists.
             coco_dt = COCO()
-            coco_dt.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"]}
+            coco_dt.dataset = {
+                "images": coco_gt.dataset["images"],
+                "categories": coco_gt.dataset["categories"],
+            }
             coco_dt.dataset["annotations"] = []
             coco_dt.createIndex()
     evaluator = COCOeval(coco_gt, coco_dt, iou_type)

@@ -1,6 +1,5 @@
 """Faster / Mask R-CNN training, COCO evaluation and prediction as a LightningModule."""
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -10,8 +9,6 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from vitdense.heads import RCNNDetector, paste_detections
 from vitdense.tasks.base import VitDenseTask
 from vitdense.tasks.coco_evaluator import CocoEvaluator
-
-logger = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, list[dict[str, Any]]]
 
@@ -61,7 +58,8 @@ class DetectionTask(VitDenseTask):
             if len(datamodule.category_ids) != self.hparams.num_classes:
                 raise ValueError(
                     f"The datamodule has {len(datamodule.category_ids)} classes but the model was built for "
-                    f"{self.hparams.num_classes}: set model.init_args.num_classes to match (the CLI links it)."
+                    f"{self.hparams.num_classes}: set model.init_args.num_classes to match "
+                    "(the CLI links it)."
                 )
             self.category_ids = list(datamodule.category_ids)
             self.class_names = list(datamodule.class_names)
@@ -74,7 +72,9 @@ class DetectionTask(VitDenseTask):
         self.category_ids = checkpoint.get("category_ids", self.category_ids)
         self.class_names = checkpoint.get("class_names", self.class_names)
 
-    def forward(self, images: torch.Tensor, image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+    def forward(
+        self, images: torch.Tensor, image_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, torch.Tensor]]:
         """Detections in the canvas frame; see :meth:`RCNNDetector.forward`."""
         return self.model(images, image_sizes)
 
@@ -134,11 +134,18 @@ class DetectionTask(VitDenseTask):
         self.evaluator.reset()
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
-        """Per image: ``boxes`` xyxy original pixels, ``labels`` category ids, ``scores``, ``masks`` bool (N, H, W)."""
+        """Per image: ``boxes`` xyxy in original pixels, ``labels`` (category ids), ``scores``, ``masks``.
+
+        Masks are bool (N, H, W) at the original resolution.
+        """
         outputs = []
         for target, detection in zip(batch[1], self._detect(batch), strict=True):
             lookup = torch.tensor([0, *self.category_ids], device=detection["labels"].device)
             output = {**detection, "labels": lookup[detection["labels"]]}
-            output.update({key: target[key] for key in ("image_id", "file_name", "orig_size") if key in target})
-            outputs.append({key: value.cpu() if torch.is_tensor(value) else value for key, value in output.items()})
+            output.update(
+                {key: target[key] for key in ("image_id", "file_name", "orig_size") if key in target}
+            )
+            outputs.append(
+                {key: value.cpu() if torch.is_tensor(value) else value for key, value in output.items()}
+            )
         return outputs

@@ -27,7 +27,9 @@ def layer_decay_param_groups(model: nn.Module, layer_decay: float = 1.0) -> list
         Param groups with an ``lr_scale`` key (apply with :func:`apply_lr_scale` once the optimizer exists)
         and ``weight_decay = 0.0`` on the groups that take none.
     """
-    vits = [(prefix, module) for prefix, module in model.named_modules() if isinstance(module, BirderBackbone)]
+    vits = [
+        (prefix, module) for prefix, module in model.named_modules() if isinstance(module, BirderBackbone)
+    ]
     if len(vits) > 1:
         raise ValueError(f"Expected at most one BirderBackbone, found {[prefix for prefix, _ in vits]}")
     prefix, vit = vits[0] if vits else ("", None)
@@ -126,7 +128,7 @@ class WarmupCosineLR(LambdaLR):
 
 
 class WarmupPolyLR(LambdaLR):
-    """Linear warmup, then polynomial decay ``(1 - progress) ** power`` to ``min_factor * lr`` at ``total_steps``.
+    """Linear warmup, then decay by ``(1 - progress) ** power`` to ``min_factor * lr`` at ``total_steps``.
 
     Args:
         optimizer: the optimizer.

@@ -58,7 +58,9 @@ class SemanticSegmentationTask(VitDenseTask):
         # Taken from the datamodule at setup and saved in checkpoints.
         self.ignore_index = 255
         self.class_names = [str(index) for index in range(num_classes)]
-        self.confmat = MulticlassConfusionMatrix(num_classes, ignore_index=self.ignore_index, validate_args=False)
+        self.confmat = MulticlassConfusionMatrix(
+            num_classes, ignore_index=self.ignore_index, validate_args=False
+        )
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
