@@ -28,6 +28,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
 
 from vitdense.datamodules.collate import collate_detection
+from vitdense.datamodules.distributed import evaluation_sampler
 from vitdense.datamodules.transforms import EvalTransform, TrainTransform
 
 __all__ = [
@@ -676,6 +677,7 @@ class CocoDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=None if shuffle else evaluation_sampler(dataset),
             num_workers=self.num_workers,
             collate_fn=partial(collate_detection, size_divisibility=self.size_divisibility),
             # Pinned memory only helps host-to-GPU copies; on CPU-only machines it just warns.

@@ -37,6 +37,7 @@ from vitdense.datamodules.coco import (
     read_image,
 )
 from vitdense.datamodules.collate import collate_segmentation
+from vitdense.datamodules.distributed import evaluation_sampler
 from vitdense.datamodules.segmentation_transforms import SegmentationEvalTransform, SegmentationTrainTransform
 
 __all__ = [
@@ -602,6 +603,7 @@ class SegmentationFolderDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=None if shuffle else evaluation_sampler(dataset),
             num_workers=self.num_workers,
             collate_fn=partial(collate_segmentation, size_divisibility=self.size_divisibility),
             # Pinned memory only helps host-to-GPU copies; on CPU-only machines it just warns.

@@ -1,0 +1,64 @@
+"""Two processes (DDP on the CPU, gloo) report the same validation metrics as one process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+
+
+def _vitdense(subcommand: str, recipe: str, data_root: Path, run_root: Path, extra: list[str]) -> str:
+    """Run the CLI in a fresh process (DDP re-launches that command for its other rank); return stdout."""
+    run_root.mkdir(parents=True, exist_ok=True)
+    command = [
+        *(sys.executable, "-m", "vitdense", subcommand, "--config", str(RECIPES / recipe)),
+        f"--data.init_args.root={data_root}",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.eval_batch_size=1",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={run_root}",
+        *extra,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=run_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("recipe", "extra", "keys"),
+    [
+        (
+            "demo_shapes_mask_rcnn.yaml",
+            ["--data.init_args.num_train=8", "--data.init_args.num_val=5"],
+            ["bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50", "segm_APs"],
+        ),
+        (
+            "demo_shapes_semseg.yaml",
+            ["--data.init_args.num_train=8", "--data.init_args.num_val=5"],
+            ["mIoU", "aAcc", "mAcc"],
+        ),
+    ],
+    ids=["detection", "semseg"],
+)
+def test_two_processes_match_one_on_an_odd_split(recipe, extra, keys, tmp_path):
+    """5 images over 2 processes: a sampler that repeated one to even out the ranks would count it twice."""
+    data = tmp_path / "data"
+    # A few training steps, so that the scores are not all zero.
+    schedule = ["--trainer.max_steps=40", "--trainer.max_epochs=40", "--trainer.limit_val_batches=0"]
+    schedule += ["--model.init_args.lr_scheduler.init_args.total_steps=40"]
+    schedule += ["--model.init_args.lr_scheduler.init_args.warmup_steps=5"]
+    _vitdense("fit", recipe, data, tmp_path / "fit", [*extra, *schedule])
+    checkpoint = f"--ckpt_path={next((tmp_path / 'fit').rglob('last.ckpt'))}"
+    one = _vitdense("validate", recipe, data, tmp_path / "one", [*extra, checkpoint, "--trainer.devices=1"])
+    ddp = ["--trainer.devices=2", "--trainer.strategy=ddp", checkpoint]
+    two = _vitdense("validate", recipe, data, tmp_path / "two", [*extra, *ddp])
+    single, double = (json.loads(out.strip().splitlines()[-1]) for out in (one, two))
+    for key in keys:
+        assert double[key] == pytest.approx(single[key], abs=1e-9), (key, single, double)
+    assert any(single[key] > 0 for key in keys), single
