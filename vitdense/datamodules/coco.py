@@ -19,16 +19,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from vitdense.datamodules.collate import collate_detection
-from vitdense.datamodules.distributed import evaluation_sampler
+from vitdense.datamodules.loading import SplitDataModule
 from vitdense.datamodules.transforms import EvalTransform, TrainTransform
 
 __all__ = [
@@ -535,7 +534,7 @@ def _check_image_size(image_size: int, size_divisibility: int) -> None:
         )
 
 
-class CocoDataModule(L.LightningDataModule):
+class CocoDataModule(SplitDataModule):
     """COCO-format train / val / test / predict data for Faster and Mask R-CNN.
 
     Training uses horizontal flip + ViTDet large-scale jitter (:class:`TrainTransform`) to a fixed
@@ -605,6 +604,7 @@ class CocoDataModule(L.LightningDataModule):
         self.predict_images = predict_images
         self.image_size = image_size
         self.size_divisibility = size_divisibility
+        self.collate_fn = partial(collate_detection, size_divisibility=size_divisibility)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size if eval_batch_size is not None else batch_size
         self.num_workers = num_workers
@@ -669,30 +669,3 @@ class CocoDataModule(L.LightningDataModule):
             self.predict_dataset = PredictImages(self.predict_images, self.image_size)
         if stage == "predict" and self.predict_images is None:
             raise ValueError("predict needs predict_images (an image file, a folder or a glob)")
-
-    def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool, stage: str) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"call setup({stage!r}) before asking for its DataLoader")
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            sampler=None if shuffle else evaluation_sampler(dataset),
-            num_workers=self.num_workers,
-            collate_fn=partial(collate_detection, size_divisibility=self.size_divisibility),
-            # Pinned memory only helps host-to-GPU copies; on CPU-only machines it just warns.
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, self.batch_size, True, "fit")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, self.eval_batch_size, False, "validate")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, self.eval_batch_size, False, "test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_dataset, self.eval_batch_size, False, "predict")

@@ -21,11 +21,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from vitdense.datamodules.coco import (
     _DECODE_ERRORS,
@@ -37,7 +36,7 @@ from vitdense.datamodules.coco import (
     read_image,
 )
 from vitdense.datamodules.collate import collate_segmentation
-from vitdense.datamodules.distributed import evaluation_sampler
+from vitdense.datamodules.loading import SplitDataModule
 from vitdense.datamodules.segmentation_transforms import SegmentationEvalTransform, SegmentationTrainTransform
 
 __all__ = [
@@ -458,7 +457,7 @@ def _check_crop_size(crop_size: int, size_divisibility: int) -> None:
         )
 
 
-class SegmentationFolderDataModule(L.LightningDataModule):
+class SegmentationFolderDataModule(SplitDataModule):
     """Semantic segmentation from an image folder and a label-PNG folder per split (matched by stem).
 
     Training uses the mmseg ADE20K pipeline (:class:`SegmentationTrainTransform`: random resize to
@@ -555,6 +554,7 @@ class SegmentationFolderDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.size_divisibility = size_divisibility
+        self.collate_fn = partial(collate_segmentation, size_divisibility=size_divisibility)
         self.on_bad_data = on_bad_data
         self.train_dataset: SegmentationFolder | None = None
         self.val_dataset: SegmentationFolder | None = None
@@ -595,33 +595,6 @@ class SegmentationFolderDataModule(L.LightningDataModule):
             self.predict_dataset = SegmentationPredictImages(self.predict_images, self.scale)
         if stage == "predict" and self.predict_images is None:
             raise ValueError("predict needs predict_images (an image file, a folder or a glob)")
-
-    def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool, stage: str) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"call setup({stage!r}) before asking for its DataLoader")
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            sampler=None if shuffle else evaluation_sampler(dataset),
-            num_workers=self.num_workers,
-            collate_fn=partial(collate_segmentation, size_divisibility=self.size_divisibility),
-            # Pinned memory only helps host-to-GPU copies; on CPU-only machines it just warns.
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, self.batch_size, True, "fit")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, self.eval_batch_size, False, "validate")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, self.eval_batch_size, False, "test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_dataset, self.eval_batch_size, False, "predict")
 
 
 def find_ade20k(root: str | Path) -> Path:
