@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from tests.tiny import TINY_CONFIG
 from vitdense.cli import main
@@ -101,11 +103,24 @@ def test_demo_recipe_fits_and_tests_one_step(tmp_path, capsys):
     saved = list(tmp_path.rglob("config.yaml"))
     assert saved and "vitdense.heads.MaskRCNN" in saved[0].read_text(), "fit saves its full config"
     capsys.readouterr()
-    main(["test", *common, "--trainer.limit_test_batches=1"])
+    main(["test", *common, "--model.init_args.per_class_ap=true"])
     printed = capsys.readouterr().out
-    assert "Average Precision  (AP) @[ IoU=0.50:0.95" in printed
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95" in printed and "triangle" in printed
     metrics = json.loads(printed.strip().splitlines()[-1])
     assert metrics["split"] == "test" and {"bbox_AP50", "segm_AP50"} <= set(metrics)
+
+    # The written results files, scored by pycocotools alone, give the printed numbers to the last digit.
+    report = json.loads(next(tmp_path.rglob("test_step0_metrics.json")).read_text())
+    assert set(report["per_class_AP"]["segm"]) == {"circle", "rectangle", "triangle", "diamond"}
+    ground_truth = COCO(str(tmp_path / "shapes" / "annotations" / "instances_val.json"))
+    for iou_type in ("bbox", "segm"):
+        results = str(next(tmp_path.rglob(f"test_step0_{iou_type}_results.json")))
+        evaluation = COCOeval(ground_truth, ground_truth.loadRes(results), iou_type)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+        for index, name in enumerate(["AP", "AP50", "AP75", "APs", "APm", "APl"]):
+            assert metrics[f"{iou_type}_{name}"] == evaluation.stats[index], (iou_type, name)
 
 
 def test_console_script_and_module_entry_point():

@@ -79,12 +79,17 @@ def test_ade20k_test_subcommand_prints_table_and_metrics(ade_root, tmp_path, cap
             f"--data.init_args.root={ade_root}",
             "--data.init_args.num_workers=0",
             *TRAINER,
+            f"--trainer.default_root_dir={tmp_path}",
         ]
     )
     printed = capsys.readouterr().out
     assert "aAcc" in printed and "ceiling" in printed
     metrics = json.loads(printed.strip().splitlines()[-1])
     assert metrics["split"] == "test" and {"mIoU", "aAcc", "mAcc"} <= set(metrics)
+    table = next(tmp_path.rglob("test_step0_per_class.csv")).read_text().splitlines()
+    assert table[0] == "class,IoU,Acc" and len(table) == 151 and table[1].startswith("wall,")
+    report = json.loads(next(tmp_path.rglob("test_step0_metrics.json")).read_text())
+    assert report["mIoU"] == metrics["mIoU"] and len(report["per_class"]) == 150
 
 
 def test_custom_recipe_with_ignore_index_11_needs_two_overrides(tmp_path, monkeypatch, capsys):

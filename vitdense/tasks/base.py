@@ -1,5 +1,7 @@
 """What every vitdense task shares: injected optimizer and scheduler, layer-wise lr decay, final metrics."""
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +35,17 @@ class VitDenseTask(LightningModule):
         self.layer_decay = layer_decay
         # The latest evaluation's metrics; the CLI prints them as the run's last line.
         self.final_metrics: dict[str, Any] = {}
+
+    def write_report(self, name: str, content: Any) -> Path | None:
+        """Write ``content`` (JSON-able, or a str as is) to the run's log directory, on rank 0 only."""
+        if not self.trainer.is_global_zero:
+            return None
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
+        text = content if isinstance(content, str) else json.dumps(content, indent=1, allow_nan=True)
+        path.write_text(text)
+        return path
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(layer_decay_param_groups(self, self.layer_decay))

@@ -36,6 +36,9 @@ class CocoEvaluator:
     def reset(self) -> None:
         self.results: dict[int, list[dict]] = {}
         self.summaries: dict[str, str] = {}
+        # Filled by compute(): per IoU type, the results as scored and the AP of each category id.
+        self.scored_results: dict[str, list[dict]] = {}
+        self.per_category_ap: dict[str, dict[int, float]] = {}
 
     def update(self, image_id: int, detection: dict[str, torch.Tensor], category_ids: Sequence[int]) -> None:
         """Add one image's detections.
@@ -64,7 +67,8 @@ class CocoEvaluator:
             }
             if rles is not None:
                 rle = rles[index]
-                result["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+                size = [int(side) for side in rle["size"]]  # numpy ints do not serialise to JSON
+                result["segmentation"] = {"size": size, "counts": rle["counts"].decode("ascii")}
             results.append(result)
         self.results[image_id] = results
 
@@ -84,33 +88,50 @@ class CocoEvaluator:
 
         Returns:
             ``{iou_type}_{stat}`` for stat in AP, AP50, AP75, APs, APm, APl (COCOeval's ``stats[:6]``; -1
-            where
-            COCOeval has no ground truth for a range). ``self.summaries`` holds COCOeval's printed tables.
+            where COCOeval has no ground truth for a range). ``self.summaries`` holds COCOeval's printed tables,
+            ``self.scored_results`` the results file of each IoU type (re-scoring it with pycocotools gives
+            these numbers) and ``self.per_category_ap`` the AP of each category.
         """
         per_image = self.gather()
         image_ids = sorted(per_image)
         results = [result for image_id in image_ids for result in per_image[image_id]]
         metrics: dict[str, float] = {}
         for iou_type in self.iou_types:
-            stats, summary = evaluate_coco(coco_gt, results, image_ids, iou_type)
+            # As detectron2 does: without the other field, loadRes takes each detection's area from the
+            # field under evaluation (box or mask), which decides its small/medium/large range.
+            dropped = "segmentation" if iou_type == "bbox" else "bbox"
+            scored = [{key: value for key, value in result.items() if key != dropped} for result in results]
+            evaluation, summary = evaluate_coco(coco_gt, scored, image_ids, iou_type)
             self.summaries[iou_type] = summary
+            self.scored_results[iou_type] = scored
+            self.per_category_ap[iou_type] = per_category_ap(evaluation)
+            stats = evaluation.stats
             metrics.update({f"{iou_type}_{name}": float(value) for name, value in zip(STAT_NAMES, stats)})
         return metrics
 
 
+def per_category_ap(evaluation: COCOeval) -> dict[int, float]:
+    """AP at IoU 0.50:0.95, all areas, 100 detections, of each category id (NaN without ground truth)."""
+    # precision: (IoU thresholds, recall points, categories, area ranges, max detections); -1 = undefined
+    precision = evaluation.eval["precision"][:, :, :, 0, -1]
+    scores = {}
+    for index, category_id in enumerate(evaluation.params.catIds):
+        values = precision[:, :, index]
+        values = values[values > -1]
+        scores[int(category_id)] = float(values.mean()) if values.size else float("nan")
+    return scores
+
+
 def evaluate_coco(
     coco_gt: COCO, results: list[dict], image_ids: Sequence[int], iou_type: str
-) -> tuple[np.ndarray, str]:
-    """Run ``COCOeval`` on results restricted to ``image_ids``; returns its 12 stats and printed summary."""
+) -> tuple[COCOeval, str]:
+    """Run ``COCOeval`` on results restricted to ``image_ids``; returns it (``.stats``) and its summary."""
     if not image_ids:
         raise ValueError("No image was evaluated")
-    # As detectron2 does: without the other field, loadRes takes each detection's area from the field under
-    # evaluation (box or mask), which decides its small/medium/large range.
-    dropped = "segmentation" if iou_type == "bbox" else "bbox"
-    results = [{key: value for key, value in result.items() if key != dropped} for result in results]
     with contextlib.redirect_stdout(io.StringIO()):
         if results:
-            coco_dt = coco_gt.loadRes(results)
+            # loadRes adds fields (area, id, bbox for masks) to the dicts it is given: give it copies.
+            coco_dt = coco_gt.loadRes([dict(result) for result in results])
         else:
             # loadRes rejects an empty list; with no detection every AP is 0 where ground truth exists.
             coco_dt = COCO()
@@ -127,4 +148,4 @@ def evaluate_coco(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return evaluator.stats, printed.getvalue()
+    return evaluator, printed.getvalue()

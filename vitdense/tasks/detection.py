@@ -30,6 +30,11 @@ class DetectionTask(VitDenseTask):
         lr_scheduler: builds a per-step scheduler from the optimizer (e.g. ``WarmupMultiStepLR``).
         layer_decay: layer-wise lr decay over the ViT blocks (1.0: off).
         mask_threshold: probability above which a pasted mask pixel is foreground.
+        per_class_ap: also print the AP of every class after each evaluation.
+
+    Each evaluation writes ``{split}_step{N}_metrics.json`` (with per-class AP) to the run's log directory;
+    ``validate`` and ``test`` also write ``{split}_step{N}_{bbox,segm}_results.json``, COCO results files with
+    the dataset's category ids (and RLE masks) that pycocotools scores to exactly the printed numbers.
     """
 
     def __init__(
@@ -40,11 +45,13 @@ class DetectionTask(VitDenseTask):
         lr_scheduler: LRSchedulerCallable | None = None,
         layer_decay: float = 1.0,
         mask_threshold: float = 0.5,
+        per_class_ap: bool = False,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, layer_decay)
         self.save_hyperparameters(ignore=["detector", "optimizer", "lr_scheduler"])
         self.model = detector(num_classes)
         self.mask_threshold = mask_threshold
+        self.per_class_ap = per_class_ap
         iou_types = ("bbox", "segm") if self.model.roi_heads.has_mask() else ("bbox",)
         self.evaluator = CocoEvaluator(iou_types)
         # Category ids and names of labels 1..K, taken from the datamodule and saved in checkpoints so that
@@ -128,9 +135,23 @@ class DetectionTask(VitDenseTask):
         metrics = self.evaluator.compute(coco_gt)
         self.log_dict({f"{split}/{name}": value for name, value in metrics.items()}, sync_dist=False)
         self.final_metrics = {"split": split, "step": self.global_step, **metrics}
+        names = dict(zip(self.category_ids, self.class_names, strict=True))
+        per_class = {
+            iou_type: {names.get(category_id, str(category_id)): ap for category_id, ap in scores.items()}
+            for iou_type, scores in self.evaluator.per_category_ap.items()
+        }
+        prefix = f"{split}_step{self.global_step}"
+        self.write_report(f"{prefix}_metrics.json", {**self.final_metrics, "per_class_AP": per_class})
+        if self.trainer.state.fn != "fit":  # results files of a whole split are large; not every val epoch
+            for iou_type, results in self.evaluator.scored_results.items():
+                self.write_report(f"{prefix}_{iou_type}_results.json", results)
         if self.trainer.is_global_zero:
             for iou_type, summary in self.evaluator.summaries.items():
                 print(f"COCO {split} {iou_type} (step {self.global_step}):\n{summary.rstrip()}", flush=True)
+                if self.per_class_ap:
+                    width = max(len(name) for name in per_class[iou_type])
+                    rows = [f"{name:<{width}}  {100 * ap:6.2f}" for name, ap in per_class[iou_type].items()]
+                    print(f"{'class':<{width}}  {iou_type} AP\n" + "\n".join(rows), flush=True)
         self.evaluator.reset()
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:

@@ -23,7 +23,8 @@ class SemanticSegmentationTask(VitDenseTask):
     ``label`` at the image's original resolution with ``orig_size`` and ``image_size`` (the valid region of
     the resized image in the padded batch). Predictions are made at the original resolution, either from the
     whole image or by a sliding window whose overlapping logits are averaged, and accumulated in one
-    confusion matrix over the split (summed across processes under DDP): mIoU, aAcc, mAcc and per-class IoU.
+    confusion matrix over the split (summed across processes under DDP): mIoU, aAcc, mAcc and per-class IoU,
+    printed and written to the run's log directory as ``{split}_step{N}_metrics.json`` and ``_per_class.csv``.
 
     Args:
         num_classes: number of classes K (linked from the datamodule by the CLI).
@@ -139,6 +140,14 @@ class SemanticSegmentationTask(VitDenseTask):
         summary = {name: float(scores[name]) for name in ("mIoU", "aAcc", "mAcc")}
         self.log_dict({f"{split}/{name}": value for name, value in summary.items()})
         self.final_metrics = {"split": split, "step": self.global_step, **summary}
+        per_class = {
+            name: {"IoU": iou, "Acc": accuracy}
+            for name, iou, accuracy in zip(self.class_names, scores["IoU"].tolist(), scores["Acc"].tolist())
+        }
+        prefix = f"{split}_step{self.global_step}"
+        self.write_report(f"{prefix}_metrics.json", {**self.final_metrics, "per_class": per_class})
+        rows = [f"{name},{values['IoU']},{values['Acc']}" for name, values in per_class.items()]
+        self.write_report(f"{prefix}_per_class.csv", "class,IoU,Acc\n" + "\n".join(rows) + "\n")
         if self.trainer.is_global_zero:
             table = format_class_table(scores, self.class_names)
             print(f"Semantic segmentation, {split} (step {self.global_step}):\n{table}", flush=True)
