@@ -88,9 +88,9 @@ class CocoEvaluator:
 
         Returns:
             ``{iou_type}_{stat}`` for stat in AP, AP50, AP75, APs, APm, APl (COCOeval's ``stats[:6]``; -1
-            where COCOeval has no ground truth for a range). ``self.summaries`` holds COCOeval's printed tables,
-            ``self.scored_results`` the results file of each IoU type (re-scoring it with pycocotools gives
-            these numbers) and ``self.per_category_ap`` the AP of each category.
+            where COCOeval has no ground truth for a range). ``self.summaries`` holds COCOeval's printed
+            tables, ``self.scored_results`` the results file of each IoU type (re-scoring it with pycocotools
+            gives these numbers) and ``self.per_category_ap`` the AP of each category.
         """
         per_image = self.gather()
         image_ids = sorted(per_image)
