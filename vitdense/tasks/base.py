@@ -38,9 +38,10 @@ class VitDenseTask(LightningModule):
 
     def write_report(self, name: str, content: Any) -> Path | None:
         """Write ``content`` (JSON-able, or a str as is) to the run's log directory, on rank 0 only."""
+        # Trainer.log_dir broadcasts from rank 0: every process must ask for it, before any returns.
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if not self.trainer.is_global_zero:
             return None
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / name
         text = content if isinstance(content, str) else json.dumps(content, indent=1, allow_nan=True)
