@@ -1,7 +1,7 @@
 """Data for vitdense: detection (COCO) and semantic segmentation datasets, transforms, DataModules."""
 
+from vitdense.datamodules.bad_data import BadDataError, CheckedDataset
 from vitdense.datamodules.coco import (
-    BadDataError,
     CocoDataModule,
     CocoDetection,
     PredictImages,
@@ -50,6 +50,7 @@ __all__ = [
     "SHAPES_SEMSEG_CLASSES",
     "ADE20KDataModule",
     "BadDataError",
+    "CheckedDataset",
     "CatMaxRatioCrop",
     "CocoDataModule",
     "CocoDetection",

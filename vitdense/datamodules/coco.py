@@ -13,11 +13,10 @@ import json
 import logging
 import math
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,13 +25,15 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from vitdense.datamodules.bad_data import DECODE_ERRORS as _DECODE_ERRORS
+from vitdense.datamodules.bad_data import SKIP_HINT as _SKIP_HINT
+from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, OnBadData
 from vitdense.datamodules.collate import collate_detection
 from vitdense.datamodules.loading import SplitDataModule
 from vitdense.datamodules.transforms import EvalTransform, TrainTransform
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "BadDataError",
     "CocoDataModule",
     "CocoDetection",
     "PredictImages",
@@ -43,15 +44,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-OnBadData = Literal["error", "skip"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
-# Exceptions PIL raises for unreadable, truncated or hostile files (SyntaxError: some malformed headers).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-_SKIP_HINT = "or pass on_bad_data='skip' to drop it"
-
-
-class BadDataError(ValueError):
-    """A record of the data set is unusable; the message names the file, the record and the fix."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -246,7 +239,7 @@ def decode_masks(instances: list[_Instance], h: int, w: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------
 
 
-class CocoDetection(Dataset):
+class CocoDetection(CheckedDataset):
     """One split of a COCO-format data set, validated once at construction.
 
     Yields ``(image, target)``: ``image`` ``uint8`` ``(3, S, S)`` RGB, content top-left, zero padding
@@ -285,14 +278,12 @@ class CocoDetection(Dataset):
         keep_empty_images: bool = True,
         on_bad_data: OnBadData = "error",
     ) -> None:
-        if on_bad_data not in ("error", "skip"):
-            raise ValueError(f"on_bad_data={on_bad_data!r}; use 'error' or 'skip'")
+        super().__init__(on_bad_data)
         self.images_root = Path(images_root)
         self.annotation_file = Path(annotation_file)
         self.transform = transform
         self.masks = masks
         self.keep_empty_images = keep_empty_images
-        self.on_bad_data = on_bad_data
         self.coco = coco if coco is not None else load_coco(annotation_file)
         file_ids, file_names = categories_of(self.coco, annotation_file)
         if category_ids is None:
@@ -301,19 +292,9 @@ class CocoDetection(Dataset):
             names = dict(zip(file_ids, file_names))
             self.category_ids = list(category_ids)
             self.class_names = [names.get(i, str(i)) for i in self.category_ids]
-        self.skipped: Counter[str] = Counter()
-        self._bad_indices: set[int] = set()
         self._records = self._build_records()
         self.image_ids = [r.image_id for r in self._records]
-        if self.skipped:
-            total = sum(self.skipped.values())
-            logger.warning("%s: skipped %d bad records: %s", self.annotation_file, total, dict(self.skipped))
-
-    def _bad(self, reason: str, message: str) -> None:
-        if self.on_bad_data == "error":
-            raise BadDataError(message)
-        logger.warning("skipping: %s", message)
-        self.skipped[reason] += 1
+        self._log_skips(self.annotation_file)
 
     def _image_records(self) -> dict[int, _ImageRecord]:
         records: dict[int, _ImageRecord] = {}
@@ -439,29 +420,21 @@ class CocoDetection(Dataset):
         return out.image, target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        n = len(self._records)
-        for step in range(n):
-            i = (index + step) % n
-            if i in self._bad_indices:
-                continue
+        def decode_message(i: int, exc: Exception) -> str:
             rec = self._records[i]
-            try:
-                return self._load(rec)
-            except BadDataError as exc:
-                if self.on_bad_data == "error":
-                    raise
-                reason, message = "size_mismatch", str(exc)
-            except _DECODE_ERRORS as exc:
-                message = (
-                    f"{rec.path} (image id {rec.image_id}) cannot be decoded ({type(exc).__name__}: {exc}); "
-                    f"replace the file or remove its record from {self.annotation_file}, {_SKIP_HINT}"
-                )
-                if self.on_bad_data == "error":
-                    raise BadDataError(message) from exc
-                reason = "corrupt_image"
-            self._bad_indices.add(i)
-            self._bad(reason, message)
-        raise BadDataError(f"{self.annotation_file}: none of its images is readable; see {self.images_root}")
+            return (
+                f"{rec.path} (image id {rec.image_id}) cannot be decoded ({type(exc).__name__}: {exc}); "
+                f"replace the file or remove its record from {self.annotation_file}, {_SKIP_HINT}"
+            )
+
+        return self._first_readable(
+            index,
+            len(self._records),
+            lambda i: self._load(self._records[i]),
+            decode_message,
+            ("size_mismatch", "corrupt_image"),
+            f"{self.annotation_file}: none of its images is readable; see {self.images_root}",
+        )
 
 
 def _resolve_images(source: str) -> list[Path]:

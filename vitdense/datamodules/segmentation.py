@@ -13,9 +13,7 @@ with the image resized to fit ``scale`` and the label at the original resolution
 
 from __future__ import annotations
 
-import logging
 import os
-from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,15 +24,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vitdense.datamodules.coco import (
-    _DECODE_ERRORS,
-    _SKIP_HINT,
-    IMAGE_EXTENSIONS,
-    BadDataError,
-    OnBadData,
-    _resolve_images,
-    read_image,
-)
+from vitdense.datamodules.bad_data import DECODE_ERRORS as _DECODE_ERRORS
+from vitdense.datamodules.bad_data import SKIP_HINT as _SKIP_HINT
+from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, OnBadData
+from vitdense.datamodules.coco import IMAGE_EXTENSIONS, _resolve_images, read_image
 from vitdense.datamodules.collate import collate_segmentation
 from vitdense.datamodules.loading import SplitDataModule
 from vitdense.datamodules.segmentation_transforms import SegmentationEvalTransform, SegmentationTrainTransform
@@ -49,8 +42,6 @@ __all__ = [
     "find_ade20k",
     "read_label",
 ]
-
-logger = logging.getLogger(__name__)
 
 # ADEChallengeData2016 (SceneParsing, 150 classes) in label order 1..150, i.e. index 0..149 after
 # reduce_zero_label; the names mmseg uses (its 'bed ' has a stray space, dropped here).
@@ -217,7 +208,7 @@ def _image_sizes(path: str) -> set[tuple[int, int]]:
     return sizes
 
 
-class SegmentationFolder(Dataset):
+class SegmentationFolder(CheckedDataset):
     """One split: images and label PNGs matched by stem, checked cheaply (file headers) at construction.
 
     With a :class:`SegmentationTrainTransform` it yields ``(image, {"label"})``: ``image`` ``uint8``
@@ -255,31 +246,19 @@ class SegmentationFolder(Dataset):
         reduce_zero_label: bool = False,
         on_bad_data: OnBadData = "error",
     ) -> None:
-        if on_bad_data not in ("error", "skip"):
-            raise ValueError(f"on_bad_data={on_bad_data!r}; use 'error' or 'skip'")
+        super().__init__(on_bad_data)
         self.images = Path(images)
         self.labels = Path(labels)
         self.transform = transform
         self.train = isinstance(transform, SegmentationTrainTransform)
         self.mapping = LabelMapping(num_classes, ignore_index, reduce_zero_label)
-        self.on_bad_data = on_bad_data
-        self.skipped: Counter[str] = Counter()
-        self._bad_indices: set[int] = set()
         self._pairs = self._build_pairs()
-        if self.skipped:
-            total = sum(self.skipped.values())
-            logger.warning("%s: skipped %d bad records: %s", self.images, total, dict(self.skipped))
+        self._log_skips(self.images)
         if not self._pairs:
             raise BadDataError(
                 f"{self.images}: no image has a label PNG in {self.labels}; images and labels are matched "
                 "by file stem (000001.jpg <-> 000001.png), check both folder arguments"
             )
-
-    def _bad(self, reason: str, message: str) -> None:
-        if self.on_bad_data == "error":
-            raise BadDataError(message)
-        logger.warning("skipping: %s", message)
-        self.skipped[reason] += 1
 
     def _build_pairs(self) -> list[_Pair]:
         images = _index_folder(self.images, IMAGE_EXTENSIONS, "images")
@@ -381,29 +360,21 @@ class SegmentationFolder(Dataset):
         return out_image, target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        n = len(self._pairs)
-        for step in range(n):
-            i = (index + step) % n
-            if i in self._bad_indices:
-                continue
+        def decode_message(i: int, exc: Exception) -> str:
             pair = self._pairs[i]
-            try:
-                return self._load(pair)
-            except BadDataError as exc:
-                if self.on_bad_data == "error":
-                    raise
-                reason, message = "bad_label", str(exc)
-            except _DECODE_ERRORS as exc:
-                message = (
-                    f"{pair.image} or {pair.label} cannot be decoded ({type(exc).__name__}: {exc}); replace "
-                    f"the file or remove the pair, {_SKIP_HINT}"
-                )
-                if self.on_bad_data == "error":
-                    raise BadDataError(message) from exc
-                reason = "corrupt_file"
-            self._bad_indices.add(i)
-            self._bad(reason, message)
-        raise BadDataError(f"{self.images}: none of its image/label pairs is readable; see {self.labels}")
+            return (
+                f"{pair.image} or {pair.label} cannot be decoded ({type(exc).__name__}: {exc}); replace "
+                f"the file or remove the pair, {_SKIP_HINT}"
+            )
+
+        return self._first_readable(
+            index,
+            len(self._pairs),
+            lambda i: self._load(self._pairs[i]),
+            decode_message,
+            ("bad_label", "corrupt_file"),
+            f"{self.images}: none of its image/label pairs is readable; see {self.labels}",
+        )
 
 
 class SegmentationPredictImages(Dataset):

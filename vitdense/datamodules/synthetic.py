@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from vitdense.datamodules.coco import CocoDataModule, OnBadData
+from vitdense.datamodules.bad_data import OnBadData
+from vitdense.datamodules.coco import CocoDataModule
 from vitdense.datamodules.segmentation import SegmentationFolderDataModule
 
 __all__ = [
