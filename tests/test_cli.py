@@ -124,7 +124,8 @@ def test_demo_recipe_fits_and_tests_one_step(tmp_path, capsys):
 
 
 def test_console_script_and_module_entry_point():
-    for command in (["-m", "vitdense", "--help"],):
-        result = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=120)
+    script = Path(sys.executable).with_name("vitdense")
+    for command in ([sys.executable, "-m", "vitdense", "--help"], [str(script), "--help"]):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert "fit" in result.stdout and "predict" in result.stdout
