@@ -244,3 +244,17 @@ def test_whole_inference_pads_a_patch_multiple_batch_to_the_pyramid_divisibility
     padded = torch.nn.functional.pad(images, (0, 280 - 238, 0, 280 - 252))
     (expected,) = whole_inference(model, padded, [(250, 230)], [(500, 460)])
     torch.testing.assert_close(logits, expected)
+
+
+def test_whole_inference_does_not_depend_on_the_batch(tiny_pyramid):
+    # Attention sees the whole input: a small image padded to a large batch-mate's size would change.
+    model = PyramidSegmenter(3, tiny_pyramid, channels=32).eval()
+    large, small = torch.rand(3, 112, 168), torch.rand(3, 56, 84)
+    images = torch.zeros(2, 3, 112, 168)
+    images[0], images[1, :, :56, :84] = large, small
+    with torch.no_grad():
+        together = whole_inference(model, images, [(112, 168), (56, 84)], [(112, 168), (40, 60)])
+        alone = whole_inference(model, small[None], [(56, 84)], [(40, 60)])
+        padded = model(images)["out"][1:, :, :56, :84]
+    torch.testing.assert_close(together[1], alone[0])
+    assert not torch.allclose(F.interpolate(padded, size=(40, 60), mode="bilinear")[0], alone[0])

@@ -222,12 +222,15 @@ def whole_inference(
     image_sizes: Sequence[tuple[int, int]],
     orig_sizes: Sequence[tuple[int, int]],
 ) -> list[Tensor]:
-    """Logits of every image at its original resolution, from one pass over the padded batch.
+    """Logits of every image at its original resolution, each computed on its own valid region.
+
+    Attention spans the whole input, so a smaller image zero-padded to its batch-mates' size would get other
+    logits than alone: every image is cropped to its valid region, padded to ``model.size_divisibility``, and
+    images of equal padded size share one forward pass. Results do not depend on the batch.
 
     Args:
         model: a :class:`Segmenter` in eval mode.
-        images: (B, 3, H, W) canvas, uint8 or float in [0, 1], zero-padded bottom/right; padded further here
-            to multiples of ``model.size_divisibility`` when needed.
+        images: (B, 3, H, W) canvas, uint8 or float in [0, 1], zero-padded bottom/right.
         image_sizes: per image, (h, w) of the valid region at the canvas' top-left.
         orig_sizes: per image, (H0, W0) of the original image the valid region was resized from.
 
@@ -236,15 +239,21 @@ def whole_inference(
     """
     _check_batch(images, image_sizes, orig_sizes)
     divisor = model.size_divisibility
-    height, width = images.shape[-2:]
-    # The data pipeline pads to the patch size; a pyramid with coarser levels needs more. Padding is
-    # bottom/right, so the valid region stays where image_sizes says.
-    images = F.pad(images, (0, -width % divisor, 0, -height % divisor))
-    logits = model(images)["out"].float()
-    return [
-        _to_original(image_logits[:, : int(h), : int(w)], orig)
-        for image_logits, (h, w), orig in zip(logits, image_sizes, orig_sizes)
-    ]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, (h, w) in enumerate(image_sizes):
+        padded = (-(-int(h) // divisor) * divisor, -(-int(w) // divisor) * divisor)
+        groups.setdefault(padded, []).append(index)
+    outputs: list[Tensor | None] = [None] * len(image_sizes)
+    for (height, width), indices in groups.items():
+        crops = []
+        for index in indices:
+            h, w = (int(v) for v in image_sizes[index])
+            crops.append(F.pad(images[index, :, :h, :w], (0, width - w, 0, height - h)))
+        logits = model(torch.stack(crops))["out"].float()
+        for index, image_logits in zip(indices, logits, strict=True):
+            h, w = (int(v) for v in image_sizes[index])
+            outputs[index] = _to_original(image_logits[:, :h, :w], orig_sizes[index])
+    return outputs
 
 
 def sliding_windows(height: int, width: int, crop_size: int, stride: int) -> list[tuple[int, int, int, int]]:
