@@ -1,6 +1,17 @@
 """Plain ``torch.nn`` backbones: the birder ViT and the simple feature pyramid on its map."""
 
-from vitdense.backbones.birder_backbone import DEFAULT_NETWORK, BirderBackbone, WeightsFileError
+from vitdense.backbones.birder_backbone import (
+    DEFAULT_NETWORK,
+    BirderBackbone,
+    WeightsFileError,
+    weights_from_checkpoint,
+)
 from vitdense.backbones.simple_feature_pyramid import SimpleFeaturePyramid
 
-__all__ = ["DEFAULT_NETWORK", "BirderBackbone", "SimpleFeaturePyramid", "WeightsFileError"]
+__all__ = [
+    "DEFAULT_NETWORK",
+    "BirderBackbone",
+    "SimpleFeaturePyramid",
+    "WeightsFileError",
+    "weights_from_checkpoint",
+]

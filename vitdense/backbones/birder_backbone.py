@@ -2,6 +2,9 @@
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +23,24 @@ DEFAULT_NETWORK = "rope_vit_reg8_so150m_p14_swiglu_rms_avg"
 # Tokens and embeddings that carry no weight decay, besides every 1-d tensor (norm scales, biases).
 _NO_DECAY_NAMES = ("pos_embedding", "reg_tokens", "class_token")
 _BLOCK_PATTERN = re.compile(r"^net\.encoder\.block\.(\d+)\.")
+
+
+_weights_from_checkpoint: ContextVar[bool] = ContextVar("_weights_from_checkpoint", default=False)
+
+
+@contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Inside, :class:`BirderBackbone` skips its ``weights`` / ``pretrained`` loading.
+
+    For models about to be restored from a checkpoint: nothing is read or downloaded that the checkpoint
+    overwrites (normalisation statistics included), so a moved weights file or an offline machine does not
+    stop ``validate``, ``test``, ``predict`` or a resume.
+    """
+    token = _weights_from_checkpoint.set(True)
+    try:
+        yield
+    finally:
+        _weights_from_checkpoint.reset(token)
 
 
 class WeightsFileError(ValueError):
@@ -61,6 +82,11 @@ class BirderBackbone(nn.Module):
         out_indices: list[int] | None = None,
     ) -> None:
         super().__init__()
+        if _weights_from_checkpoint.get() and (weights is not None or pretrained is not None):
+            logger.info(
+                f"Not loading weights={weights!r} / pretrained={pretrained!r}: a checkpoint replaces them"
+            )
+            weights = pretrained = None
         if weights is not None and pretrained is not None:
             # Recipes name the hub tag; a local file given on top (e.g. from the command line) replaces it.
             logger.info(f"Loading {weights}; pretrained={pretrained!r} is ignored")
@@ -94,10 +120,13 @@ class BirderBackbone(nn.Module):
         self.stride: int = net.patch_size
         self.size_divisibility: int = net.patch_size
         self.num_blocks: int = net.num_layers
-        self.pixel_mean = tuple(float(v) for v in rgb_stats["mean"])
-        self.pixel_std = tuple(float(v) for v in rgb_stats["std"])
-        self.register_buffer("_mean", torch.tensor(self.pixel_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(self.pixel_std).view(1, 3, 1, 1), persistent=False)
+        # Saved in checkpoints: a model restored without its weights file keeps the file's statistics.
+        self.register_buffer(
+            "pixel_mean", torch.tensor(rgb_stats["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(rgb_stats["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        )
 
         if grad_checkpointing:
             net.set_grad_checkpointing(True)
@@ -164,7 +193,7 @@ class BirderBackbone(nn.Module):
                 f"would "
                 f"silently drop the last pixels. Pad the batch to a multiple of {self.stride}."
             )
-        images = (images - self._mean.to(images.dtype)) / self._std.to(images.dtype)
+        images = (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
         stages = list(self.net.detection_features(images).values())
         return stages[0] if len(stages) == 1 else torch.cat(stages, dim=1)
 

@@ -36,6 +36,18 @@ class VitDenseTask(LightningModule):
         # The latest evaluation's metrics; the CLI prints them as the run's last line.
         self.final_metrics: dict[str, Any] = {}
 
+    def save_config(self, *callables: str) -> None:
+        """Keep the init args that can be saved (the caller has just run ``save_hyperparameters()``).
+
+        Under the CLI, the hyper-parameters are the run's own config, where model parts such as the detector
+        are class paths with init args: a checkpoint then rebuilds the module with ``load_from_checkpoint``
+        and no YAML. Parts passed as Python callables cannot be saved and are dropped; pass them again to
+        ``load_from_checkpoint``.
+        """
+        for name in callables:
+            if callable(self.hparams.get(name)):
+                del self.hparams[name]
+
     def write_report(self, name: str, content: Any) -> Path | None:
         """Write ``content`` (JSON-able, or a str as is) to the run's log directory, on rank 0 only."""
         # Trainer.log_dir broadcasts from rank 0: every process must ask for it, before any returns.

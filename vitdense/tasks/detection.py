@@ -48,7 +48,8 @@ class DetectionTask(VitDenseTask):
         per_class_ap: bool = False,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, layer_decay)
-        self.save_hyperparameters(ignore=["detector", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters()
+        self.save_config("detector", "optimizer", "lr_scheduler")
         self.model = detector(num_classes)
         self.mask_threshold = mask_threshold
         self.per_class_ap = per_class_ap

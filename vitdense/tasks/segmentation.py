@@ -47,7 +47,8 @@ class SemanticSegmentationTask(VitDenseTask):
         sliding_window: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, layer_decay)
-        self.save_hyperparameters(ignore=["segmenter", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters()
+        self.save_config("segmenter", "optimizer", "lr_scheduler")
         self.model = segmenter(num_classes)
         self.num_classes = num_classes
         self.aux_weight = aux_weight
