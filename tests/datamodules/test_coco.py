@@ -25,6 +25,7 @@ from vitdense.datamodules import (
     collate_detection,
 )
 from vitdense.datamodules import coco as coco_module
+from vitdense.datamodules import images as images_module
 
 MakeCoco = Callable[..., tuple[Path, Path]]
 IMG = {"id": 1, "file_name": "sub/dir/a.png", "height": 28, "width": 56}
@@ -283,7 +284,7 @@ def _write_odd_images(folder: Path) -> dict[str, tuple[int, int]]:
 
 def test_predict_folder_loads_all_modes(tmp_path: Path) -> None:
     sizes = _write_odd_images(tmp_path / "imgs")
-    ds = PredictImages(str(tmp_path / "imgs"), image_size=56)
+    ds = PredictImages(str(tmp_path / "imgs"), EvalTransform(56))
     assert sorted(Path(f).name for f in ds.files) == sorted(sizes)
     samples = {Path(t["file_name"]).name: (img, t) for img, t in (ds[i] for i in range(len(ds)))}
     for name, (image, target) in samples.items():
@@ -301,17 +302,17 @@ def test_predict_folder_loads_all_modes(tmp_path: Path) -> None:
 
 def test_16_bit_mid_grey_scales_to_8_bit() -> None:
     image = Image.fromarray(np.full((4, 4), 32896, np.uint16))
-    assert coco_module.to_rgb_array(image)[0, 0].tolist() == [128, 128, 128]
+    assert images_module.to_rgb_array(image)[0, 0].tolist() == [128, 128, 128]
 
 
 def test_predict_single_file_and_glob(tmp_path: Path) -> None:
     _write_odd_images(tmp_path / "imgs")
-    single = PredictImages(str(tmp_path / "imgs" / "gray.png"), image_size=56)
+    single = PredictImages(str(tmp_path / "imgs" / "gray.png"), EvalTransform(56))
     assert len(single) == 1 and single[0][1]["orig_size"] == (30, 50)
-    globbed = PredictImages(str(tmp_path / "**" / "*.png"), image_size=56)
+    globbed = PredictImages(str(tmp_path / "**" / "*.png"), EvalTransform(56))
     assert sorted(Path(f).name for f in globbed.files) == ["deep.png", "gray.png", "rgba.png"]
     with pytest.raises(ValueError, match="matches no image files"):
-        PredictImages(str(tmp_path / "nothing*.jpg"), image_size=56)
+        PredictImages(str(tmp_path / "nothing*.jpg"), EvalTransform(56))
 
 
 def test_exif_orientation_applied_to_pixels(tmp_path: Path) -> None:
@@ -321,7 +322,7 @@ def test_exif_orientation_applied_to_pixels(tmp_path: Path) -> None:
     exif = image.getexif()
     exif[0x0112] = 6  # display = stored rotated 90 degrees clockwise: left band goes to the top
     image.save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=95)
-    rgb = coco_module.read_image(tmp_path / "r.jpg")
+    rgb = images_module.read_image(tmp_path / "r.jpg")
     assert rgb.shape == (60, 20, 3)
     assert rgb[:8].mean() > 200 and rgb[15:].mean() < 30
 

@@ -234,7 +234,7 @@ def test_folder_datamodule(tmp_path: Path) -> None:
     assert images.shape == (1, 3, -(-h // 14) * 14, -(-w // 14) * 14)
     assert dm.test_dataset is dm.val_dataset, "test defaults to the validation split"
     images, targets = next(iter(dm.predict_dataloader()))
-    assert set(targets[0]) == {"orig_size", "image_size", "file_name"}
+    assert set(targets[0]) == {"image_id", "orig_size", "image_size", "file_name"}
 
 
 def test_datamodule_checks_its_arguments(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from tests.tiny import TINY_CONFIG, TINY_NETWORK
 from vitdense.backbones import BirderBackbone, SimpleFeaturePyramid
-from vitdense.datamodules import PredictImages, ShapesDataModule, collate_detection
+from vitdense.datamodules import EvalTransform, PredictImages, ShapesDataModule, collate_detection
 from vitdense.heads import MaskRCNN
 from vitdense.tasks import DetectionTask, WarmupMultiStepLR
 
@@ -32,7 +32,9 @@ def test_predict_returns_original_frame_category_ids_and_full_size_masks(shapes,
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / name)
     task = DetectionTask(shapes.num_classes, _detector)
     task.category_ids, task.class_names = shapes.category_ids, shapes.class_names
-    loader = DataLoader(PredictImages(str(tmp_path), 224), batch_size=2, collate_fn=collate_detection)
+    loader = DataLoader(
+        PredictImages(str(tmp_path), EvalTransform(224)), batch_size=2, collate_fn=collate_detection
+    )
     trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     (outputs,) = trainer.predict(task, loader)
     assert len(outputs) == 2

@@ -1,22 +1,16 @@
 """Data for vitdense: detection (COCO) and semantic segmentation datasets, transforms, DataModules."""
 
 from vitdense.datamodules.bad_data import BadDataError, CheckedDataset
-from vitdense.datamodules.coco import (
-    CocoDataModule,
-    CocoDetection,
-    PredictImages,
-    load_coco,
-    read_image,
-    to_rgb_array,
-)
+from vitdense.datamodules.coco import CocoDataModule, CocoDetection, load_coco
 from vitdense.datamodules.collate import collate_detection, collate_segmentation
+from vitdense.datamodules.images import IMAGE_EXTENSIONS, read_image, to_rgb_array
+from vitdense.datamodules.predict_images import PredictImages, as_rgb_array, predict_sample, resolve_images
 from vitdense.datamodules.segmentation import (
     ADE20K_CLASSES,
     ADE20KDataModule,
     LabelMapping,
     SegmentationFolder,
     SegmentationFolderDataModule,
-    SegmentationPredictImages,
     find_ade20k,
     read_label,
 )
@@ -45,6 +39,10 @@ from vitdense.datamodules.transforms import (
 )
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
+    "as_rgb_array",
+    "predict_sample",
+    "resolve_images",
     "ADE20K_CLASSES",
     "SHAPES_CATEGORIES",
     "SHAPES_SEMSEG_CLASSES",
@@ -63,7 +61,6 @@ __all__ = [
     "SegmentationEvalTransform",
     "SegmentationFolder",
     "SegmentationFolderDataModule",
-    "SegmentationPredictImages",
     "SegmentationTrainTransform",
     "ShapesDataModule",
     "ShapesSegmentationDataModule",

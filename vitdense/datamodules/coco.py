@@ -7,7 +7,6 @@ category id ``category_ids[L - 1]`` (ids sorted ascending; they may include 0 an
 from __future__ import annotations
 
 import contextlib
-import glob
 import io
 import json
 import logging
@@ -20,95 +19,24 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from torch.utils.data import Dataset
 
-from vitdense.datamodules.bad_data import DECODE_ERRORS as _DECODE_ERRORS
 from vitdense.datamodules.bad_data import SKIP_HINT as _SKIP_HINT
 from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, OnBadData
 from vitdense.datamodules.collate import collate_detection
+from vitdense.datamodules.images import read_image
 from vitdense.datamodules.loading import SplitDataModule
+from vitdense.datamodules.predict_images import PredictImages
 from vitdense.datamodules.transforms import EvalTransform, TrainTransform
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "CocoDataModule",
     "CocoDetection",
-    "PredictImages",
     "load_coco",
-    "read_image",
-    "to_rgb_array",
 ]
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Images
-# ----------------------------------------------------------------------------------------------------
-
-
-def to_rgb_array(image: Image.Image) -> np.ndarray:
-    """Convert a PIL image of any mode to an RGB array.
-
-    Alpha is composited over black (the canvas padding colour), palettes are expanded, and high bit
-    depth modes are rescaled to 8 bit rather than clipped: ``I;16*`` by ``/257``, ``I`` the same when its
-    values fit 16 bit (how Pillow opens 16-bit PNGs) else by its min/max, ``F`` from ``[0, 1]`` when it
-    lies there else by its min/max.
-
-    Returns:
-        ``uint8`` ``(H, W, 3)``.
-    """
-    mode = image.mode
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
-        rgb = rgba[..., :3] * (rgba[..., 3:] / 255.0)
-        return np.ascontiguousarray(np.round(rgb).astype(np.uint8))
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        values = np.asarray(image).astype(np.float64)
-        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-        if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535):
-            gray = values / 257.0
-        elif mode == "F" and lo >= 0 and hi <= 1:
-            gray = values * 255.0
-        else:
-            gray = (values - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(values)
-        gray = np.round(gray).clip(0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
-    if mode != "RGB":
-        image = image.convert("RGB")
-    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
-
-
-def read_image(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode an image file to RGB with its EXIF orientation applied.
-
-    Args:
-        path: image file.
-        expected_hw: ``(h, w)`` the annotations were made on. If the EXIF-rotated image does not match
-            but the stored pixels do, the stored pixels are returned (the annotation tool ignored EXIF).
-
-    Returns:
-        ``uint8`` ``(H, W, 3)``.
-
-    Raises:
-        OSError, ValueError, SyntaxError: the file is missing, truncated or not an image.
-    """
-    with Image.open(path) as raw:
-        raw.load()  # decode now, so a truncated file fails here and not lazily later
-        oriented = ImageOps.exif_transpose(raw)
-        if expected_hw is not None and (oriented.height, oriented.width) != expected_hw:
-            if (raw.height, raw.width) == expected_hw:
-                oriented = raw
-        return to_rgb_array(oriented)
-
 
 # ----------------------------------------------------------------------------------------------------
 # Annotations
@@ -437,58 +365,6 @@ class CocoDetection(CheckedDataset):
         )
 
 
-def _resolve_images(source: str) -> list[Path]:
-    path = Path(source)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    else:
-        files = sorted(Path(p) for p in glob.glob(source, recursive=True) if os.path.isfile(p))
-    if not files:
-        raise ValueError(
-            f"predict_images={source!r} matches no image files; give an image file, a folder of images "
-            f"({', '.join(IMAGE_EXTENSIONS[:4])}, ...) or a glob such as 'photos/**/*.jpg'"
-        )
-    return files
-
-
-class PredictImages(Dataset):
-    """Images to run inference on: a file, a folder (its image files, sorted) or a glob.
-
-    Yields ``(image, target)``: ``image`` ``uint8`` ``(3, S, S)`` (longest side resized to ``S``, zero
-    padded bottom/right); ``target`` has ``"image_id"`` (the index), ``"file_name"``, ``"orig_size"``
-    ``(h, w)`` after EXIF orientation, ``"scale"`` (canvas = original * scale) and ``"image_size"``.
-    An unreadable file raises :class:`BadDataError` naming it (there is no sample to put in its place).
-    """
-
-    def __init__(self, source: str, image_size: int) -> None:
-        self.source = source
-        self.files = _resolve_images(source)
-        self.transform = EvalTransform(image_size)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        path = self.files[index]
-        try:
-            image = read_image(path)
-        except _DECODE_ERRORS as exc:
-            raise BadDataError(
-                f"{path} cannot be decoded ({type(exc).__name__}: {exc}); replace or remove the file"
-            ) from exc
-        out = self.transform(image)
-        target = {
-            "image_id": index,
-            "file_name": str(path),
-            "orig_size": (image.shape[0], image.shape[1]),
-            "scale": out.scale,
-            "image_size": out.image_size,
-        }
-        return out.image, target
-
-
 # ----------------------------------------------------------------------------------------------------
 # DataModule
 # ----------------------------------------------------------------------------------------------------
@@ -639,6 +515,6 @@ class CocoDataModule(SplitDataModule):
         if stage in ("test", None) and self.test_dataset is None:
             self.test_dataset = self._eval_dataset(self.test_images, self.test_annotations)
         if stage in ("predict", None) and self.predict_dataset is None and self.predict_images is not None:
-            self.predict_dataset = PredictImages(self.predict_images, self.image_size)
+            self.predict_dataset = PredictImages(self.predict_images, EvalTransform(self.image_size))
         if stage == "predict" and self.predict_images is None:
             raise ValueError("predict needs predict_images (an image file, a folder or a glob)")

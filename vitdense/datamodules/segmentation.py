@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from vitdense.datamodules.bad_data import DECODE_ERRORS as _DECODE_ERRORS
 from vitdense.datamodules.bad_data import SKIP_HINT as _SKIP_HINT
 from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, OnBadData
-from vitdense.datamodules.coco import IMAGE_EXTENSIONS, _resolve_images, read_image
 from vitdense.datamodules.collate import collate_segmentation
+from vitdense.datamodules.images import IMAGE_EXTENSIONS, read_image
 from vitdense.datamodules.loading import SplitDataModule
+from vitdense.datamodules.predict_images import PredictImages
 from vitdense.datamodules.segmentation_transforms import SegmentationEvalTransform, SegmentationTrainTransform
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
     "LabelMapping",
     "SegmentationFolder",
     "SegmentationFolderDataModule",
-    "SegmentationPredictImages",
     "find_ade20k",
     "read_label",
 ]
@@ -377,39 +376,6 @@ class SegmentationFolder(CheckedDataset):
         )
 
 
-class SegmentationPredictImages(Dataset):
-    """Images to segment: a file, a folder (its image files, sorted) or a glob.
-
-    Yields ``(image, target)``: ``image`` ``uint8`` ``(3, h, w)`` resized to fit ``scale`` (not padded);
-    ``target`` has ``"orig_size"`` ``(H0, W0)`` after EXIF orientation, ``"image_size"`` ``(h, w)`` and
-    ``"file_name"``. An unreadable file raises :class:`BadDataError` naming it.
-    """
-
-    def __init__(self, source: str, scale: tuple[int, int] = (2048, 512)) -> None:
-        self.source = source
-        self.files = _resolve_images(source)
-        self.transform = SegmentationEvalTransform(scale)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        path = self.files[index]
-        try:
-            image = read_image(path)
-        except _DECODE_ERRORS as exc:
-            raise BadDataError(
-                f"{path} cannot be decoded ({type(exc).__name__}: {exc}); replace or remove the file"
-            ) from exc
-        out = self.transform(image)
-        target = {
-            "orig_size": (int(image.shape[0]), int(image.shape[1])),
-            "image_size": (int(out.shape[-2]), int(out.shape[-1])),
-            "file_name": str(path),
-        }
-        return out, target
-
-
 # ----------------------------------------------------------------------------------------------------
 # DataModules
 # ----------------------------------------------------------------------------------------------------
@@ -530,7 +496,7 @@ class SegmentationFolderDataModule(SplitDataModule):
         self.train_dataset: SegmentationFolder | None = None
         self.val_dataset: SegmentationFolder | None = None
         self.test_dataset: SegmentationFolder | None = None
-        self.predict_dataset: SegmentationPredictImages | None = None
+        self.predict_dataset: PredictImages | None = None
 
     def _dataset(
         self, images: str, labels: str, transform: SegmentationTrainTransform | SegmentationEvalTransform
@@ -563,7 +529,7 @@ class SegmentationFolderDataModule(SplitDataModule):
                 transform = SegmentationEvalTransform(self.scale)
                 self.test_dataset = self._dataset(self.test_images, self.test_labels, transform)
         if stage in ("predict", None) and self.predict_dataset is None and self.predict_images is not None:
-            self.predict_dataset = SegmentationPredictImages(self.predict_images, self.scale)
+            self.predict_dataset = PredictImages(self.predict_images, SegmentationEvalTransform(self.scale))
         if stage == "predict" and self.predict_images is None:
             raise ValueError("predict needs predict_images (an image file, a folder or a glob)")
 

@@ -1,0 +1,108 @@
+"""Images to run a trained model on: a file, a folder or a glob; any mode, size and EXIF orientation."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from vitdense.datamodules.bad_data import DECODE_ERRORS, BadDataError
+from vitdense.datamodules.images import IMAGE_EXTENSIONS, read_image, to_rgb_array
+from vitdense.datamodules.segmentation_transforms import SegmentationEvalTransform
+from vitdense.datamodules.transforms import EvalTransform
+
+__all__ = ["PredictImages", "as_rgb_array", "predict_sample", "resolve_images"]
+
+Sample = tuple[torch.Tensor, dict[str, Any]]
+
+
+def resolve_images(source: str | Path) -> list[Path]:
+    """The image files of ``source``: the file itself, a folder's image files (sorted) or a glob's matches."""
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(source), recursive=True) if os.path.isfile(p))
+    if not files:
+        raise ValueError(
+            f"predict_images={str(source)!r} matches no image files; give an image file, a folder of images "
+            f"({', '.join(IMAGE_EXTENSIONS[:4])}, ...) or a glob such as 'photos/**/*.jpg'"
+        )
+    return files
+
+
+def as_rgb_array(image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
+    """``uint8`` (H, W, 3) RGB from a path, a PIL image (EXIF orientation applied) or an RGB array.
+
+    Raises:
+        BadDataError: a file that cannot be decoded, named with the fix.
+    """
+    if isinstance(image, (str, Path)):
+        try:
+            return read_image(image)
+        except DECODE_ERRORS as exc:
+            raise BadDataError(
+                f"{image} cannot be decoded ({type(exc).__name__}: {exc}); replace or remove the file"
+            ) from exc
+    if isinstance(image, Image.Image):
+        return to_rgb_array(ImageOps.exif_transpose(image))
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(
+            f"expected a uint8 (H, W, 3) RGB array, got {array.dtype} {array.shape}; pass a path or a PIL "
+            "image to have any mode converted"
+        )
+    return np.ascontiguousarray(array)
+
+
+def predict_sample(
+    image: np.ndarray, transform: EvalTransform | SegmentationEvalTransform, file_name: str, index: int
+) -> Sample:
+    """The model input of one RGB image and the target keys ``predict_step`` needs to map results back.
+
+    ``target`` has ``"image_id"`` (``index``), ``"file_name"``, ``"orig_size"`` (h, w), ``"image_size"``
+    (the valid region of the input) and, for detection, ``"scale"`` (input = original * scale).
+    """
+    out = transform(image)
+    target: dict[str, Any] = {
+        "image_id": index,
+        "file_name": file_name,
+        "orig_size": (int(image.shape[0]), int(image.shape[1])),
+    }
+    if isinstance(out, torch.Tensor):  # segmentation: the resized image itself, not padded
+        target["image_size"] = (int(out.shape[-2]), int(out.shape[-1]))
+        return out, target
+    target.update(scale=out.scale, image_size=out.image_size)
+    return out.image, target
+
+
+class PredictImages(Dataset):
+    """The images of a file, a folder or a glob, prepared as the evaluation transform prepares them.
+
+    An unreadable file raises :class:`BadDataError` naming it (there is no sample to put in its place).
+
+    Args:
+        source: an image file, a folder (its image files, sorted) or a glob (``**`` recurses).
+        transform: the datamodule's evaluation transform (:class:`EvalTransform` for detection,
+            :class:`SegmentationEvalTransform` for segmentation).
+    """
+
+    def __init__(self, source: str | Path, transform: EvalTransform | SegmentationEvalTransform) -> None:
+        self.source = source
+        self.files = resolve_images(source)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Sample:
+        path = self.files[index]
+        return predict_sample(as_rgb_array(path), self.transform, str(path), index)
