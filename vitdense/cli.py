@@ -1,20 +1,76 @@
 """The ``vitdense`` command: Lightning's CLI over the kit's tasks and datamodules."""
 
 import json
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
 
 from lightning import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from vitdense.backbones import skip_weights_loading
+from vitdense.tasks.callbacks import ThroughputLogger, ValidationImageLogger
+from vitdense.tasks.prediction_writer import PredictionWriter
 
 
 class VitDenseCLI(LightningCLI):
     """``fit``, ``validate``, ``test`` and ``predict`` from one flat YAML recipe.
 
     The datamodule reads its classes from the annotation files, so the model's ``num_classes`` is linked
-    from the instantiated datamodule instead of being written twice.
+    from the instantiated datamodule instead of being written twice. Every run also gets, unless its
+    recipe configures its own: a CSV logger beside the TensorBoard one, the learning rate and training
+    throughput logged, validation images with predictions drawn; ``predict`` writes its outputs with a
+    :class:`PredictionWriter` (``--writer.output_dir``, ``--writer.score_threshold``).
     """
 
-    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (LightningArgumentParser)
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs: Any
+    ) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.add_lightning_class_args(PredictionWriter, "writer")
+            # The writer saves every batch; keeping all full-resolution masks in memory as well is not needed.
+            parser.set_defaults(return_predictions=False)
+        return parser
+
+    def _restores_checkpoint(self) -> bool:
+        """Whether the run's weights come from a checkpoint, so the backbone need not load its own."""
+        ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path") if self.subcommand else None
+        if ckpt_path is None:
+            return False
+        # `fit --ckpt_path last` with no checkpoint yet starts from the initial weights.
+        return self.subcommand != "fit" or Path(ckpt_path).is_file()
+
+    def instantiate_classes(self) -> None:
+        with skip_weights_loading() if self._restores_checkpoint() else nullcontext():
+            super().instantiate_classes()
+        self._add_default_loggers_and_callbacks()
+
+    def _add_default_loggers_and_callbacks(self) -> None:
+        trainer = self.trainer
+        loggers = trainer.loggers
+        if len(loggers) == 1 and isinstance(loggers[0], TensorBoardLogger):
+            # The same folder as TensorBoard's events: metrics.csv beside the reports and checkpoints.
+            tensorboard = loggers[0]
+            csv = CSVLogger(tensorboard.save_dir, name=tensorboard.name, version=tensorboard.version)
+            trainer.loggers = [tensorboard, csv]
+        defaults: list[Callback] = [ThroughputLogger(), ValidationImageLogger()]
+        if trainer.loggers:
+            defaults.append(LearningRateMonitor(logging_interval="step"))
+        present = {type(callback) for callback in trainer.callbacks}
+        missing = [callback for callback in defaults if type(callback) not in present]
+        # Before the checkpoint callbacks, which must see everything logged at the same hook.
+        position = next(
+            (i for i, callback in enumerate(trainer.callbacks) if isinstance(callback, ModelCheckpoint)),
+            len(trainer.callbacks),
+        )
+        trainer.callbacks[position:position] = missing
 
     def _print_final_metrics(self) -> None:
         """End the output with one JSON line of the last evaluation's metrics, after the progress bar."""
@@ -27,6 +83,7 @@ class VitDenseCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the console script and ``python -m vitdense``."""
+    args = sys.argv[1:] if args is None else list(args)
     VitDenseCLI(
         LightningModule,
         LightningDataModule,

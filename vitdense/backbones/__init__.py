@@ -4,7 +4,7 @@ from vitdense.backbones.birder_backbone import (
     DEFAULT_NETWORK,
     BirderBackbone,
     WeightsFileError,
-    weights_from_checkpoint,
+    skip_weights_loading,
 )
 from vitdense.backbones.simple_feature_pyramid import SimpleFeaturePyramid
 
@@ -13,5 +13,5 @@ __all__ = [
     "BirderBackbone",
     "SimpleFeaturePyramid",
     "WeightsFileError",
-    "weights_from_checkpoint",
+    "skip_weights_loading",
 ]

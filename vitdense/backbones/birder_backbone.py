@@ -25,22 +25,22 @@ _NO_DECAY_NAMES = ("pos_embedding", "reg_tokens", "class_token")
 _BLOCK_PATTERN = re.compile(r"^net\.encoder\.block\.(\d+)\.")
 
 
-_weights_from_checkpoint: ContextVar[bool] = ContextVar("_weights_from_checkpoint", default=False)
+_skipping_weights: ContextVar[bool] = ContextVar("_skipping_weights", default=False)
 
 
 @contextmanager
-def weights_from_checkpoint() -> Iterator[None]:
+def skip_weights_loading() -> Iterator[None]:
     """Inside, :class:`BirderBackbone` skips its ``weights`` / ``pretrained`` loading.
 
-    For models about to be restored from a checkpoint: nothing is read or downloaded that the checkpoint
-    overwrites (normalisation statistics included), so a moved weights file or an offline machine does not
-    stop ``validate``, ``test``, ``predict`` or a resume.
+    For models about to be restored from a checkpoint, which holds every weight and the normalisation
+    statistics (a moved weights file or an offline machine then does not stop ``validate``, ``test``,
+    ``predict`` or a resume), and for commands that never run the model (``vitdense check-data``).
     """
-    token = _weights_from_checkpoint.set(True)
+    token = _skipping_weights.set(True)
     try:
         yield
     finally:
-        _weights_from_checkpoint.reset(token)
+        _skipping_weights.reset(token)
 
 
 class WeightsFileError(ValueError):
@@ -82,10 +82,8 @@ class BirderBackbone(nn.Module):
         out_indices: list[int] | None = None,
     ) -> None:
         super().__init__()
-        if _weights_from_checkpoint.get() and (weights is not None or pretrained is not None):
-            logger.info(
-                f"Not loading weights={weights!r} / pretrained={pretrained!r}: a checkpoint replaces them"
-            )
+        if _skipping_weights.get() and (weights is not None or pretrained is not None):
+            logger.info(f"Not loading weights={weights!r} / pretrained={pretrained!r} (skip_weights_loading)")
             weights = pretrained = None
         if weights is not None and pretrained is not None:
             # Recipes name the hub tag; a local file given on top (e.g. from the command line) replaces it.

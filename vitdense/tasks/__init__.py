@@ -1,6 +1,7 @@
 """LightningModules: losses, metrics, logging and optimizer construction around the ``torch.nn`` parts."""
 
 from vitdense.tasks.base import VitDenseTask
+from vitdense.tasks.callbacks import LatestCheckpoint, ThroughputLogger, ValidationImageLogger
 from vitdense.tasks.coco_evaluator import CocoEvaluator
 from vitdense.tasks.detection import DetectionTask
 from vitdense.tasks.optim import (
@@ -16,7 +17,10 @@ from vitdense.tasks.segmentation_metrics import format_class_table, segmentation
 __all__ = [
     "CocoEvaluator",
     "DetectionTask",
+    "LatestCheckpoint",
     "SemanticSegmentationTask",
+    "ThroughputLogger",
+    "ValidationImageLogger",
     "VitDenseTask",
     "WarmupCosineLR",
     "WarmupMultiStepLR",

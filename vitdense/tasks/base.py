@@ -35,6 +35,18 @@ class VitDenseTask(LightningModule):
         self.layer_decay = layer_decay
         # The latest evaluation's metrics; the CLI prints them as the run's last line.
         self.final_metrics: dict[str, Any] = {}
+        self._checkpoint_step: int | None = None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._checkpoint_step = checkpoint.get("global_step")
+
+    @property
+    def trained_steps(self) -> int:
+        """Optimizer steps behind the current weights: the trainer's while fitting, else the checkpoint's."""
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if fitting or self._checkpoint_step is None:
+            return self.global_step
+        return int(self._checkpoint_step)
 
     def save_config(self, *callables: str) -> None:
         """Keep the init args that can be saved (the caller has just run ``save_hyperparameters()``).

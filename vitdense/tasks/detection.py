@@ -9,6 +9,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from vitdense.heads import RCNNDetector, paste_detections
 from vitdense.tasks.base import VitDenseTask
 from vitdense.tasks.coco_evaluator import CocoEvaluator
+from vitdense.tasks.visualization import draw_detections, valid_region_at_original
 
 Batch = tuple[torch.Tensor, list[dict[str, Any]]]
 
@@ -59,6 +60,9 @@ class DetectionTask(VitDenseTask):
         # predictions keep the dataset's own ids.
         self.category_ids: list[int] = list(range(1, num_classes + 1))
         self.class_names: list[str] = [str(index) for index in self.category_ids]
+        # The square canvas side of the evaluation transform, from the datamodule; saved in checkpoints so
+        # that vitdense.inference prepares images exactly as `vitdense predict` does.
+        self.image_size: int | None = None
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -71,14 +75,19 @@ class DetectionTask(VitDenseTask):
                 )
             self.category_ids = list(datamodule.category_ids)
             self.class_names = list(datamodule.class_names)
+        if datamodule is not None and hasattr(datamodule, "image_size"):
+            self.image_size = int(datamodule.image_size)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["category_ids"] = self.category_ids
         checkpoint["class_names"] = self.class_names
+        checkpoint["image_size"] = self.image_size
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.category_ids = checkpoint.get("category_ids", self.category_ids)
         self.class_names = checkpoint.get("class_names", self.class_names)
+        self.image_size = checkpoint.get("image_size", self.image_size)
 
     def forward(
         self, images: torch.Tensor, image_sizes: list[tuple[int, int]]
@@ -105,15 +114,35 @@ class DetectionTask(VitDenseTask):
             mask_threshold=self.mask_threshold,
         )
 
-    def _evaluation_step(self, batch: Batch) -> None:
-        for target, detection in zip(batch[1], self._detect(batch), strict=True):
+    def _evaluation_step(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
+        detections = self._detect(batch)
+        for target, detection in zip(batch[1], detections, strict=True):
             self.evaluator.update(int(target["image_id"]), detection, self.category_ids)
+        return detections
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluation_step(batch)
+    def validation_step(self, batch: Batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
+        """Scores the batch; returns its detections at original resolution (for image logging)."""
+        return self._evaluation_step(batch)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluation_step(batch)
+    def test_step(self, batch: Batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
+        return self._evaluation_step(batch)
+
+    def draw_predictions(
+        self, batch: Batch, detections: list[dict[str, torch.Tensor]], score_threshold: float = 0.5
+    ) -> list[torch.Tensor]:
+        """Each image of ``batch`` at its original size with ``detections`` (from validation_step) drawn."""
+        return [
+            draw_detections(
+                valid_region_at_original(image, target["image_size"], target["orig_size"]),
+                detection["boxes"],
+                detection["labels"],
+                detection["scores"],
+                self.class_names,
+                masks=detection.get("masks"),
+                score_threshold=score_threshold,
+            )
+            for image, target, detection in zip(batch[0], batch[1], detections, strict=True)
+        ]
 
     def on_validation_epoch_start(self) -> None:
         self.evaluator.reset()
@@ -135,20 +164,20 @@ class DetectionTask(VitDenseTask):
             raise TypeError(f"The {split} dataset must expose its pycocotools COCO object as `.coco`")
         metrics = self.evaluator.compute(coco_gt)
         self.log_dict({f"{split}/{name}": value for name, value in metrics.items()}, sync_dist=False)
-        self.final_metrics = {"split": split, "step": self.global_step, **metrics}
+        self.final_metrics = {"split": split, "step": self.trained_steps, **metrics}
         names = dict(zip(self.category_ids, self.class_names, strict=True))
         per_class = {
             iou_type: {names.get(category_id, str(category_id)): ap for category_id, ap in scores.items()}
             for iou_type, scores in self.evaluator.per_category_ap.items()
         }
-        prefix = f"{split}_step{self.global_step}"
+        prefix = f"{split}_step{self.trained_steps}"
         self.write_report(f"{prefix}_metrics.json", {**self.final_metrics, "per_class_AP": per_class})
         if self.trainer.state.fn != "fit":  # results files of a whole split are large; not every val epoch
             for iou_type, results in self.evaluator.scored_results.items():
                 self.write_report(f"{prefix}_{iou_type}_results.json", results)
         if self.trainer.is_global_zero:
             for iou_type, summary in self.evaluator.summaries.items():
-                print(f"COCO {split} {iou_type} (step {self.global_step}):\n{summary.rstrip()}", flush=True)
+                print(f"COCO {split} {iou_type} (step {self.trained_steps}):\n{summary.rstrip()}", flush=True)
                 if self.per_class_ap:
                     width = max(len(name) for name in per_class[iou_type])
                     rows = [f"{name:<{width}}  {100 * ap:6.2f}" for name, ap in per_class[iou_type].items()]

@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from vitdense.heads import Segmenter, slide_inference, whole_inference
 from vitdense.tasks.base import VitDenseTask
 from vitdense.tasks.segmentation_metrics import format_class_table, segmentation_scores
+from vitdense.tasks.visualization import draw_label_map, valid_region_at_original
 
 Batch = tuple[torch.Tensor, list[dict[str, Any]]]
 
@@ -60,6 +61,9 @@ class SemanticSegmentationTask(VitDenseTask):
         # Taken from the datamodule at setup and saved in checkpoints.
         self.ignore_index = 255
         self.class_names = [str(index) for index in range(num_classes)]
+        # The evaluation resize's (long, short) reference, so that vitdense.inference prepares images as
+        # `vitdense predict` does.
+        self.eval_scale: tuple[int, int] | None = None
         self.confmat = MulticlassConfusionMatrix(
             num_classes, ignore_index=self.ignore_index, validate_args=False
         )
@@ -74,6 +78,7 @@ class SemanticSegmentationTask(VitDenseTask):
                 f"{self.num_classes}: set model.init_args.num_classes to match (the CLI links it)."
             )
         self._set_label_space(datamodule.ignore_index, list(datamodule.class_names))
+        self.eval_scale = tuple(int(side) for side in datamodule.scale)
 
     def _set_label_space(self, ignore_index: int, class_names: list[str]) -> None:
         self.ignore_index = ignore_index
@@ -83,8 +88,12 @@ class SemanticSegmentationTask(VitDenseTask):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ignore_index"] = self.ignore_index
         checkpoint["class_names"] = self.class_names
+        checkpoint["eval_scale"] = self.eval_scale
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        eval_scale = checkpoint.get("eval_scale")
+        self.eval_scale = tuple(eval_scale) if eval_scale is not None else self.eval_scale
         self._set_label_space(
             checkpoint.get("ignore_index", self.ignore_index), checkpoint.get("class_names", self.class_names)
         )
@@ -116,15 +125,29 @@ class SemanticSegmentationTask(VitDenseTask):
         crop, stride = self.sliding_window
         return slide_inference(self.model, images, image_sizes, orig_sizes, crop, stride)
 
-    def _evaluation_step(self, batch: Batch) -> None:
-        for target, logits in zip(batch[1], self._original_logits(batch), strict=True):
-            self.confmat.update(logits.argmax(dim=0), target["label"])
+    def _evaluation_step(self, batch: Batch) -> list[torch.Tensor]:
+        predictions = [logits.argmax(dim=0) for logits in self._original_logits(batch)]
+        for target, prediction in zip(batch[1], predictions, strict=True):
+            self.confmat.update(prediction, target["label"])
+        return predictions
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluation_step(batch)
+    def validation_step(self, batch: Batch, batch_idx: int) -> list[torch.Tensor]:
+        """Scores the batch; returns its label maps at original resolution (for image logging)."""
+        return self._evaluation_step(batch)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._evaluation_step(batch)
+    def test_step(self, batch: Batch, batch_idx: int) -> list[torch.Tensor]:
+        return self._evaluation_step(batch)
+
+    def draw_predictions(self, batch: Batch, label_maps: list[torch.Tensor], **_: Any) -> list[torch.Tensor]:
+        """Each image of ``batch`` at its original size tinted by its predicted ``label_maps``."""
+        return [
+            draw_label_map(
+                valid_region_at_original(image, target["image_size"], target["orig_size"]),
+                label_map,
+                self.num_classes,
+            )
+            for image, target, label_map in zip(batch[0], batch[1], label_maps, strict=True)
+        ]
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
@@ -140,24 +163,26 @@ class SemanticSegmentationTask(VitDenseTask):
         scores = segmentation_scores(confmat)
         summary = {name: float(scores[name]) for name in ("mIoU", "aAcc", "mAcc")}
         self.log_dict({f"{split}/{name}": value for name, value in summary.items()})
-        self.final_metrics = {"split": split, "step": self.global_step, **summary}
+        self.final_metrics = {"split": split, "step": self.trained_steps, **summary}
         per_class = {
             name: {"IoU": iou, "Acc": accuracy}
             for name, iou, accuracy in zip(self.class_names, scores["IoU"].tolist(), scores["Acc"].tolist())
         }
-        prefix = f"{split}_step{self.global_step}"
+        prefix = f"{split}_step{self.trained_steps}"
         self.write_report(f"{prefix}_metrics.json", {**self.final_metrics, "per_class": per_class})
         rows = [f"{name},{values['IoU']},{values['Acc']}" for name, values in per_class.items()]
         self.write_report(f"{prefix}_per_class.csv", "class,IoU,Acc\n" + "\n".join(rows) + "\n")
         if self.trainer.is_global_zero:
             table = format_class_table(scores, self.class_names)
-            print(f"Semantic segmentation, {split} (step {self.global_step}):\n{table}", flush=True)
+            print(f"Semantic segmentation, {split} (step {self.trained_steps}):\n{table}", flush=True)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
         """Per image: ``label`` int64 (H0, W0) class indices at original resolution, with its file name."""
         outputs = []
         for target, logits in zip(batch[1], self._original_logits(batch), strict=True):
             output = {"label": logits.argmax(dim=0).cpu()}
-            output.update({key: target[key] for key in ("file_name", "orig_size") if key in target})
+            output.update(
+                {key: target[key] for key in ("image_id", "file_name", "orig_size") if key in target}
+            )
             outputs.append(output)
         return outputs

@@ -1,0 +1,217 @@
+"""What a run leaves behind and what users do with it: reports, logs, checkpoints, predict, Python inference."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.tiny import TINY_CONFIG
+from vitdense.cli import main
+from vitdense.inference import Predictor, load_checkpoint
+from vitdense.tasks import DetectionTask, SemanticSegmentationTask
+from vitdense.tasks.prediction_writer import detection_record
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+
+
+def _tiny_vit() -> dict:
+    return {"init_args": {"config": TINY_CONFIG}}
+
+
+def _fit(tmp: Path, recipe: str, model_overrides: dict, data_args: list[str]) -> Path:
+    overrides = tmp / "tiny.yaml"
+    overrides.write_text(yaml.safe_dump({"model": {"init_args": model_overrides}}))
+    main(
+        [
+            "fit",
+            "--config",
+            str(RECIPES / recipe),
+            "--config",
+            str(overrides),
+            *data_args,
+            "--data.init_args.num_workers=0",
+            "--trainer.max_steps=4",
+            "--trainer.max_epochs=2",
+            "--trainer.check_val_every_n_epoch=1",
+            "--trainer.log_every_n_steps=1",
+            f"--trainer.default_root_dir={tmp / 'run'}",
+        ]
+    )
+    (log_dir,) = (tmp / "run" / "lightning_logs").iterdir()
+    return log_dir
+
+
+@pytest.fixture(scope="module")
+def detection_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("detection")
+    backbone = {"init_args": {"out_channels": 32, "vit": _tiny_vit()}}
+    detector = {"init_args": {"head_dim": 32, "fc_dim": 64, "backbone": backbone}}
+    data = [
+        f"--data.init_args.root={tmp / 'shapes'}",
+        "--data.init_args.num_train=8",
+        "--data.init_args.num_val=4",
+    ]
+    return _fit(tmp, "demo_shapes_mask_rcnn.yaml", {"detector": detector}, data)
+
+
+@pytest.fixture(scope="module")
+def segmentation_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("segmentation")
+    backbone = {"init_args": {"out_channels": 32, "vit": _tiny_vit()}}
+    segmenter = {"init_args": {"channels": 32, "aux_channels": 32, "backbone": backbone}}
+    data = [
+        f"--data.init_args.root={tmp / 'shapes'}",
+        "--data.init_args.num_train=8",
+        "--data.init_args.num_val=4",
+    ]
+    return _fit(tmp, "demo_shapes_semseg.yaml", {"segmenter": segmenter}, data)
+
+
+@pytest.fixture(scope="module")
+def mixed_images(tmp_path_factory) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """Images as cameras and web pages make them, and the (h, w) each must be predicted at."""
+    folder = tmp_path_factory.mktemp("mixed")
+    rng = np.random.default_rng(0)
+    rgb = np.zeros((150, 200, 3), np.uint8)
+    rgb[30:100, 40:150] = (220, 40, 40)
+    rgb += rng.integers(0, 30, rgb.shape, dtype=np.uint8)
+    # Stored on its side with EXIF orientation 6 ("rotate 90 clockwise to view"): viewed as 150 x 200.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(np.rot90(rgb, 1))).save(folder / "camera.jpg", exif=exif.tobytes())
+    Image.fromarray(rgb).convert("L").save(folder / "gray.png")
+    Image.fromarray(rgb).convert("RGBA").save(folder / "transparent.png")
+    Image.fromarray(np.asarray(Image.fromarray(rgb).convert("L")).astype(np.uint16) * 257).save(
+        folder / "deep.png"
+    )
+    Image.fromarray(rgb).resize((97, 61)).convert("P").save(folder / "palette.gif")
+    sizes = {"camera.jpg": (150, 200), "gray.png": (150, 200), "transparent.png": (150, 200)}
+    sizes |= {"deep.png": (150, 200), "palette.gif": (61, 97)}
+    return folder, sizes
+
+
+def test_a_run_leaves_reports_logs_images_and_checkpoints(detection_run):
+    assert (detection_run / "val_step4_metrics.json").is_file()
+    checkpoints = {path.name for path in (detection_run / "checkpoints").iterdir()}
+    assert {"last.ckpt", "step4.ckpt"} <= checkpoints and any(
+        name.startswith("best-step") for name in checkpoints
+    )
+    assert (detection_run / "checkpoints" / "last.ckpt").resolve().name == "step4.ckpt"
+    header = (detection_run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/images_per_sec", "train/loss", "val/segm_AP"} <= set(header)
+    assert any(name.startswith("lr-AdamW") for name in header)
+    (events,) = detection_run.glob("events.out.tfevents.*")
+    tags = EventAccumulator(str(events), size_guidance={"images": 0}).Reload().Tags()
+    assert {"val/predictions/0", "val/predictions/3"} <= set(tags["images"])
+    assert "train/images_per_sec" in tags["scalars"]
+
+
+def test_predict_writes_json_and_overlays_in_original_orientation_and_size(
+    detection_run, mixed_images, tmp_path
+):
+    folder, sizes = mixed_images
+    out = tmp_path / "predictions"
+    main(
+        [
+            "predict",
+            "--config",
+            str(detection_run / "config.yaml"),
+            "--ckpt_path",
+            str(detection_run / "checkpoints" / "last.ckpt"),
+            f"--data.init_args.predict_images={folder}",
+            f"--writer.output_dir={out}",
+            "--writer.score_threshold=0.0",
+        ]
+    )
+    written = json.loads((out / "predictions.json").read_text())
+    assert [c["name"] for c in written["categories"]] == ["circle", "rectangle", "triangle", "diamond"]
+    by_name = {Path(record["file_name"]).name: record for record in written["images"]}
+    assert set(by_name) == set(sizes)
+    for name, (height, width) in sizes.items():
+        record = by_name[name]
+        assert (record["height"], record["width"]) == (height, width)
+        assert record["detections"], "a random tiny model still returns low-score detections"
+        for detection in record["detections"]:
+            assert detection["segmentation"]["size"] == [height, width]
+            assert detection["category_name"] in {"circle", "rectangle", "triangle", "diamond"}
+        overlay = Image.open(out / "overlays" / Path(name).with_suffix(".png"))
+        assert overlay.size == (width, height) and overlay.mode == "RGB"
+
+    # Python inference from the checkpoint alone gives the same predictions, from a path or a PIL image.
+    predictor = Predictor.from_checkpoint(detection_run / "checkpoints" / "last.ckpt")
+    names = dict(zip(predictor.task.category_ids, predictor.class_names, strict=True))
+    for name, record in by_name.items():
+        assert detection_record(predictor(folder / name), names) == {
+            **record,
+            "file_name": str(folder / name),
+        }
+        from_pil = predictor(Image.open(folder / name))
+        assert detection_record(from_pil, names)["detections"] == record["detections"]
+        assert from_pil["names"] == [d["category_name"] for d in record["detections"]]
+
+
+def test_segmentation_predict_writes_label_maps_and_python_inference_agrees(
+    segmentation_run, mixed_images, tmp_path
+):
+    folder, sizes = mixed_images
+    out = tmp_path / "predictions"
+    main(
+        [
+            "predict",
+            "--config",
+            str(segmentation_run / "config.yaml"),
+            "--ckpt_path",
+            str(segmentation_run / "checkpoints" / "last.ckpt"),
+            f"--data.init_args.predict_images={folder}",
+            f"--writer.output_dir={out}",
+        ]
+    )
+    predictor = Predictor.from_checkpoint(segmentation_run / "checkpoints" / "last.ckpt")
+    assert isinstance(predictor.task, SemanticSegmentationTask)
+    for name, (height, width) in sizes.items():
+        saved = np.asarray(Image.open(out / "labels" / Path(name).with_suffix(".png")))
+        assert saved.shape == (height, width) and saved.max() < predictor.task.num_classes
+        assert Image.open(out / "overlays" / Path(name).with_suffix(".png")).size == (width, height)
+        np.testing.assert_array_equal(predictor(folder / name)["label"].numpy(), saved)
+
+
+def test_checkpoints_restore_without_their_weights_file(detection_run, tmp_path, capsys):
+    # The recipe's backbone weights file has moved since training: the checkpoint holds every weight.
+    missing = {"init_args": {"backbone": {"init_args": {"vit": {"init_args": {"weights": "/gone/vit.pt"}}}}}}
+    override = tmp_path / "moved.yaml"
+    override.write_text(yaml.safe_dump({"model": {"init_args": {"detector": missing}}}))
+    ckpt = detection_run / "checkpoints" / "last.ckpt"
+    args = [
+        "--config",
+        str(detection_run / "config.yaml"),
+        "--config",
+        str(override),
+        "--ckpt_path",
+        str(ckpt),
+    ]
+    main(["validate", *args, f"--trainer.default_root_dir={tmp_path}"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    trained = json.loads((detection_run / "val_step4_metrics.json").read_text())
+    assert printed["step"] == 4, "reports name the checkpoint's step, not the evaluation run's 0"
+    assert printed["segm_AP"] == trained["segm_AP"] and printed["bbox_AP"] == trained["bbox_AP"]
+
+    task = load_checkpoint(ckpt)
+    assert isinstance(task, DetectionTask) and not task.training
+    saved = torch.load(ckpt, weights_only=False)["state_dict"]
+    torch.testing.assert_close(task.state_dict(), saved)
+
+
+def test_load_checkpoint_says_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.ckpt: checkpoint not found"):
+        load_checkpoint(tmp_path / "nothing.ckpt")
+    (tmp_path / "text.ckpt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="text.ckpt is not a readable checkpoint"):
+        load_checkpoint(tmp_path / "text.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "bare.ckpt")
+    with pytest.raises(ValueError, match="bare.ckpt does not hold the config of its model"):
+        load_checkpoint(tmp_path / "bare.ckpt")

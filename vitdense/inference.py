@@ -1,0 +1,117 @@
+"""Python inference: a trained checkpoint, no YAML, applied to a path, a PIL image or an RGB array.
+
+    from vitdense.inference import Predictor
+
+    predictor = Predictor.from_checkpoint("path/to/last.ckpt")
+    result = predictor("photo.jpg")  # boxes, labels (category ids), names, scores, masks at original size
+
+The images are prepared exactly as ``vitdense predict`` prepares them (same decoding, EXIF orientation, mode
+conversion and evaluation transform), and the result is the task's own ``predict_step`` output.
+"""
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitdense.backbones import skip_weights_loading
+from vitdense.datamodules.collate import collate_detection, collate_segmentation
+from vitdense.datamodules.predict_images import as_rgb_array, predict_sample
+from vitdense.datamodules.segmentation_transforms import SegmentationEvalTransform
+from vitdense.datamodules.transforms import EvalTransform
+from vitdense.tasks import DetectionTask, SemanticSegmentationTask, VitDenseTask
+
+__all__ = ["Predictor", "load_checkpoint"]
+
+ImageInput = str | Path | Image.Image | np.ndarray
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> VitDenseTask:
+    """The task saved in a checkpoint written by ``vitdense fit``, rebuilt from the config it holds.
+
+    Nothing is downloaded and no weights file is read: the checkpoint holds every weight and the
+    normalisation statistics.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a checkpoint written by the ``vitdense`` CLI.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found; runs keep them in <run>/checkpoints/*.ckpt")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as error:  # torch.load raises many types for non-checkpoint files
+        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error})") from error
+    class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    if class_path is None:
+        raise ValueError(
+            f"{path} does not hold the config of its model (it was not written by `vitdense fit`); rebuild "
+            "the task in Python and pass its parts: DetectionTask.load_from_checkpoint(path, detector=...)"
+        )
+    module_name, _, class_name = class_path.rpartition(".")
+    task_class = getattr(importlib.import_module(module_name), class_name, None) if module_name else None
+    if not (isinstance(task_class, type) and issubclass(task_class, VitDenseTask)):
+        raise ValueError(f"{path} holds a {class_path}, not a vitdense task")
+    with skip_weights_loading():
+        task = task_class.load_from_checkpoint(path, map_location=map_location)
+    return task.eval()
+
+
+class Predictor:
+    """Runs a trained detection or segmentation task on single images.
+
+    Args:
+        task: a :class:`DetectionTask` or :class:`SemanticSegmentationTask` that was trained (or loaded)
+            with its datamodule, so that it knows its evaluation input size.
+        device: where to run; default: the task's device.
+    """
+
+    def __init__(self, task: VitDenseTask, device: str | torch.device | None = None) -> None:
+        if isinstance(task, DetectionTask):
+            if task.image_size is None:
+                raise ValueError(
+                    "the task does not know its input size; set task.image_size (the canvas side)"
+                )
+            self.transform = EvalTransform(task.image_size)
+            self.collate = collate_detection
+        elif isinstance(task, SemanticSegmentationTask):
+            if task.eval_scale is None:
+                raise ValueError("the task does not know its input size; set task.eval_scale (long, short)")
+            self.transform = SegmentationEvalTransform(task.eval_scale)
+            self.collate = collate_segmentation
+        else:
+            raise TypeError(
+                f"expected a DetectionTask or SemanticSegmentationTask, got {type(task).__name__}"
+            )
+        self.task = task.eval() if device is None else task.to(device).eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "Predictor":
+        """A predictor for the task in a ``vitdense fit`` checkpoint (see :func:`load_checkpoint`)."""
+        return cls(load_checkpoint(path, map_location=device))
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.task.class_names)
+
+    @torch.inference_mode()
+    def __call__(self, image: ImageInput) -> dict[str, Any]:
+        """The prediction for one image, as ``vitdense predict`` makes it.
+
+        Detection: ``boxes`` float (N, 4) xyxy in original pixels, ``labels`` (N,) dataset category ids,
+        ``names`` (N,) class names, ``scores`` (N,), and for Mask R-CNN ``masks`` bool (N, H, W).
+        Segmentation: ``label`` int64 (H, W) class indices. Both: ``orig_size`` (H, W) after EXIF rotation.
+        """
+        file_name = str(image) if isinstance(image, (str, Path)) else None
+        sample = predict_sample(as_rgb_array(image), self.transform, file_name, 0)
+        images, targets = self.collate([sample])
+        images = images.to(self.task.device)
+        (output,) = self.task.predict_step((images, targets), 0)
+        if isinstance(self.task, DetectionTask):
+            names = dict(zip(self.task.category_ids, self.task.class_names, strict=True))
+            output["names"] = [names[int(category_id)] for category_id in output["labels"]]
+        return output

@@ -1,0 +1,119 @@
+"""Training-time logging the CLI adds to every run: throughput and validation images with predictions."""
+
+import time
+from typing import Any
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from vitdense.tasks.visualization import fit_within
+
+__all__ = ["LatestCheckpoint", "ThroughputLogger", "ValidationImageLogger"]
+
+
+class ThroughputLogger(Callback):
+    """Logs ``train/images_per_sec`` (all processes together) every ``log_every_n_steps`` training steps.
+
+    The rate is wall time over a window of steps, data loading included, with no device synchronisation
+    of its own: at the window's end the logged losses already wait for the device.
+    """
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+        self._images = 0
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start, self._images = None, 0  # epoch boundaries (validation) are not training time
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        now = time.perf_counter()
+        if self._start is None:  # the first step of a window only starts the clock
+            self._start, self._images = now, 0
+            return
+        self._images += len(batch[0]) * trainer.world_size
+        if trainer.global_step % trainer.log_every_n_steps == 0 and self._images:
+            pl_module.log("train/images_per_sec", self._images / (now - self._start), rank_zero_only=True)
+            self._start, self._images = now, 0
+
+
+class ValidationImageLogger(Callback):
+    """Logs the first ``num_images`` validation images with their predictions drawn, each validation.
+
+    Images go to every TensorBoard logger of the run (tag ``val/predictions/<i>``), at their original
+    aspect ratio, downscaled to ``max_side``. The task draws them (``draw_predictions``).
+
+    Args:
+        num_images: images per validation.
+        score_threshold: detections below it are not drawn.
+        max_side: longest side of a logged image, in pixels.
+    """
+
+    def __init__(self, num_images: int = 4, score_threshold: float = 0.5, max_side: int = 640) -> None:
+        self.num_images = num_images
+        self.score_threshold = score_threshold
+        self.max_side = max_side
+        self._images: list[torch.Tensor] = []
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._images = []
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        wanted = self.num_images - len(self._images)
+        if wanted <= 0 or trainer.sanity_checking or not trainer.is_global_zero or outputs is None:
+            return
+        if not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
+            return
+        images, targets = batch
+        drawn = pl_module.draw_predictions(
+            (images[:wanted], targets[:wanted]), outputs[:wanted], score_threshold=self.score_threshold
+        )
+        self._images.extend(fit_within(image, self.max_side) for image in drawn)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                for index, image in enumerate(self._images):
+                    logger.experiment.add_image(f"val/predictions/{index}", image, trainer.global_step)
+        self._images = []
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """The latest training state, every ``every_n_train_steps`` steps and when training ends.
+
+    Kept as one ``step{N}.ckpt`` file with ``last.ckpt`` linking to it, so ``--ckpt_path last`` resumes from
+    the newest state. (A ``ModelCheckpoint`` that monitors a metric only refreshes ``last.ckpt`` when the
+    metric improves; use this one beside it for resuming.)
+
+    Args:
+        every_n_train_steps: steps between saves.
+        dirpath: folder; default: the run's ``checkpoints`` folder.
+    """
+
+    def __init__(self, every_n_train_steps: int = 1000, dirpath: str | None = None) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename="step{step}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=every_n_train_steps,
+            save_top_k=1,
+            save_last="link",
+        )
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is already saved
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        super().on_train_end(trainer, pl_module)

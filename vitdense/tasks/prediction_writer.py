@@ -1,0 +1,179 @@
+"""``vitdense predict``'s files: a COCO-style JSON and overlays (detection), label PNGs (segmentation)."""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from vitdense.datamodules.predict_images import as_rgb_array
+from vitdense.tasks.visualization import draw_detections, draw_label_map
+
+__all__ = ["PredictionWriter", "detection_record"]
+
+
+def detection_record(prediction: dict[str, Any], names: dict[int, str]) -> dict[str, Any]:
+    """One image's detections as JSON: COCO xywh boxes, category ids and names, scores, RLE masks.
+
+    Args:
+        prediction: a ``DetectionTask.predict_step`` output (``boxes`` xyxy, ``labels`` category ids,
+            ``scores``, optional bool ``masks`` (N, H, W), ``file_name``, ``orig_size``).
+        names: category id -> name.
+    """
+    height, width = (int(v) for v in prediction["orig_size"])
+    detections = []
+    masks = prediction.get("masks")
+    for index, (box, category_id, score) in enumerate(
+        zip(prediction["boxes"].tolist(), prediction["labels"].tolist(), prediction["scores"].tolist())
+    ):
+        x1, y1, x2, y2 = box
+        detection = {
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "score": score,
+            "category_id": category_id,
+            "category_name": names.get(category_id, str(category_id)),
+        }
+        if masks is not None:
+            rle = mask_utils.encode(np.asfortranarray(masks[index].numpy().astype(np.uint8)))
+            detection["segmentation"] = {
+                "size": [int(v) for v in rle["size"]],
+                "counts": rle["counts"].decode(),
+            }
+        detections.append(detection)
+    return {
+        "file_name": prediction.get("file_name"),
+        "height": height,
+        "width": width,
+        "detections": detections,
+    }
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes what ``predict`` returns, batch by batch, under ``output_dir``.
+
+    Detection: ``predictions.json`` (``categories`` and, per image, ``file_name``, ``height``, ``width`` and
+    every detection the model returns: ``bbox`` COCO xywh in original pixels, ``score``, ``category_id``,
+    ``category_name``, RLE ``segmentation`` for Mask R-CNN), and ``overlays/<image>.png`` with the
+    detections scoring at least ``score_threshold`` drawn. Segmentation: ``labels/<image>.png`` (class
+    indices 0..K-1 at the original resolution; 16-bit when K > 256) and ``overlays/<image>.png``. Output
+    names keep each image's path relative to the images' common folder, with a ``.png`` suffix.
+
+    Args:
+        output_dir: where to write; default ``<run log dir>/predictions``.
+        score_threshold: lowest score drawn on detection overlays (the JSON keeps every detection).
+        overlays: also write overlay PNGs.
+    """
+
+    def __init__(
+        self, output_dir: str | None = None, score_threshold: float = 0.5, overlays: bool = True
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.score_threshold = score_threshold
+        self.overlays = overlays
+        self._folder: Path | None = None
+        self._root: Path | None = None
+        self._records: list[dict[str, Any]] = []
+        self._written = 0
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "predict":
+            return
+        # Trainer.log_dir broadcasts from rank 0: every process asks.
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        self._folder = Path(self.output_dir) if self.output_dir is not None else log_dir / "predictions"
+        self._records, self._written = [], 0
+
+    def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        dataloaders = trainer.predict_dataloaders
+        dataset = getattr(dataloaders[0] if isinstance(dataloaders, list) else dataloaders, "dataset", None)
+        files = getattr(dataset, "files", None)
+        self._root = Path(os.path.commonpath([Path(f).parent for f in files])) if files else None
+
+    def _output_path(self, kind: str, file_name: str | None, image_id: int) -> Path:
+        if file_name is None:
+            relative = Path(f"image_{image_id:06d}")
+        elif self._root is not None:
+            relative = Path(os.path.relpath(file_name, self._root))
+        else:
+            relative = Path(Path(file_name).name)
+        path = self._folder / kind / relative.with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        for output in prediction:
+            if "label" in output:
+                self._write_label_map(pl_module, output)
+            else:
+                self._write_detections(pl_module, output)
+
+    def _write_detections(self, pl_module: LightningModule, output: dict[str, Any]) -> None:
+        names = dict(zip(pl_module.category_ids, pl_module.class_names, strict=True))
+        self._records.append(detection_record(output, names))
+        if not self.overlays:
+            return
+        label_of = {category_id: label for label, category_id in enumerate(pl_module.category_ids, start=1)}
+        image = torch.from_numpy(as_rgb_array(output["file_name"]).copy()).permute(2, 0, 1)
+        drawn = draw_detections(
+            image,
+            output["boxes"],
+            torch.tensor([label_of[int(c)] for c in output["labels"]], dtype=torch.int64),
+            output["scores"],
+            pl_module.class_names,
+            masks=output.get("masks"),
+            score_threshold=self.score_threshold,
+        )
+        path = self._output_path("overlays", output["file_name"], output.get("image_id", 0))
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(path)
+
+    def _write_label_map(self, pl_module: LightningModule, output: dict[str, Any]) -> None:
+        label_map = output["label"]
+        dtype = np.uint8 if pl_module.num_classes <= 256 else np.uint16
+        path = self._output_path("labels", output.get("file_name"), output.get("image_id", 0))
+        Image.fromarray(label_map.numpy().astype(dtype)).save(path)
+        self._written += 1
+        if self.overlays and output.get("file_name") is not None:
+            image = torch.from_numpy(as_rgb_array(output["file_name"]).copy()).permute(2, 0, 1)
+            drawn = draw_label_map(image, label_map, pl_module.num_classes)
+            path = self._output_path("overlays", output["file_name"], output.get("image_id", 0))
+            Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(path)
+
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        records, self._records = self._records, []
+        written, self._written = self._written, 0
+        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
+            gathered: list[tuple[list[dict[str, Any]], int] | None] = [None] * trainer.world_size
+            dist.all_gather_object(gathered, (records, written))
+            records = [record for part, _ in gathered for record in part]
+            written = sum(count for _, count in gathered)
+        if not trainer.is_global_zero:
+            return
+        if not hasattr(pl_module, "category_ids"):
+            print(f"Wrote {written} label maps to {self._folder / 'labels'}", flush=True)
+            return
+        categories = [
+            {"id": category_id, "name": name}
+            for category_id, name in zip(pl_module.category_ids, pl_module.class_names, strict=True)
+        ]
+        records = sorted(records, key=lambda record: str(record["file_name"]))
+        self._folder.mkdir(parents=True, exist_ok=True)
+        path = self._folder / "predictions.json"
+        path.write_text(json.dumps({"categories": categories, "images": records}))
+        print(f"Wrote {len(records)} images' detections to {path}", flush=True)
