@@ -1,4 +1,4 @@
-"""What a run leaves behind and what users do with it: reports, logs, checkpoints, predict, Python inference."""
+"""What a run leaves behind and what users do with it: reports, logs, checkpoints, predict, inference."""
 
 import json
 from pathlib import Path
