@@ -1,6 +1,7 @@
 """What every vitdense task shares: injected optimizer and scheduler, layer-wise lr decay, final metrics."""
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,8 @@ from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from vitdense.tasks.optim import apply_lr_scale, layer_decay_param_groups
+
+logger = logging.getLogger(__name__)
 
 
 class VitDenseTask(LightningModule):
@@ -21,6 +24,8 @@ class VitDenseTask(LightningModule):
         optimizer: builds the optimizer from param groups (defaults: AdamW).
         lr_scheduler: builds a per-step scheduler from the optimizer (e.g. ``WarmupMultiStepLR``).
         layer_decay: layer-wise lr decay over the ViT blocks (1.0: off).
+        max_nonfinite_in_a_row: a step whose loss is NaN or infinite is skipped with a warning and counted
+            (``train/skipped_steps``); this many in a row abort the run.
     """
 
     def __init__(
@@ -28,17 +33,59 @@ class VitDenseTask(LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         layer_decay: float = 1.0,
+        max_nonfinite_in_a_row: int = 10,
     ) -> None:
         super().__init__()
+        if max_nonfinite_in_a_row < 1:
+            raise ValueError(f"max_nonfinite_in_a_row={max_nonfinite_in_a_row}: need at least 1")
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.layer_decay = layer_decay
+        self.max_nonfinite_in_a_row = max_nonfinite_in_a_row
+        self.skipped_steps = 0
+        self._nonfinite_in_a_row = 0
         # The latest evaluation's metrics; the CLI prints them as the run's last line.
         self.final_metrics: dict[str, Any] = {}
         self._checkpoint_step: int | None = None
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["skipped_steps"] = self.skipped_steps
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._checkpoint_step = checkpoint.get("global_step")
+        self.skipped_steps = checkpoint.get("skipped_steps", 0)
+
+    def finite_or_skip(
+        self, loss: torch.Tensor, losses: dict[str, torch.Tensor], targets: list[dict[str, Any]]
+    ) -> torch.Tensor | None:
+        """``loss``, or None (Lightning then skips the step) when it is not finite on any process.
+
+        Every process takes the same decision, so DDP never waits for a backward pass that one process
+        skipped. The warning names the loss terms that were not finite and the batch's images.
+        """
+        nonfinite = ~torch.isfinite(loss.detach())
+        if self.trainer.world_size > 1:
+            nonfinite = self.trainer.strategy.reduce(nonfinite.float(), reduce_op="sum") > 0
+        if not bool(nonfinite):
+            self._nonfinite_in_a_row = 0
+            return loss
+        self.skipped_steps += 1
+        self._nonfinite_in_a_row += 1
+        terms = {name: float(value) for name, value in losses.items() if not torch.isfinite(value.detach())}
+        images = [target.get("file_name", target.get("image_id")) for target in targets]
+        message = (
+            f"step {self.global_step}: non-finite loss {terms or float(loss)} on images {images}; skipped "
+            f"({self._nonfinite_in_a_row} in a row, {self.skipped_steps} in this run)"
+        )
+        logger.warning(message)
+        self.log("train/skipped_steps", float(self.skipped_steps), rank_zero_only=True)
+        if self._nonfinite_in_a_row >= self.max_nonfinite_in_a_row:
+            raise FloatingPointError(
+                f"{message}. Stopping after {self.max_nonfinite_in_a_row} in a row: lower the learning rate, "
+                "clip gradients (trainer.gradient_clip_val), use bf16 rather than fp16, or check these "
+                "images' annotations (vitdense check-data)"
+            )
+        return None
 
     @property
     def trained_steps(self) -> int:

@@ -32,6 +32,7 @@ class DetectionTask(VitDenseTask):
         layer_decay: layer-wise lr decay over the ViT blocks (1.0: off).
         mask_threshold: probability above which a pasted mask pixel is foreground.
         per_class_ap: also print the AP of every class after each evaluation.
+        max_nonfinite_in_a_row: a non-finite loss skips its step (warned, counted); this many in a row abort.
 
     Each evaluation writes ``{split}_step{N}_metrics.json`` (with per-class AP) to the run's log directory;
     ``validate`` and ``test`` also write ``{split}_step{N}_{bbox,segm}_results.json``, COCO results files with
@@ -47,8 +48,9 @@ class DetectionTask(VitDenseTask):
         layer_decay: float = 1.0,
         mask_threshold: float = 0.5,
         per_class_ap: bool = False,
+        max_nonfinite_in_a_row: int = 10,
     ) -> None:
-        super().__init__(optimizer, lr_scheduler, layer_decay)
+        super().__init__(optimizer, lr_scheduler, layer_decay, max_nonfinite_in_a_row)
         self.save_hyperparameters()
         self.save_config("detector", "optimizer", "lr_scheduler")
         self.model = detector(num_classes)
@@ -79,6 +81,7 @@ class DetectionTask(VitDenseTask):
             self.image_size = int(datamodule.image_size)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["category_ids"] = self.category_ids
         checkpoint["class_names"] = self.class_names
         checkpoint["image_size"] = self.image_size
@@ -95,14 +98,14 @@ class DetectionTask(VitDenseTask):
         """Detections in the canvas frame; see :meth:`RCNNDetector.forward`."""
         return self.model(images, image_sizes)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         images, targets = batch
         losses = self.model(images, [target["image_size"] for target in targets], targets)
         loss = sum(losses.values())
         batch_size = images.shape[0]
         self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=batch_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        return loss
+        return self.finite_or_skip(loss, losses, targets)
 
     def _detect(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
         images, targets = batch

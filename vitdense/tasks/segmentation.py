@@ -35,6 +35,7 @@ class SemanticSegmentationTask(VitDenseTask):
         layer_decay: layer-wise lr decay over the ViT blocks (1.0: off).
         aux_weight: weight of the auxiliary head's loss, when the model has one.
         sliding_window: ``(crop, stride)`` in pixels for sliding-window evaluation; None: whole image.
+        max_nonfinite_in_a_row: a non-finite loss skips its step (warned, counted); this many in a row abort.
     """
 
     def __init__(
@@ -46,8 +47,9 @@ class SemanticSegmentationTask(VitDenseTask):
         layer_decay: float = 1.0,
         aux_weight: float = 0.4,
         sliding_window: tuple[int, int] | None = None,
+        max_nonfinite_in_a_row: int = 10,
     ) -> None:
-        super().__init__(optimizer, lr_scheduler, layer_decay)
+        super().__init__(optimizer, lr_scheduler, layer_decay, max_nonfinite_in_a_row)
         self.save_hyperparameters()
         self.save_config("segmenter", "optimizer", "lr_scheduler")
         self.model = segmenter(num_classes)
@@ -86,6 +88,7 @@ class SemanticSegmentationTask(VitDenseTask):
         self.confmat.ignore_index = ignore_index
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["ignore_index"] = self.ignore_index
         checkpoint["class_names"] = self.class_names
         checkpoint["eval_scale"] = self.eval_scale
@@ -102,7 +105,7 @@ class SemanticSegmentationTask(VitDenseTask):
         """``{"out": logits (B, K, H, W)}`` (plus ``"aux"`` in training); see :class:`Segmenter`."""
         return self.model(images)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         images, targets = batch
         labels = torch.stack([target["label"] for target in targets])
         outputs = self.model(images)
@@ -114,7 +117,7 @@ class SemanticSegmentationTask(VitDenseTask):
         batch_size = images.shape[0]
         self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=batch_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        return loss
+        return self.finite_or_skip(loss, losses, targets)
 
     def _original_logits(self, batch: Batch) -> list[torch.Tensor]:
         images, targets = batch
