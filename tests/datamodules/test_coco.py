@@ -166,13 +166,13 @@ BAD_CASES = {
     "malformed_polygon": (
         [IMG],
         [_ann(77, [1, 1, 5, 5], segmentation=[[1, 2, 3, 4]])],
-        "malformed_segmentation",
+        "degenerate_polygon",
         [AID],
     ),
     "rle_wrong_size": (
         [IMG],
         [_ann(77, [1, 1, 5, 5], segmentation={"size": [10, 10], "counts": "abc"})],
-        "malformed_segmentation",
+        "rle_size_mismatch",
         [AID, "[28, 56]"],
     ),
     "missing_image": (

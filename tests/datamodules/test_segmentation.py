@@ -185,9 +185,9 @@ def test_out_of_range_values_found_at_load_time(tmp_path: Path) -> None:
         strict[0]
     lenient = _eval(images, labels, on_bad_data="skip")
     assert lenient[0][1]["file_name"].endswith("b_good.jpg"), "a bad sample is replaced by the next one"
-    assert lenient.skipped == {"bad_label": 1}
+    assert lenient.skipped == {"label_out_of_range": 1}
     assert lenient[0][1]["file_name"].endswith("b_good.jpg")
-    assert lenient.skipped == {"bad_label": 1}, "a known bad sample is not reported twice"
+    assert lenient.skipped == {"label_out_of_range": 1}, "a known bad sample is not reported twice"
 
 
 def test_missing_folder_names_the_argument(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """Data for vitdense: detection (COCO) and semantic segmentation datasets, transforms, DataModules."""
 
-from vitdense.datamodules.bad_data import BadDataError, CheckedDataset
-from vitdense.datamodules.coco import CocoDataModule, CocoDetection, load_coco
+from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, Finding
+from vitdense.datamodules.coco import CocoDataModule, CocoDetection, CocoFile, load_coco
 from vitdense.datamodules.collate import collate_detection, collate_segmentation
+from vitdense.datamodules.data_check import DataReport, SplitReport, check_data, check_datasets
 from vitdense.datamodules.images import IMAGE_EXTENSIONS, read_image, to_rgb_array
 from vitdense.datamodules.predict_images import PredictImages, as_rgb_array, predict_sample, resolve_images
 from vitdense.datamodules.segmentation import (
@@ -52,6 +53,12 @@ __all__ = [
     "CatMaxRatioCrop",
     "CocoDataModule",
     "CocoDetection",
+    "CocoFile",
+    "DataReport",
+    "Finding",
+    "SplitReport",
+    "check_data",
+    "check_datasets",
     "EvalTransform",
     "LabelMapping",
     "LargeScaleJitter",

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,10 +23,18 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from vitdense.datamodules.bad_data import (
+    DECODE_ERRORS,
+    MIN_IMAGE_SIDE,
+    BadDataError,
+    CheckedDataset,
+    Finding,
+    OnBadData,
+    Policy,
+)
 from vitdense.datamodules.bad_data import SKIP_HINT as _SKIP_HINT
-from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, OnBadData
 from vitdense.datamodules.collate import collate_detection
-from vitdense.datamodules.images import read_image
+from vitdense.datamodules.images import image_conversions, read_image
 from vitdense.datamodules.loading import SplitDataModule
 from vitdense.datamodules.predict_images import PredictImages
 from vitdense.datamodules.transforms import EvalTransform, TrainTransform
@@ -33,6 +42,7 @@ from vitdense.datamodules.transforms import EvalTransform, TrainTransform
 __all__ = [
     "CocoDataModule",
     "CocoDetection",
+    "CocoFile",
     "load_coco",
 ]
 
@@ -43,28 +53,74 @@ logger = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------------
 
 
-def load_coco(annotation_file: str | Path) -> COCO:
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class CocoFile(COCO):
+    """A parsed COCO file: pycocotools' index over the records it can index, and those it cannot.
+
+    Attributes:
+        path: the annotation file.
+        malformed: ``(section, position, record)`` of the ``images`` / ``annotations`` records left out of
+            ``dataset`` and the index: not an object, or an ``id`` (``image_id``, ``category_id``) that is
+            not an integer. :class:`CocoDetection` reports them.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.malformed: list[tuple[str, int, Any]] = []
+
+
+_INDEX_KEYS = {"images": ("id",), "annotations": ("id", "image_id", "category_id")}
+
+
+def load_coco(annotation_file: str | Path) -> CocoFile:
     """Parse a COCO annotation file (quietly: pycocotools prints progress to stdout).
+
+    Image and annotation records that pycocotools cannot index are set aside in ``malformed`` rather than
+    crashing the index; the dataset reports them as bad records.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        BadDataError: the file is not valid JSON or lacks ``images`` / ``categories``.
+        BadDataError: the file is not valid JSON, lacks ``images`` / ``categories``, or has a category
+            without an integer ``id``.
     """
     path = Path(annotation_file)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: annotation file not found; check the *_annotations argument")
 
+    def fail(kind: str, message: str) -> BadDataError:
+        return BadDataError(message, Finding(kind, message, str(path), "the whole file"))
+
     try:
         with path.open("rb") as f:
             data = json.load(f)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadDataError(f"{path}: not valid JSON ({exc}); re-export or re-download the file") from exc
+        raise fail(
+            "invalid_json", f"{path}: not valid JSON ({exc}); re-export or re-download the file"
+        ) from exc
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise BadDataError(f"{path}: no 'images' list; a COCO file has 'images', 'annotations', 'categories'")
+        message = f"{path}: no 'images' list; a COCO file has 'images', 'annotations', 'categories'"
+        raise fail("malformed_json", message)
     if not isinstance(data.get("categories"), list) or not data["categories"]:
-        raise BadDataError(f"{path}: no 'categories' list; add the category records (id, name)")
+        raise fail("malformed_json", f"{path}: no 'categories' list; add the category records (id, name)")
+    for cat in data["categories"]:
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+            raise fail("malformed_json", f"{path}: category {cat!r} has no integer 'id'; fix the record")
     data.setdefault("annotations", [])
-    coco = COCO()
+    if not isinstance(data["annotations"], list):
+        raise fail("malformed_json", f"{path}: 'annotations' is not a list; fix the file")
+    coco = CocoFile(path)
+    for section, keys in _INDEX_KEYS.items():
+        kept = []
+        for position, record in enumerate(data[section]):
+            if isinstance(record, dict) and all(_is_int(record.get(k)) for k in keys):
+                kept.append(record)
+            else:
+                coco.malformed.append((section, position, record))
+        data[section] = kept
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
@@ -75,10 +131,13 @@ def categories_of(coco: COCO, annotation_file: str | Path) -> tuple[list[int], l
     """Category ids sorted ascending and their names; label ``L`` is ``ids[L - 1]``."""
     cats = {}
     for cat in coco.dataset["categories"]:
-        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int):
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
             raise BadDataError(f"{annotation_file}: category {cat!r} has no integer 'id'; fix the record")
         if cat["id"] in cats:
-            raise BadDataError(f"{annotation_file}: category id {cat['id']} appears twice; make ids unique")
+            message = f"{annotation_file}: category id {cat['id']} appears twice; make ids unique"
+            raise BadDataError(
+                message, Finding("duplicate_category_id", message, str(annotation_file), "categories")
+            )
         cats[cat["id"]] = str(cat.get("name", cat["id"]))
     ids = sorted(cats)
     return ids, [cats[i] for i in ids]
@@ -86,7 +145,7 @@ def categories_of(coco: COCO, annotation_file: str | Path) -> tuple[list[int], l
 
 @dataclass
 class _Instance:
-    ann_id: int | str | None
+    ann_id: int
     box: tuple[float, float, float, float]  # xyxy, clipped to the image
     label: int
     segmentation: list[list[float]] | dict[str, Any] | None
@@ -107,38 +166,42 @@ def _is_number(v: Any) -> bool:
 
 
 def _is_size(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+    return _is_int(v) and v > 0
 
 
-def _check_segmentation(seg: Any, h: int, w: int) -> tuple[Any, str | None]:
-    """Return ``(cleaned segmentation, None)`` or ``(None, what is wrong)``.
+def _check_segmentation(seg: Any, h: int, w: int) -> tuple[Any, tuple[str, str] | None]:
+    """Return ``(cleaned segmentation, None)`` or ``(None, (kind, what is wrong))``.
 
     Polygon parts with fewer than 3 points or an odd number of coordinates are dropped (detectron2 does
-    the same); a 4-number part would otherwise be read by pycocotools as a box.
+    the same; a 4-number part would otherwise be read by pycocotools as a box); an annotation left without
+    a polygon is ``degenerate_polygon``.
     """
     if isinstance(seg, list):
         parts = []
         for part in seg:
             if not isinstance(part, list) or not all(_is_number(v) for v in part):
-                return None, "a polygon part is not a list of numbers"
+                return None, ("malformed_segmentation", "a polygon part is not a list of numbers")
             if len(part) >= 6 and len(part) % 2 == 0:
                 parts.append(part)
         if not parts:
-            return None, "no polygon with at least 3 x,y points"
+            return None, ("degenerate_polygon", "no polygon with at least 3 x,y points")
         return parts, None
     if isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")
-        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
-            return None, f"RLE 'size' is {size!r}, expected [height, width]"
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+            return None, ("malformed_segmentation", f"RLE 'size' is {size!r}, expected [height, width]")
         if list(size) != [h, w]:
-            return None, f"RLE size {size} differs from the image size [{h}, {w}]"
+            return None, ("rle_size_mismatch", f"RLE size {size} differs from the image size [{h}, {w}]")
         if isinstance(counts, list):
-            if not all(isinstance(v, int) and v >= 0 for v in counts) or sum(counts) != h * w:
-                return None, "uncompressed RLE counts must be non-negative ints summing to height*width"
+            if not all(_is_int(v) and v >= 0 for v in counts) or sum(counts) != h * w:
+                problem = "uncompressed RLE counts must be non-negative ints summing to height*width"
+                return None, ("malformed_segmentation", problem)
         elif not isinstance(counts, (str, bytes)):
-            return None, f"RLE 'counts' is {type(counts).__name__}, expected a string or a list of ints"
+            problem = f"RLE 'counts' is {type(counts).__name__}, expected a string or a list of ints"
+            return None, ("malformed_segmentation", problem)
         return seg, None
-    return None, f"segmentation is {type(seg).__name__}, expected polygons (list) or RLE (dict)"
+    problem = f"segmentation is {type(seg).__name__}, expected polygons (list) or RLE (dict)"
+    return None, ("malformed_segmentation", problem)
 
 
 def decode_masks(instances: list[_Instance], h: int, w: int) -> np.ndarray:
@@ -177,11 +240,16 @@ class CocoDetection(CheckedDataset):
     original * scale) and ``"image_size"`` ``(h, w)`` of the valid region. Crowd annotations never
     appear in targets; they stay in ``.coco`` for evaluation.
 
-    Bad records (missing image, degenerate / outside box, unknown category or image, malformed
-    segmentation) raise :class:`BadDataError` under ``on_bad_data="error"``; under ``"skip"`` they are
-    dropped, logged once each and counted in ``skipped`` by reason. A corrupt image is found when it is
-    loaded: it raises with its file name, or under ``"skip"`` another sample is returned (counts made
-    in DataLoader workers stay in those processes).
+    Bad records found at construction: malformed image or annotation records, duplicate image or
+    annotation ids, missing images, images smaller than one 14 px patch, annotations of unknown images or
+    categories, malformed / zero-area / negative / outside boxes and (with ``masks``) malformed
+    segmentations, polygons without 3 points and RLE of another size than the image. When loaded: an
+    image that does not decode or whose size differs from its record. Under ``on_bad_data="error"`` they
+    raise :class:`BadDataError` naming the file and the record; under ``"skip"`` they are dropped, logged
+    once each and counted in ``skipped`` by kind, and a record that fails to load is replaced by the next
+    one (counts made in DataLoader workers stay in those processes). An image whose annotations were all
+    dropped is not kept as a negative. Other image modes (grayscale, alpha, palette, 16-bit, float) and
+    EXIF orientations are converted on load.
 
     Args:
         images_root: folder that ``file_name`` (which may contain sub-folders) is relative to.
@@ -191,7 +259,7 @@ class CocoDetection(CheckedDataset):
         coco: the already parsed ``annotation_file``, to avoid parsing it twice.
         masks: decode instance masks into the targets.
         keep_empty_images: keep images with no non-crowd annotation (as negatives).
-        on_bad_data: ``"error"`` or ``"skip"``.
+        on_bad_data: ``"error"``, ``"skip"`` or ``"collect"`` (see :class:`CheckedDataset`).
     """
 
     def __init__(
@@ -204,11 +272,12 @@ class CocoDetection(CheckedDataset):
         coco: COCO | None = None,
         masks: bool = False,
         keep_empty_images: bool = True,
-        on_bad_data: OnBadData = "error",
+        on_bad_data: Policy = "error",
     ) -> None:
         super().__init__(on_bad_data)
         self.images_root = Path(images_root)
         self.annotation_file = Path(annotation_file)
+        self.source = str(self.annotation_file)
         self.transform = transform
         self.masks = masks
         self.keep_empty_images = keep_empty_images
@@ -222,33 +291,64 @@ class CocoDetection(CheckedDataset):
             self.class_names = [names.get(i, str(i)) for i in self.category_ids]
         self._records = self._build_records()
         self.image_ids = [r.image_id for r in self._records]
-        self._log_skips(self.annotation_file)
+        self._log_skips()
+
+    def _bad_record(self, kind: str, record: str, problem: str, about: str = "") -> None:
+        """A bad record of the annotation file: ``problem`` says what is wrong and the fix."""
+        message = f"{self.annotation_file}: {record}{about} {problem}, {_SKIP_HINT}"
+        self._bad(kind, message, file=self.annotation_file, record=record)
 
     def _image_records(self) -> dict[int, _ImageRecord]:
+        for section, position, raw in getattr(self.coco, "malformed", ()):
+            name = "image" if section == "images" else "annotation"
+            rid = raw.get("id") if isinstance(raw, dict) else None
+            record = f"{name} id {rid!r}" if rid is not None else f"{section}[{position}]"
+            keys = "an integer 'id'" if name == "image" else "integer 'id', 'image_id' and 'category_id'"
+            kind = "malformed_image_record" if name == "image" else "malformed_annotation"
+            self._bad_record(kind, record, f"{str(raw)[:200]} needs {keys}; fix the record")
+        images = self.coco.dataset["images"]
+        counts = Counter(img["id"] for img in images)
         records: dict[int, _ImageRecord] = {}
-        for img in self.coco.dataset["images"]:
-            img = img if isinstance(img, dict) else {}
-            iid, name, h, w = img.get("id"), img.get("file_name"), img.get("height"), img.get("width")
-            if not (isinstance(iid, int) and isinstance(name, str) and _is_size(h) and _is_size(w)):
-                self._bad(
-                    "malformed_image_record",
-                    f"{self.annotation_file}: image record {str(img)[:200]} needs an integer 'id', a "
-                    f"'file_name' and positive integer 'height'/'width'; fix the record {_SKIP_HINT}",
+        for img in images:
+            iid, name, h, w = img["id"], img.get("file_name"), img.get("height"), img.get("width")
+            record = f"image id {iid}"
+            if counts[iid] > 1:
+                names = ", ".join(
+                    sorted(str(other.get("file_name")) for other in images if other["id"] == iid)
                 )
+                problem = (
+                    f"is the id of {counts[iid]} image records ({names}), so their annotations are ambiguous"
+                )
+                self._bad_record("duplicate_image_id", record, f"{problem}; give every image a unique id")
+                continue
+            if not (isinstance(name, str) and _is_size(h) and _is_size(w)):
+                problem = f"{str(img)[:200]} needs a 'file_name' and positive integer 'height'/'width'"
+                self._bad_record("malformed_image_record", record, f"{problem}; fix the record")
                 continue
             path = os.path.join(self.images_root, name)
             if not os.path.isfile(path):
                 self._bad(
                     "missing_image",
-                    f"{path} (image id {iid}, listed in {self.annotation_file}) does not exist; check the "
-                    f"images folder argument, restore the file or remove the image record, {_SKIP_HINT}",
+                    f"{path} ({record}, listed in {self.annotation_file}) does not exist; check the images "
+                    f"folder argument, restore the file or remove the image record, {_SKIP_HINT}",
+                    file=path,
+                    record=record,
+                )
+                continue
+            if min(h, w) < MIN_IMAGE_SIDE:
+                self._bad(
+                    "image_too_small",
+                    f"{path} ({record}) is {h}x{w} (h x w), smaller than one {MIN_IMAGE_SIDE} px patch; "
+                    f"remove the image record, {_SKIP_HINT}",
+                    file=path,
+                    record=record,
                 )
                 continue
             records[iid] = _ImageRecord(iid, name, path, h, w)
         return records
 
     def _instance(self, ann: dict[str, Any], rec: _ImageRecord, label: int) -> _Instance | tuple[str, str]:
-        """The checked instance of a non-crowd annotation, or ``(reason, what is wrong and the fix)``."""
+        """The checked instance of a non-crowd annotation, or ``(kind, what is wrong and the fix)``."""
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
             return "malformed_box", f"has bbox {bbox!r}, expected [x, y, width, height] numbers; fix the box"
@@ -271,41 +371,56 @@ class CocoDetection(CheckedDataset):
         if self.masks:
             seg, problem = _check_segmentation(ann.get("segmentation"), rec.height, rec.width)
             if problem is not None:
-                return "malformed_segmentation", (
-                    f"has a malformed segmentation: {problem}; give polygons [[x1, y1, x2, y2, x3, y3, ...]] "
+                return problem[0], (
+                    f"has a bad segmentation: {problem[1]}; give polygons [[x1, y1, x2, y2, x3, y3, ...]] "
                     "or RLE {'size': [h, w], 'counts': ...}"
                 )
-        return _Instance(ann.get("id"), (x1, y1, x2, y2), label, seg)
+        return _Instance(ann["id"], (x1, y1, x2, y2), label, seg)
 
     def _build_records(self) -> list[_ImageRecord]:
         records = self._image_records()
-        image_ids = {img.get("id") for img in self.coco.dataset["images"] if isinstance(img, dict)}
+        image_ids = {img["id"] for img in self.coco.dataset["images"]}
         label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
         known = f"{self.category_ids[:20]}{'...' if len(self.category_ids) > 20 else ''}"
         had_instances: set[int] = set()
+        seen: set[int] = set()
         for ann in self.coco.dataset["annotations"]:
-            ann = ann if isinstance(ann, dict) else {}
-            iid, cid = ann.get("image_id"), ann.get("category_id")
-            where = f"{self.annotation_file}: annotation id {ann.get('id')} (image id {iid})"
+            aid, iid, cid = ann["id"], ann["image_id"], ann["category_id"]
+            record, about = f"annotation id {aid}", f" (image id {iid})"
+            if aid in seen:
+                problem = "repeats the id of an earlier annotation; give every annotation a unique id"
+                self._bad_record(
+                    "duplicate_annotation_id", record, f"{problem} (the first one is kept)", about
+                )
+                continue
+            seen.add(aid)
             if iid not in image_ids:
-                fix = "add the image record or delete the annotation"
-                message = f"{where} refers to an image id not in 'images'; {fix}, {_SKIP_HINT}"
-                self._bad("unknown_image", message)
+                problem = (
+                    "refers to an image id not in 'images'; add the image record or delete the annotation"
+                )
+                self._bad_record("unknown_image", record, problem, about)
                 continue
             if cid not in label_of:
+                problem = f"has category_id {cid}, not a training category {known}"
                 fix = "fix the id or add the category to the training file"
-                self._bad(
-                    "unknown_category",
-                    f"{where} has category_id {cid!r}, not a training category {known}; {fix}, {_SKIP_HINT}",
-                )
+                self._bad_record("unknown_category", record, f"{problem}; {fix}", about)
                 continue
             if ann.get("iscrowd", 0) or iid not in records:
                 continue  # crowd regions are only for evaluation; a bad image was already reported
             had_instances.add(iid)
             result = self._instance(ann, records[iid], label_of[cid])
             if isinstance(result, tuple):
-                self._bad(result[0], f"{where} {result[1]}, {_SKIP_HINT}")
+                self._bad_record(result[0], record, result[1], about)
                 continue
+            seg = ann.get("segmentation")
+            if self.masks and isinstance(seg, list) and len(result.segmentation) < len(seg):
+                self._note(
+                    "polygon_part_dropped",
+                    f"{self.annotation_file}: {record}{about}: {len(seg) - len(result.segmentation)} of its "
+                    f"{len(seg)} polygon parts have fewer than 3 points and were dropped",
+                    file=self.annotation_file,
+                    record=record,
+                )
             records[iid].instances.append(result)
 
         kept = []
@@ -322,18 +437,55 @@ class CocoDetection(CheckedDataset):
     def __len__(self) -> int:
         return len(self._records)
 
-    def _load(self, rec: _ImageRecord) -> tuple[torch.Tensor, dict[str, Any]]:
-        image = read_image(rec.path, expected_hw=(rec.height, rec.width))
+    def _where(self, index: int) -> tuple[str, str]:
+        rec = self._records[index]
+        return rec.path, f"image id {rec.image_id}"
+
+    def _keep(self, indices: list[int]) -> None:
+        self._records = [self._records[i] for i in indices]
+        self.image_ids = [r.image_id for r in self._records]
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        rec = self._records[index]
+        record = f"image id {rec.image_id}"
+        try:
+            image = read_image(rec.path, expected_hw=(rec.height, rec.width))
+        except DECODE_ERRORS as exc:
+            raise self._error(
+                "corrupt_image",
+                f"{rec.path} ({record}) cannot be decoded ({type(exc).__name__}: {exc}); replace the file or "
+                f"remove its record from {self.annotation_file}, {_SKIP_HINT}",
+                rec.path,
+                record,
+            ) from exc
         if image.shape[:2] != (rec.height, rec.width):
-            raise BadDataError(
-                f"{rec.path} (image id {rec.image_id}) is {image.shape[0]}x{image.shape[1]} (h x w) but "
+            raise self._error(
+                "size_mismatch",
+                f"{rec.path} ({record}) is {image.shape[0]}x{image.shape[1]} (h x w) but "
                 f"{self.annotation_file} says {rec.height}x{rec.width}; fix the image record or the file, "
-                f"{_SKIP_HINT}"
+                f"{_SKIP_HINT}",
+                rec.path,
+                record,
             )
+        masks = decode_masks(rec.instances, rec.height, rec.width) if self.masks else None
+        return image, masks
+
+    def _notes(self, index: int) -> list[Finding]:
+        rec = self._records[index]
+        record = f"image id {rec.image_id}"
+        return [
+            Finding(kind, f"{rec.path} ({record}) {what}", rec.path, record, severity="note")
+            for kind, what in image_conversions(rec.path, expected_hw=(rec.height, rec.width))
+        ]
+
+    def _sample(
+        self, index: int, data: tuple[np.ndarray, np.ndarray | None]
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        rec = self._records[index]
+        image, masks = data
         n = len(rec.instances)
         boxes = np.asarray([inst.box for inst in rec.instances], dtype=np.float32).reshape(n, 4)
         labels = np.asarray([inst.label for inst in rec.instances], dtype=np.int64)
-        masks = decode_masks(rec.instances, rec.height, rec.width) if self.masks else None
         out = self.transform(image, boxes, labels, masks)
         target: dict[str, Any] = {
             "image_id": rec.image_id,
@@ -346,23 +498,6 @@ class CocoDetection(CheckedDataset):
         if self.masks:
             target["masks"] = out.masks
         return out.image, target
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        def decode_message(i: int, exc: Exception) -> str:
-            rec = self._records[i]
-            return (
-                f"{rec.path} (image id {rec.image_id}) cannot be decoded ({type(exc).__name__}: {exc}); "
-                f"replace the file or remove its record from {self.annotation_file}, {_SKIP_HINT}"
-            )
-
-        return self._first_readable(
-            index,
-            len(self._records),
-            lambda i: self._load(self._records[i]),
-            decode_message,
-            ("size_mismatch", "corrupt_image"),
-            f"{self.annotation_file}: none of its images is readable; see {self.images_root}",
-        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -410,6 +545,9 @@ class CocoDataModule(SplitDataModule):
         min_scale: smallest large-scale-jitter factor.
         max_scale: largest large-scale-jitter factor.
         on_bad_data: ``"error"`` raises on the first bad record; ``"skip"`` drops, logs and counts them.
+        check_data: before the first step, read every record of the stage's splits once
+            (:func:`~vitdense.datamodules.data_check.check_data`); ``"error"`` then fails with the whole
+            report, ``"skip"`` logs it and trains without the bad records.
     """
 
     def __init__(
@@ -431,6 +569,7 @@ class CocoDataModule(SplitDataModule):
         min_scale: float = 0.1,
         max_scale: float = 2.0,
         on_bad_data: OnBadData = "error",
+        check_data: bool = False,
     ) -> None:
         super().__init__()
         _check_image_size(image_size, size_divisibility)
@@ -462,6 +601,7 @@ class CocoDataModule(SplitDataModule):
         self.min_scale = min_scale
         self.max_scale = max_scale
         self.on_bad_data = on_bad_data
+        self.check_data = check_data
 
         # Parsed once: the training file can be ~450 MB (COCO train2017); the train dataset reuses it.
         self._train_coco: COCO | None = load_coco(train_annotations)
@@ -486,7 +626,28 @@ class CocoDataModule(SplitDataModule):
         """COCO category id of label ``L`` at index ``L - 1``."""
         return list(self._category_ids)
 
-    def _eval_dataset(self, images: str, annotations: str) -> CocoDetection:
+    def split_source(self, split: str) -> tuple[str, str]:
+        """``(images folder, annotation file)`` of ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
+        return {
+            "train": (self.train_images, self.train_annotations),
+            "val": (self.val_images, self.val_annotations),
+            "test": (self.test_images, self.test_annotations),
+        }[split]
+
+    def split_dataset(self, split: str, on_bad_data: Policy) -> CocoDetection:
+        """A new dataset of ``split``: training transform and masks for train, evaluation ones otherwise."""
+        images, annotations = self.split_source(split)
+        if split == "train":
+            return CocoDetection(
+                images,
+                annotations,
+                TrainTransform(self.image_size, self.min_scale, self.max_scale),
+                category_ids=self._category_ids,
+                coco=self._train_coco,
+                masks=self.masks,
+                keep_empty_images=self.keep_empty_images,
+                on_bad_data=on_bad_data,
+            )
         return CocoDetection(
             images,
             annotations,
@@ -494,26 +655,15 @@ class CocoDataModule(SplitDataModule):
             category_ids=self._category_ids,
             masks=False,
             keep_empty_images=True,  # evaluation covers every image of the file
-            on_bad_data=self.on_bad_data,
+            on_bad_data=on_bad_data,
         )
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the datasets ``stage`` needs (``fit``, ``validate``, ``test``, ``predict`` or None: all)."""
-        if stage in ("fit", None) and self.train_dataset is None:
-            self.train_dataset = CocoDetection(
-                self.train_images,
-                self.train_annotations,
-                TrainTransform(self.image_size, self.min_scale, self.max_scale),
-                category_ids=self._category_ids,
-                coco=self._train_coco,
-                masks=self.masks,
-                keep_empty_images=self.keep_empty_images,
-                on_bad_data=self.on_bad_data,
-            )
-        if stage in ("fit", "validate", None) and self.val_dataset is None:
-            self.val_dataset = self._eval_dataset(self.val_images, self.val_annotations)
-        if stage in ("test", None) and self.test_dataset is None:
-            self.test_dataset = self._eval_dataset(self.test_images, self.test_annotations)
+        """Build the datasets ``stage`` needs (``fit``, ``validate``, ``test``, ``predict`` or None: all).
+
+        The test split reuses the validation dataset when it has the same files.
+        """
+        self._setup_splits(stage)
         if stage in ("predict", None) and self.predict_dataset is None and self.predict_images is not None:
             self.predict_dataset = PredictImages(self.predict_images, EvalTransform(self.image_size))
         if stage == "predict" and self.predict_images is None:

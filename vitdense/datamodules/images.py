@@ -7,9 +7,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["IMAGE_EXTENSIONS", "read_image", "to_rgb_array"]
+__all__ = ["IMAGE_EXTENSIONS", "image_conversions", "read_image", "to_rgb_array"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+_ORIENTATION_TAG = 0x0112
+# (kind, what to_rgb_array does) per PIL mode that is not plain RGB.
+_MODE_CONVERSIONS = {
+    "1": ("mode_grayscale", "is black and white (mode 1): replicated to 3 channels"),
+    "L": ("mode_grayscale", "is grayscale (mode L): replicated to 3 channels"),
+    "P": ("mode_palette", "is a palette image (mode P): expanded to RGB, transparency over black"),
+    "RGBA": ("mode_alpha", "has an alpha channel (mode RGBA): composited over black"),
+    "LA": ("mode_alpha", "is grayscale with alpha (mode LA): composited over black"),
+    "PA": ("mode_alpha", "is a palette image with alpha (mode PA): composited over black"),
+    "I": ("mode_high_bit_depth", "is 16/32-bit integer (mode I): rescaled to 8 bit"),
+    "F": ("mode_float", "is floating point (mode F): rescaled to 8 bit"),
+}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -50,6 +62,41 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     if mode != "RGB":
         image = image.convert("RGB")
     return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+
+
+def image_conversions(path: str | Path, expected_hw: tuple[int, int] | None = None) -> list[tuple[str, str]]:
+    """What :func:`read_image` changes when it decodes ``path``, read from the header only.
+
+    Args:
+        path: image file.
+        expected_hw: as in :func:`read_image`.
+
+    Returns:
+        ``(kind, what is done)`` pairs; kinds ``mode_grayscale``, ``mode_palette``, ``mode_alpha``,
+        ``mode_high_bit_depth``, ``mode_float``, ``mode_other`` and ``exif_rotation``. Empty for RGB
+        without an EXIF orientation.
+
+    Raises:
+        OSError, ValueError, SyntaxError: the file is missing or not an image.
+    """
+    with Image.open(path) as image:
+        mode, (w, h) = image.mode, image.size
+        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+    found = []
+    if mode.startswith("I;16"):
+        found.append(("mode_high_bit_depth", f"is 16-bit (mode {mode}): rescaled to 8 bit"))
+    elif mode in _MODE_CONVERSIONS:
+        found.append(_MODE_CONVERSIONS[mode])
+    elif mode != "RGB":
+        found.append(("mode_other", f"is mode {mode}: converted to RGB"))
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        turned = (w, h) if orientation >= 5 else (h, w)
+        if expected_hw is not None and turned != expected_hw and (h, w) == expected_hw:
+            what = "ignored, as the annotations were made on the stored pixels"
+        else:
+            what = "applied (rotated / flipped to how viewers show it)"
+        found.append(("exif_rotation", f"has EXIF orientation {orientation}: {what}"))
+    return found
 
 
 def read_image(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""DataLoaders shared by the kit's DataModules, and evaluation sampling under DDP."""
+"""DataLoaders and split datasets shared by the kit's DataModules, and evaluation sampling under DDP."""
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -8,6 +9,19 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vitdense.datamodules import data_check
+from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, OnBadData, Policy
+
+logger = logging.getLogger(__name__)
+
+# The splits each Trainer stage reads (None: all of them).
+STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    None: ("train", "val", "test"),
+}
 
 
 def evaluation_sampler(dataset: Dataset) -> Sampler | None:
@@ -24,9 +38,16 @@ def evaluation_sampler(dataset: Dataset) -> Sampler | None:
 
 
 class SplitDataModule(L.LightningDataModule):
-    """The four DataLoaders of a DataModule whose ``setup`` fills ``train/val/test/predict_dataset``.
+    """The train / val / test datasets of a DataModule, its four DataLoaders and the data check.
 
-    Subclasses set ``batch_size``, ``eval_batch_size``, ``num_workers`` and ``collate_fn``.
+    Subclasses set ``batch_size``, ``eval_batch_size``, ``num_workers``, ``collate_fn``, ``on_bad_data``
+    and ``check_data``, implement :meth:`split_source` and :meth:`split_dataset`, and call
+    :meth:`_setup_splits` from ``setup`` (``predict_dataset`` is theirs to fill).
+
+    With ``check_data`` on, ``setup`` first reads every record of the splits its stage uses
+    (:func:`~vitdense.datamodules.data_check.check_data`): under ``on_bad_data="error"`` any bad record
+    raises one :class:`BadDataError` holding the whole report; under ``"skip"`` the report is logged and
+    the bad records are dropped before the first step. Either way a split left without samples raises.
     """
 
     train_dataset: Dataset | None = None
@@ -37,6 +58,60 @@ class SplitDataModule(L.LightningDataModule):
     eval_batch_size: int
     num_workers: int
     collate_fn: Callable[[list[Any]], Any]
+    on_bad_data: OnBadData = "error"
+    check_data: bool = False
+
+    def split_source(self, split: str) -> tuple[str, ...]:
+        """The files of ``split`` (``"train"``, ``"val"`` or ``"test"``), e.g. images and annotations."""
+        raise NotImplementedError
+
+    def split_dataset(self, split: str, on_bad_data: Policy) -> CheckedDataset:
+        """A new dataset of ``split`` under ``on_bad_data``."""
+        raise NotImplementedError
+
+    def checked_splits(self, stage: str | None = None) -> list[str]:
+        """The splits ``stage`` reads, each set of files once: test is val when it has val's files."""
+        splits = []
+        for split in STAGE_SPLITS.get(stage, ()):
+            if split == "test" and self.split_source("test") == self.split_source("val"):
+                split = "val"
+            if split not in splits:
+                splits.append(split)
+        return splits
+
+    def _setup_splits(self, stage: str | None) -> None:
+        """Fill the datasets of ``stage``'s splits (checked first when ``check_data`` is on)."""
+        splits = [s for s in self.checked_splits(stage) if getattr(self, f"{s}_dataset") is None]
+        if splits and self.check_data:
+            datasets = self._checked_datasets(splits)
+        else:
+            datasets = {split: self.split_dataset(split, self.on_bad_data) for split in splits}
+        for split, dataset in datasets.items():
+            setattr(self, f"{split}_dataset", dataset)
+        if "test" in STAGE_SPLITS.get(stage, ()) and self.test_dataset is None:
+            self.test_dataset = self.val_dataset  # the test files are the validation files
+
+    def _checked_datasets(self, splits: list[str]) -> dict[str, CheckedDataset]:
+        report = data_check.check_data(self, splits)
+        empty = [s.split for s in report.splits if s.samples == 0]
+        if empty or (report.errors and self.on_bad_data == "error"):
+            if empty:
+                why = f"split(s) {', '.join(empty)} have no usable sample; fix the data"
+            else:
+                why = (
+                    f"{report.errors} bad record(s) under on_bad_data='error'; fix them or pass "
+                    "on_bad_data='skip' to drop them"
+                )
+            raise BadDataError(f"The data check found {why}.\n{report.format()}")
+        if report.findings:
+            logger.warning("%s", report.format())
+        else:
+            logger.info("data check: %s read, no problem found", ", ".join(splits))
+        datasets = {}
+        for split in report.splits:
+            split.dataset.on_bad_data = self.on_bad_data
+            datasets[split.split] = split.dataset
+        return datasets
 
     def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool, stage: str) -> DataLoader:
         if dataset is None:

@@ -24,10 +24,17 @@ import torch
 from PIL import Image
 
 from vitdense.datamodules.bad_data import DECODE_ERRORS as _DECODE_ERRORS
+from vitdense.datamodules.bad_data import (
+    MIN_IMAGE_SIDE,
+    BadDataError,
+    CheckedDataset,
+    Finding,
+    OnBadData,
+    Policy,
+)
 from vitdense.datamodules.bad_data import SKIP_HINT as _SKIP_HINT
-from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, OnBadData
 from vitdense.datamodules.collate import collate_segmentation
-from vitdense.datamodules.images import IMAGE_EXTENSIONS, read_image
+from vitdense.datamodules.images import IMAGE_EXTENSIONS, image_conversions, read_image
 from vitdense.datamodules.loading import SplitDataModule
 from vitdense.datamodules.predict_images import PredictImages
 from vitdense.datamodules.segmentation_transforms import SegmentationEvalTransform, SegmentationTrainTransform
@@ -217,12 +224,14 @@ class SegmentationFolder(CheckedDataset):
     the label at the original resolution. Labels are mapped by :class:`LabelMapping`.
 
     Bad records: at construction, an image without a label PNG or a label without an image, two images
-    with the same stem, a label that is not single-channel, and image/label sizes that differ (read from
-    the headers; an EXIF rotation of the image is allowed for); at load time, out-of-range label values,
-    sizes that differ, and undecodable files. Under ``on_bad_data="error"`` they raise
-    :class:`BadDataError` naming the file; under ``"skip"`` they are logged and counted in ``skipped`` by
-    reason, and a bad sample found at load time is replaced by the next good one (counts made in
-    DataLoader workers stay in those processes).
+    with the same stem, a label that is not single-channel, an unreadable header, an image smaller than
+    one 14 px patch and image/label sizes that differ (read from the headers; an EXIF rotation of the
+    image is allowed for); at load time, out-of-range label values, sizes that differ, and undecodable
+    files. Under ``on_bad_data="error"`` they raise :class:`BadDataError` naming the file and the pair's
+    stem; under ``"skip"`` they are logged and counted in ``skipped`` by kind, and a bad sample found at
+    load time is replaced by the next good one (counts made in DataLoader workers stay in those
+    processes). Images of other modes (grayscale, alpha, palette, 16-bit, float) and EXIF orientations
+    are converted on load.
 
     Args:
         images: image folder (any of ``IMAGE_EXTENSIONS``; searched recursively).
@@ -231,7 +240,7 @@ class SegmentationFolder(CheckedDataset):
         num_classes: number of classes ``K``.
         ignore_index: ignored / padding label, ``>= K``.
         reduce_zero_label: raw 0 -> ``ignore_index``, ``v`` -> ``v - 1``.
-        on_bad_data: ``"error"`` or ``"skip"``.
+        on_bad_data: ``"error"``, ``"skip"`` or ``"collect"`` (see :class:`CheckedDataset`).
     """
 
     def __init__(
@@ -243,21 +252,29 @@ class SegmentationFolder(CheckedDataset):
         num_classes: int,
         ignore_index: int = 255,
         reduce_zero_label: bool = False,
-        on_bad_data: OnBadData = "error",
+        on_bad_data: Policy = "error",
     ) -> None:
         super().__init__(on_bad_data)
         self.images = Path(images)
         self.labels = Path(labels)
+        self.source = f"{self.images} + {self.labels}"
         self.transform = transform
         self.train = isinstance(transform, SegmentationTrainTransform)
         self.mapping = LabelMapping(num_classes, ignore_index, reduce_zero_label)
         self._pairs = self._build_pairs()
-        self._log_skips(self.images)
-        if not self._pairs:
-            raise BadDataError(
-                f"{self.images}: no image has a label PNG in {self.labels}; images and labels are matched "
-                "by file stem (000001.jpg <-> 000001.png), check both folder arguments"
-            )
+        self._log_skips()
+        if not self._pairs and (self.on_bad_data != "collect" or not self.skipped):
+            if self.skipped:
+                message = (
+                    f"{self.source}: every image/label pair is bad ({dict(self.skipped)}); see the messages "
+                    "logged above"
+                )
+            else:
+                message = (
+                    f"{self.images}: no image has a label PNG in {self.labels}; images and labels are "
+                    "matched by file stem (000001.jpg <-> 000001.png), check both folder arguments"
+                )
+            raise BadDataError(message, Finding("no_samples", message, self.source, "the whole split"))
 
     def _build_pairs(self) -> list[_Pair]:
         images = _index_folder(self.images, IMAGE_EXTENSIONS, "images")
@@ -270,6 +287,8 @@ class SegmentationFolder(CheckedDataset):
                     "missing_label",
                     f"{found[0]} has no label {self.labels / key}.png; add the label PNG or remove the "
                     f"image, {_SKIP_HINT}",
+                    file=found[0],
+                    record=key,
                 )
                 continue
             if not found:
@@ -278,6 +297,8 @@ class SegmentationFolder(CheckedDataset):
                     f"{label[0]} has no image {self.images / key}.* (any of "
                     f"{', '.join(IMAGE_EXTENSIONS[:4])}, ...); add the image or remove the label, "
                     f"{_SKIP_HINT}",
+                    file=label[0],
+                    record=key,
                 )
                 continue
             if len(found) > 1:
@@ -285,42 +306,47 @@ class SegmentationFolder(CheckedDataset):
                 self._bad(
                     "duplicate_image",
                     f"{names} share the stem of label {label[0]}; keep one of them, {_SKIP_HINT}",
+                    file=label[0],
+                    record=key,
                 )
                 continue
             pair = _Pair(key, str(found[0]), str(label[0]))
             problem = self._header_problem(pair)
             if problem is not None:
-                self._bad(problem[0], problem[1])
+                kind, file, what = problem
+                self._bad(kind, f"{file} {what}, {_SKIP_HINT}", file=file, record=key)
                 continue
             pairs.append(pair)
         return pairs
 
-    def _header_problem(self, pair: _Pair) -> tuple[str, str] | None:
-        """``(reason, message)`` when the headers show a bad pair; decoding is left to load time."""
+    def _header_problem(self, pair: _Pair) -> tuple[str, str, str] | None:
+        """``(kind, file, what is wrong and the fix)`` when the headers show a bad pair, else None.
+
+        Decoding is left to load time.
+        """
+        unreadable = "cannot be read ({}: {}); replace it or remove the pair"
         try:
             with Image.open(pair.label) as label:
                 mode, (w, h) = label.mode, label.size
         except _DECODE_ERRORS as exc:
-            return "corrupt_label", (
-                f"{pair.label} cannot be read ({type(exc).__name__}: {exc}); replace it or remove the pair, "
-                f"{_SKIP_HINT}"
-            )
+            return "corrupt_label", pair.label, unreadable.format(type(exc).__name__, exc)
         problem = _label_mode_problem(mode)
         if problem is not None:
-            return "label_not_indices", f"{pair.label} {problem}, {_SKIP_HINT}"
+            return "label_not_indices", pair.label, problem
         try:
             sizes = _image_sizes(pair.image)
         except _DECODE_ERRORS as exc:
-            return "corrupt_image", (
-                f"{pair.image} cannot be read ({type(exc).__name__}: {exc}); replace it or remove the pair, "
-                f"{_SKIP_HINT}"
-            )
+            return "corrupt_image", pair.image, unreadable.format(type(exc).__name__, exc)
+        ih, iw = min(sizes)
+        if min(ih, iw) < MIN_IMAGE_SIDE:
+            problem = f"is {ih}x{iw} (h x w), smaller than one {MIN_IMAGE_SIDE} px patch; remove the pair"
+            return "image_too_small", pair.image, problem
         if (h, w) not in sizes:
-            ih, iw = min(sizes)
-            return "size_mismatch", (
-                f"{pair.label} is {h}x{w} (h x w) but its image {pair.image} is {ih}x{iw}; labels must have "
-                f"the image's size, fix or remove the pair, {_SKIP_HINT}"
+            problem = (
+                f"is {h}x{w} (h x w) but its image {pair.image} is {ih}x{iw}; labels must have the image's "
+                "size, fix or remove the pair"
             )
+            return "size_mismatch", pair.label, problem
         return None
 
     def __len__(self) -> int:
@@ -331,21 +357,54 @@ class SegmentationFolder(CheckedDataset):
         """``(image, label)`` paths of the usable pairs, in sample order."""
         return [(p.image, p.label) for p in self._pairs]
 
-    def _load(self, pair: _Pair) -> tuple[torch.Tensor, dict[str, Any]]:
-        raw = read_label(pair.label)
+    def _where(self, index: int) -> tuple[str, str]:
+        pair = self._pairs[index]
+        return pair.image, pair.key
+
+    def _keep(self, indices: list[int]) -> None:
+        self._pairs = [self._pairs[i] for i in indices]
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        pair = self._pairs[index]
+
+        def bad(kind: str, file: str, problem: str) -> BadDataError:
+            return self._error(kind, f"{file} {problem}, {_SKIP_HINT}", file, pair.key)
+
+        try:
+            raw = read_label(pair.label)
+        except BadDataError as exc:  # not single-channel
+            raise bad("label_not_indices", pair.label, str(exc).removeprefix(f"{pair.label} ")) from exc
+        except _DECODE_ERRORS as exc:
+            problem = f"cannot be decoded ({type(exc).__name__}: {exc}); replace it or remove the pair"
+            raise bad("corrupt_label", pair.label, problem) from exc
         try:
             label = self.mapping(raw)
         except ValueError as exc:
-            raise BadDataError(
-                f"{pair.label}: {exc}; check num_classes / reduce_zero_label / ignore_index or fix the file, "
-                f"{_SKIP_HINT}"
-            ) from exc
-        image = read_image(pair.image, expected_hw=label.shape[:2])
+            fix = "check num_classes / reduce_zero_label / ignore_index or fix the file"
+            message = f"{pair.label}: {exc}; {fix}, {_SKIP_HINT}"
+            raise self._error("label_out_of_range", message, pair.label, pair.key) from exc
+        try:
+            image = read_image(pair.image, expected_hw=label.shape[:2])
+        except _DECODE_ERRORS as exc:
+            problem = f"cannot be decoded ({type(exc).__name__}: {exc}); replace it or remove the pair"
+            raise bad("corrupt_image", pair.image, problem) from exc
         if image.shape[:2] != label.shape[:2]:
-            raise BadDataError(
-                f"{pair.label} is {label.shape[0]}x{label.shape[1]} (h x w) but its image {pair.image} is "
-                f"{image.shape[0]}x{image.shape[1]}; fix or remove the pair, {_SKIP_HINT}"
+            problem = (
+                f"is {label.shape[0]}x{label.shape[1]} (h x w) but its image {pair.image} is "
+                f"{image.shape[0]}x{image.shape[1]}; fix or remove the pair"
             )
+            raise bad("size_mismatch", pair.label, problem)
+        return image, label
+
+    def _notes(self, index: int) -> list[Finding]:
+        pair = self._pairs[index]
+        return [
+            Finding(kind, f"{pair.image} {what}", pair.image, pair.key, severity="note")
+            for kind, what in image_conversions(pair.image)
+        ]
+
+    def _sample(self, index: int, data: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, dict[str, Any]]:
+        image, label = data
         if self.train:
             out_image, out_label = self.transform(image, label)
             return out_image, {"label": out_label}
@@ -354,26 +413,9 @@ class SegmentationFolder(CheckedDataset):
             "label": torch.from_numpy(label.astype(np.int64)),
             "orig_size": (int(label.shape[0]), int(label.shape[1])),
             "image_size": (int(out_image.shape[-2]), int(out_image.shape[-1])),
-            "file_name": pair.image,
+            "file_name": self._pairs[index].image,
         }
         return out_image, target
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        def decode_message(i: int, exc: Exception) -> str:
-            pair = self._pairs[i]
-            return (
-                f"{pair.image} or {pair.label} cannot be decoded ({type(exc).__name__}: {exc}); replace "
-                f"the file or remove the pair, {_SKIP_HINT}"
-            )
-
-        return self._first_readable(
-            index,
-            len(self._pairs),
-            lambda i: self._load(self._pairs[i]),
-            decode_message,
-            ("bad_label", "corrupt_file"),
-            f"{self.images}: none of its image/label pairs is readable; see {self.labels}",
-        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -425,6 +467,9 @@ class SegmentationFolderDataModule(SplitDataModule):
         num_workers: DataLoader workers (persistent when > 0).
         size_divisibility: batch sides are padded to a multiple of this (the ViT patch, 14).
         on_bad_data: ``"error"`` raises on the first bad record; ``"skip"`` drops, logs and counts them.
+        check_data: before the first step, read every image and label PNG of the stage's splits once
+            (:func:`~vitdense.datamodules.data_check.check_data`); ``"error"`` then fails with the whole
+            report, ``"skip"`` logs it and trains without the bad pairs.
     """
 
     def __init__(
@@ -449,6 +494,7 @@ class SegmentationFolderDataModule(SplitDataModule):
         num_workers: int = 4,
         size_divisibility: int = 14,
         on_bad_data: OnBadData = "error",
+        check_data: bool = False,
     ) -> None:
         super().__init__()
         _check_crop_size(crop_size, size_divisibility)
@@ -493,14 +539,29 @@ class SegmentationFolderDataModule(SplitDataModule):
         self.size_divisibility = size_divisibility
         self.collate_fn = partial(collate_segmentation, size_divisibility=size_divisibility)
         self.on_bad_data = on_bad_data
+        self.check_data = check_data
         self.train_dataset: SegmentationFolder | None = None
         self.val_dataset: SegmentationFolder | None = None
         self.test_dataset: SegmentationFolder | None = None
         self.predict_dataset: PredictImages | None = None
 
-    def _dataset(
-        self, images: str, labels: str, transform: SegmentationTrainTransform | SegmentationEvalTransform
-    ) -> SegmentationFolder:
+    def split_source(self, split: str) -> tuple[str, str]:
+        """``(image folder, label folder)`` of ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
+        return {
+            "train": (self.train_images, self.train_labels),
+            "val": (self.val_images, self.val_labels),
+            "test": (self.test_images, self.test_labels),
+        }[split]
+
+    def split_dataset(self, split: str, on_bad_data: Policy) -> SegmentationFolder:
+        """A new dataset of ``split``: the training transform for train, the evaluation one otherwise."""
+        images, labels = self.split_source(split)
+        if split == "train":
+            transform = SegmentationTrainTransform(
+                self.crop_size, self.scale, self.ratio_range, self.cat_max_ratio, self.ignore_index
+            )
+        else:
+            transform = SegmentationEvalTransform(self.scale)
         return SegmentationFolder(
             images,
             labels,
@@ -508,26 +569,15 @@ class SegmentationFolderDataModule(SplitDataModule):
             num_classes=self.num_classes,
             ignore_index=self.ignore_index,
             reduce_zero_label=self.reduce_zero_label,
-            on_bad_data=self.on_bad_data,
+            on_bad_data=on_bad_data,
         )
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the datasets ``stage`` needs (``fit``, ``validate``, ``test``, ``predict`` or None: all)."""
-        if stage in ("fit", None) and self.train_dataset is None:
-            transform = SegmentationTrainTransform(
-                self.crop_size, self.scale, self.ratio_range, self.cat_max_ratio, self.ignore_index
-            )
-            self.train_dataset = self._dataset(self.train_images, self.train_labels, transform)
-        if stage in ("fit", "validate", None) and self.val_dataset is None:
-            transform = SegmentationEvalTransform(self.scale)
-            self.val_dataset = self._dataset(self.val_images, self.val_labels, transform)
-        if stage in ("test", None) and self.test_dataset is None:
-            same_files = (self.test_images, self.test_labels) == (self.val_images, self.val_labels)
-            if same_files and self.val_dataset is not None:
-                self.test_dataset = self.val_dataset  # same files: reuse the scanned pairs
-            else:
-                transform = SegmentationEvalTransform(self.scale)
-                self.test_dataset = self._dataset(self.test_images, self.test_labels, transform)
+        """Build the datasets ``stage`` needs (``fit``, ``validate``, ``test``, ``predict`` or None: all).
+
+        The test split reuses the validation dataset when it has the same files.
+        """
+        self._setup_splits(stage)
         if stage in ("predict", None) and self.predict_dataset is None and self.predict_images is not None:
             self.predict_dataset = PredictImages(self.predict_images, SegmentationEvalTransform(self.scale))
         if stage == "predict" and self.predict_images is None:
@@ -579,6 +629,7 @@ class ADE20KDataModule(SegmentationFolderDataModule):
         num_workers: int = 4,
         size_divisibility: int = 14,
         on_bad_data: OnBadData = "error",
+        check_data: bool = False,
     ) -> None:
         base = find_ade20k(root)
         super().__init__(
@@ -600,5 +651,6 @@ class ADE20KDataModule(SegmentationFolderDataModule):
             num_workers=num_workers,
             size_divisibility=size_divisibility,
             on_bad_data=on_bad_data,
+            check_data=check_data,
         )
         self.root = root

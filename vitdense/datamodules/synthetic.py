@@ -256,6 +256,7 @@ class ShapesDataModule(CocoDataModule):
         min_scale: float = 0.5,
         max_scale: float = 1.5,
         on_bad_data: OnBadData = "error",
+        check_data: bool = False,
     ) -> None:
         root_path = Path(root)
         paths = _paths(root_path)
@@ -285,6 +286,7 @@ class ShapesDataModule(CocoDataModule):
             min_scale=min_scale,
             max_scale=max_scale,
             on_bad_data=on_bad_data,
+            check_data=check_data,
         )
         self.root = root
 
@@ -433,6 +435,7 @@ class ShapesSegmentationDataModule(SegmentationFolderDataModule):
         num_workers: int = 2,
         size_divisibility: int = 14,
         on_bad_data: OnBadData = "error",
+        check_data: bool = False,
     ) -> None:
         image_size = (240, 320)
         base = Path(root) / "ADEChallengeData2016"
@@ -462,5 +465,6 @@ class ShapesSegmentationDataModule(SegmentationFolderDataModule):
             num_workers=num_workers,
             size_divisibility=size_divisibility,
             on_bad_data=on_bad_data,
+            check_data=check_data,
         )
         self.root = root

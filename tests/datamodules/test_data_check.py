@@ -1,0 +1,678 @@
+"""Tests for vitdense.datamodules.data_check: a corpus of bad data, one case per kind, under both policies.
+
+Every case is built in ``tmp_path`` next to one good record and checked three ways: ``on_bad_data="error"``
+raises :class:`BadDataError` naming the file and the record; ``"skip"`` drops the record and counts it
+under its kind while the good record survives; :func:`check_data` reports it with its file and record.
+Images in unusual modes are notes: converted and used under both policies.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from vitdense.datamodules import (
+    ADE20KDataModule,
+    BadDataError,
+    CocoDataModule,
+    CocoDetection,
+    EvalTransform,
+    SegmentationEvalTransform,
+    SegmentationFolder,
+    SegmentationFolderDataModule,
+    ShapesDataModule,
+    ShapesSegmentationDataModule,
+    check_data,
+    collate_detection,
+    collate_segmentation,
+)
+
+MakeCoco = Callable[..., tuple[Path, Path]]
+GOOD_IMAGE = {"id": 1, "file_name": "a.png", "height": 28, "width": 56}
+BAD_IMAGE = {"id": 2, "file_name": "b.png", "height": 28, "width": 56}
+ANNOTATIONS = "annotations.json"
+
+
+def _ann(aid: int, image_id: int = 1, bbox: list[Any] | None = None, **extra: Any) -> dict[str, Any]:
+    x, y, w, h = bbox if bbox is not None else [2, 2, 8, 6]
+    seg = [[x, y, x + w, y, x + w, y + h, x, y + h]] if bbox is None or isinstance(x, (int, float)) else []
+    ann = {"id": aid, "image_id": image_id, "category_id": 1, "bbox": [x, y, w, h], "iscrowd": 0}
+    return ann | {"segmentation": seg} | extra
+
+
+def _noise(h: int, w: int, channels: int = 3) -> np.ndarray:
+    shape = (h, w, channels) if channels > 1 else (h, w)
+    return np.random.default_rng(h * w).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header parses, decoding fails
+
+
+def _save_noise(path: Path, h: int = 28, w: int = 56, **kwargs: Any) -> None:
+    Image.fromarray(_noise(h, w)).save(path, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------
+# COCO corpus
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CocoCase:
+    """Extra records next to the good image 1 (annotation 1) and what must be found.
+
+    ``damage`` rewrites files after they are written; ``kind`` is counted ``count`` times; the finding names
+    a file ending in ``file`` and the record ``record``.
+    """
+
+    images: list[dict[str, Any]]
+    anns: list[dict[str, Any]]
+    kind: str
+    file: str
+    record: str
+    count: int = 1
+    damage: Callable[[Path], None] | None = None
+
+
+def _garbage(root: Path) -> None:
+    (root / "b.png").write_bytes(b"this is not a PNG file at all")
+
+
+def _truncated_jpeg(root: Path) -> None:
+    _save_noise(root / "b.jpg", quality=95)
+    _truncate(root / "b.jpg")
+
+
+def _wrong_size(root: Path) -> None:
+    _save_noise(root / "b.png", 28, 40)
+
+
+BAD_B = [BAD_IMAGE]
+A77 = "annotation id 77"
+COCO_CASES: dict[str, CocoCase] = {
+    "corrupt_image": CocoCase(BAD_B, [_ann(2, 2)], "corrupt_image", "b.png", "image id 2", damage=_garbage),
+    "truncated_image": CocoCase(
+        [BAD_IMAGE | {"file_name": "b.jpg"}],
+        [_ann(2, 2)],
+        "corrupt_image",
+        "b.jpg",
+        "image id 2",
+        damage=_truncated_jpeg,
+    ),
+    "missing_image": CocoCase(
+        [BAD_IMAGE | {"write": False}], [_ann(2, 2)], "missing_image", "b.png", "image id 2"
+    ),
+    "size_mismatch": CocoCase(
+        BAD_B, [_ann(2, 2)], "size_mismatch", "b.png", "image id 2", damage=_wrong_size
+    ),
+    "image_too_small": CocoCase(
+        [BAD_IMAGE | {"height": 10, "width": 12}],
+        [_ann(2, 2, [1, 1, 4, 4])],
+        "image_too_small",
+        "b.png",
+        "image id 2",
+    ),
+    "image_record_wrong_type": CocoCase(
+        [BAD_IMAGE | {"height": "28", "write": False}],
+        [_ann(2, 2)],
+        "malformed_image_record",
+        ANNOTATIONS,
+        "image id 2",
+    ),
+    "image_record_without_id": CocoCase(
+        [{"file_name": "b.png", "height": 28, "width": 56}],
+        [],
+        "malformed_image_record",
+        ANNOTATIONS,
+        "images[1]",
+    ),
+    "annotation_without_category": CocoCase(
+        [],
+        [{k: v for k, v in _ann(77).items() if k != "category_id"}],
+        "malformed_annotation",
+        ANNOTATIONS,
+        A77,
+    ),
+    "annotation_wrong_type": CocoCase([], [_ann(77, image_id="1")], "malformed_annotation", ANNOTATIONS, A77),
+    "malformed_box": CocoCase([], [_ann(77, bbox=["1", 1, 5, 5])], "malformed_box", ANNOTATIONS, A77),
+    "duplicate_image_id": CocoCase(
+        [BAD_IMAGE, BAD_IMAGE | {"file_name": "c.png"}],
+        [_ann(2, 2)],
+        "duplicate_image_id",
+        ANNOTATIONS,
+        "image id 2",
+        count=2,
+    ),
+    "duplicate_annotation_id": CocoCase(
+        [], [_ann(1, bbox=[20, 10, 5, 5])], "duplicate_annotation_id", ANNOTATIONS, "annotation id 1"
+    ),
+    "unknown_image": CocoCase([], [_ann(77, image_id=999)], "unknown_image", ANNOTATIONS, A77),
+    "unknown_category": CocoCase([], [_ann(77, category_id=99)], "unknown_category", ANNOTATIONS, A77),
+    "zero_area_box": CocoCase([], [_ann(77, bbox=[1, 1, 0, 5])], "degenerate_box", ANNOTATIONS, A77),
+    "negative_box": CocoCase([], [_ann(77, bbox=[1, 1, 5, -2])], "degenerate_box", ANNOTATIONS, A77),
+    "box_outside_image": CocoCase([], [_ann(77, bbox=[50, 2, 10, 5])], "box_outside_image", ANNOTATIONS, A77),
+    "polygon_two_points": CocoCase(
+        [], [_ann(77, segmentation=[[1, 1, 5, 5]])], "degenerate_polygon", ANNOTATIONS, A77
+    ),
+    "rle_size_mismatch": CocoCase(
+        [],
+        [_ann(77, segmentation={"size": [10, 10], "counts": "abc"})],
+        "rle_size_mismatch",
+        ANNOTATIONS,
+        A77,
+    ),
+    "segmentation_wrong_type": CocoCase(
+        [], [_ann(77, segmentation="polygon")], "malformed_segmentation", ANNOTATIONS, A77
+    ),
+}
+
+
+def _coco_case(make_coco: MakeCoco, case: CocoCase) -> tuple[Path, Path]:
+    root, ann_file = make_coco([GOOD_IMAGE, *case.images], [_ann(1), *case.anns])
+    if case.damage is not None:
+        case.damage(root)
+    return root, ann_file
+
+
+def _load_all(dataset: torch.utils.data.Dataset) -> list[dict[str, Any]]:
+    return [dataset[i][1] for i in range(len(dataset))]
+
+
+@pytest.mark.parametrize("name", list(COCO_CASES))
+def test_coco_case_raises_naming_file_and_record(make_coco: MakeCoco, name: str) -> None:
+    case = COCO_CASES[name]
+    root, ann_file = _coco_case(make_coco, case)
+    with pytest.raises(BadDataError) as info:
+        _load_all(CocoDetection(root, ann_file, EvalTransform(56), masks=True, on_bad_data="error"))
+    message = str(info.value)
+    assert case.file in message and case.record in message and "on_bad_data='skip'" in message
+    assert info.value.finding is not None and info.value.finding.kind == case.kind
+
+
+@pytest.mark.parametrize("name", list(COCO_CASES))
+def test_coco_case_skipped_and_counted(make_coco: MakeCoco, name: str) -> None:
+    case = COCO_CASES[name]
+    root, ann_file = _coco_case(make_coco, case)
+    ds = CocoDetection(root, ann_file, EvalTransform(56), masks=True, on_bad_data="skip")
+    targets = _load_all(ds)
+    assert ds.skipped == {case.kind: case.count}
+    assert all(t["image_id"] != 2 for t in targets), "the bad image is never served"
+    good = [t for t in targets if t["image_id"] == 1]
+    assert good and good[0]["labels"].tolist() == [1], "the good annotation survives, the bad one does not"
+
+
+@pytest.mark.parametrize("name", list(COCO_CASES))
+def test_coco_case_reported_by_check_data(make_coco: MakeCoco, name: str) -> None:
+    case = COCO_CASES[name]
+    root, ann_file = _coco_case(make_coco, case)
+    dm = CocoDataModule(str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0)
+    report = check_data(dm)
+    assert [s.split for s in report.splits] == ["train", "val"], "test has val's files: read once"
+    train = report.splits[0]
+    assert train.counts() == {case.kind: case.count} and train.notes == 0
+    found = [f for f in train.findings if f.kind == case.kind]
+    assert all(f.file.endswith(case.file) and f.record == case.record for f in found)
+    assert all(case.file in f.message and case.record in f.message for f in found)
+    assert 2 not in train.dataset.image_ids and 1 in train.dataset.image_ids
+    assert report.errors == sum(s.errors for s in report.splits) >= case.count
+    text = report.format()
+    assert case.kind in text and case.record in text
+
+
+# ------------------------------------------------------------------------------ whole annotation files
+
+
+def _write_json(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+FILE_CASES = {
+    "invalid_json": ('{"images": [', "invalid_json"),
+    "category_without_id": (
+        json.dumps({"images": [], "annotations": [], "categories": [{"name": "a"}]}),
+        "malformed_json",
+    ),
+    "no_images_list": (json.dumps({"annotations": [], "categories": [{"id": 1}]}), "malformed_json"),
+}
+
+
+@pytest.mark.parametrize("name", list(FILE_CASES))
+def test_unusable_annotation_file_named_under_both_policies(make_coco: MakeCoco, name: str) -> None:
+    text, kind = FILE_CASES[name]
+    root, train_file = make_coco([GOOD_IMAGE], [_ann(1)])
+    val_file = _write_json(root.parent / "val.json", text)
+    for policy in ("error", "skip"):  # a file that cannot be parsed has no record to drop
+        with pytest.raises(BadDataError, match="val.json") as info:
+            CocoDetection(root, val_file, EvalTransform(56), on_bad_data=policy)
+        assert info.value.finding.kind == kind
+    dm = CocoDataModule(str(root), str(train_file), str(root), str(val_file), image_size=56, num_workers=0)
+    report = check_data(dm)
+    assert report.splits[0].errors == 0
+    val = report.splits[1]
+    assert val.samples == 0 and val.counts() == {kind: 1} and val.findings[0].file == str(val_file)
+    for policy in ("error", "skip"):
+        dm = CocoDataModule(
+            str(root), str(train_file), str(root), str(val_file), image_size=56, num_workers=0,
+            on_bad_data=policy, check_data=True,
+        )  # fmt: skip
+        with pytest.raises(BadDataError, match="val.json"):
+            dm.setup("fit")
+
+
+# ------------------------------------------------------------------------------------------------ notes
+
+
+def _write_mode(root: Path, name: str, array: np.ndarray, mode: str | None = None, **kwargs: Any) -> None:
+    image = Image.fromarray(array)
+    if mode is not None:
+        image = image.convert(mode)
+    image.save(root / name, **kwargs)
+
+
+def _exif_rotated(root: Path) -> None:
+    image = Image.fromarray(_noise(28, 56))
+    exif = image.getexif()
+    exif[0x0112] = 6  # shown rotated by 90 degrees: 56 high, 28 wide
+    image.save(root / "b.jpg", exif=exif.tobytes())
+
+
+NOTE_CASES: dict[str, tuple[str, Callable[[Path], None], dict[str, int]]] = {
+    # name: (file, writer, record size override)
+    "grayscale": ("b.png", lambda r: _write_mode(r, "b.png", _noise(28, 56, 1)), {}),
+    "rgba": ("b.png", lambda r: _write_mode(r, "b.png", _noise(28, 56, 4)), {}),
+    "palette": ("b.png", lambda r: _write_mode(r, "b.png", _noise(28, 56), "P"), {}),
+    "16_bit": ("b.png", lambda r: _write_mode(r, "b.png", np.full((28, 56), 40000, np.uint16)), {}),
+    "float_tiff": ("b.tif", lambda r: _write_mode(r, "b.tif", np.random.rand(28, 56).astype(np.float32)), {}),
+    "exif_rotation": ("b.jpg", _exif_rotated, {"height": 56, "width": 28}),
+}
+NOTE_KINDS = {
+    "grayscale": "mode_grayscale",
+    "rgba": "mode_alpha",
+    "palette": "mode_palette",
+    "16_bit": "mode_high_bit_depth",
+    "float_tiff": "mode_float",
+    "exif_rotation": "exif_rotation",
+}
+
+
+@pytest.mark.parametrize("name", list(NOTE_CASES))
+def test_unusual_image_modes_are_converted_not_dropped(make_coco: MakeCoco, name: str) -> None:
+    file, write, size = NOTE_CASES[name]
+    record = BAD_IMAGE | {"file_name": file, "write": False} | size
+    root, ann_file = make_coco([GOOD_IMAGE, record], [_ann(1), _ann(2, 2, [2, 2, 10, 10])])
+    write(root)
+    for policy in ("error", "skip"):
+        ds = CocoDetection(root, ann_file, EvalTransform(56), masks=True, on_bad_data=policy)
+        images = {t["image_id"]: t for t in _load_all(ds)}
+        assert set(images) == {1, 2} and not ds.skipped
+        assert images[2]["orig_size"] == (record["height"], record["width"])
+    dm = CocoDataModule(str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0)
+    report = check_data(dm)
+    assert report.errors == 0
+    notes = [f for f in report.splits[0].findings if f.severity == "note"]
+    assert [(f.kind, Path(f.file).name, f.record) for f in notes] == [(NOTE_KINDS[name], file, "image id 2")]
+    assert report.splits[0].samples == 2
+
+
+def test_exif_ignored_when_annotations_match_the_stored_pixels(make_coco: MakeCoco) -> None:
+    record = BAD_IMAGE | {"file_name": "b.jpg", "write": False}  # 28 x 56: the stored pixels
+    root, ann_file = make_coco([GOOD_IMAGE, record], [_ann(1), _ann(2, 2, [30, 2, 20, 10])])
+    _exif_rotated(root)
+    dm = CocoDataModule(str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0)
+    (note,) = [f for f in check_data(dm).splits[0].findings if f.kind == "exif_rotation"]
+    assert "ignored" in note.message
+
+
+def test_polygon_part_with_two_points_is_dropped_with_a_note(make_coco: MakeCoco) -> None:
+    seg = [[2, 2, 10, 2, 10, 8, 2, 8], [1, 1, 3, 3]]
+    root, ann_file = make_coco([GOOD_IMAGE], [_ann(1, segmentation=seg)])
+    ds = CocoDetection(root, ann_file, EvalTransform(56), masks=True, on_bad_data="error")
+    assert ds[0][1]["masks"].shape[0] == 1 and not ds.skipped
+    assert [(f.kind, f.record, f.severity) for f in ds.findings] == [
+        ("polygon_part_dropped", "annotation id 1", "note")
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Segmentation corpus
+# ----------------------------------------------------------------------------------------------------
+
+
+def _pair(images: Path, labels: Path, stem: str, *, h: int = 28, w: int = 42, suffix: str = ".png") -> None:
+    images.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    _save_noise(images / f"{stem}{suffix}", h, w)
+    label = np.zeros((h, w), np.uint8)
+    label[:, w // 2 :] = 1
+    label[h // 2 :, :] = 2
+    Image.fromarray(label).save(labels / f"{stem}.png")
+
+
+def _seg_truncated_image(images: Path, labels: Path) -> None:
+    _pair(images, labels, "bad", suffix=".jpg")
+    _truncate(images / "bad.jpg")
+
+
+def _seg_garbage_image(images: Path, labels: Path) -> None:
+    _pair(images, labels, "bad")
+    (images / "bad.png").write_bytes(b"not an image")
+
+
+def _seg_garbage_label(images: Path, labels: Path) -> None:
+    _pair(images, labels, "bad")
+    (labels / "bad.png").write_bytes(b"not a PNG")
+
+
+def _seg_truncated_label(images: Path, labels: Path) -> None:
+    _pair(images, labels, "bad")
+    Image.fromarray(_noise(28, 42, 1) % 3).save(labels / "bad.png")
+    _truncate(labels / "bad.png")
+
+
+def _seg_missing_label(images: Path, labels: Path) -> None:
+    _pair(images, labels, "bad")
+    (labels / "bad.png").unlink()
+
+
+def _seg_missing_image(images: Path, labels: Path) -> None:
+    _pair(images, labels, "bad")
+    (images / "bad.png").unlink()
+
+
+def _seg_size_mismatch(images: Path, labels: Path) -> None:
+    _pair(images, labels, "bad")
+    _save_noise(images / "bad.png", 28, 40)
+
+
+def _seg_rgb_label(images: Path, labels: Path) -> None:
+    _pair(images, labels, "bad")
+    Image.fromarray(np.zeros((28, 42, 3), np.uint8)).save(labels / "bad.png")
+
+
+def _seg_out_of_range(images: Path, labels: Path) -> None:
+    _pair(images, labels, "bad")
+    Image.fromarray(np.full((28, 42), 7, np.uint8)).save(labels / "bad.png")
+
+
+def _seg_too_small(images: Path, labels: Path) -> None:
+    _pair(images, labels, "bad", h=10, w=10)
+
+
+def _seg_duplicate(images: Path, labels: Path) -> None:
+    _pair(images, labels, "bad")
+    _save_noise(images / "bad.jpg", 28, 42)
+
+
+SEG_CASES: dict[str, tuple[Callable[[Path, Path], None], str, str]] = {
+    # name: (writer of the bad pair "bad", kind, the file the finding names)
+    "truncated_image": (_seg_truncated_image, "corrupt_image", "img/bad.jpg"),
+    "garbage_image": (_seg_garbage_image, "corrupt_image", "img/bad.png"),
+    "garbage_label": (_seg_garbage_label, "corrupt_label", "lbl/bad.png"),
+    "truncated_label": (_seg_truncated_label, "corrupt_label", "lbl/bad.png"),
+    "missing_label": (_seg_missing_label, "missing_label", "img/bad.png"),
+    "missing_image": (_seg_missing_image, "missing_image", "lbl/bad.png"),
+    "size_mismatch": (_seg_size_mismatch, "size_mismatch", "lbl/bad.png"),
+    "rgb_label": (_seg_rgb_label, "label_not_indices", "lbl/bad.png"),
+    "label_out_of_range": (_seg_out_of_range, "label_out_of_range", "lbl/bad.png"),
+    "image_too_small": (_seg_too_small, "image_too_small", "img/bad.png"),
+    "duplicate_image": (_seg_duplicate, "duplicate_image", "lbl/bad.png"),
+}
+
+
+def _seg_case(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    images, labels = tmp_path / "img", tmp_path / "lbl"
+    _pair(images, labels, "good")
+    SEG_CASES[name][0](images, labels)
+    return images, labels
+
+
+def _seg_dataset(images: Path, labels: Path, policy: str) -> SegmentationFolder:
+    return SegmentationFolder(
+        images, labels, SegmentationEvalTransform((64, 48)), num_classes=3, on_bad_data=policy
+    )
+
+
+@pytest.mark.parametrize("name", list(SEG_CASES))
+def test_segmentation_case_raises_naming_file_and_record(tmp_path: Path, name: str) -> None:
+    _, kind, file = SEG_CASES[name]
+    images, labels = _seg_case(tmp_path, name)
+    with pytest.raises(BadDataError) as info:
+        _load_all(_seg_dataset(images, labels, "error"))
+    assert file in str(info.value) and "on_bad_data='skip'" in str(info.value)
+    assert info.value.finding.kind == kind and info.value.finding.record == "bad"
+
+
+@pytest.mark.parametrize("name", list(SEG_CASES))
+def test_segmentation_case_skipped_and_counted(tmp_path: Path, name: str) -> None:
+    _, kind, _ = SEG_CASES[name]
+    images, labels = _seg_case(tmp_path, name)
+    dataset = _seg_dataset(images, labels, "skip")
+    targets = _load_all(dataset)
+    assert dataset.skipped == {kind: 1}
+    assert {Path(t["file_name"]).name for t in targets} == {"good.png"}
+
+
+@pytest.mark.parametrize("name", list(SEG_CASES))
+def test_segmentation_case_reported_by_check_data(tmp_path: Path, name: str) -> None:
+    _, kind, file = SEG_CASES[name]
+    images, labels = _seg_case(tmp_path, name)
+    dm = SegmentationFolderDataModule(
+        str(images), str(labels), str(images), str(labels), num_classes=3, crop_size=28, scale=(64, 48),
+        num_workers=0,
+    )  # fmt: skip
+    report = check_data(dm)
+    assert [s.split for s in report.splits] == ["train", "val"]
+    for split in report.splits:
+        assert split.counts() == {kind: 1} and split.samples == 1
+        (finding,) = split.findings
+        assert finding.file.endswith(file) and finding.record == "bad" and file in finding.message
+    assert report.errors == 2 and f"{kind}: " in report.format()
+
+
+def test_segmentation_image_modes_are_notes(tmp_path: Path) -> None:
+    images, labels = tmp_path / "img", tmp_path / "lbl"
+    _pair(images, labels, "good")
+    _pair(images, labels, "gray")
+    _write_mode(images, "gray.png", _noise(28, 42, 1))
+    dm = SegmentationFolderDataModule(
+        str(images), str(labels), str(images), str(labels), num_classes=3, crop_size=28, scale=(64, 48),
+        num_workers=0, check_data=True,
+    )  # fmt: skip
+    dm.setup("fit")
+    assert len(dm.train_dataset) == 2 and dm.train_dataset[1][0].shape == (3, 28, 28)
+    notes = [(f.kind, f.record) for f in dm.train_dataset.findings]
+    assert notes == [("mode_grayscale", "gray")]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The DataModule switch and workers
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Mixed:
+    root: Path
+    ann_file: Path
+    bad: dict[str, str] = field(default_factory=dict)  # kind -> record
+
+
+def _mixed_set(make_coco: MakeCoco) -> _Mixed:
+    """Four bad records of different kinds (one found only by decoding) beside three good images."""
+    good = [GOOD_IMAGE | {"id": i, "file_name": f"g{i}.png"} for i in (1, 3, 4)]
+    images = [*good, BAD_IMAGE, BAD_IMAGE | {"id": 5, "file_name": "gone.png", "write": False}]
+    anns = [_ann(1), _ann(3, 3), _ann(4, 4), _ann(2, 2), _ann(77, bbox=[1, 1, 0, 0]), _ann(78, category_id=9)]
+    root, ann_file = make_coco(images, anns)
+    _garbage(root)
+    bad = {
+        "corrupt_image": "image id 2",
+        "missing_image": "image id 5",
+        "degenerate_box": "annotation id 77",
+        "unknown_category": "annotation id 78",
+    }
+    return _Mixed(root, ann_file, bad)
+
+
+def _mixed_dm(data: _Mixed, **kwargs: Any) -> CocoDataModule:
+    paths = [str(data.root), str(data.ann_file), str(data.root), str(data.ann_file)]
+    return CocoDataModule(*paths, image_size=56, num_workers=0, batch_size=2, check_data=True, **kwargs)
+
+
+def test_strict_policy_fails_before_the_first_step_with_every_finding(make_coco: MakeCoco) -> None:
+    data = _mixed_set(make_coco)
+    dm = _mixed_dm(data, on_bad_data="error")
+    with pytest.raises(BadDataError) as info:
+        dm.setup("fit")
+    message = str(info.value)
+    assert "bad record(s) under on_bad_data='error'" in message
+    for kind, record in data.bad.items():
+        assert f"{kind}: " in message and record in message
+    assert "gone.png" in message and "b.png" in message
+    assert dm.train_dataset is None
+
+
+def test_skip_policy_drops_bad_records_before_training(
+    make_coco: MakeCoco, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = _mixed_set(make_coco)
+    dm = _mixed_dm(data, on_bad_data="skip")
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert dm.train_dataset.skipped == {kind: 1 for kind in data.bad}
+    assert dm.train_dataset.image_ids == [1, 3, 4], "the corrupt image is dropped up front, not replaced"
+    assert dm.val_dataset.image_ids == [1, 3, 4]
+    assert dm.train_dataset.on_bad_data == "skip"
+    assert any("Data check of 2 split(s)" in r.message for r in caplog.records)
+    images, targets = next(iter(dm.train_dataloader()))
+    assert images.shape == (2, 3, 56, 56) and all(t["image_id"] != 2 for t in targets)
+    dm.setup("test")
+    assert dm.test_dataset is dm.val_dataset
+
+
+def test_check_with_workers_finds_the_same(make_coco: MakeCoco) -> None:
+    data = _mixed_set(make_coco)
+    alone, pooled = check_data(_mixed_dm(data)), check_data(_mixed_dm(data), num_workers=2)
+    assert pooled.counts() == alone.counts() and pooled.errors == alone.errors == 8
+    assert [f.message for f in pooled.findings] == [f.message for f in alone.findings]
+
+
+def test_a_split_left_empty_fails_under_skip(make_coco: MakeCoco) -> None:
+    root, ann_file = make_coco([BAD_IMAGE], [_ann(2, 2)])
+    _garbage(root)
+    dm = CocoDataModule(
+        str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0,
+        on_bad_data="skip", check_data=True,
+    )  # fmt: skip
+    with pytest.raises(BadDataError, match="no usable sample"):
+        dm.setup("fit")
+
+
+def test_test_split_with_its_own_files_is_checked(make_coco: MakeCoco, tmp_path: Path) -> None:
+    data = _mixed_set(make_coco)
+    clean = tmp_path / "clean.json"
+    content = json.loads(data.ann_file.read_text())
+    content["images"] = content["images"][:3]
+    content["annotations"] = content["annotations"][:3]
+    clean.write_text(json.dumps(content))
+    dm = CocoDataModule(
+        str(data.root), str(clean), str(data.root), str(clean), str(data.root), str(data.ann_file),
+        image_size=56, num_workers=0,
+    )  # fmt: skip
+    report = check_data(dm)
+    assert [(s.split, s.errors) for s in report.splits] == [("train", 0), ("val", 0), ("test", 4)]
+
+
+@pytest.mark.parametrize("cls", [ShapesDataModule, ShapesSegmentationDataModule, ADE20KDataModule])
+def test_subclasses_pass_check_data_through(cls: type) -> None:
+    parameter = inspect.signature(cls).parameters["check_data"]
+    assert parameter.default is False and parameter.annotation in (bool, "bool")
+
+
+def test_report_caps_notes_but_lists_every_error(make_coco: MakeCoco) -> None:
+    images = [GOOD_IMAGE] + [
+        GOOD_IMAGE | {"id": i, "file_name": f"g{i}.png", "write": False} for i in (2, 3, 4)
+    ]
+    root, ann_file = make_coco(images, [_ann(1), _ann(77, bbox=[1, 1, 0, 0]), _ann(78, bbox=[1, 1, 0, 0])])
+    for i in (2, 3, 4):
+        _write_mode(root, f"g{i}.png", _noise(28, 56, 1))
+    dm = CocoDataModule(str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0)
+    text = check_data(dm, splits=["train"]).format(max_notes_per_kind=1)
+    assert "annotation id 77" in text and "annotation id 78" in text
+    assert text.count("mode_grayscale: ") == 2 and "... and 2 more" in text
+
+
+# ----------------------------------------------------------------------------------------------------
+# Errors inside DataLoader workers
+# ----------------------------------------------------------------------------------------------------
+
+
+def _first_error(loader: DataLoader) -> str:
+    iterator = iter(loader)
+    with pytest.raises(Exception) as info:  # noqa: PT011 - DataLoader re-raises in the main process
+        list(iterator)
+    message = str(info.value)
+    # Shut the worker down now, not at a later garbage collection (which waits for it).
+    iterator._shutdown_workers()
+    del info, iterator
+    return message
+
+
+def test_corrupt_image_in_a_worker_names_the_file(tmp_path: Path) -> None:
+    images, labels = _seg_case(tmp_path, "truncated_image")
+    dataset = _seg_dataset(images, labels, "error")
+    message = _first_error(DataLoader(dataset, batch_size=1, num_workers=1, collate_fn=collate_segmentation))
+    assert "bad.jpg cannot be decoded" in message and "BadDataError" in message
+
+
+class _FailingTransform(EvalTransform):
+    """An evaluation transform that fails on wide images, as a transform bug on odd data would."""
+
+    def __call__(self, image: np.ndarray, *args: Any) -> Any:
+        if image.shape[1] > image.shape[0] * 1.5:
+            raise RuntimeError("aspect ratio not supported")
+        return super().__call__(image, *args)
+
+
+def test_transform_failure_names_the_file_in_a_worker_and_can_be_skipped(make_coco: MakeCoco) -> None:
+    root, ann_file = make_coco(
+        [GOOD_IMAGE | {"width": 30}, BAD_IMAGE], [_ann(1, bbox=[2, 2, 8, 6]), _ann(2, 2)]
+    )
+    strict = CocoDetection(root, ann_file, _FailingTransform(56))
+    message = _first_error(DataLoader(strict, batch_size=1, num_workers=1, collate_fn=collate_detection))
+    assert "b.png (image id 2) failed to load (RuntimeError: aspect ratio not supported)" in message
+    lenient = CocoDetection(root, ann_file, _FailingTransform(56), on_bad_data="skip")
+    assert [t["image_id"] for t in _load_all(lenient)] == [1, 1]
+    assert lenient.skipped == {"load_failed": 1}
+
+
+def test_a_folder_of_bad_pairs_lists_each_of_them(tmp_path: Path) -> None:
+    images, labels = tmp_path / "img", tmp_path / "lbl"
+    for stem in ("a", "b"):
+        _pair(images, labels, stem)
+        Image.fromarray(np.zeros((28, 42, 3), np.uint8)).save(labels / f"{stem}.png")
+    with pytest.raises(BadDataError, match="every image/label pair is bad"):
+        _seg_dataset(images, labels, "skip")
+    dm = SegmentationFolderDataModule(
+        str(images), str(labels), str(images), str(labels), num_classes=3, crop_size=28, scale=(64, 48),
+        num_workers=0,
+    )  # fmt: skip
+    train = check_data(dm).splits[0]
+    assert train.samples == 0 and [f.record for f in train.findings] == ["a", "b"]
+
+
+def test_check_data_needs_split_datasets() -> None:
+    with pytest.raises(TypeError, match="cannot be checked"):
+        check_data(object())
