@@ -246,7 +246,8 @@ class TrainTransform:
     as floats; an instance index is carried as a second label field to select the surviving masks and
     labels, and labels are cast back to ``int64``. With masks, boxes are recomputed as the tight box of
     the cropped mask (ViTDet's ``recompute_boxes``), so a truncated non-convex object gets a box that
-    matches what is visible. Instances whose box or mask is under 1 px are dropped.
+    matches what is visible. Instances whose box or mask is under 1 px are dropped, and so are
+    zero-width or zero-height input boxes.
 
     Random state is re-seeded from ``torch.initial_seed()`` whenever it changes, so each DataLoader
     worker (and each epoch without persistent workers) draws different augmentations; albumentations
@@ -258,10 +259,15 @@ class TrainTransform:
     ) -> None:
         self.size = size
         self.jitter = LargeScaleJitter(size, min_scale=min_scale, max_scale=max_scale)
-        self.compose = A.Compose(
-            [A.HorizontalFlip(p=flip_prob), self.jitter],
-            bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "instance_ids"], clip=True),
+        # filter_invalid_bboxes: a box with positive width in the file (float64) can be zero-width in float32;
+        # albumentations would raise on it, so such boxes are dropped like any other box under 1 px.
+        bbox_params = A.BboxParams(
+            format="pascal_voc",
+            label_fields=["labels", "instance_ids"],
+            clip=True,
+            filter_invalid_bboxes=True,
         )
+        self.compose = A.Compose([A.HorizontalFlip(p=flip_prob), self.jitter], bbox_params=bbox_params)
         self._seeded_from: int | None = None
 
     def _reseed_if_needed(self) -> None:
