@@ -139,7 +139,8 @@ def roi_align(
     spatial_scale: float,
     sampling_ratio: int = 2,
 ) -> Tensor:
-    """ROIAlignV2 (`aligned=True`): torchvision's kernel off the CPU, `roi_align_gather` on the CPU.
+    """ROIAlignV2 (`aligned=True`): `roi_align_gather` on the CPU, torchvision's kernel elsewhere and under
+    `torch.export`.
 
     A box over a pattern returns that pattern: the bin centres of a box `[x1, y1, x2, y2]` sample the map at
     image positions `x1 + (j + 0.5) * (x2 - x1) / ow`, read at cell `x * spatial_scale - 0.5`.
@@ -156,7 +157,9 @@ def roi_align(
     """
     if sampling_ratio <= 0:
         raise ValueError(f"roi_align needs a fixed sampling_ratio > 0, got {sampling_ratio}")
-    if features.device.type == "cpu":
+    # torch.export always captures torchvision's op: it has a fake kernel for a symbolic RoI count and an ONNX
+    # form (RoiAlign), whereas the gather's embedding_bag becomes an ONNX loop that fails on zero RoIs.
+    if features.device.type == "cpu" and not torch.compiler.is_exporting():
         return roi_align_gather(features, rois, output_size, spatial_scale, sampling_ratio)
     return torchvision.ops.roi_align(
         features, rois, output_size, spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, aligned=True
@@ -262,7 +265,8 @@ class ExactMultiScaleRoIAlign(nn.Module):
         result = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], *self.output_size))
         for level, (feat, stride) in enumerate(zip(feats, self.strides)):
             idx = torch.where(levels == level)[0]
-            if idx.numel() == 0:
+            # Skipping empty levels saves time; under torch.export the count is symbolic and every level runs.
+            if not torch.compiler.is_exporting() and idx.numel() == 0:
                 continue
             pooled = roi_align(feat, rois[idx], self.output_size, 1.0 / stride, self.sampling_ratio)
             result = result.index_put((idx,), pooled.to(result.dtype))
