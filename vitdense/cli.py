@@ -1,7 +1,9 @@
 """The ``vitdense`` command: Lightning's CLI over the kit's tasks and datamodules."""
 
+import importlib
 import json
 import sys
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from vitdense.backbones import skip_weights_loading
+from vitdense.datamodules import BadDataError, check_data
 from vitdense.tasks.callbacks import ThroughputLogger, ValidationImageLogger
 from vitdense.tasks.prediction_writer import PredictionWriter
 
@@ -81,9 +84,53 @@ class VitDenseCLI(LightningCLI):
     after_fit = after_validate = after_test = _print_final_metrics
 
 
+class DataCheckCLI(VitDenseCLI):
+    """Parses a recipe and its overrides as ``fit`` does, but builds only the datamodule: no model, no
+    trainer (a GPU recipe checks its data on a laptop)."""
+
+    def instantiate_classes(self) -> None:
+        # Built directly rather than through jsonargparse, which would fold a BadDataError raised while
+        # reading the training annotations into a type-mismatch message.
+        config = self.config["data"]
+        module_name, _, class_name = config.class_path.rpartition(".")
+        datamodule_class = getattr(importlib.import_module(module_name), class_name)
+        self.datamodule = datamodule_class(**config.init_args.as_dict())
+
+
+def check_data_command(args: list[str]) -> int:
+    """``vitdense check-data --config <recipe> [overrides]``: read every record of every split, report.
+
+    Returns the exit status: 0 when no record is bad, 1 otherwise (notes alone do not fail).
+    """
+    with warnings.catch_warnings():
+        # The arguments are sys.argv's minus "check-data"; Lightning would warn that they differ.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        try:
+            cli = DataCheckCLI(
+                LightningModule,
+                LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                run=False,
+                save_config_callback=None,
+                args=args,
+            )
+        except BadDataError as error:  # the training annotation file is read when the datamodule is built
+            print(f"The data check could not start: {error}", file=sys.stderr)
+            return 1
+    report = check_data(cli.datamodule)
+    print(report.format(), flush=True)
+    return 1 if report.errors else 0
+
+
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the console script and ``python -m vitdense``."""
-    args = sys.argv[1:] if args is None else list(args)
+    """Entry point of the console script and ``python -m vitdense``.
+
+    Lightning's subcommands (``fit``, ``validate``, ``test``, ``predict``) plus ``check-data``.
+    """
+    command = sys.argv[1:] if args is None else list(args)
+    if command[:1] == ["check-data"]:
+        raise SystemExit(check_data_command(command[1:]))
     VitDenseCLI(
         LightningModule,
         LightningDataModule,

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vitdense.datamodules import data_check
 from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, OnBadData, Policy
+from vitdense.datamodules.resumable import ResumableSampler, SeededSamples
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class SplitDataModule(L.LightningDataModule):
     collate_fn: Callable[[list[Any]], Any]
     on_bad_data: OnBadData = "error"
     check_data: bool = False
+    _resume_train_at: tuple[int, int] | None = None
 
     def split_source(self, split: str) -> tuple[str, ...]:
         """The files of ``split`` (``"train"``, ``"val"`` or ``"test"``), e.g. images and annotations."""
@@ -113,29 +115,57 @@ class SplitDataModule(L.LightningDataModule):
             datasets[split.split] = split.dataset
         return datasets
 
-    def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool, stage: str) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"call setup({stage!r}) before asking for its DataLoader")
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            sampler=None if shuffle else evaluation_sampler(dataset),
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
             # Pinned memory only helps host-to-GPU copies; on CPU-only machines it just warns.
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            # Its own generator for the workers' seeds: loading data never draws from torch's global one,
+            # whose stream the model's own random draws (proposal sampling) then keep, resumed or not.
+            generator=torch.Generator().manual_seed(torch.initial_seed() % 2**32),
         )
 
+    def _evaluation_loader(self, dataset: Dataset | None, stage: str) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"call setup({stage!r}) before asking for its DataLoader")
+        return self._loader(dataset, self.eval_batch_size, evaluation_sampler(dataset))
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, self.batch_size, True, "fit")
+        """Shuffled by a :class:`ResumableSampler` (seeded by torch's seed, split over the processes), with
+        every sample augmented from its own seed: a run resumed mid-epoch sees the batches it would have."""
+        if self.train_dataset is None:
+            raise RuntimeError("call setup('fit') before asking for its DataLoader")
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(self.train_dataset, replicas, rank, seed=torch.initial_seed() % 2**32)
+        if self._resume_train_at is not None:
+            epoch, batches = self._resume_train_at
+            sampler.resume(epoch, batches * self.batch_size)
+            self._resume_train_at = None
+        return self._loader(SeededSamples(self.train_dataset), self.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, self.eval_batch_size, False, "validate")
+        return self._evaluation_loader(self.val_dataset, "validate")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, self.eval_batch_size, False, "test")
+        return self._evaluation_loader(self.test_dataset, "test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_dataset, self.eval_batch_size, False, "predict")
+        return self._evaluation_loader(self.predict_dataset, "predict")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training is in its epoch, saved in checkpoints so that a resumed run starts there."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"train_epoch": trainer.current_epoch, "train_batches_done": done}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "train_epoch" in state_dict:
+            self._resume_train_at = (int(state_dict["train_epoch"]), int(state_dict["train_batches_done"]))

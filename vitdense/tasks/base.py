@@ -2,9 +2,11 @@
 
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -12,6 +14,17 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from vitdense.tasks.optim import apply_lr_scale, layer_decay_param_groups
 
 logger = logging.getLogger(__name__)
+
+
+def _numpy_state_to_tensors(state: tuple) -> tuple:
+    """NumPy's legacy generator state with its key array as a tensor, loadable with ``weights_only``."""
+    name, keys, position, has_gauss, cached_gaussian = state
+    return name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian
+
+
+def _numpy_state_from_tensors(state: tuple) -> tuple:
+    name, keys, position, has_gauss, cached_gaussian = state
+    return name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian
 
 
 class VitDenseTask(LightningModule):
@@ -47,13 +60,38 @@ class VitDenseTask(LightningModule):
         # The latest evaluation's metrics; the CLI prints them as the run's last line.
         self.final_metrics: dict[str, Any] = {}
         self._checkpoint_step: int | None = None
+        self._rng_states_to_restore: dict[str, Any] | None = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_steps"] = self.skipped_steps
+        # The model draws random numbers in training (proposal sampling, drop path): a resumed run continues
+        # the same streams. (Under DDP the checkpoint holds rank 0's.)
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": _numpy_state_to_tensors(np.random.get_state()),
+            "python": random.getstate(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._checkpoint_step = checkpoint.get("global_step")
         self.skipped_steps = checkpoint.get("skipped_steps", 0)
+        self._rng_states_to_restore = checkpoint.get("rng_states")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Restored here, not on load: setting up the DataLoaders in between draws from torch's generator,
+        # which an uninterrupted run does not do mid-epoch.
+        states, self._rng_states_to_restore = self._rng_states_to_restore, None
+        if states is not None:
+            torch.set_rng_state(states["torch"])
+            if (
+                states["cuda"]
+                and torch.cuda.is_available()
+                and len(states["cuda"]) == torch.cuda.device_count()
+            ):
+                torch.cuda.set_rng_state_all(states["cuda"])
+            np.random.set_state(_numpy_state_from_tensors(states["numpy"]))
+            random.setstate(states["python"])
 
     def finite_or_skip(
         self, loss: torch.Tensor, losses: dict[str, torch.Tensor], targets: list[dict[str, Any]]

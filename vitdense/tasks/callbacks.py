@@ -1,5 +1,6 @@
 """Training-time logging the CLI adds to every run: throughput and validation images with predictions."""
 
+import os
 import time
 from typing import Any
 
@@ -92,13 +93,14 @@ class ValidationImageLogger(Callback):
 class LatestCheckpoint(ModelCheckpoint):
     """The latest training state, every ``every_n_train_steps`` steps and when training ends.
 
-    Kept as one ``step{N}.ckpt`` file with ``last.ckpt`` linking to it, so ``--ckpt_path last`` resumes from
-    the newest state. (A ``ModelCheckpoint`` that monitors a metric only refreshes ``last.ckpt`` when the
-    metric improves; use this one beside it for resuming.)
+    Kept as one ``step{N}.ckpt`` with ``last.ckpt`` linking to it, in ``<default_root_dir>/checkpoints`` by
+    default: a folder that does not change with the logger's version, so that a new run started with
+    ``--ckpt_path last`` in the same root finds it. (A ``ModelCheckpoint`` that monitors a metric only
+    refreshes its ``last.ckpt`` when the metric improves; use this one beside it for resuming.)
 
     Args:
         every_n_train_steps: steps between saves.
-        dirpath: folder; default: the run's ``checkpoints`` folder.
+        dirpath: folder; default ``<default_root_dir>/checkpoints``.
     """
 
     def __init__(self, every_n_train_steps: int = 1000, dirpath: str | None = None) -> None:
@@ -110,6 +112,18 @@ class LatestCheckpoint(ModelCheckpoint):
             save_top_k=1,
             save_last="link",
         )
+
+    def _resolve_dirpath(self, trainer: Trainer) -> None:
+        if self.dirpath is None:
+            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._resolve_dirpath(trainer)
+        super().setup(trainer, pl_module, stage)
+
+    def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
+        self._resolve_dirpath(trainer)  # `--ckpt_path last` looks before setup
+        return super()._find_last_checkpoints(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is already saved

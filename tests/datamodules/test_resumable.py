@@ -1,0 +1,56 @@
+"""The training sampler resumes mid-epoch; every sample's augmentation follows its own seed."""
+
+import pickle
+
+import torch
+from torch.utils.data import DataLoader
+
+from vitdense.datamodules.resumable import ResumableSampler, SeededIndex, SeededSamples
+
+
+def _epoch(sampler: ResumableSampler, epoch: int) -> list[tuple[int, int]]:
+    sampler.set_epoch(epoch)
+    return [(int(index), index.seed) for index in sampler]
+
+
+def test_an_epoch_resumed_after_k_samples_yields_the_rest_of_the_same_epoch():
+    sampler = ResumableSampler(range(10), seed=3)
+    full = _epoch(sampler, 2)
+    assert sorted(index for index, _ in full) == list(range(10))
+    sampler.resume(epoch=2, consumed=4)
+    assert _epoch(sampler, 2) == full[4:]
+    assert _epoch(sampler, 2) == full, "the skip applies once"
+    sampler.resume(epoch=1, consumed=4)
+    assert _epoch(sampler, 2) == full, "a skip for another epoch does not apply"
+    assert _epoch(sampler, 3) != full, "each epoch has its own order"
+    assert len({seed for _, seed in full}) == 10, "each position has its own seed"
+
+
+def test_processes_share_out_one_epoch_and_resume_their_own_part():
+    parts = [ResumableSampler(range(9), num_replicas=2, rank=rank, seed=0) for rank in (0, 1)]
+    epochs = [_epoch(part, 0) for part in parts]
+    assert sorted(index for index, _ in epochs[0] + epochs[1]) == sorted([*range(9), epochs[0][0][0]])
+    assert not {seed for _, seed in epochs[0]} & {seed for _, seed in epochs[1]}
+    parts[1].resume(epoch=0, consumed=2)
+    assert _epoch(parts[1], 0) == epochs[1][2:]
+
+
+class RandomSample(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.rand(3)  # stands for a random augmentation
+
+
+def test_a_sample_depends_on_its_seed_only_not_on_the_worker_or_the_callers_state():
+    indices = [SeededIndex(i, seed=100 + i) for i in range(6)]
+    assert pickle.loads(pickle.dumps(indices[2])).seed == 102
+    samples = SeededSamples(RandomSample())
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    alone = torch.stack([samples[index] for index in indices])
+    assert torch.equal(torch.get_rng_state(), before), "the caller's random state is left as it was"
+    loader = DataLoader(samples, batch_size=2, sampler=indices, num_workers=1)
+    torch.testing.assert_close(torch.cat(list(loader)), alone)
+    assert not torch.equal(alone[0], alone[1])

@@ -1,0 +1,51 @@
+"""``vitdense check-data``: any recipe's data read once on the CPU, a report, exit status 1 on bad records."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vitdense.cli import main
+from vitdense.datamodules import write_shapes_coco
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+
+
+def _check(recipe: str, paths: dict) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "check-data",
+                "--config",
+                str(RECIPES / recipe),
+                f"--data.init_args.train_images={paths['train_images']}",
+                f"--data.init_args.train_annotations={paths['train_annotations']}",
+                f"--data.init_args.val_images={paths['val_images']}",
+                f"--data.init_args.val_annotations={paths['val_annotations']}",
+                "--data.init_args.num_workers=0",
+            ]
+        )
+    return exit_info.value.code
+
+
+def test_a_gpu_recipe_checks_its_data_on_the_cpu_and_names_bad_records(tmp_path, capsys):
+    paths = write_shapes_coco(tmp_path, num_train=6, num_val=3, seed=2)
+    assert _check("coco_mask_rcnn.yaml", paths) == 0, "clean data: exit 0 (no model, no GPU needed)"
+    assert "0 bad record(s)" in capsys.readouterr().out
+
+    coco = json.loads(Path(paths["val_annotations"]).read_text())
+    missing = coco["images"][1]["file_name"]
+    (Path(paths["val_images"]) / missing).unlink()
+    coco["annotations"][0]["bbox"] = [5, 5, 0, 10]
+    bad_id = coco["annotations"][0]["id"]
+    Path(paths["val_annotations"]).write_text(json.dumps(coco))
+    assert _check("coco_mask_rcnn.yaml", paths) == 1
+    report = capsys.readouterr().out
+    assert missing in report and f"annotation id {bad_id}" in report
+
+
+def test_an_unreadable_training_file_is_named(tmp_path, capsys):
+    paths = write_shapes_coco(tmp_path, num_train=4, num_val=3, seed=2)
+    Path(paths["train_annotations"]).write_text("{not json")
+    assert _check("coco_faster_rcnn.yaml", paths) == 1
+    assert f"{paths['train_annotations']}: not valid JSON" in capsys.readouterr().err

@@ -1,0 +1,83 @@
+"""A run killed mid-epoch and resumed with ``--ckpt_path last`` ends with the weights of one never stopped."""
+
+import pytest
+import torch
+import yaml
+from lightning import Callback
+
+from tests.test_predict import RECIPES, _tiny_vit
+from vitdense.cli import main
+
+
+class KilledAt(Callback):
+    """Raises when training step ``step`` (0-based) starts, as a crash or a pre-empted node stops a run."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"killed at step {self.step}")
+
+
+def _args(tmp_path, run: str, workers: int, kill_at: int | None = None) -> list[str]:
+    backbone = {"init_args": {"out_channels": 32, "vit": _tiny_vit()}}
+    detector = {"init_args": {"head_dim": 32, "fc_dim": 64, "backbone": backbone}}
+    overrides = tmp_path / "tiny.yaml"
+    overrides.write_text(yaml.safe_dump({"model": {"init_args": {"detector": detector}}}))
+    latest = {"class_path": "vitdense.tasks.LatestCheckpoint", "init_args": {"every_n_train_steps": 1}}
+    killer = {"class_path": "tests.test_resume.KilledAt", "init_args": {"step": kill_at}}
+    callbacks = tmp_path / f"callbacks_{run}_{kill_at}.yaml"
+    callbacks.write_text(yaml.safe_dump({"trainer": {"callbacks": [latest] + ([killer] if kill_at else [])}}))
+    return [
+        "fit",
+        "--config",
+        str(RECIPES / "demo_shapes_mask_rcnn.yaml"),
+        "--config",
+        str(overrides),
+        "--config",
+        str(callbacks),
+        f"--data.init_args.root={tmp_path / 'shapes'}",
+        "--data.init_args.num_train=8",  # 4 batches of 2 per epoch
+        "--data.init_args.num_val=2",
+        "--data.init_args.batch_size=2",
+        f"--data.init_args.num_workers={workers}",
+        "--trainer.max_steps=7",
+        "--trainer.max_epochs=2",
+        "--trainer.check_val_every_n_epoch=2",  # validation at the very end only
+        "--trainer.enable_progress_bar=false",
+        "--model.init_args.lr_scheduler.init_args.total_steps=7",
+        "--model.init_args.lr_scheduler.init_args.warmup_steps=2",
+        f"--trainer.default_root_dir={tmp_path / run}",
+    ]
+
+
+def _final_state(tmp_path, run: str) -> dict:
+    (last,) = (tmp_path / run).rglob("last.ckpt")
+    return torch.load(last, weights_only=False)
+
+
+@pytest.mark.slow
+def test_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path):
+    main(_args(tmp_path, "straight", workers=0))
+
+    # Killed as its 4th step starts, in the middle of the first epoch (4 batches); the latest checkpoint holds
+    # 3 steps. The killed run
+    # loads its data in a worker process, the straight one in the main process: the order and the
+    # augmentation of every sample must not depend on it.
+    with pytest.raises(RuntimeError, match="killed at step 3"):
+        main(_args(tmp_path, "killed", workers=1, kill_at=3))
+    killed = _final_state(tmp_path, "killed")
+    assert killed["global_step"] == 3 and killed["epoch"] == 0
+    main([*_args(tmp_path, "killed", workers=1), "--ckpt_path", "last"])
+
+    straight, resumed = _final_state(tmp_path, "straight"), _final_state(tmp_path, "killed")
+    assert resumed["global_step"] == straight["global_step"] == 7
+    assert resumed["lr_schedulers"] == straight["lr_schedulers"]
+    torch.testing.assert_close(resumed["state_dict"], straight["state_dict"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        resumed["optimizer_states"][0]["state"],
+        straight["optimizer_states"][0]["state"],
+        rtol=1e-5,
+        atol=1e-6,
+    )

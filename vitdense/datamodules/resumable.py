@@ -1,0 +1,88 @@
+"""Training data order and augmentation that a run resumed mid-epoch reproduces exactly.
+
+The training sampler shuffles with a seed and the epoch (as ``DistributedSampler`` does, whatever the number
+of processes), can start an epoch after the samples a checkpoint already consumed, and hands every sample a
+seed of its own; :class:`SeededSamples` seeds the augmentation with it. A sample's crop, scale and flip then
+depend on (seed, epoch, position) only, not on which worker loads it or on what was loaded before, so a run
+killed mid-epoch and resumed from its checkpoint sees the same batches as one that never stopped.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+__all__ = ["ResumableSampler", "SeededIndex", "SeededSamples"]
+
+
+class SeededIndex(int):
+    """A dataset index that carries the random seed its sample is to be augmented with."""
+
+    seed: int
+
+    def __new__(cls, index: int, seed: int) -> "SeededIndex":
+        value = super().__new__(cls, index)
+        value.seed = seed
+        return value
+
+    def __reduce__(self) -> tuple[Any, ...]:  # DataLoader workers receive indices pickled
+        return SeededIndex, (int(self), self.seed)
+
+
+class ResumableSampler(DistributedSampler):
+    """Shuffled training indices for one process out of ``num_replicas``, resumable within an epoch.
+
+    Args:
+        dataset: the training dataset.
+        num_replicas: number of processes (1 without DDP).
+        rank: this process.
+        seed: shuffling and augmentation seed (the same on every process).
+        drop_last: drop the tail that does not divide evenly among processes (else pad by repeating).
+    """
+
+    def __init__(
+        self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0, drop_last: bool = False
+    ) -> None:
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
+        )
+        self._resume: tuple[int, int] | None = None
+
+    def resume(self, epoch: int, consumed: int) -> None:
+        """Make the iteration over ``epoch`` start after its first ``consumed`` indices of this process."""
+        self._resume = (epoch, consumed)
+
+    def __iter__(self) -> Iterator[SeededIndex]:
+        indices = list(super().__iter__())
+        start = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            start = self._resume[1]
+        self._resume = None
+        for position in range(start, len(indices)):
+            global_position = position * self.num_replicas + self.rank
+            seed = hash((self.seed, self.epoch, global_position)) % 2**32
+            yield SeededIndex(indices[position], seed)
+
+
+class SeededSamples(Dataset):
+    """``dataset[index]`` computed with torch's generator seeded by ``index.seed`` (a :class:`SeededIndex`).
+
+    The kit's training transforms re-seed their albumentations pipeline whenever ``torch.initial_seed()``
+    changes, so each sample's augmentation follows its own seed. The caller's random state is restored.
+    Plain integer indices are passed through unchanged.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        seed = getattr(index, "seed", None)
+        if seed is None:
+            return self.dataset[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[int(index)]
