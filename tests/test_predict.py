@@ -46,6 +46,11 @@ def _fit(tmp: Path, recipe: str, model_overrides: dict, data_args: list[str]) ->
     return log_dir
 
 
+def _last_checkpoint(log_dir: Path) -> Path:
+    """``last.ckpt`` of a run: in ``<default_root_dir>/checkpoints``, shared by its versions."""
+    return log_dir.parents[1] / "checkpoints" / "last.ckpt"
+
+
 @pytest.fixture(scope="module")
 def detection_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("detection")
@@ -97,11 +102,11 @@ def mixed_images(tmp_path_factory) -> tuple[Path, dict[str, tuple[int, int]]]:
 
 def test_a_run_leaves_reports_logs_images_and_checkpoints(detection_run):
     assert (detection_run / "val_step4_metrics.json").is_file()
-    checkpoints = {path.name for path in (detection_run / "checkpoints").iterdir()}
-    assert {"last.ckpt", "step4.ckpt"} <= checkpoints and any(
-        name.startswith("best-step") for name in checkpoints
-    )
-    assert (detection_run / "checkpoints" / "last.ckpt").resolve().name == "step4.ckpt"
+    (best,) = (detection_run / "checkpoints").iterdir()  # the best by val/segm_AP, in the run's own folder
+    assert best.name.startswith("best-step")
+    latest = _last_checkpoint(detection_run)  # the latest state, in a folder every version shares
+    assert {path.name for path in latest.parent.iterdir()} == {"last.ckpt", "step4.ckpt"}
+    assert latest.resolve().name == "step4.ckpt"
     header = (detection_run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/images_per_sec", "train/loss", "val/segm_AP"} <= set(header)
     assert any(name.startswith("lr-AdamW") for name in header)
@@ -122,7 +127,7 @@ def test_predict_writes_json_and_overlays_in_original_orientation_and_size(
             "--config",
             str(detection_run / "config.yaml"),
             "--ckpt_path",
-            str(detection_run / "checkpoints" / "last.ckpt"),
+            str(_last_checkpoint(detection_run)),
             f"--data.init_args.predict_images={folder}",
             f"--writer.output_dir={out}",
             "--writer.score_threshold=0.0",
@@ -143,7 +148,7 @@ def test_predict_writes_json_and_overlays_in_original_orientation_and_size(
         assert overlay.size == (width, height) and overlay.mode == "RGB"
 
     # Python inference from the checkpoint alone gives the same predictions, from a path or a PIL image.
-    predictor = Predictor.from_checkpoint(detection_run / "checkpoints" / "last.ckpt")
+    predictor = Predictor.from_checkpoint(_last_checkpoint(detection_run))
     names = dict(zip(predictor.task.category_ids, predictor.class_names, strict=True))
     for name, record in by_name.items():
         assert detection_record(predictor(folder / name), names) == {
@@ -166,12 +171,12 @@ def test_segmentation_predict_writes_label_maps_and_python_inference_agrees(
             "--config",
             str(segmentation_run / "config.yaml"),
             "--ckpt_path",
-            str(segmentation_run / "checkpoints" / "last.ckpt"),
+            str(_last_checkpoint(segmentation_run)),
             f"--data.init_args.predict_images={folder}",
             f"--writer.output_dir={out}",
         ]
     )
-    predictor = Predictor.from_checkpoint(segmentation_run / "checkpoints" / "last.ckpt")
+    predictor = Predictor.from_checkpoint(_last_checkpoint(segmentation_run))
     assert isinstance(predictor.task, SemanticSegmentationTask)
     for name, (height, width) in sizes.items():
         saved = np.asarray(Image.open(out / "labels" / Path(name).with_suffix(".png")))
@@ -185,7 +190,7 @@ def test_checkpoints_restore_without_their_weights_file(detection_run, tmp_path,
     missing = {"init_args": {"backbone": {"init_args": {"vit": {"init_args": {"weights": "/gone/vit.pt"}}}}}}
     override = tmp_path / "moved.yaml"
     override.write_text(yaml.safe_dump({"model": {"init_args": {"detector": missing}}}))
-    ckpt = detection_run / "checkpoints" / "last.ckpt"
+    ckpt = _last_checkpoint(detection_run)
     args = [
         "--config",
         str(detection_run / "config.yaml"),
@@ -215,3 +220,31 @@ def test_load_checkpoint_says_what_is_wrong(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "bare.ckpt")
     with pytest.raises(ValueError, match="bare.ckpt does not hold the config of its model"):
         load_checkpoint(tmp_path / "bare.ckpt")
+
+
+def test_export_round_trips_the_trained_detector_with_its_check(
+    detection_run, mixed_images, tmp_path, capsys
+):
+    folder, _ = mixed_images
+    output = tmp_path / "detector.pt2"
+    ckpt = str(_last_checkpoint(detection_run))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--ckpt_path", ckpt, "--output", str(output), "--sample", str(folder / "camera.jpg")])
+    assert exit_info.value.code == 0 and output.is_file()
+    assert "detector.pt2" in capsys.readouterr().out
+    program = torch.export.load(output).module()
+    image = torch.zeros(1, 3, 224, 224, dtype=torch.uint8)
+    outputs = program(image, torch.tensor([224, 224]))
+    assert any(o.shape[-2:] == (28, 28) for o in outputs if torch.is_tensor(o)), "masks survive export"
+
+
+def test_export_of_a_segmenter_needs_its_size(segmentation_run, tmp_path, capsys):
+    ckpt = str(_last_checkpoint(segmentation_run))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--ckpt_path", ckpt, "--output", str(tmp_path / "s.pt2")])
+    assert exit_info.value.code == 2 and "needs --image_size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            ["export", "--ckpt_path", ckpt, "--output", str(tmp_path / "s.pt2"), "--image_size", "112", "168"]
+        )
+    assert exit_info.value.code == 0 and (tmp_path / "s.pt2").is_file()

@@ -1,5 +1,6 @@
 """The ``vitdense`` command: Lightning's CLI over the kit's tasks and datamodules."""
 
+import argparse
 import importlib
 import json
 import sys
@@ -8,13 +9,16 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from vitdense.backbones import skip_weights_loading
-from vitdense.datamodules import BadDataError, check_data
+from vitdense.datamodules import BadDataError, as_rgb_array, check_data, predict_sample
+from vitdense.inference import Predictor, load_checkpoint
+from vitdense.tasks import DetectionTask
 from vitdense.tasks.callbacks import ThroughputLogger, ValidationImageLogger
 from vitdense.tasks.prediction_writer import PredictionWriter
 
@@ -60,6 +64,8 @@ class VitDenseCLI(LightningCLI):
         loggers = trainer.loggers
         if len(loggers) == 1 and isinstance(loggers[0], TensorBoardLogger):
             # The same folder as TensorBoard's events: metrics.csv beside the reports and checkpoints.
+            # CSVLogger warns about a non-empty folder (TensorBoard's) but only replaces its own metrics.csv.
+            warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
             tensorboard = loggers[0]
             csv = CSVLogger(tensorboard.save_dir, name=tensorboard.name, version=tensorboard.version)
             trainer.loggers = [tensorboard, csv]
@@ -123,14 +129,75 @@ def check_data_command(args: list[str]) -> int:
     return 1 if report.errors else 0
 
 
+def export_command(args: list[str]) -> int:
+    """``vitdense export --ckpt_path <ckpt> [--output F.pt2] [--sample IMAGE] [--image_size H W] [--onnx]``.
+
+    Writes the checkpoint's detector or segmenter with ``torch.export`` at a fixed input size, loads it back
+    and checks its outputs against eager PyTorch on the sample image; a difference beyond the stated
+    tolerances fails with exit status 1. Returns the exit status.
+    """
+    parser = argparse.ArgumentParser(
+        prog="vitdense export", description=export_command.__doc__.split("\n")[0]
+    )
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by `vitdense fit`")
+    parser.add_argument("--output", default=None, help="the .pt2 file (default: beside the checkpoint)")
+    parser.add_argument(
+        "--sample", default=None, help="an image to check on (default: synthetic colour blobs)"
+    )
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="input size (default for detection: the evaluation canvas; required for segmentation)",
+    )
+    parser.add_argument("--onnx", action="store_true", help="also write and check an .onnx file")
+    options = parser.parse_args(args)
+    # Imported here: vitdense.export registers a tracing rule for torchvision's nms when imported.
+    from vitdense.export import ExportCheckError, export_model
+
+    task = load_checkpoint(options.ckpt_path)
+    predictor = Predictor(task)
+    sample, valid_size = None, None
+    if isinstance(task, DetectionTask):
+        image_size = tuple(options.image_size or (task.image_size, task.image_size))
+        if options.sample is not None:
+            if image_size != (task.image_size, task.image_size):
+                parser.error("--sample is prepared on the evaluation canvas; leave --image_size out")
+            image, target = predict_sample(
+                as_rgb_array(options.sample), predictor.transform, options.sample, 0
+            )
+            sample, valid_size = image, tuple(target["image_size"])
+    else:
+        if options.image_size is None:
+            parser.error("a segmenter needs --image_size H W (multiples of its size divisibility)")
+        image_size = tuple(options.image_size)
+        if options.sample is not None:
+            image = torch.from_numpy(as_rgb_array(options.sample).copy()).permute(2, 0, 1)
+            sample = torch.nn.functional.interpolate(image[None].float(), size=image_size, mode="bilinear")
+            sample = sample[0].round().clamp(0, 255).to(torch.uint8)
+    output = Path(options.output or Path(options.ckpt_path).with_suffix(".pt2"))
+    try:
+        report = export_model(
+            task, image_size, output, sample=sample, valid_size=valid_size, onnx=options.onnx
+        )
+    except ExportCheckError as error:
+        print(f"The exported model differs from eager PyTorch: {error}", file=sys.stderr)
+        return 1
+    print(report.summary(), flush=True)
+    return 0
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the console script and ``python -m vitdense``.
 
-    Lightning's subcommands (``fit``, ``validate``, ``test``, ``predict``) plus ``check-data``.
+    Lightning's subcommands (``fit``, ``validate``, ``test``, ``predict``) plus ``check-data`` and ``export``.
     """
     command = sys.argv[1:] if args is None else list(args)
     if command[:1] == ["check-data"]:
         raise SystemExit(check_data_command(command[1:]))
+    if command[:1] == ["export"]:
+        raise SystemExit(export_command(command[1:]))
     VitDenseCLI(
         LightningModule,
         LightningDataModule,
