@@ -2,7 +2,7 @@
 
     from vitdense.inference import Predictor
 
-    predictor = Predictor.from_checkpoint("path/to/last.ckpt")
+    predictor = Predictor.from_checkpoint("runs/demo_shapes_mask_rcnn/checkpoints/last.ckpt")
     result = predictor("photo.jpg")  # boxes, labels (category ids), names, scores, masks at original size
 
 The images are prepared exactly as ``vitdense predict`` prepares them (same decoding, EXIF orientation, mode
