@@ -6,7 +6,7 @@ from birder.data.transforms.classification import get_rgb_stats
 from birder.model_registry import registry
 
 from tests.tiny import TINY_CONFIG, TINY_NETWORK
-from vitdense.backbones import BirderBackbone, WeightsFileError
+from vitdense.backbones import BirderBackbone, WeightsFileError, skip_weights_loading
 
 
 def _write_birder_weights(tmp_path, monkeypatch, rgb_mode="imagenet", safetensors=False):
@@ -31,8 +31,8 @@ def _write_birder_weights(tmp_path, monkeypatch, rgb_mode="imagenet", safetensor
 def test_weights_file_reproduces_birder_detection_features(tmp_path, monkeypatch, safetensors):
     net, rgb_stats, path = _write_birder_weights(tmp_path, monkeypatch, safetensors=safetensors)
     backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, weights=str(path)).eval()
-    assert backbone.pixel_mean == pytest.approx(rgb_stats["mean"])
-    assert backbone.pixel_std == pytest.approx(rgb_stats["std"])
+    assert backbone.pixel_mean.flatten().tolist() == pytest.approx(rgb_stats["mean"])
+    assert backbone.pixel_std.flatten().tolist() == pytest.approx(rgb_stats["std"])
 
     images = torch.rand(2, 3, 224, 224)
     mean = torch.tensor(rgb_stats["mean"]).view(1, 3, 1, 1)
@@ -47,7 +47,7 @@ def test_weights_file_reproduces_birder_detection_features(tmp_path, monkeypatch
 def test_contract_attributes_and_default_stats():
     backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG)
     assert (backbone.out_channels, backbone.stride, backbone.size_divisibility) == (64, 14, 14)
-    assert backbone.pixel_mean == pytest.approx(get_rgb_stats("birder")["mean"])
+    assert backbone.pixel_mean.flatten().tolist() == pytest.approx(get_rgb_stats("birder")["mean"])
 
 
 def test_full_size_network_shape_contract():
@@ -67,7 +67,7 @@ def test_any_multiple_of_the_patch_size(size):
 def test_local_weights_take_precedence_over_a_hub_tag(tmp_path, monkeypatch):
     _, _, path = _write_birder_weights(tmp_path, monkeypatch)
     backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, weights=str(path), pretrained="capi")
-    assert backbone.pixel_mean == pytest.approx(get_rgb_stats("imagenet")["mean"])
+    assert backbone.pixel_mean.flatten().tolist() == pytest.approx(get_rgb_stats("imagenet")["mean"])
 
 
 def test_size_not_multiple_of_patch_is_refused_not_cropped():
@@ -152,8 +152,18 @@ def test_out_indices_concatenate_blocks_on_channels():
     images = torch.rand(1, 3, 56, 84)
     with torch.no_grad():
         features = backbone(images)
-        normalized = (images - backbone._mean) / backbone._std
+        normalized = (images - backbone.pixel_mean) / backbone.pixel_std
         stages = backbone.net.detection_features(normalized)
     assert features.shape == (1, 128, 4, 6)
     torch.testing.assert_close(features, torch.cat([stages["stage1"], stages["stage2"]], dim=1))
     assert not torch.allclose(stages["stage1"], stages["stage2"])
+
+
+def test_normalisation_statistics_travel_in_the_state_dict(tmp_path):
+    """A model restored from a checkpoint without its weights file keeps the file's statistics."""
+    trained = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG)
+    trained.pixel_mean.fill_(0.25)
+    with skip_weights_loading():
+        restored = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, weights=str(tmp_path / "moved.pt"))
+    restored.load_state_dict(trained.state_dict())
+    assert restored.pixel_mean.flatten().tolist() == [0.25, 0.25, 0.25]

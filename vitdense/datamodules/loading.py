@@ -1,6 +1,7 @@
 """DataLoaders and split datasets shared by the kit's DataModules, and evaluation sampling under DDP."""
 
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -168,4 +169,7 @@ class SplitDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "train_epoch" in state_dict:
+            # Lightning warns that a DataLoader without its own state cannot resume mid-epoch; this
+            # DataModule restores the position itself (train_dataloader).
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
             self._resume_train_at = (int(state_dict["train_epoch"]), int(state_dict["train_batches_done"]))
