@@ -102,6 +102,10 @@ def mixed_images(tmp_path_factory) -> tuple[Path, dict[str, tuple[int, int]]]:
 
 def test_a_run_leaves_reports_logs_images_and_checkpoints(detection_run):
     assert (detection_run / "val_step4_metrics.json").is_file()
+    assert {path.name for path in detection_run.glob("*_results.json")} == {
+        "val_step4_bbox_results.json",
+        "val_step4_segm_results.json",
+    }, "COCO results files from the validation that ends fit, not from every validation"
     (best,) = (detection_run / "checkpoints").iterdir()  # the best by val/segm_AP, in the run's own folder
     assert best.name.startswith("best-step")
     latest = _last_checkpoint(detection_run)  # the latest state, in a folder every version shares

@@ -175,7 +175,7 @@ class DetectionTask(VitDenseTask):
         }
         prefix = f"{split}_step{self.trained_steps}"
         self.write_report(f"{prefix}_metrics.json", {**self.final_metrics, "per_class_AP": per_class})
-        if self.trainer.state.fn != "fit":  # results files of a whole split are large; not every val epoch
+        if self._last_evaluation_of_run():  # results files of a whole split are large: not every val epoch
             for iou_type, results in self.evaluator.scored_results.items():
                 self.write_report(f"{prefix}_{iou_type}_results.json", results)
         if self.trainer.is_global_zero:
@@ -186,6 +186,15 @@ class DetectionTask(VitDenseTask):
                     rows = [f"{name:<{width}}  {100 * ap:6.2f}" for name, ap in per_class[iou_type].items()]
                     print(f"{'class':<{width}}  {iou_type} AP\n" + "\n".join(rows), flush=True)
         self.evaluator.reset()
+
+    def _last_evaluation_of_run(self) -> bool:
+        """Whether this is ``validate``/``test``, or the validation at the end of ``fit``."""
+        trainer = self.trainer
+        if trainer.state.fn != "fit":
+            return True
+        steps_done = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        epochs_done = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs > 0
+        return steps_done or epochs_done
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
         """Per image: ``boxes`` xyxy in original pixels, ``labels`` (category ids), ``scores``, ``masks``.
