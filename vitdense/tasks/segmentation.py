@@ -36,6 +36,8 @@ class SemanticSegmentationTask(VitDenseTask):
         aux_weight: weight of the auxiliary head's loss, when the model has one.
         sliding_window: ``(crop, stride)`` in pixels for sliding-window evaluation; None: whole image.
         max_nonfinite_in_a_row: a non-finite loss skips its step (warned, counted); this many in a row abort.
+        compile_backbone: compile the backbone with ``torch.compile`` (static shapes) for speed on a GPU;
+            training crops and sliding windows run compiled, whole-image evaluation eager (its sizes vary).
     """
 
     def __init__(
@@ -48,8 +50,9 @@ class SemanticSegmentationTask(VitDenseTask):
         aux_weight: float = 0.4,
         sliding_window: tuple[int, int] | None = None,
         max_nonfinite_in_a_row: int = 10,
+        compile_backbone: bool = False,
     ) -> None:
-        super().__init__(optimizer, lr_scheduler, layer_decay, max_nonfinite_in_a_row)
+        super().__init__(optimizer, lr_scheduler, layer_decay, max_nonfinite_in_a_row, compile_backbone)
         self.save_hyperparameters()
         self.save_config("segmenter", "optimizer", "lr_scheduler")
         self.model = segmenter(num_classes)
@@ -124,7 +127,9 @@ class SemanticSegmentationTask(VitDenseTask):
         image_sizes = [tuple(target["image_size"]) for target in targets]
         orig_sizes = [tuple(target["orig_size"]) for target in targets]
         if self.sliding_window is None:
-            return whole_inference(self.model, images, image_sizes, orig_sizes)
+            # Every image runs at its own size: a static-shape compile would recompile for each one.
+            with torch.compiler.set_stance("force_eager"):
+                return whole_inference(self.model, images, image_sizes, orig_sizes)
         crop, stride = self.sliding_window
         return slide_inference(self.model, images, image_sizes, orig_sizes, crop, stride)
 

@@ -1,0 +1,108 @@
+"""What every task shares: here, compiling the backbone (``compile_backbone``)."""
+
+import pytest
+import torch
+from lightning import Trainer
+from torch._dynamo.utils import counters
+
+from tests.tiny import TINY_CONFIG, TINY_NETWORK
+from vitdense.backbones import BirderBackbone, SimpleFeaturePyramid
+from vitdense.datamodules import ShapesSegmentationDataModule
+from vitdense.heads import MaskRCNN, PyramidSegmenter
+from vitdense.tasks import DetectionTask, SemanticSegmentationTask
+
+
+def _detector(num_classes: int) -> MaskRCNN:
+    backbone = SimpleFeaturePyramid(BirderBackbone(TINY_NETWORK, config=TINY_CONFIG), out_channels=32)
+    return MaskRCNN(num_classes, backbone, head_dim=32, fc_dim=64)
+
+
+def _segmenter(num_classes: int) -> PyramidSegmenter:
+    vit = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG)
+    backbone = SimpleFeaturePyramid(vit, out_channels=32, scale_factors=(4.0, 2.0, 1.0), top_block=False)
+    return PyramidSegmenter(num_classes, backbone, in_features=("p2", "p3", "p4"), channels=32)
+
+
+@pytest.fixture
+def aot_eager(monkeypatch):
+    """Compile with AOTAutograd but no code generation: the same graphs (forward and backward) are traced,
+    in seconds instead of the minute inductor's C++ build takes on these CPUs."""
+    compile_module = torch.nn.Module.compile
+
+    def compile_aot_eager(module, *args, **kwargs):
+        compile_module(module, *args, **{**kwargs, "backend": "aot_eager"})
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_aot_eager)
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8, generator=generator)
+    targets = []
+    for _ in range(2):
+        boxes = torch.tensor([[20.0, 30.0, 120.0, 150.0], [100.0, 40.0, 200.0, 90.0]])
+        masks = torch.zeros(2, 224, 224, dtype=torch.uint8)
+        for index, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
+            masks[index, y1:y2, x1:x2] = 1
+        targets.append({"boxes": boxes, "labels": torch.tensor([1, 2]), "masks": masks})
+    return images, targets
+
+
+def _losses_and_grads(task: DetectionTask) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    images, targets = _batch()
+    task.train()
+    task.zero_grad()
+    torch.manual_seed(1)  # proposal and RoI sampling
+    losses = task.model(images, [(224, 224)] * 2, targets)
+    sum(losses.values()).backward()
+    grads = {name: param.grad.clone() for name, param in task.named_parameters() if param.grad is not None}
+    return losses, grads
+
+
+def test_compile_backbone_compiles_in_place_as_one_graph_with_the_eager_results(aot_eager):
+    torch.manual_seed(0)
+    eager = DetectionTask(3, _detector)
+    compiled = DetectionTask(3, _detector, compile_backbone=True)
+    compiled.load_state_dict(eager.state_dict())
+    names = list(compiled.state_dict())
+
+    assert not compiled.backbone_compiled
+    compiled.configure_model()
+    compiled.configure_model()  # Lightning calls it for every trainer entry point: compiling once is enough
+    assert compiled.backbone_compiled and not eager.backbone_compiled
+    assert list(compiled.state_dict()) == names  # checkpoints and optimizer groups are unchanged
+
+    eager_losses, eager_grads = _losses_and_grads(eager)
+    compiled_losses, compiled_grads = _losses_and_grads(compiled)
+    assert counters["stats"]["unique_graphs"] == 1
+    assert not counters["graph_break"]
+    torch.testing.assert_close(compiled_losses, eager_losses)
+    assert compiled_grads.keys() == eager_grads.keys()
+    torch.testing.assert_close(compiled_grads, eager_grads)
+
+
+def test_whole_image_segmentation_evaluation_runs_eager_when_the_backbone_is_compiled(aot_eager, tmp_path):
+    # Whole-image evaluation runs each image at its own size; compiled with static shapes, every size would
+    # compile again. Only the training crop's graph may be compiled.
+    data = ShapesSegmentationDataModule(
+        root=str(tmp_path / "data"), num_train=2, num_val=3, crop_size=112, batch_size=2, num_workers=0
+    )
+    task = SemanticSegmentationTask(data.num_classes, _segmenter, compile_backbone=True)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(task, data)
+    assert task.backbone_compiled
+    assert counters["stats"]["unique_graphs"] == 1
+    assert task.final_metrics["mIoU"] >= 0
