@@ -1,12 +1,17 @@
 """Training and inference throughput of vitdense's models and of a peer, on one synthetic batch each.
 
-Rows: vitdense Faster R-CNN and Mask R-CNN (train step, inference with mask pasting at original size),
-torchvision's maskrcnn_resnet50_fpn_v2 on the same batch, and vitdense's semantic segmenter (pyramid +
-Semantic FPN + aux head) at a crop. Each prints one JSON line: name, size, batch, img/s, peak GiB, device. On a
-GPU the steps run under bf16 autocast, as the recipes do; on the CPU in fp32.
+Rows: the ViT backbone alone (forward + backward, forward), vitdense Faster R-CNN and Mask R-CNN (train step,
+inference with mask pasting at original size), the two peers on the same batch (birder's own ViTDet, a Faster
+R-CNN on the same backbone, and torchvision's maskrcnn_resnet50_fpn_v2), and vitdense's semantic segmenter
+(pyramid + Semantic FPN + aux head) at a crop. Each prints one JSON line: name, size, batch, img/s, peak GiB,
+device, and the speed switches in effect. On a GPU the steps run under bf16 autocast, as the recipes do; on
+the CPU in fp32. Weights are random: speed does not depend on them. ``--tiny`` also narrows the pyramid and
+heads to 64 channels, so that the whole run stays under two minutes on two cores.
 
     python benchmarks/throughput.py --tiny                 # CPU check, tiny backbone, small sizes
     python benchmarks/throughput.py                        # full backbone: 1008 px x 8, semseg 518 px x 16
+    python benchmarks/throughput.py --compile              # vitdense rows with compile_backbone
+    python benchmarks/throughput.py --rows mask_rcnn --profile   # where a row's time goes (torch.profiler)
 """
 
 import argparse
@@ -17,9 +22,11 @@ from collections.abc import Callable
 
 import torch
 import torchvision
+from birder.data.transforms.classification import get_rgb_stats
+from birder.model_registry import registry
 from torch.nn import functional as F
 
-from vitdense.backbones import BirderBackbone, SimpleFeaturePyramid
+from vitdense.backbones import DEFAULT_NETWORK, BirderBackbone, SimpleFeaturePyramid
 from vitdense.heads import FasterRCNN, MaskRCNN, PyramidSegmenter, paste_detections, whole_inference
 
 TINY = {"hidden_dim": 64, "num_layers": 2, "num_heads": 4, "mlp_dim": 128, "drop_path_rate": 0.0}
@@ -48,13 +55,18 @@ def _sync(device: torch.device) -> None:
 
 
 class Reporter:
-    """Times a step function and prints its JSON row."""
+    """Times a step function and prints its JSON row (and, with ``profile``, where its time goes)."""
 
-    def __init__(self, device: torch.device, steps: int, warmup: int) -> None:
+    def __init__(
+        self, device: torch.device, steps: int, warmup: int, switches: dict[str, bool], profile: bool
+    ) -> None:
         self.device, self.steps, self.warmup = device, steps, warmup
+        self.switches, self.profile = switches, profile
         self.device_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
 
-    def __call__(self, name: str, step: Callable[[], None], size: int, batch: int) -> None:
+    def __call__(
+        self, name: str, step: Callable[[], None], size: int, batch: int, vitdense: bool = True
+    ) -> None:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         for _ in range(self.warmup):
@@ -67,7 +79,23 @@ class Reporter:
         seconds = (time.perf_counter() - start) / self.steps
         peak = torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else None
         row = {"name": name, "size": size, "batch": batch, "img_s": batch / seconds, "peak_gib": peak}
-        print(json.dumps({**row, "device": self.device_name}), flush=True)
+        switches = self.switches if vitdense else {}
+        print(json.dumps({**row, "device": self.device_name, **switches}), flush=True)
+        if self.profile:
+            self._profile(name, step)
+
+    def _profile(self, name: str, step: Callable[[], None]) -> None:
+        cuda = self.device.type == "cuda"
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if cuda:
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as profiler:
+            for _ in range(3):
+                step()
+            _sync(self.device)
+        sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
+        print(f"# profile of {name}, 3 steps, by {sort_by}", flush=True)
+        print(profiler.key_averages().table(sort_by=sort_by, row_limit=30), flush=True)
 
 
 def train_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], autocast) -> Callable[[], None]:
@@ -97,8 +125,15 @@ def main() -> None:
     parser.add_argument("--boxes", type=int, default=20, help="ground-truth boxes and masks per image")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per row")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--rows", nargs="+", default=["faster_rcnn", "mask_rcnn", "torchvision", "semseg"])
-    parser.add_argument("--grad-checkpointing", action="store_true")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=["backbone", "faster_rcnn", "mask_rcnn", "vitdet", "torchvision", "semseg"],
+        choices=["backbone", "faster_rcnn", "mask_rcnn", "vitdet", "torchvision", "semseg"],
+    )
+    parser.add_argument("--compile", action="store_true", help="vitdense rows: compile the backbone")
+    parser.add_argument("--grad-checkpointing", action="store_true", help="vitdense rows: recompute blocks")
+    parser.add_argument("--profile", action="store_true", help="after each row, a torch.profiler table")
     parser.add_argument("--original-size", type=int, nargs=2, default=(1000, 1333), metavar=("H", "W"))
     args = parser.parse_args()
 
@@ -108,24 +143,59 @@ def main() -> None:
         args.seg_size or (224 if args.tiny else 518),
         args.seg_batch or (2 if args.tiny else 16),
     )
-    report = Reporter(device, args.steps or (2 if args.tiny else 10), 1 if args.tiny else args.warmup)
+    switches = {"compile": args.compile, "grad_checkpointing": args.grad_checkpointing}
+    steps, warmup = args.steps or (2 if args.tiny else 10), 1 if args.tiny else args.warmup
+    report = Reporter(device, steps, warmup, switches, args.profile)
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    config = TINY if args.tiny else None
+    width = 64 if args.tiny else 256  # pyramid and head channels
 
     def vit() -> BirderBackbone:
-        return BirderBackbone(config=TINY if args.tiny else None, grad_checkpointing=args.grad_checkpointing)
+        return BirderBackbone(config=config, grad_checkpointing=args.grad_checkpointing)
+
+    def compiled(module: torch.nn.Module) -> torch.nn.Module:
+        # What DetectionTask / SemanticSegmentationTask do with compile_backbone: true.
+        if args.compile:
+            module.compile(dynamic=False)
+        return module
+
+    def release() -> None:
+        if cuda:
+            torch.cuda.empty_cache()
 
     images, targets = synthetic_batch(batch, size, args.boxes, device)
+    float_images = images.float() / 255
+    box_targets = [{key: target[key] for key in ("boxes", "labels")} for target in targets]
     sizes = [(size, size)] * batch
     scale = size / max(args.original_size)
 
+    if "backbone" in args.rows:
+        backbone = vit().to(device)
+        compiled(backbone)
+        backbone.train()
+        # A scalar that depends on every output, so that backward runs through the whole ViT.
+        step = train_step(backbone, lambda: backbone(float_images).float().square().mean(), autocast)
+        report("vitdense_backbone_train", step, size, batch)
+
+        def encode() -> None:
+            with torch.inference_mode(), autocast:
+                backbone(float_images)
+
+        backbone.eval()
+        report("vitdense_backbone_inference", encode, size, batch)
+        del backbone, step
+        release()
+
     def detector_rows(arch: str) -> None:
-        model = (MaskRCNN if arch == "mask_rcnn" else FasterRCNN)(80, SimpleFeaturePyramid(vit())).to(device)
-        keys = ("boxes", "labels", "masks") if arch == "mask_rcnn" else ("boxes", "labels")
-        arch_targets = [{key: target[key] for key in keys} for target in targets]
+        detector = MaskRCNN if arch == "mask_rcnn" else FasterRCNN
+        pyramid = SimpleFeaturePyramid(vit(), out_channels=width)
+        model = detector(80, pyramid, head_dim=width, fc_dim=4 * width).to(device)
+        compiled(model.backbone)
+        arch_targets = targets if arch == "mask_rcnn" else box_targets
         model.train()
         step = train_step(model, lambda: sum(model(images, sizes, arch_targets).values()), autocast)
         report(f"vitdense_{arch}_train", step, size, batch)
@@ -141,31 +211,52 @@ def main() -> None:
     for arch in ("faster_rcnn", "mask_rcnn"):
         if arch in args.rows:
             detector_rows(arch)
-            if cuda:
-                torch.cuda.empty_cache()
+            release()
+
+    if "vitdet" in args.rows:
+        # birder's own ViTDet (Faster R-CNN, torchvision's power-of-two RoI scales) on the same backbone. It
+        # takes normalised images, as birder's training script feeds it.
+        net = registry.net_factory(DEFAULT_NETWORK, 0, config=config, size=(size, size))
+        peer = registry.detection_net_factory("vitdet", 80, net, size=(size, size)).to(device)
+        stats = get_rgb_stats("birder")
+        mean = torch.tensor(stats["mean"], device=device).view(1, 3, 1, 1)
+        std = torch.tensor(stats["std"], device=device).view(1, 3, 1, 1)
+        normalised = (float_images - mean) / std
+        peer.train()
+        step = train_step(peer, lambda: sum(peer(normalised, box_targets)[1].values()), autocast)
+        report("birder_vitdet_train", step, size, batch, vitdense=False)
+
+        def infer_vitdet() -> None:
+            with torch.inference_mode(), autocast:
+                peer(normalised)
+
+        peer.eval()
+        report("birder_vitdet_inference", infer_vitdet, size, batch, vitdense=False)
+        del net, peer, step
+        release()
 
     if "torchvision" in args.rows:
         peer = torchvision.models.detection.maskrcnn_resnet50_fpn_v2(
             weights=None, weights_backbone=None, num_classes=81, min_size=size, max_size=size
         ).to(device)
-        float_images = list(images.float() / 255)
+        image_list = list(float_images)
         peer.train()
-        step = train_step(peer, lambda: sum(peer(float_images, targets).values()), autocast)
-        report("torchvision_maskrcnn_resnet50_fpn_v2_train", step, size, batch)
+        step = train_step(peer, lambda: sum(peer(image_list, targets).values()), autocast)
+        report("torchvision_maskrcnn_resnet50_fpn_v2_train", step, size, batch, vitdense=False)
 
         def infer_peer() -> None:
             with torch.inference_mode(), autocast:
-                peer(float_images)
+                peer(image_list)
 
         peer.eval()
-        report("torchvision_maskrcnn_resnet50_fpn_v2_inference", infer_peer, size, batch)
-        peer = None  # free its memory before the next rows
-        if cuda:
-            torch.cuda.empty_cache()
+        report("torchvision_maskrcnn_resnet50_fpn_v2_inference", infer_peer, size, batch, vitdense=False)
+        del peer, step
+        release()
 
     if "semseg" in args.rows:
-        backbone = SimpleFeaturePyramid(vit(), scale_factors=(4.0, 2.0, 1.0), top_block=False)
-        segmenter = PyramidSegmenter(150, backbone, in_features=("p2", "p3", "p4"), channels=256).to(device)
+        backbone = SimpleFeaturePyramid(vit(), width, scale_factors=(4.0, 2.0, 1.0), top_block=False)
+        segmenter = PyramidSegmenter(150, backbone, in_features=("p2", "p3", "p4"), channels=width).to(device)
+        compiled(segmenter.backbone)
         crops = torch.randint(0, 256, (seg_batch, 3, seg_size, seg_size), dtype=torch.uint8, device=device)
         labels = torch.randint(0, 150, (seg_batch, seg_size, seg_size), device=device)
 
@@ -177,7 +268,8 @@ def main() -> None:
         report("vitdense_semseg_train", train_step(segmenter, seg_loss, autocast), seg_size, seg_batch)
 
         def infer_seg() -> None:
-            with torch.inference_mode(), autocast:
+            # Eager, as SemanticSegmentationTask runs whole-image evaluation (each image at its own size).
+            with torch.inference_mode(), autocast, torch.compiler.set_stance("force_eager"):
                 whole_inference(
                     segmenter, crops, [(seg_size, seg_size)] * seg_batch, [(512, 683)] * seg_batch
                 )

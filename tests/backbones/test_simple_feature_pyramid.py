@@ -63,3 +63,13 @@ def test_subset_of_scales_and_no_top_block():
     assert pyramid.size_divisibility == 14
     features = pyramid(torch.rand(1, 3, 70, 42))
     assert [tuple(f.shape[-2:]) for f in features.values()] == [(10, 6), (5, 3)]
+
+
+def test_levels_are_channels_last_without_a_conversion(pyramid):
+    # birder turns its (B, N, C) tokens into a (B, C, h, w) view whose channels are innermost, so every
+    # pyramid conv, and the RPN and RoI heads after them, run in the channels-last layout that cuDNN's
+    # tensor-core kernels prefer, without a copy. A change that made a level NCHW would slow them down.
+    vit_map = pyramid.vit(torch.rand(2, 3, 224, 224))
+    assert vit_map.stride(1) == 1
+    for name, level in pyramid(torch.rand(2, 3, 224, 224)).items():
+        assert level.is_contiguous(memory_format=torch.channels_last), name
