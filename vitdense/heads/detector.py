@@ -11,9 +11,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.roi_heads import RoIHeads, paste_masks_in_image
+from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import boxes as box_ops
+
+from vitdense.heads.mask_paste import paste_masks
 
 __all__ = ["RCNNDetector", "paste_detections"]
 
@@ -152,7 +154,6 @@ def paste_detections(
         result = {**det, "boxes": boxes}
         if "masks" in det:
             # Pasting at the original size (not pasting on the canvas and resizing) keeps thin parts sharp.
-            pasted = paste_masks_in_image(det["masks"], boxes, (int(h), int(w)))
-            result["masks"] = pasted[:, 0] > mask_threshold
+            result["masks"] = paste_masks(det["masks"], boxes, (int(h), int(w)), threshold=mask_threshold)
         out.append(result)
     return out

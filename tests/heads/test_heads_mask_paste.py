@@ -1,0 +1,166 @@
+"""`paste_masks` against torchvision's `paste_masks_in_image` (the loop it replaces).
+
+Bool masks are compared pixel for pixel. Exact equality is not guaranteed: ATen's interpolation kernel may
+fuse multiply-adds (nvcc does on CUDA; the CPU kernels are built for AVX2 / AVX-512), so a probability can
+differ from torchvision's by a few float32 ulps, and a pixel whose torchvision probability is within 1e-5 of
+the threshold may flip; the float32 and float64 tests allow exactly that and nothing else (in practice no
+pixel flipped on the CPU: 0 of ~5e7 thresholded at 0.5 with probabilities crowded around it). bf16 / fp16
+round the result to their own precision, and ATen's CPU kernel also rounds some weights to it, so there the
+tolerance is one ulp of the dtype at the threshold.
+"""
+
+import pytest
+import torch
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+from vitdense.heads.mask_paste import _chunks, _write_rows, paste_masks
+
+SIZES = [(100, 120), (37, 211), (480, 640), (1, 5), (211, 37)]
+
+
+def _cases(num: int, size: tuple[int, int], gen: torch.Generator, dtype: torch.dtype = torch.float32):
+    """Masks crowded around 0.5 and boxes from 0.1 px to twice the image, reaching up to 20 px past its left
+    and top edges and as far as they like past its right and bottom ones, but never wholly outside it
+    (torchvision raises for many of those)."""
+    h, w = size
+    masks = (torch.rand(num, 1, 28, 28, generator=gen) * 0.2 + 0.4).to(dtype)
+    xy = torch.rand(num, 2, generator=gen) * torch.tensor([w + 20.0, h + 20.0]) - 20
+    wh = torch.exp(torch.rand(num, 2, generator=gen) * (torch.tensor([2.0 * w, 2.0 * h]).log() + 2.3) - 2.3)
+    boxes = torch.cat([xy, xy + wh], 1)
+    boxes[:, 2:] = torch.max(boxes[:, 2:], torch.zeros(2))  # x2, y2 >= 0
+    return masks, boxes
+
+
+def _assert_same(ours: torch.Tensor, reference: torch.Tensor, threshold: float, tolerance: float) -> int:
+    """Equal bool masks except where torchvision's probability is within `tolerance` of the threshold."""
+    expected = reference > threshold
+    assert ours.dtype == torch.bool and ours.shape == expected.shape
+    differ = ours != expected
+    near = (reference.double() - threshold).abs() <= tolerance
+    assert not (differ & ~near).any(), f"{int((differ & ~near).sum())} pixels differ away from the threshold"
+    return int(differ.sum())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size", SIZES)
+def test_matches_torchvision(size, dtype):
+    gen = torch.Generator().manual_seed(sum(size))
+    masks, boxes = _cases(40, size, gen, dtype)
+    reference = paste_masks_in_image(masks, boxes.to(dtype), size)[:, 0]
+    probabilities = paste_masks(masks, boxes.to(dtype), size, threshold=None)
+    assert probabilities.dtype == dtype
+    torch.testing.assert_close(probabilities, reference, rtol=0, atol=1e-6)
+    for threshold in (0.5, 0.45, 0.0):
+        ours = paste_masks(masks, boxes.to(dtype), size, threshold=threshold)
+        _assert_same(ours, reference, threshold, tolerance=1e-5)
+
+
+def test_chunks_do_not_change_the_result():
+    gen = torch.Generator().manual_seed(3)
+    masks, boxes = _cases(30, (200, 150), gen)
+    whole = paste_masks(masks, boxes, (200, 150), threshold=None)
+    assert (
+        len(_chunks(torch.stack([boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], 1).tolist(), 500)) > 3
+    )
+    torch.testing.assert_close(
+        paste_masks(masks, boxes, (200, 150), threshold=None, chunk_elements=500), whole
+    )
+    assert torch.equal(paste_masks(masks, boxes, (200, 150), chunk_elements=1), whole > 0.5)
+
+
+def test_edge_boxes():
+    h, w = 60, 90
+    boxes = torch.tensor(
+        [
+            [10.0, 10.0, 10.3, 10.2],  # under a pixel
+            [40.0, 20.0, 40.0, 20.0],  # zero size
+            [-500.0, -300.0, 2000.0, 1500.0],  # far larger than the image
+            [-5.0, -7.0, 20.0, 15.0],  # over the top-left corner
+            [80.0, 50.0, 130.0, 75.0],  # over the bottom-right corner
+        ]
+    )
+    masks = torch.rand(len(boxes), 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    reference = paste_masks_in_image(masks, boxes, (h, w))[:, 0]
+    torch.testing.assert_close(
+        paste_masks(masks, boxes, (h, w), threshold=None), reference, rtol=0, atol=1e-6
+    )
+    _assert_same(paste_masks(masks, boxes, (h, w)), reference, 0.5, tolerance=1e-5)
+    assert paste_masks(masks, boxes, (h, w))[2].float().mean() > 0.3  # the huge box covers the image
+
+
+def test_boxes_outside_the_image_paste_nothing():
+    # torchvision raises for each of these (a negative slice end wraps around); they paste nothing here.
+    boxes = torch.tensor(
+        [
+            [-50.0, 5.0, -20.0, 30.0],  # left
+            [5.0, -40.0, 30.0, -10.0],  # above
+            [-12.0, -12.0, -3.0, -3.0],  # above left
+            [60.0, 5.0, 150.0, 30.0],  # right
+            [5.0, 45.0, 30.0, 90.0],  # below
+            [55.0, 5.0, 70.0, 30.0],  # right
+            [5.0, 45.0, 30.0, 60.0],  # below
+        ]
+    )
+    masks = torch.ones(len(boxes), 1, 28, 28)
+    assert not paste_masks(masks, boxes, (40, 50)).any()
+    assert not paste_masks(masks, boxes, (40, 50), threshold=None).any()
+
+
+def test_empty_and_degenerate_sizes():
+    out = paste_masks(torch.zeros(0, 1, 28, 28, dtype=torch.bfloat16), torch.zeros(0, 4), (30, 40))
+    assert out.shape == (0, 30, 40) and out.dtype == torch.bool
+    out = paste_masks(
+        torch.zeros(0, 1, 28, 28, dtype=torch.bfloat16), torch.zeros(0, 4), (30, 40), threshold=None
+    )
+    assert out.shape == (0, 30, 40) and out.dtype == torch.bfloat16
+    assert paste_masks(torch.ones(2, 1, 28, 28), torch.tensor([[0.0, 0, 5, 5]] * 2), (0, 7)).shape == (
+        2,
+        0,
+        7,
+    )
+
+
+def test_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="threshold must be >= 0"):
+        paste_masks(torch.ones(1, 1, 28, 28), torch.tensor([[0.0, 0, 5, 5]]), (10, 10), threshold=-0.1)
+    with pytest.raises(ValueError, match=r"expected masks \(N, 1, M, M\)"):
+        paste_masks(torch.ones(1, 28, 28), torch.tensor([[0.0, 0, 5, 5]]), (10, 10))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_matches_torchvision_to_one_ulp(dtype):
+    gen = torch.Generator().manual_seed(7)
+    ulp = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11  # at 0.5
+    for size in SIZES:
+        masks, boxes = _cases(30, size, gen, dtype)
+        reference = paste_masks_in_image(masks, boxes, size)[:, 0]
+        probabilities = paste_masks(masks, boxes, size, threshold=None)
+        assert probabilities.dtype == dtype
+        torch.testing.assert_close(probabilities.float(), reference.float(), rtol=0, atol=ulp)
+        _assert_same(paste_masks(masks, boxes, size), reference, 0.5, tolerance=ulp)
+
+
+def test_row_writes_with_and_without_windows():
+    first = torch.tensor([0, 13, 40, 27])
+    rows = torch.rand(4, 6)
+    windowed, indexed = torch.zeros(50), torch.zeros(50)
+    _write_rows(windowed, first, rows, windowed=True)
+    _write_rows(indexed, first, rows, windowed=False)
+    assert torch.equal(windowed, indexed) and torch.equal(windowed[40:46], rows[2])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_torchvision(dtype):
+    gen = torch.Generator().manual_seed(11)
+    tolerance = 1e-5 if dtype == torch.float32 else 2.0**-8
+    for size in SIZES:
+        masks, boxes = _cases(40, size, gen, dtype)
+        masks, boxes = masks.cuda(), boxes.cuda()
+        reference = paste_masks_in_image(masks, boxes, size)[:, 0]
+        ours = paste_masks(masks, boxes, size)
+        assert ours.is_cuda
+        _assert_same(ours, reference, 0.5, tolerance=tolerance)
+        _assert_same(
+            ours.cpu(), paste_masks_in_image(masks.cpu(), boxes.cpu(), size)[:, 0], 0.5, 2 * tolerance
+        )
