@@ -15,6 +15,7 @@ from vitdense.heads.builders import (
 from vitdense.heads.detector import RCNNDetector, paste_detections
 from vitdense.heads.fcn_head import FCNHead
 from vitdense.heads.linear_head import LinearHead
+from vitdense.heads.matcher import SyncFreeMatcher
 from vitdense.heads.roi_align import ExactMultiScaleRoIAlign, roi_align, roi_align_gather
 from vitdense.heads.segmenter import (
     LinearSegmenter,
@@ -38,6 +39,7 @@ __all__ = [
     "Segmenter",
     "SemanticFPNHead",
     "StrideAnchorGenerator",
+    "SyncFreeMatcher",
     "build_roi_heads",
     "build_rpn",
     "default_anchor_sizes",

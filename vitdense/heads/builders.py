@@ -1,8 +1,9 @@
 """Default wiring of Faster / Mask R-CNN on a simple-feature-pyramid ViT, in the ViTDet configuration.
 
 Parts are torchvision's (`RegionProposalNetwork`, `RPNHead`, `RoIHeads`, `FastRCNNConvFCHead`, ...) except the
-two that must know the true, non-power-of-two strides of a patch-14 pyramid: `StrideAnchorGenerator` and
-`ExactMultiScaleRoIAlign`. Defaults follow ViTDet (Li et al. 2022, detectron2 `projects/ViTDet`): 2-conv RPN
+two that must know the true, non-power-of-two strides of a patch-14 pyramid, `StrideAnchorGenerator` and
+`ExactMultiScaleRoIAlign`, and the box matcher, `SyncFreeMatcher` (torchvision's results without its host
+synchronisations). Defaults follow ViTDet (Li et al. 2022, detectron2 `projects/ViTDet`): 2-conv RPN
 head, 4-conv + 1-fc box head and 4-conv mask head with LayerNorm, 512 RoIs per image.
 """
 
@@ -18,6 +19,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
 from vitdense.heads.anchor_generator import StrideAnchorGenerator, default_anchor_sizes
 from vitdense.heads.detector import RCNNDetector
+from vitdense.heads.matcher import SyncFreeMatcher
 from vitdense.heads.roi_align import ExactMultiScaleRoIAlign
 
 __all__ = ["FasterRCNN", "MaskRCNN", "build_roi_heads", "build_rpn", "layer_norm_2d"]
@@ -67,7 +69,7 @@ def build_rpn(
         default_anchor_sizes(strides, anchor_size_multiple), [list(aspect_ratios)] * len(strides), strides
     )
     head = RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=2)
-    return RegionProposalNetwork(
+    rpn = RegionProposalNetwork(
         anchors,
         head,
         fg_iou_thresh=0.7,
@@ -78,6 +80,8 @@ def build_rpn(
         post_nms_top_n={"training": post_nms_top_n[0], "testing": post_nms_top_n[1]},
         nms_thresh=nms_thresh,
     )
+    rpn.proposal_matcher = SyncFreeMatcher(0.7, 0.3, allow_low_quality_matches=True)
+    return rpn
 
 
 def build_roi_heads(
@@ -127,7 +131,7 @@ def build_roi_heads(
             "mask_head": MaskRCNNHeads(channels, [head_dim] * 4, 1, norm_layer=norm_layer),
             "mask_predictor": MaskRCNNPredictor(head_dim, head_dim, num_classes + 1),
         }
-    return RoIHeads(
+    roi_heads = RoIHeads(
         box_pool,
         box_head,
         FastRCNNPredictor(fc_dim, num_classes + 1),
@@ -141,6 +145,8 @@ def build_roi_heads(
         detections_per_img=detections_per_img,
         **mask_parts,
     )
+    roi_heads.proposal_matcher = SyncFreeMatcher(0.5, 0.5, allow_low_quality_matches=False)
+    return roi_heads
 
 
 class FasterRCNN(RCNNDetector):

@@ -77,13 +77,17 @@ class RCNNDetector(nn.Module):
                 raise ValueError(
                     f"targets[{i}]['boxes'] must be float (N, 4), got {boxes.dtype} {tuple(boxes.shape)}"
                 )
-            degenerate = (boxes[:, 2:] <= boxes[:, :2]).any(dim=1)
-            if degenerate.any():
-                j = int(torch.where(degenerate)[0][0])
-                raise ValueError(
-                    f"targets[{i}]['boxes'][{j}] = {boxes[j].tolist()} has no area; drop boxes with "
-                    "x2 <= x1 or y2 <= y1 in the data pipeline"
-                )
+        # One host read for the whole batch (on a GPU, each waits for the queued work); details on failure.
+        all_boxes = torch.cat([t["boxes"] for t in targets])
+        if (all_boxes[:, 2:] <= all_boxes[:, :2]).any():
+            for i, t in enumerate(targets):
+                degenerate = (t["boxes"][:, 2:] <= t["boxes"][:, :2]).any(dim=1)
+                if degenerate.any():
+                    j = int(torch.where(degenerate)[0][0])
+                    raise ValueError(
+                        f"targets[{i}]['boxes'][{j}] = {t['boxes'][j].tolist()} has no area; drop boxes with "
+                        "x2 <= x1 or y2 <= y1 in the data pipeline"
+                    )
 
     def forward(
         self,
