@@ -117,25 +117,39 @@ def batched_nms_as_on_cuda() -> Iterator[None]:
 
 @contextmanager
 def counting_host_syncs() -> Iterator[HostSyncCounter]:
-    """Count host synchronisations inside the block; also ``.tolist()``, ``.cpu()`` and ``.numpy()``, which
-    read device memory without a dispatcher operation of their own on the CPU."""
+    """Count host synchronisations inside the block. Besides the dispatcher's operations: ``.tolist()``,
+    ``.cpu()`` and ``.numpy()`` (device-to-host copies on a GPU), and ``torch.tensor`` / ``torch.as_tensor``
+    with a ``device`` (a copy from host memory, which PyTorch makes wait for the device's queue)."""
     counter = HostSyncCounter()
-    patched = {}
+    originals = {}
+
+    def reading(original, what):
+        def read(*args, **kwargs):
+            counter.record(what)
+            return original(*args, **kwargs)
+
+        return read
+
+    def building(original, what):
+        def build(*args, **kwargs):
+            if kwargs.get("device") is not None:
+                counter.record(what)
+            return original(*args, **kwargs)
+
+        return build
+
     for name in ("tolist", "cpu", "numpy"):
-        original = getattr(torch.Tensor, name)
-        patched[name] = original
-
-        def reader(self, *args, _original=original, _name=name, **kwargs):
-            counter.record(f"Tensor.{_name}")
-            return _original(self, *args, **kwargs)
-
-        setattr(torch.Tensor, name, reader)
+        originals[(torch.Tensor, name)] = getattr(torch.Tensor, name)
+        setattr(torch.Tensor, name, reading(originals[(torch.Tensor, name)], f"Tensor.{name}"))
+    for name in ("tensor", "as_tensor"):
+        originals[(torch, name)] = getattr(torch, name)
+        setattr(torch, name, building(originals[(torch, name)], f"torch.{name}(device=...)"))
     try:
         with counter:
             yield counter
     finally:
-        for name, original in patched.items():
-            setattr(torch.Tensor, name, original)
+        for (owner, name), original in originals.items():
+            setattr(owner, name, original)
 
 
 def main() -> None:

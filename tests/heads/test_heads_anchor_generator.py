@@ -87,3 +87,16 @@ def test_level_count_mismatch():
     images, fmaps = _inputs(224, 224)
     with pytest.raises(ValueError, match="4 feature maps for 5 anchor levels"):
         gen(images, fmaps[:4])
+
+
+def test_anchors_of_a_canvas_are_computed_once_and_equal_a_fresh_computation(monkeypatch):
+    gen = StrideAnchorGenerator(default_anchor_sizes(STRIDES), RATIOS, STRIDES)
+    first = gen(*_inputs(224, 224))[0]
+    calls = []
+    grid_anchors = gen.grid_anchors
+    monkeypatch.setattr(gen, "grid_anchors", lambda *args: calls.append(args) or grid_anchors(*args))
+    assert gen(*_inputs(224, 224, batch=1))[0] is first and calls == []
+    other = gen(*_inputs(280, 336))[0]
+    assert len(calls) == 1
+    fresh = StrideAnchorGenerator(default_anchor_sizes(STRIDES), RATIOS, STRIDES)
+    torch.testing.assert_close(other, fresh(*_inputs(280, 336))[0], rtol=0, atol=0)

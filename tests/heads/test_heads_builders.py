@@ -5,8 +5,11 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import box_iou
 
 from vitdense.heads.anchor_generator import StrideAnchorGenerator
+from vitdense.heads.box_coder import DeviceBoxCoder
 from vitdense.heads.builders import FasterRCNN, MaskRCNN
+from vitdense.heads.matcher import SyncFreeMatcher
 from vitdense.heads.roi_align import ExactMultiScaleRoIAlign
+from vitdense.heads.sampler import SyncFreeSampler
 
 # Small heads and proposal budgets keep a CPU step well under a second; the wiring is the default one.
 SMALL = dict(rpn_post_nms_top_n=(200, 100), roi_batch_size_per_image=64, head_dim=16, fc_dim=32)
@@ -56,6 +59,17 @@ def test_default_configuration_is_vitdet(fake_backbone):
     assert roi.mask_predictor.mask_fcn_logits.out_channels == 4
     assert (roi.fg_bg_sampler.batch_size_per_image, roi.fg_bg_sampler.positive_fraction) == (512, 0.25)
     assert (roi.score_thresh, roi.nms_thresh, roi.detections_per_img) == (0.05, 0.5, 100)
+    # torchvision's matching and box coding, without its host synchronisations
+    for part, thresholds, low_quality, weights in (
+        (rpn, (0.7, 0.3), True, (1.0,) * 4),
+        (roi, (0.5, 0.5), False, (10.0, 10.0, 5.0, 5.0)),
+    ):
+        matcher = part.proposal_matcher
+        assert isinstance(matcher, SyncFreeMatcher)
+        assert (matcher.high_threshold, matcher.low_threshold) == thresholds
+        assert matcher.allow_low_quality_matches == low_quality
+        assert isinstance(part.box_coder, DeviceBoxCoder) and part.box_coder.weights == weights
+        assert isinstance(part.fg_bg_sampler, SyncFreeSampler)
     assert not FasterRCNN(backbone=fake_backbone, num_classes=3).roi_heads.has_mask()
 
 

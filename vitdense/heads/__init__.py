@@ -5,6 +5,7 @@ probe, FCN auxiliary head, and whole / sliding-window inference.
 """
 
 from vitdense.heads.anchor_generator import StrideAnchorGenerator, default_anchor_sizes
+from vitdense.heads.box_coder import DeviceBoxCoder
 from vitdense.heads.builders import (
     FasterRCNN,
     MaskRCNN,
@@ -17,6 +18,7 @@ from vitdense.heads.fcn_head import FCNHead
 from vitdense.heads.linear_head import LinearHead
 from vitdense.heads.matcher import SyncFreeMatcher
 from vitdense.heads.roi_align import ExactMultiScaleRoIAlign, roi_align, roi_align_gather
+from vitdense.heads.sampler import SyncFreeSampler
 from vitdense.heads.segmenter import (
     LinearSegmenter,
     PyramidSegmenter,
@@ -28,6 +30,7 @@ from vitdense.heads.segmenter import (
 from vitdense.heads.semantic_fpn_head import SemanticFPNHead, group_norm_32
 
 __all__ = [
+    "DeviceBoxCoder",
     "ExactMultiScaleRoIAlign",
     "FCNHead",
     "FasterRCNN",
@@ -40,6 +43,7 @@ __all__ = [
     "SemanticFPNHead",
     "StrideAnchorGenerator",
     "SyncFreeMatcher",
+    "SyncFreeSampler",
     "build_roi_heads",
     "build_rpn",
     "default_anchor_sizes",

@@ -58,6 +58,10 @@ class StrideAnchorGenerator(nn.Module):
         # Zero-centred (A, 4) float64 boxes per level. Plain attributes rather than buffers:
         # `model.to(torch.bfloat16)` would round buffers, and these are recomputed from the arguments anyway.
         self.cell_anchors = [self._cell_anchors(s, a) for s, a in zip(self.sizes, self.aspect_ratios)]
+        # The anchors of the grids seen last, by (grid sizes, dtype, device): a fixed training canvas computes
+        # them once, and copies the cell anchors to the GPU once (each copy from host memory makes the host
+        # wait for the device).
+        self._anchors_of: dict[tuple, Tensor] = {}
 
     @staticmethod
     def _cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
@@ -125,9 +129,19 @@ class StrideAnchorGenerator(nn.Module):
             grid_sizes.append((int(gh), int(gw)))
         # At least float32: bf16 (autocast) cannot hold centres such as 1000.75.
         dtype = torch.promote_types(feature_maps[0].dtype, torch.float32)
-        levels = self.grid_anchors(grid_sizes, dtype, feature_maps[0].device)
-        all_levels = torch.cat(levels)
+        all_levels = self._anchors(grid_sizes, dtype, feature_maps[0].device)
         return [all_levels for _ in range(len(image_list.image_sizes))]
+
+    def _anchors(self, grid_sizes: list[tuple[int, int]], dtype: torch.dtype, device: torch.device) -> Tensor:
+        if torch.compiler.is_compiling():
+            # Traced programs (torch.export) compute them in the graph rather than keep a stale constant.
+            return torch.cat(self.grid_anchors(grid_sizes, dtype, device))
+        key = (tuple(grid_sizes), dtype, device)
+        if key not in self._anchors_of:
+            if len(self._anchors_of) >= 8:  # evaluation at many sizes: keep memory bounded
+                self._anchors_of.clear()
+            self._anchors_of[key] = torch.cat(self.grid_anchors(grid_sizes, dtype, device))
+        return self._anchors_of[key]
 
     def extra_repr(self) -> str:
         return (

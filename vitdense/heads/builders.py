@@ -2,9 +2,10 @@
 
 Parts are torchvision's (`RegionProposalNetwork`, `RPNHead`, `RoIHeads`, `FastRCNNConvFCHead`, ...) except the
 two that must know the true, non-power-of-two strides of a patch-14 pyramid, `StrideAnchorGenerator` and
-`ExactMultiScaleRoIAlign`, and the box matcher, `SyncFreeMatcher` (torchvision's results without its host
-synchronisations). Defaults follow ViTDet (Li et al. 2022, detectron2 `projects/ViTDet`): 2-conv RPN
-head, 4-conv + 1-fc box head and 4-conv mask head with LayerNorm, 512 RoIs per image.
+`ExactMultiScaleRoIAlign`, and three that do torchvision's work without its host synchronisations:
+`SyncFreeMatcher`, `SyncFreeSampler` and `DeviceBoxCoder`. Defaults follow ViTDet (Li et al. 2022, detectron2
+`projects/ViTDet`): 2-conv RPN head, 4-conv + 1-fc box head and 4-conv mask head with LayerNorm, 512 RoIs per
+image.
 """
 
 import functools
@@ -18,9 +19,11 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
 from vitdense.heads.anchor_generator import StrideAnchorGenerator, default_anchor_sizes
+from vitdense.heads.box_coder import DeviceBoxCoder
 from vitdense.heads.detector import RCNNDetector
 from vitdense.heads.matcher import SyncFreeMatcher
 from vitdense.heads.roi_align import ExactMultiScaleRoIAlign
+from vitdense.heads.sampler import SyncFreeSampler
 
 __all__ = ["FasterRCNN", "MaskRCNN", "build_roi_heads", "build_rpn", "layer_norm_2d"]
 
@@ -35,6 +38,17 @@ def _strides_of(backbone: nn.Module, names: Sequence[str]) -> list[float]:
     if missing:
         raise ValueError(f"backbone has no levels {missing}; its strides are {dict(backbone.strides)}")
     return [float(backbone.strides[n]) for n in names]
+
+
+def _without_host_syncs(part: RegionProposalNetwork | RoIHeads) -> None:
+    """Swap torchvision's matcher, sampler and box coder for equivalents that do not make the host wait on a
+    GPU (same matches and box codes; subsets of the same sizes and distribution)."""
+    matcher, sampler = part.proposal_matcher, part.fg_bg_sampler
+    part.proposal_matcher = SyncFreeMatcher(
+        matcher.high_threshold, matcher.low_threshold, matcher.allow_low_quality_matches
+    )
+    part.fg_bg_sampler = SyncFreeSampler(sampler.batch_size_per_image, sampler.positive_fraction)
+    part.box_coder = DeviceBoxCoder(part.box_coder.weights, bbox_xform_clip=part.box_coder.bbox_xform_clip)
 
 
 def build_rpn(
@@ -80,7 +94,7 @@ def build_rpn(
         post_nms_top_n={"training": post_nms_top_n[0], "testing": post_nms_top_n[1]},
         nms_thresh=nms_thresh,
     )
-    rpn.proposal_matcher = SyncFreeMatcher(0.7, 0.3, allow_low_quality_matches=True)
+    _without_host_syncs(rpn)
     return rpn
 
 
@@ -145,7 +159,7 @@ def build_roi_heads(
         detections_per_img=detections_per_img,
         **mask_parts,
     )
-    roi_heads.proposal_matcher = SyncFreeMatcher(0.5, 0.5, allow_low_quality_matches=False)
+    _without_host_syncs(roi_heads)
     return roi_heads
 
 
