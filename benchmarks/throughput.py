@@ -11,6 +11,7 @@ heads to 64 channels, so that the whole run stays under two minutes on two cores
     python benchmarks/throughput.py --tiny                 # CPU check, tiny backbone, small sizes
     python benchmarks/throughput.py                        # full backbone: 1008 px x 8, semseg 518 px x 16
     python benchmarks/throughput.py --compile              # vitdense rows with compile_backbone
+    python benchmarks/throughput.py --torchvision-parts --torchvision-paste   # undo those optimisations
     python benchmarks/throughput.py --rows mask_rcnn --profile   # where a row's time goes (torch.profiler)
 """
 
@@ -25,6 +26,9 @@ import torchvision
 from birder.data.transforms.classification import get_rgb_stats
 from birder.model_registry import registry
 from torch.nn import functional as F
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.ops import boxes as box_ops
 
 from vitdense.backbones import DEFAULT_NETWORK, BirderBackbone, SimpleFeaturePyramid
 from vitdense.heads import FasterRCNN, MaskRCNN, PyramidSegmenter, paste_detections, whole_inference
@@ -63,6 +67,27 @@ def busy_box_predictor(model: torch.nn.Module, classes: int = 5, probability: fl
         cls_score.bias.fill_(-30.0)
         cls_score.bias[0] = 0.0  # background
         cls_score.bias[1 : classes + 1] = logit
+
+
+def use_torchvision_parts(model: torch.nn.Module) -> None:
+    """Put back torchvision's matcher, sampler and box coder, which synchronise the host (the baseline)."""
+    for part in (model.rpn, model.roi_heads):
+        matcher, sampler, coder = part.proposal_matcher, part.fg_bg_sampler, part.box_coder
+        part.proposal_matcher = det_utils.Matcher(
+            matcher.high_threshold, matcher.low_threshold, matcher.allow_low_quality_matches
+        )
+        part.fg_bg_sampler = det_utils.BalancedPositiveNegativeSampler(
+            sampler.batch_size_per_image, sampler.positive_fraction
+        )
+        part.box_coder = det_utils.BoxCoder(coder.weights, coder.bbox_xform_clip)
+
+
+def paste_with_torchvision(detections: list[dict], scales: list[float], sizes: list[tuple[int, int]]) -> None:
+    """``paste_detections`` with torchvision's one-mask-at-a-time pasting (the baseline)."""
+    for det, scale, size in zip(detections, scales, sizes):
+        boxes = box_ops.clip_boxes_to_image(det["boxes"] / scale, size)
+        if "masks" in det:
+            paste_masks_in_image(det["masks"], boxes, size)[:, 0] > 0.5
 
 
 def _sync(device: torch.device) -> None:
@@ -149,6 +174,14 @@ def main() -> None:
     )
     parser.add_argument("--compile", action="store_true", help="vitdense rows: compile the backbone")
     parser.add_argument("--grad-checkpointing", action="store_true", help="vitdense rows: recompute blocks")
+    parser.add_argument(
+        "--torchvision-parts",
+        action="store_true",
+        help="detectors: torchvision's matcher, sampler, box coder",
+    )
+    parser.add_argument(
+        "--torchvision-paste", action="store_true", help="inference: torchvision's mask pasting"
+    )
     parser.add_argument("--profile", action="store_true", help="after each row, a torch.profiler table")
     parser.add_argument("--original-size", type=int, nargs=2, default=(1000, 1333), metavar=("H", "W"))
     args = parser.parse_args()
@@ -159,7 +192,12 @@ def main() -> None:
         args.seg_size or (224 if args.tiny else 518),
         args.seg_batch or (2 if args.tiny else 16),
     )
-    switches = {"compile": args.compile, "grad_checkpointing": args.grad_checkpointing}
+    switches = {
+        "compile": args.compile,
+        "grad_checkpointing": args.grad_checkpointing,
+        "torchvision_parts": args.torchvision_parts,
+        "torchvision_paste": args.torchvision_paste,
+    }
     steps, warmup = args.steps or (2 if args.tiny else 10), 1 if args.tiny else args.warmup
     report = Reporter(device, steps, warmup, switches, args.profile)
     cuda = device.type == "cuda"
@@ -211,6 +249,8 @@ def main() -> None:
         pyramid = SimpleFeaturePyramid(vit(), out_channels=width)
         model = detector(80, pyramid, head_dim=width, fc_dim=4 * width).to(device)
         compiled(model.backbone)
+        if args.torchvision_parts:
+            use_torchvision_parts(model)
         arch_targets = targets if arch == "mask_rcnn" else box_targets
         model.train()
         step = train_step(model, lambda: sum(model(images, sizes, arch_targets).values()), autocast)
@@ -219,7 +259,8 @@ def main() -> None:
         def infer() -> None:
             with torch.inference_mode(), autocast:
                 detections = model(images, sizes)
-            paste_detections(detections, [scale] * batch, [tuple(args.original_size)] * batch)
+            paste = paste_with_torchvision if args.torchvision_paste else paste_detections
+            paste(detections, [scale] * batch, [tuple(args.original_size)] * batch)
 
         model.eval()
         busy_box_predictor(model)
