@@ -1,0 +1,68 @@
+"""The benchmark tools that run on the CPU: what they report must stay true."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from tests.tiny import TINY_CONFIG, TINY_NETWORK
+from vitdense.backbones import BirderBackbone, SimpleFeaturePyramid
+from vitdense.heads import MaskRCNN, paste_detections
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _host_syncs():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("host_syncs", BENCHMARKS / "host_syncs.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _model_and_batch():
+    host_syncs = _host_syncs()
+    torch.manual_seed(0)
+    backbone = SimpleFeaturePyramid(BirderBackbone(TINY_NETWORK, config=TINY_CONFIG), out_channels=32)
+    model = MaskRCNN(80, backbone, head_dim=32, fc_dim=64)
+    images, targets = host_syncs.synthetic_batch(2, 224, 10, torch.device("cpu"))
+    return host_syncs, model, images, targets
+
+
+def test_the_training_step_synchronises_only_in_torchvisions_nms_and_subsampling():
+    host_syncs, model, images, targets = _model_and_batch()
+    model.train()
+    step = lambda: sum(model(images, [(224, 224)] * 2, targets).values()).backward()  # noqa: E731
+    step()
+    with host_syncs.batched_nms_as_on_cuda(), host_syncs.counting_host_syncs() as counter:
+        step()
+    where = list(counter.counts)
+    # Matching, sampling, box coding and anchors no longer synchronise (torchvision's det_utils would)...
+    assert not [w for w in where if "detection/_utils.py" in w or "anchor_generator" in w]
+    # ...and vitdense's own code does so once per batch (input check) and once per pooled level.
+    ours = {w.split(" @ ")[1].split(":")[0] + " " + w.rsplit(" ", 1)[1] for w in where if "vitdense/" in w}
+    assert ours == {"vitdense/heads/detector.py _check_inputs", "vitdense/heads/roi_align.py forward"}
+    assert sum(n for w, n in counter.counts.items() if "roi_align.py" in w) <= 8
+    assert sum(counter.counts.values()) <= 30  # 2 images: NMS and proposal filtering per image, subsampling
+
+
+def test_inference_with_mask_pasting_synchronises_a_few_times_per_image():
+    host_syncs, model, images, _ = _model_and_batch()
+    model.eval()
+    host_syncs.busy_box_predictor(model)
+
+    def step():
+        with torch.inference_mode():
+            detections = model(images, [(224, 224)] * 2)
+        assert [len(d["boxes"]) for d in detections] == [100, 100]
+        paste_detections(detections, [0.5, 0.5], [(448, 448)] * 2)
+
+    step()
+    with host_syncs.batched_nms_as_on_cuda(), host_syncs.counting_host_syncs() as counter:
+        step()
+    # torchvision's pasting alone made ~14 per mask: 2800 here.
+    assert sum(counter.counts.values()) <= 20 * 2
