@@ -58,14 +58,27 @@ def test_matches_torchvision(size, dtype):
 def test_chunks_do_not_change_the_result():
     gen = torch.Generator().manual_seed(3)
     masks, boxes = _cases(30, (200, 150), gen)
-    whole = paste_masks(masks, boxes, (200, 150), threshold=None)
-    assert (
-        len(_chunks(torch.stack([boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], 1).tolist(), 500)) > 3
-    )
-    torch.testing.assert_close(
-        paste_masks(masks, boxes, (200, 150), threshold=None, chunk_elements=500), whole
-    )
-    assert torch.equal(paste_masks(masks, boxes, (200, 150), chunk_elements=1), whole > 0.5)
+    whole = paste_masks(masks, boxes, (200, 150), threshold=None, chunk_elements=2**30)
+    for budget in (500, 1):
+        torch.testing.assert_close(
+            paste_masks(masks, boxes, (200, 150), threshold=None, chunk_elements=budget), whole
+        )
+        assert torch.equal(paste_masks(masks, boxes, (200, 150), chunk_elements=budget), whole > 0.5)
+
+
+@pytest.mark.parametrize(("budget", "min_fill"), [(10**9, 0.0), (10**9, 0.5), (2000, 0.0), (1, 0.5)])
+def test_chunks_cover_each_box_once_within_budget(budget, min_fill):
+    gen = torch.Generator().manual_seed(5)
+    sizes = torch.randint(0, 120, (60, 2), generator=gen).tolist()
+    chunks = _chunks(sizes, budget, min_fill)
+    members = sorted(i for chunk, _, _ in chunks for i in chunk)
+    assert members == [i for i, (h, w) in enumerate(sizes) if h > 0 and w > 0]
+    for chunk, rows, width in chunks:
+        assert rows == sum(sizes[i][0] for i in chunk) and width == max(sizes[i][1] for i in chunk)
+        assert rows * width <= budget or len(chunk) == 1
+        assert all(sizes[i][1] >= min_fill * width for i in chunk)
+    if budget > 10**8 and min_fill == 0:
+        assert len(chunks) == 1
 
 
 def test_edge_boxes():

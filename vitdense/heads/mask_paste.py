@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["paste_masks"]
+import os
+
+MIN_FILL = float(os.environ.get("MIN_FILL", "0"))
 
 
 def paste_masks(
@@ -18,7 +21,7 @@ def paste_masks(
     boxes: Tensor,
     image_size: tuple[int, int],
     threshold: float | None = 0.5,
-    chunk_elements: int = 2**24,
+    chunk_elements: int | None = None,
 ) -> Tensor:
     """Paste per-box masks into an image: torchvision's `paste_masks_in_image(...)[:, 0] > threshold`.
 
@@ -38,7 +41,8 @@ def paste_masks(
         threshold: a pixel is foreground where its pasted probability is strictly above it (>= 0). None
             returns the probabilities instead.
         chunk_elements: bound on the pixels resampled at once (rows of the boxes' clipped regions, each padded
-            to the widest box of its chunk); peak extra memory is a few times this many floats.
+            to the widest box of its chunk); peak extra memory is a few times this many floats. Default 2**20
+            on the CPU, 2**24 on other devices.
 
     Returns:
         (N, h, w) bool masks, or with `threshold=None` the pasted probabilities in `masks.dtype`.
@@ -79,8 +83,12 @@ def paste_masks(
     ch = ((y2 + 1).clamp(max=im_h) - cy1).clamp(min=0)
     geometry = torch.stack([x1, y1, box_w, box_h, cx1, cy1, cw, ch], 1)  # (N, 8), indexed once per chunk
 
+    # On the CPU padding rows to the chunk's widest box costs more than another chunk's few dozen small ops,
+    # so boxes narrower than half the widest start a new chunk; on a GPU the launches cost more.
+    on_cpu = device.type == "cpu"
+    budget = chunk_elements or (2**20 if on_cpu else 2**24)
     sizes = torch.stack([ch, cw], 1).tolist()  # the one host sync: chunk shapes depend on box sizes
-    for members, rows_total, width in _chunks(sizes, chunk_elements):
+    for members, rows_total, width in _chunks(sizes, budget, min_fill=0.5 if on_cpu else 0.0):
         n = len(members)
         idx = torch.tensor(members, device=device)
         x1_, y1_, box_w_, box_h_, cx1_, cy1_, cw_, ch_ = geometry[idx].unbind(1)
@@ -107,7 +115,7 @@ def paste_masks(
         if threshold is not None:
             value = value > threshold
         first = idx_r * (im_h * im_w) + img_row * im_w + start_r
-        _write_rows(out, first, value, windowed=device.type == "cpu")
+        _write_rows(out, first, value, windowed=on_cpu)
     return out.view(num, im_h, im_w)
 
 
@@ -126,12 +134,13 @@ def _write_rows(out: Tensor, first: Tensor, rows: Tensor, windowed: bool) -> Non
         out[first[:, None] + torch.arange(k, device=out.device)] = rows
 
 
-def _chunks(sizes: list[list[int]], budget: int) -> list[tuple[list[int], int, int]]:
-    """Group the non-empty boxes, widest first, so that total rows * widest cols per chunk stays in budget.
+def _chunks(sizes: list[list[int]], budget: int, min_fill: float) -> list[tuple[list[int], int, int]]:
+    """Group the non-empty boxes, widest first, into chunks whose rows are padded to their widest box.
 
     Args:
         sizes: per box, [rows, cols] of its clipped region.
-        budget: pixels per chunk; a box larger than that gets a chunk of its own.
+        budget: bound on a chunk's total rows * widest cols; a box larger than that gets a chunk of its own.
+        min_fill: a box narrower than this fraction of its chunk's widest starts a new chunk.
 
     Returns:
         Per chunk: box indices, total rows, widest cols.
@@ -142,7 +151,7 @@ def _chunks(sizes: list[list[int]], budget: int) -> list[tuple[list[int], int, i
     rows = width = 0
     for i in order:
         h, w = sizes[i]
-        if members and (rows + h) * width > budget:
+        if members and ((rows + h) * width > budget or w < min_fill * width):
             chunks.append((members, rows, width))
             members, rows = [], 0
         if not members:
