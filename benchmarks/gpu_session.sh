@@ -7,8 +7,9 @@
 #   Check it on the CPU first:   OUT=/tmp/out PYTHON=.venv/bin/python bash benchmarks/gpu_session.sh --tiny
 #
 # Parts: (1) every row eager, vitdense as shipped, with the peers; (2) the baseline parts put back (torchvision's
-# matcher, sampler, box coder and mask pasting) for the one-by-one comparison; (3) compile_backbone; (4)
-# compile_backbone + gradient checkpointing (memory); (5) a profile of the compiled Mask R-CNN step.
+# matcher, sampler, box coder and mask pasting) for the one-by-one comparison; (3) torch_compile; (4)
+# torch_compile + gradient checkpointing (memory); (5, 6) profiles of the compiled Mask R-CNN and segmentation
+# steps.
 set -u
 OUT=${OUT:?set OUT to a folder for the results}
 mkdir -p "$OUT"
@@ -25,9 +26,10 @@ run() {  # run <name> <seconds> <throughput.py arguments...>
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1 || true
 "$PYTHON" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)' >> "$OUT/gpu.txt"
-run eager 150
-run baseline_parts 70 --rows mask_rcnn faster_rcnn --torchvision-parts --torchvision-paste
-run compiled 200 --rows backbone mask_rcnn faster_rcnn semseg --compile
-run compiled_checkpointing 100 --rows mask_rcnn --compile --grad-checkpointing
-run profile_compiled 60 --rows mask_rcnn --compile --profile --steps 3 --warmup 2
+run eager 140
+run baseline_parts 60 --rows mask_rcnn faster_rcnn --torchvision-parts --torchvision-paste
+run compiled 190 --rows backbone mask_rcnn faster_rcnn semseg --compile
+run compiled_checkpointing 90 --rows mask_rcnn --compile --grad-checkpointing
+run profile_mask_rcnn 50 --rows mask_rcnn --compile --profile --steps 3 --warmup 2
+run profile_semseg 50 --rows semseg --compile --profile --steps 3 --warmup 2
 echo "# done" | tee -a "$OUT/throughput.jsonl"

@@ -10,7 +10,7 @@ heads to 64 channels, so that the whole run stays under two minutes on two cores
 
     python benchmarks/throughput.py --tiny                 # CPU check, tiny backbone, small sizes
     python benchmarks/throughput.py                        # full backbone: 1008 px x 8, semseg 518 px x 16
-    python benchmarks/throughput.py --compile              # vitdense rows with compile_backbone
+    python benchmarks/throughput.py --compile              # vitdense rows as with torch_compile: true
     python benchmarks/throughput.py --torchvision-parts --torchvision-paste   # undo those optimisations
     python benchmarks/throughput.py --rows mask_rcnn --profile   # where a row's time goes (torch.profiler)
 """
@@ -198,7 +198,7 @@ def main() -> None:
         "torchvision_parts": args.torchvision_parts,
         "torchvision_paste": args.torchvision_paste,
     }
-    steps, warmup = args.steps or (2 if args.tiny else 10), 1 if args.tiny else args.warmup
+    steps, warmup = args.steps or (1 if args.tiny else 10), 1 if args.tiny else args.warmup
     report = Reporter(device, steps, warmup, switches, args.profile)
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
@@ -212,7 +212,7 @@ def main() -> None:
         return BirderBackbone(config=config, grad_checkpointing=args.grad_checkpointing)
 
     def compiled(module: torch.nn.Module) -> torch.nn.Module:
-        # What DetectionTask / SemanticSegmentationTask do with compile_backbone: true.
+        # What the tasks do with torch_compile: true (the backbone of a detector, a whole segmenter).
         if args.compile:
             module.compile(dynamic=False)
         return module
@@ -316,7 +316,7 @@ def main() -> None:
     if "semseg" in args.rows:
         backbone = SimpleFeaturePyramid(vit(), width, scale_factors=(4.0, 2.0, 1.0), top_block=False)
         segmenter = PyramidSegmenter(150, backbone, in_features=("p2", "p3", "p4"), channels=width).to(device)
-        compiled(segmenter.backbone)
+        compiled(segmenter)
         crops = torch.randint(0, 256, (seg_batch, 3, seg_size, seg_size), dtype=torch.uint8, device=device)
         labels = torch.randint(0, 150, (seg_batch, seg_size, seg_size), device=device)
 

@@ -39,10 +39,11 @@ class VitDenseTask(LightningModule):
         layer_decay: layer-wise lr decay over the ViT blocks (1.0: off).
         max_nonfinite_in_a_row: a step whose loss is NaN or infinite is skipped with a warning and counted
             (``train/skipped_steps``); this many in a row abort the run.
-        compile_backbone: compile the model's backbone (ViT + feature pyramid) with ``torch.compile`` when the
-            trainer sets the model up. Shapes are static (``dynamic=False``): each new batch shape compiles
-            once more, so it pays where the canvas is fixed (training crops; subclasses say where evaluation
-            stays eager). Off in tests; the speed-up is measured in ``benchmarks/``.
+        torch_compile: compile the part of the model whose shapes do not depend on the data
+            (:meth:`compiled_part`) with ``torch.compile`` when the trainer sets the model up. Shapes are
+            static (``dynamic=False``): each new batch shape compiles once more, so it pays where the canvas
+            is fixed (training crops; subclasses say where evaluation stays eager). Off in tests; the
+            speed-up is measured in ``benchmarks/``.
     """
 
     def __init__(
@@ -51,7 +52,7 @@ class VitDenseTask(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         layer_decay: float = 1.0,
         max_nonfinite_in_a_row: int = 10,
-        compile_backbone: bool = False,
+        torch_compile: bool = False,
     ) -> None:
         super().__init__()
         if max_nonfinite_in_a_row < 1:
@@ -60,7 +61,7 @@ class VitDenseTask(LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.layer_decay = layer_decay
         self.max_nonfinite_in_a_row = max_nonfinite_in_a_row
-        self.compile_backbone = compile_backbone
+        self.torch_compile = torch_compile
         self.skipped_steps = 0
         self._nonfinite_in_a_row = 0
         # The latest evaluation's metrics; the CLI prints them as the run's last line.
@@ -69,14 +70,18 @@ class VitDenseTask(LightningModule):
         self._rng_states_to_restore: dict[str, Any] | None = None
 
     def configure_model(self) -> None:
-        if self.compile_backbone and not self.backbone_compiled:
+        if self.torch_compile and not self.compiled:
             # In place: parameter names, checkpoints and optimizer groups stay those of the eager module.
-            self.model.backbone.compile(dynamic=False)
+            self.compiled_part().compile(dynamic=False)
+
+    def compiled_part(self) -> torch.nn.Module:
+        """What ``torch_compile`` compiles: by default the backbone (ViT + feature pyramid)."""
+        return self.model.backbone
 
     @property
-    def backbone_compiled(self) -> bool:
-        """Whether the backbone runs through ``torch.compile`` (see ``compile_backbone``)."""
-        return getattr(self.model.backbone, "_compiled_call_impl", None) is not None
+    def compiled(self) -> bool:
+        """Whether :meth:`compiled_part` runs through ``torch.compile`` (see ``torch_compile``)."""
+        return getattr(self.compiled_part(), "_compiled_call_impl", None) is not None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_steps"] = self.skipped_steps

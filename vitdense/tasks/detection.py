@@ -33,9 +33,9 @@ class DetectionTask(VitDenseTask):
         mask_threshold: probability above which a pasted mask pixel is foreground.
         per_class_ap: also print the AP of every class after each evaluation.
         max_nonfinite_in_a_row: a non-finite loss skips its step (warned, counted); this many in a row abort.
-        compile_backbone: compile the backbone with ``torch.compile`` (static shapes) for speed on a GPU;
-            training, evaluation and prediction all run on the fixed square canvas (a smaller last batch
-            compiles once more).
+        torch_compile: compile the backbone with ``torch.compile`` (static shapes) for speed on a GPU (the
+            heads' shapes depend on the data: proposals, NMS); training, evaluation and prediction all run on
+            the fixed square canvas (a smaller last batch compiles once more).
 
     Each evaluation writes ``{split}_step{N}_metrics.json`` (with per-class AP) to the run's log directory;
     ``validate`` and ``test`` also write ``{split}_step{N}_{bbox,segm}_results.json``, COCO results files with
@@ -52,9 +52,9 @@ class DetectionTask(VitDenseTask):
         mask_threshold: float = 0.5,
         per_class_ap: bool = False,
         max_nonfinite_in_a_row: int = 10,
-        compile_backbone: bool = False,
+        torch_compile: bool = False,
     ) -> None:
-        super().__init__(optimizer, lr_scheduler, layer_decay, max_nonfinite_in_a_row, compile_backbone)
+        super().__init__(optimizer, lr_scheduler, layer_decay, max_nonfinite_in_a_row, torch_compile)
         self.save_hyperparameters()
         self.save_config("detector", "optimizer", "lr_scheduler")
         self.model = detector(num_classes)

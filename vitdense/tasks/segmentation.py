@@ -36,8 +36,9 @@ class SemanticSegmentationTask(VitDenseTask):
         aux_weight: weight of the auxiliary head's loss, when the model has one.
         sliding_window: ``(crop, stride)`` in pixels for sliding-window evaluation; None: whole image.
         max_nonfinite_in_a_row: a non-finite loss skips its step (warned, counted); this many in a row abort.
-        compile_backbone: compile the backbone with ``torch.compile`` (static shapes) for speed on a GPU;
-            training crops and sliding windows run compiled, whole-image evaluation eager (its sizes vary).
+        torch_compile: compile the whole segmenter (backbone, heads, upsampling) with ``torch.compile``
+            (static shapes) for speed on a GPU; training crops and sliding windows run compiled, whole-image
+            evaluation eager (its sizes vary).
     """
 
     def __init__(
@@ -50,9 +51,9 @@ class SemanticSegmentationTask(VitDenseTask):
         aux_weight: float = 0.4,
         sliding_window: tuple[int, int] | None = None,
         max_nonfinite_in_a_row: int = 10,
-        compile_backbone: bool = False,
+        torch_compile: bool = False,
     ) -> None:
-        super().__init__(optimizer, lr_scheduler, layer_decay, max_nonfinite_in_a_row, compile_backbone)
+        super().__init__(optimizer, lr_scheduler, layer_decay, max_nonfinite_in_a_row, torch_compile)
         self.save_hyperparameters()
         self.save_config("segmenter", "optimizer", "lr_scheduler")
         self.model = segmenter(num_classes)
@@ -103,6 +104,10 @@ class SemanticSegmentationTask(VitDenseTask):
         self._set_label_space(
             checkpoint.get("ignore_index", self.ignore_index), checkpoint.get("class_names", self.class_names)
         )
+
+    def compiled_part(self) -> torch.nn.Module:
+        """The whole segmenter: every shape in it follows from the crop's."""
+        return self.model
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"out": logits (B, K, H, W)}`` (plus ``"aux"`` in training); see :class:`Segmenter`."""
