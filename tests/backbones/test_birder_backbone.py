@@ -167,3 +167,26 @@ def test_normalisation_statistics_travel_in_the_state_dict(tmp_path):
         restored = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, weights=str(tmp_path / "moved.pt"))
     restored.load_state_dict(trained.state_dict())
     assert restored.pixel_mean.flatten().tolist() == [0.25, 0.25, 0.25]
+
+
+def test_attention_runs_as_one_fused_kernel_per_block():
+    # birder calls F.scaled_dot_product_attention without a mask, so PyTorch picks a fused kernel (flash
+    # attention on the CPU here; flash / cuDNN / memory-efficient on a GPU): no (tokens x tokens) matrix of
+    # attention weights is materialised.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG).eval()
+    with torch.no_grad(), Ops() as ops:
+        backbone(torch.rand(1, 3, 56, 56))
+    fused = [name for name in ops.names if name.startswith("_scaled_dot_product")]
+    assert len(fused) == TINY_CONFIG["num_layers"]
+    assert "_softmax" not in ops.names and "bmm" not in ops.names
