@@ -13,6 +13,7 @@ import pytest
 import torch
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
+from vitdense.heads import mask_paste
 from vitdense.heads.mask_paste import _chunks, _write_rows, paste_masks
 
 SIZES = [(100, 120), (37, 211), (480, 640), (1, 5), (211, 37)]
@@ -160,6 +161,19 @@ def test_row_writes_with_and_without_windows():
     _write_rows(windowed, first, rows, windowed=True)
     _write_rows(indexed, first, rows, windowed=False)
     assert torch.equal(windowed, indexed) and torch.equal(windowed[40:46], rows[2])
+
+
+def test_the_gpu_layout_matches_torchvision_on_the_cpu(monkeypatch):
+    # What runs on a GPU (large chunks of any widths, per-pixel row writes), checked where tests run.
+    monkeypatch.setattr(mask_paste, "_layout", lambda device: (2**24, 0.0, False))
+    gen = torch.Generator().manual_seed(5)
+    for size in SIZES:
+        masks, boxes = _cases(40, size, gen)
+        reference = paste_masks_in_image(masks, boxes, size)[:, 0]
+        torch.testing.assert_close(
+            paste_masks(masks, boxes, size, threshold=None), reference, rtol=0, atol=1e-6
+        )
+        _assert_same(paste_masks(masks, boxes, size), reference, 0.5, tolerance=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -16,6 +16,7 @@ from vitdense.heads.builders import (
 from vitdense.heads.detector import RCNNDetector, paste_detections
 from vitdense.heads.fcn_head import FCNHead
 from vitdense.heads.linear_head import LinearHead
+from vitdense.heads.mask_paste import paste_masks
 from vitdense.heads.matcher import SyncFreeMatcher
 from vitdense.heads.roi_align import ExactMultiScaleRoIAlign, roi_align, roi_align_gather
 from vitdense.heads.sampler import SyncFreeSampler
@@ -50,6 +51,7 @@ __all__ = [
     "group_norm_32",
     "layer_norm_2d",
     "paste_detections",
+    "paste_masks",
     "roi_align",
     "roi_align_gather",
     "slide_inference",

@@ -11,9 +11,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["paste_masks"]
-import os
-
-MIN_FILL = float(os.environ.get("MIN_FILL", "0"))
 
 
 def paste_masks(
@@ -83,12 +80,10 @@ def paste_masks(
     ch = ((y2 + 1).clamp(max=im_h) - cy1).clamp(min=0)
     geometry = torch.stack([x1, y1, box_w, box_h, cx1, cy1, cw, ch], 1)  # (N, 8), indexed once per chunk
 
-    # On the CPU padding rows to the chunk's widest box costs more than another chunk's few dozen small ops,
-    # so boxes narrower than half the widest start a new chunk; on a GPU the launches cost more.
-    on_cpu = device.type == "cpu"
-    budget = chunk_elements or (2**20 if on_cpu else 2**24)
+    default_budget, min_fill, windowed = _layout(device)
+    budget = chunk_elements or default_budget
     sizes = torch.stack([ch, cw], 1).tolist()  # the one host sync: chunk shapes depend on box sizes
-    for members, rows_total, width in _chunks(sizes, budget, min_fill=0.5 if on_cpu else 0.0):
+    for members, rows_total, width in _chunks(sizes, budget, min_fill):
         n = len(members)
         idx = torch.tensor(members, device=device)
         x1_, y1_, box_w_, box_h_, cx1_, cy1_, cw_, ch_ = geometry[idx].unbind(1)
@@ -115,8 +110,20 @@ def paste_masks(
         if threshold is not None:
             value = value > threshold
         first = idx_r * (im_h * im_w) + img_row * im_w + start_r
-        _write_rows(out, first, value, windowed=on_cpu)
+        _write_rows(out, first, value, windowed)
     return out.view(num, im_h, im_w)
+
+
+def _layout(device: torch.device) -> tuple[int, float, bool]:
+    """(chunk budget, `_chunks`' min_fill, `_write_rows`' windowed) for a device.
+
+    On the CPU, padding rows to a chunk's widest box costs more than another chunk's few dozen small
+    operations, so boxes narrower than half the widest start a new chunk, and rows are written through
+    windows; on a GPU the launches cost more, and rows are written with per-pixel indices (see `_write_rows`).
+    """
+    if device.type == "cpu":
+        return 2**20, 0.5, True
+    return 2**24, 0.0, False
 
 
 def _write_rows(out: Tensor, first: Tensor, rows: Tensor, windowed: bool) -> None:
