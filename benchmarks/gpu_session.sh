@@ -29,7 +29,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 run eager 140
 run baseline_parts 60 --rows mask_rcnn faster_rcnn --torchvision-parts --torchvision-paste
 run compiled 190 --rows backbone mask_rcnn faster_rcnn semseg --compile
-run compiled_checkpointing 90 --rows mask_rcnn --compile --grad-checkpointing
+run compiled_checkpointing 90 --rows mask_rcnn --compile --grad-checkpointing 4
 run profile_mask_rcnn 50 --rows mask_rcnn --compile --profile --steps 3 --warmup 2
 run profile_semseg 50 --rows semseg --compile --profile --steps 3 --warmup 2
 echo "# done" | tee -a "$OUT/throughput.jsonl"

@@ -173,7 +173,13 @@ def main() -> None:
         choices=["backbone", "faster_rcnn", "mask_rcnn", "vitdet", "torchvision", "semseg"],
     )
     parser.add_argument("--compile", action="store_true", help="vitdense rows: compile the backbone")
-    parser.add_argument("--grad-checkpointing", action="store_true", help="vitdense rows: recompute blocks")
+    parser.add_argument(
+        "--grad-checkpointing",
+        nargs="?",
+        const="all",
+        metavar="K",
+        help="vitdense rows: recompute every ViT block in backward, or the first K",
+    )
     parser.add_argument(
         "--torchvision-parts",
         action="store_true",
@@ -185,6 +191,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="after each row, a torch.profiler table")
     parser.add_argument("--original-size", type=int, nargs=2, default=(1000, 1333), metavar=("H", "W"))
     args = parser.parse_args()
+    checkpointing: bool | int = args.grad_checkpointing is not None
+    if args.grad_checkpointing not in (None, "all"):
+        checkpointing = int(args.grad_checkpointing)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     size, batch = args.size or (224 if args.tiny else 1008), args.batch or (2 if args.tiny else 8)
@@ -194,7 +203,7 @@ def main() -> None:
     )
     switches = {
         "compile": args.compile,
-        "grad_checkpointing": args.grad_checkpointing,
+        "grad_checkpointing": checkpointing,
         "torchvision_parts": args.torchvision_parts,
         "torchvision_paste": args.torchvision_paste,
     }
@@ -209,7 +218,7 @@ def main() -> None:
     width = 64 if args.tiny else 256  # pyramid and head channels
 
     def vit() -> BirderBackbone:
-        return BirderBackbone(config=config, grad_checkpointing=args.grad_checkpointing)
+        return BirderBackbone(config=config, grad_checkpointing=checkpointing)
 
     def compiled(module: torch.nn.Module) -> torch.nn.Module:
         # What the tasks do with torch_compile: true (the backbone of a detector, a whole segmenter).

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from birder.common import fs_ops
@@ -190,3 +192,35 @@ def test_attention_runs_as_one_fused_kernel_per_block():
     fused = [name for name in ops.names if name.startswith("_scaled_dot_product")]
     assert len(fused) == TINY_CONFIG["num_layers"]
     assert "_softmax" not in ops.names and "bmm" not in ops.names
+
+
+def test_grad_checkpointing_of_the_first_blocks_recomputes_only_them_with_the_same_gradients():
+    torch.manual_seed(0)
+    plain = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG)
+    partial = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, grad_checkpointing=1)
+    partial.load_state_dict(plain.state_dict())
+    assert list(partial.state_dict()) == list(plain.state_dict())
+    block_type = type(partial.net.encoder.block[0])
+    calls = []
+    forward = block_type.forward
+
+    def counting(self, *args, **kwargs):
+        calls.append(self)
+        return forward(self, *args, **kwargs)
+
+    images = torch.rand(2, 3, 56, 56)
+    plain(images).square().sum().backward()
+    block_type.forward = counting
+    try:
+        partial(images).square().sum().backward()
+    finally:
+        block_type.forward = forward
+    first, second = partial.net.encoder.block
+    assert [block is first for block in calls].count(True) == 2  # forward, then again in backward
+    assert [block is second for block in calls].count(True) == 1
+    for (name, a), (_, b) in zip(partial.named_parameters(), plain.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+    copied = copy.deepcopy(partial)
+    assert copied.net.encoder.block[0].forward.__self__ is copied.net.encoder.block[0]
+    with pytest.raises(ValueError, match="grad_checkpointing"):
+        BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, grad_checkpointing=3)

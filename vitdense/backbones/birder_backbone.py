@@ -1,7 +1,9 @@
 """birder's plain ViT as a single-map dense feature extractor."""
 
+import functools
 import logging
 import re
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -15,6 +17,7 @@ from birder.conf import settings
 from birder.data.transforms.classification import get_rgb_stats
 from birder.model_registry import registry
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +68,9 @@ class BirderBackbone(nn.Module):
         freeze: ``"none"``; ``"all"``; or an int K that freezes the patch embedding, position embedding,
             register tokens and the first K blocks. Frozen parts stay in eval mode with no gradients.
         drop_path_rate: overrides the config's stochastic depth rate (linearly increasing over blocks).
-        grad_checkpointing: recompute block activations in backward to save memory.
+        grad_checkpointing: recompute block activations in the backward pass instead of keeping them: true for
+            every block (about a third more ViT compute), or an int K for the first K blocks only (each block
+            holds about 1 / num_blocks of the ViT's activation memory, and costs that share of recompute).
         out_indices: blocks whose outputs are concatenated on channels (negative counts from the end), as in
             DINOv2's multi-layer linear probe; default: the last block only.
     """
@@ -78,7 +83,7 @@ class BirderBackbone(nn.Module):
         pretrained: str | None = None,
         freeze: Literal["none", "all"] | int = "none",
         drop_path_rate: float | None = None,
-        grad_checkpointing: bool = False,
+        grad_checkpointing: bool | int = False,
         out_indices: list[int] | None = None,
     ) -> None:
         super().__init__()
@@ -126,13 +131,28 @@ class BirderBackbone(nn.Module):
             "pixel_std", torch.tensor(rgb_stats["std"], dtype=torch.float32).view(1, 3, 1, 1)
         )
 
-        if grad_checkpointing:
-            net.set_grad_checkpointing(True)
+        self._set_grad_checkpointing(grad_checkpointing)
 
         self.frozen_blocks = self._parse_freeze(freeze)
         for name, param in self.named_parameters():
             if self._is_frozen(name):
                 param.requires_grad_(False)
+
+    def _set_grad_checkpointing(self, setting: bool | int) -> None:
+        if setting is True:
+            self.net.set_grad_checkpointing(True)  # birder's: every block
+            return
+        if setting is False or setting == 0:
+            return
+        if not isinstance(setting, int) or not 0 < setting <= self.num_blocks:
+            raise ValueError(
+                f"grad_checkpointing must be true, false or a number of blocks in [0, {self.num_blocks}], "
+                f"got {setting!r}"
+            )
+        for block in self.net.encoder.block[:setting]:
+            # A bound method (not a closure) so that a deep copy of the model rebinds it to the copied block;
+            # parameter names and checkpoints are unchanged.
+            block.forward = types.MethodType(_checkpointed_forward, block)
 
     def _parse_freeze(self, freeze: Literal["none", "all"] | int) -> int:
         """Number of blocks frozen, with -1 for nothing frozen at all (embeddings trainable too)."""
@@ -194,6 +214,14 @@ class BirderBackbone(nn.Module):
         images = (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
         stages = list(self.net.detection_features(images).values())
         return stages[0] if len(stages) == 1 else torch.cat(stages, dim=1)
+
+
+def _checkpointed_forward(block: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """The block's own forward, recomputed in the backward pass when gradients are being recorded."""
+    forward = functools.partial(type(block).forward, block)
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 def _load_weights_file(network: str, path: Path, config: dict[str, Any]) -> tuple[nn.Module, dict]:
