@@ -100,3 +100,7 @@ def test_anchors_of_a_canvas_are_computed_once_and_equal_a_fresh_computation(mon
     assert len(calls) == 1
     fresh = StrideAnchorGenerator(default_anchor_sizes(STRIDES), RATIOS, STRIDES)
     torch.testing.assert_close(other, fresh(*_inputs(280, 336))[0], rtol=0, atol=0)
+    # First computed in an evaluation (inference_mode), they remain usable by a training step.
+    with torch.inference_mode():
+        kept = fresh(*_inputs(224, 224))[0]
+    assert not kept.is_inference()

@@ -140,7 +140,9 @@ class StrideAnchorGenerator(nn.Module):
         if key not in self._anchors_of:
             if len(self._anchors_of) >= 8:  # evaluation at many sizes: keep memory bounded
                 self._anchors_of.clear()
-            self._anchors_of[key] = torch.cat(self.grid_anchors(grid_sizes, dtype, device))
+            # A normal tensor even when first asked for under inference_mode (validation before training).
+            with torch.inference_mode(False):
+                self._anchors_of[key] = torch.cat(self.grid_anchors(grid_sizes, dtype, device))
         return self._anchors_of[key]
 
     def extra_repr(self) -> str:

@@ -10,7 +10,7 @@ class DeviceBoxCoder(BoxCoder):
 
     torchvision's coder builds its weights (encode) and the constant 0.5 (decode) with `torch.tensor(...,
     device=...)` on every call: on a GPU each is a copy from host memory that waits for the device's queue
-    (three per training step in the RPN and RoI heads). Here the weights are kept per device and dtype and
+    (four per training step in the RPN and RoI heads). Here the weights are kept per device and dtype and
     the 0.5 stays a Python number; the arithmetic is torchvision's, operation for operation.
 
     Args as `BoxCoder`: `weights` (wx, wy, ww, wh), `bbox_xform_clip`.
@@ -24,7 +24,8 @@ class DeviceBoxCoder(BoxCoder):
         """Regression targets (N, 4) of `proposals` towards `reference_boxes`, both (N, 4) xyxy."""
         key = (reference_boxes.dtype, reference_boxes.device)
         if key not in self._weights_on:
-            self._weights_on[key] = torch.as_tensor(self.weights, dtype=key[0], device=key[1])
+            with torch.inference_mode(False):  # usable in training even if first built in evaluation
+                self._weights_on[key] = torch.as_tensor(self.weights, dtype=key[0], device=key[1])
         return encode_boxes(reference_boxes, proposals, self._weights_on[key])
 
     def decode_single(self, rel_codes: Tensor, boxes: Tensor) -> Tensor:
