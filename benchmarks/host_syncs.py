@@ -8,6 +8,10 @@ prints the count per line. The same code runs on the GPU, so the same lines sync
 
     python benchmarks/host_syncs.py                        # Mask R-CNN and Faster R-CNN, train and eval
     python benchmarks/host_syncs.py --rows mask_rcnn_train --top 40
+
+With a GPU it also runs each step on it under ``torch.cuda.set_sync_debug_mode("warn")`` and counts the
+warnings per line: PyTorch's own record of what synchronised (it may miss some), to compare with the count
+made on the CPU.
 """
 
 import argparse
@@ -15,6 +19,7 @@ import collections
 import json
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import TINY, busy_box_predictor, synthetic_batch  # noqa: E402
 
 from vitdense.backbones import BirderBackbone, SimpleFeaturePyramid  # noqa: E402
-from vitdense.heads import FasterRCNN, MaskRCNN, paste_detections  # noqa: E402
+from vitdense.heads import FasterRCNN, MaskRCNN, mask_paste, paste_detections  # noqa: E402
 
 aten = torch.ops.aten
 
@@ -44,7 +49,7 @@ SYNCING_OPS = {
     aten.unique_consecutive.default,
     aten._unique2.default,
     aten.unique_dim.default,
-    aten.repeat_interleave.Tensor,
+    aten.repeat_interleave.Tensor,  # unless given output_size
     aten.bincount.default,
     aten.equal.default,
     torch.ops.torchvision.nms.default,  # copies its keep mask to the host
@@ -89,7 +94,8 @@ class HostSyncCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.operations += 1
-        if func in SYNCING_OPS or (func in INDEXING_OPS and _boolean_index(func, args)):
+        sized = func is aten.repeat_interleave.Tensor and (kwargs or {}).get("output_size") is not None
+        if (func in SYNCING_OPS and not sized) or (func in INDEXING_OPS and _boolean_index(func, args)):
             self.counts[f"{func.__name__} @ {_caller()}"] += 1
         return func(*args, **(kwargs or {}))
 
@@ -98,10 +104,13 @@ class HostSyncCounter(TorchDispatchMode):
 
 
 @contextmanager
-def batched_nms_as_on_cuda() -> Iterator[None]:
-    """torchvision's ``batched_nms`` loops over classes on the CPU above 1000 boxes but, on CUDA, offsets the
-    boxes per class and calls NMS once up to 25000 boxes: count the path the GPU takes."""
+def as_on_cuda() -> Iterator[None]:
+    """Take the code paths a GPU takes where they differ from the CPU's: torchvision's ``batched_nms`` loops
+    over classes on the CPU above 1000 boxes but, on CUDA, offsets the boxes per class and calls NMS once up
+    to 25000 boxes; ``paste_masks`` chunks and writes differently on a GPU."""
     vanilla = torchvision.ops.boxes._batched_nms_vanilla
+    layout = mask_paste._layout
+    mask_paste._layout = lambda device: layout(torch.device("cuda"))
 
     def cuda_choice(boxes, scores, idxs, iou_threshold):
         if boxes.numel() > 100_000:
@@ -113,6 +122,7 @@ def batched_nms_as_on_cuda() -> Iterator[None]:
         yield
     finally:
         torchvision.ops.boxes._batched_nms_vanilla = vanilla
+        mask_paste._layout = layout
 
 
 @contextmanager
@@ -152,6 +162,25 @@ def counting_host_syncs() -> Iterator[HostSyncCounter]:
             setattr(owner, name, original)
 
 
+@contextmanager
+def counting_cuda_syncs() -> Iterator[collections.Counter]:
+    """Count, per line, the synchronisations PyTorch reports on CUDA (``set_sync_debug_mode("warn")``)."""
+    counts: collections.Counter[str] = collections.Counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield counts
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for warning in caught:
+        if "synchroniz" in str(warning.message):
+            path = warning.filename
+            short = next((path.split(m, 1)[1] for m in ("site-packages/", "work/") if m in path), path)
+            counts[f"{short}:{warning.lineno}"] += 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -164,12 +193,14 @@ def main() -> None:
     args = parser.parse_args()
 
     size = 224
-    images, targets = synthetic_batch(args.batch, size, args.boxes, torch.device("cpu"))
-    sizes = [(size, size)] * args.batch
-    for row in args.rows:
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device, row in [(device, row) for device in devices for row in args.rows]:
+        images, targets = synthetic_batch(args.batch, size, args.boxes, device)
+        sizes = [(size, size)] * args.batch
         arch, mode = row.rsplit("_", 1)
         detector = MaskRCNN if arch == "mask_rcnn" else FasterRCNN
         model = detector(80, SimpleFeaturePyramid(BirderBackbone(config=TINY), 64), head_dim=64, fc_dim=256)
+        model = model.to(device)
         keys = ("boxes", "labels", "masks") if arch == "mask_rcnn" else ("boxes", "labels")
         arch_targets = [{key: target[key] for key in keys} for target in targets]
         step: Callable[[], object]
@@ -188,12 +219,18 @@ def main() -> None:
                 paste_detections(detections, [1.0] * args.batch, sizes)
 
         step()  # warm-up: lazily built state is not part of a step
-        with batched_nms_as_on_cuda(), counting_host_syncs() as counter:
-            step()
-        total = sum(counter.counts.values())
-        row_json = {"name": f"vitdense_{row}", "batch": args.batch, "host_syncs": total}
-        print(json.dumps({**row_json, "operations": counter.operations}), flush=True)
-        for where, count in counter.counts.most_common(args.top):
+        row_json = {"name": f"vitdense_{row}", "batch": args.batch, "device": device.type}
+        if device.type == "cuda":
+            with counting_cuda_syncs() as counts:
+                step()
+            print(json.dumps({**row_json, "host_syncs": sum(counts.values())}), flush=True)
+        else:
+            with as_on_cuda(), counting_host_syncs() as counter:
+                step()
+            counts = counter.counts
+            row_json.update(host_syncs=sum(counts.values()), operations=counter.operations)
+            print(json.dumps(row_json), flush=True)
+        for where, count in counts.most_common(args.top):
             print(f"  {count:5d}  {where}")
 
 

@@ -38,7 +38,7 @@ def test_the_training_step_synchronises_only_in_torchvisions_nms_and_subsampling
     model.train()
     step = lambda: sum(model(images, [(224, 224)] * 2, targets).values()).backward()  # noqa: E731
     step()
-    with host_syncs.batched_nms_as_on_cuda(), host_syncs.counting_host_syncs() as counter:
+    with host_syncs.as_on_cuda(), host_syncs.counting_host_syncs() as counter:
         step()
     where = list(counter.counts)
     # Matching, sampling, box coding and anchors no longer synchronise (torchvision's det_utils would)...
@@ -62,7 +62,7 @@ def test_inference_with_mask_pasting_synchronises_a_few_times_per_image():
         paste_detections(detections, [0.5, 0.5], [(448, 448)] * 2)
 
     step()
-    with host_syncs.batched_nms_as_on_cuda(), host_syncs.counting_host_syncs() as counter:
+    with host_syncs.as_on_cuda(), host_syncs.counting_host_syncs() as counter:
         step()
     # torchvision's pasting alone made ~14 per mask: 2800 here.
     assert sum(counter.counts.values()) <= 20 * 2
