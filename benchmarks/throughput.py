@@ -172,7 +172,9 @@ def main() -> None:
         default=["backbone", "faster_rcnn", "mask_rcnn", "vitdet", "torchvision", "semseg"],
         choices=["backbone", "faster_rcnn", "mask_rcnn", "vitdet", "torchvision", "semseg"],
     )
-    parser.add_argument("--compile", action="store_true", help="vitdense rows: compile the backbone")
+    parser.add_argument(
+        "--compile", action="store_true", help="vitdense rows: compile as torch_compile: true does"
+    )
     parser.add_argument(
         "--grad-checkpointing",
         nargs="?",
