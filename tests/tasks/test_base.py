@@ -1,4 +1,4 @@
-"""What every task shares: here, compiling the backbone (``torch_compile``)."""
+"""What every task shares: here, ``torch_compile`` (the backbone of a detector, a whole segmenter)."""
 
 import pytest
 import torch
