@@ -256,7 +256,17 @@ def main() -> None:
         del backbone, step
         release()
 
-    def detector_rows(arch: str) -> None:
+    def detector_rows(
+        name: str, model, loss: Callable[[], torch.Tensor], infer: Callable[[], None], **kw
+    ) -> None:
+        """A detector's train-step row, then its inference row with 100 detections per image."""
+        model.train()
+        report(f"{name}_train", train_step(model, loss, autocast), size, batch, **kw)
+        model.eval()
+        busy_box_predictor(model)
+        report(f"{name}_inference", infer, size, batch, **kw)
+
+    def vitdense_rows(arch: str) -> None:
         detector = MaskRCNN if arch == "mask_rcnn" else FasterRCNN
         pyramid = SimpleFeaturePyramid(vit(), out_channels=width)
         model = detector(80, pyramid, head_dim=width, fc_dim=4 * width).to(device)
@@ -264,23 +274,21 @@ def main() -> None:
         if args.torchvision_parts:
             use_torchvision_parts(model)
         arch_targets = targets if arch == "mask_rcnn" else box_targets
-        model.train()
-        step = train_step(model, lambda: sum(model(images, sizes, arch_targets).values()), autocast)
-        report(f"vitdense_{arch}_train", step, size, batch)
+        paste = paste_with_torchvision if args.torchvision_paste else paste_detections
 
         def infer() -> None:
             with torch.inference_mode(), autocast:
                 detections = model(images, sizes)
-            paste = paste_with_torchvision if args.torchvision_paste else paste_detections
             paste(detections, [scale] * batch, [tuple(args.original_size)] * batch)
 
-        model.eval()
-        busy_box_predictor(model)
-        report(f"vitdense_{arch}_inference", infer, size, batch)
+        def loss() -> torch.Tensor:
+            return sum(model(images, sizes, arch_targets).values())
+
+        detector_rows(f"vitdense_{arch}", model, loss, infer)
 
     for arch in ("faster_rcnn", "mask_rcnn"):
         if arch in args.rows:
-            detector_rows(arch)
+            vitdense_rows(arch)
             release()
 
     if "vitdet" in args.rows:
@@ -292,18 +300,16 @@ def main() -> None:
         mean = torch.tensor(stats["mean"], device=device).view(1, 3, 1, 1)
         std = torch.tensor(stats["std"], device=device).view(1, 3, 1, 1)
         normalised = (float_images - mean) / std
-        peer.train()
-        step = train_step(peer, lambda: sum(peer(normalised, box_targets)[1].values()), autocast)
-        report("birder_vitdet_train", step, size, batch, vitdense=False)
 
         def infer_vitdet() -> None:
             with torch.inference_mode(), autocast:
                 peer(normalised)
 
-        peer.eval()
-        busy_box_predictor(peer)
-        report("birder_vitdet_inference", infer_vitdet, size, batch, vitdense=False)
-        del net, peer, step
+        def loss_vitdet() -> torch.Tensor:
+            return sum(peer(normalised, box_targets)[1].values())
+
+        detector_rows("birder_vitdet", peer, loss_vitdet, infer_vitdet, vitdense=False)
+        del net, peer
         release()
 
     if "torchvision" in args.rows:
@@ -311,18 +317,16 @@ def main() -> None:
             weights=None, weights_backbone=None, num_classes=81, min_size=size, max_size=size
         ).to(device)
         image_list = list(float_images)
-        peer.train()
-        step = train_step(peer, lambda: sum(peer(image_list, targets).values()), autocast)
-        report("torchvision_maskrcnn_resnet50_fpn_v2_train", step, size, batch, vitdense=False)
 
         def infer_peer() -> None:
             with torch.inference_mode(), autocast:
                 peer(image_list)
 
-        peer.eval()
-        busy_box_predictor(peer)
-        report("torchvision_maskrcnn_resnet50_fpn_v2_inference", infer_peer, size, batch, vitdense=False)
-        del peer, step
+        def loss_peer() -> torch.Tensor:
+            return sum(peer(image_list, targets).values())
+
+        detector_rows("torchvision_maskrcnn_resnet50_fpn_v2", peer, loss_peer, infer_peer, vitdense=False)
+        del peer
         release()
 
     if "semseg" in args.rows:
