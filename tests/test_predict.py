@@ -14,7 +14,7 @@ from tests.tiny import TINY_CONFIG
 from vitdense.cli import main
 from vitdense.inference import Predictor, load_checkpoint
 from vitdense.tasks import DetectionTask, SemanticSegmentationTask
-from vitdense.tasks.prediction_writer import detection_record
+from vitdense.tasks.prediction_writer import detection_record, output_names
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 
@@ -79,7 +79,10 @@ def segmentation_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def mixed_images(tmp_path_factory) -> tuple[Path, dict[str, tuple[int, int]]]:
-    """Images as cameras and web pages make them, and the (h, w) each must be predicted at."""
+    """Images as cameras and web pages make them, and the (h, w) each must be predicted at.
+
+    Two share a stem (``camera.jpg``, ``camera.png``): see :data:`OUTPUT_NAMES`.
+    """
     folder = tmp_path_factory.mktemp("mixed")
     rng = np.random.default_rng(0)
     rgb = np.zeros((150, 200, 3), np.uint8)
@@ -95,9 +98,21 @@ def mixed_images(tmp_path_factory) -> tuple[Path, dict[str, tuple[int, int]]]:
         folder / "deep.png"
     )
     Image.fromarray(rgb).resize((97, 61)).convert("P").save(folder / "palette.gif")
+    Image.fromarray(rgb[:90, :120]).save(folder / "camera.png")
     sizes = {"camera.jpg": (150, 200), "gray.png": (150, 200), "transparent.png": (150, 200)}
-    sizes |= {"deep.png": (150, 200), "palette.gif": (61, 97)}
+    sizes |= {"deep.png": (150, 200), "palette.gif": (61, 97), "camera.png": (90, 120)}
     return folder, sizes
+
+
+# Where predict writes each image's overlay / label map: photos sharing a stem keep their whole names.
+OUTPUT_NAMES = {
+    "camera.jpg": "camera.jpg.png",
+    "camera.png": "camera.png.png",
+    "gray.png": "gray.png",
+    "transparent.png": "transparent.png",
+    "deep.png": "deep.png",
+    "palette.gif": "palette.png",
+}
 
 
 def test_a_run_leaves_reports_logs_images_and_checkpoints(detection_run):
@@ -148,8 +163,9 @@ def test_predict_writes_json_and_overlays_in_original_orientation_and_size(
         for detection in record["detections"]:
             assert detection["segmentation"]["size"] == [height, width]
             assert detection["category_name"] in {"circle", "rectangle", "triangle", "diamond"}
-        overlay = Image.open(out / "overlays" / Path(name).with_suffix(".png"))
+        overlay = Image.open(out / "overlays" / OUTPUT_NAMES[name])
         assert overlay.size == (width, height) and overlay.mode == "RGB"
+    assert sorted(path.name for path in (out / "overlays").iterdir()) == sorted(OUTPUT_NAMES.values())
 
     # Python inference from the checkpoint alone gives the same predictions, from a path or a PIL image.
     predictor = Predictor.from_checkpoint(_last_checkpoint(detection_run))
@@ -182,11 +198,26 @@ def test_segmentation_predict_writes_label_maps_and_python_inference_agrees(
     )
     predictor = Predictor.from_checkpoint(_last_checkpoint(segmentation_run))
     assert isinstance(predictor.task, SemanticSegmentationTask)
+    assert sorted(path.name for path in (out / "labels").iterdir()) == sorted(OUTPUT_NAMES.values())
     for name, (height, width) in sizes.items():
-        saved = np.asarray(Image.open(out / "labels" / Path(name).with_suffix(".png")))
+        saved = np.asarray(Image.open(out / "labels" / OUTPUT_NAMES[name]))
         assert saved.shape == (height, width) and saved.max() < predictor.task.num_classes
-        assert Image.open(out / "overlays" / Path(name).with_suffix(".png")).size == (width, height)
+        assert Image.open(out / "overlays" / OUTPUT_NAMES[name]).size == (width, height)
         np.testing.assert_array_equal(predictor(folder / name)["label"].numpy(), saved)
+
+
+def test_output_names_never_overwrite_one_another():
+    files = ["d/a.jpg", "d/A.png", "d/a.jpg.png", "d/sub/b.jpg", "d/sub/b.tif", "d/c.gif", "d/sub/c.gif"]
+    assert {file: str(name) for file, name in output_names(files).items()} == {
+        "d/a.jpg": "a.jpg.png",
+        "d/A.png": "A.png.png",  # a case-insensitive file system would mix a.png and A.png up
+        "d/a.jpg.png": "a.jpg-1.png",
+        "d/sub/b.jpg": "sub/b.jpg.png",
+        "d/sub/b.tif": "sub/b.tif.png",
+        "d/c.gif": "c.png",
+        "d/sub/c.gif": "sub/c.png",
+    }
+    assert {str(name) for name in output_names(["/photos/one.jpg"]).values()} == {"one.png"}
 
 
 def test_checkpoints_restore_without_their_weights_file(detection_run, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,33 @@ from pycocotools import mask as mask_utils
 from vitdense.datamodules.predict_images import as_rgb_array
 from vitdense.tasks.visualization import draw_detections, draw_label_map
 
-__all__ = ["PredictionWriter", "detection_record"]
+__all__ = ["PredictionWriter", "detection_record", "output_names"]
+
+
+def output_names(files: list[str | Path]) -> dict[str, Path]:
+    """Each image's output name: its path relative to the images' common folder, with a ``.png`` suffix.
+
+    Images that would share a name (``photo.jpg`` and ``photo.png``; compared case-insensitively, as macOS
+    and Windows file systems do) keep their whole file name instead (``photo.jpg.png``, ``photo.png.png``),
+    and a name still taken gets a number (``photo.jpg-1.png``). No image's outputs overwrite another's.
+    """
+    if not files:
+        return {}
+    root = Path(os.path.commonpath([Path(f).parent for f in files]))
+    relative = {str(f): Path(os.path.relpath(f, root)) for f in files}
+    users = Counter(str(path.with_suffix(".png")).lower() for path in relative.values())
+    names, taken = {}, set()
+    for file, path in relative.items():
+        name = path.with_suffix(".png")
+        if users[str(name).lower()] > 1:
+            name = path.with_name(f"{path.name}.png")
+        unique, number = name, 0
+        while str(unique).lower() in taken:
+            number += 1
+            unique = name.with_name(f"{name.stem}-{number}.png")
+        taken.add(str(unique).lower())
+        names[file] = unique
+    return names
 
 
 def detection_record(prediction: dict[str, Any], names: dict[int, str]) -> dict[str, Any]:
@@ -63,7 +90,7 @@ class PredictionWriter(BasePredictionWriter):
     ``category_name``, RLE ``segmentation`` for Mask R-CNN), and ``overlays/<image>.png`` with the
     detections scoring at least ``score_threshold`` drawn. Segmentation: ``labels/<image>.png`` (class
     indices 0..K-1 at the original resolution; 16-bit when K > 256) and ``overlays/<image>.png``. Output
-    names keep each image's path relative to the images' common folder, with a ``.png`` suffix.
+    names are those of :func:`output_names`: no image's files overwrite another's.
 
     Args:
         output_dir: where to write; default ``<run log dir>/predictions``.
@@ -79,7 +106,7 @@ class PredictionWriter(BasePredictionWriter):
         self.score_threshold = score_threshold
         self.overlays = overlays
         self._folder: Path | None = None
-        self._root: Path | None = None
+        self._names: dict[str, Path] = {}
         self._records: list[dict[str, Any]] = []
         self._written = 0
 
@@ -94,17 +121,14 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dataloaders = trainer.predict_dataloaders
         dataset = getattr(dataloaders[0] if isinstance(dataloaders, list) else dataloaders, "dataset", None)
-        files = getattr(dataset, "files", None)
-        self._root = Path(os.path.commonpath([Path(f).parent for f in files])) if files else None
+        self._names = output_names(getattr(dataset, "files", None) or [])
 
     def _output_path(self, kind: str, file_name: str | None, image_id: int) -> Path:
         if file_name is None:
-            relative = Path(f"image_{image_id:06d}")
-        elif self._root is not None:
-            relative = Path(os.path.relpath(file_name, self._root))
+            relative = Path(f"image_{image_id:06d}.png")
         else:
-            relative = Path(Path(file_name).name)
-        path = self._folder / kind / relative.with_suffix(".png")
+            relative = self._names.get(str(file_name)) or Path(Path(file_name).name).with_suffix(".png")
+        path = self._folder / kind / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
