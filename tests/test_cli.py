@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from pycocotools.coco import COCO
@@ -86,6 +87,24 @@ def test_coco_recipes_fit_one_step_on_other_data(recipe, shapes, tmp_path, capsy
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["split"] == "val" and "bbox_AP50" in metrics
     assert ("segm_AP50" in metrics) == ("faster" not in recipe.stem)
+
+
+def test_gpu_recipes_bf16_mixed_precision_trains_and_evaluates_with_detections(shapes, tmp_path, capsys):
+    """The GPU recipes' own precision, on the CPU's autocast: every custom part (RoIAlign, matcher, sampler,
+    box coder, anchors, mask pasting) must take bf16 features; a zero score threshold keeps detections."""
+    recipe = next(r for r in DETECTION_RECIPES if r.stem == "coco_mask_rcnn")
+    assert "precision: bf16-mixed" in recipe.read_text()
+    keep_all = tmp_path / "keep_all.yaml"
+    keep_all.write_text(
+        yaml.safe_dump({"model": {"init_args": {"detector": {"init_args": {"score_thresh": 0.0}}}}})
+    )
+    overrides = [a for a in _tiny_overrides(shapes, tmp_path) if not a.startswith("--trainer.precision")]
+    main(["fit", "--config", str(recipe), *overrides, "--config", str(keep_all)])
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"bbox_AP50", "segm_AP50"} <= set(metrics)
+    for iou_type in ("bbox", "segm"):
+        results = json.loads(next(tmp_path.rglob(f"val_step1_{iou_type}_results.json")).read_text())
+        assert results and all(np.isfinite(r["score"]) for r in results)
 
 
 def test_demo_recipe_fits_and_tests_one_step(tmp_path, capsys):

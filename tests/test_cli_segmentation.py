@@ -44,8 +44,12 @@ def ade_root(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("recipe", ["ade20k_semseg", "ade20k_linear_frozen"])
-def test_ade20k_recipes_fit_and_evaluate_on_ade_layout(recipe, ade_root, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("recipe", "precision"),
+    [("ade20k_semseg", "32-true"), ("ade20k_semseg", "bf16-mixed"), ("ade20k_linear_frozen", "32-true")],
+)
+def test_ade20k_recipes_fit_and_evaluate_on_ade_layout(recipe, precision, ade_root, tmp_path, capsys):
+    """Also at the recipes' own bf16-mixed precision, on the CPU's autocast."""
     main(
         [
             "fit",
@@ -59,12 +63,14 @@ def test_ade20k_recipes_fit_and_evaluate_on_ade_layout(recipe, ade_root, tmp_pat
             "--data.init_args.batch_size=2",
             "--data.init_args.num_workers=0",
             *TRAINER,
+            f"--trainer.precision={precision}",  # after TRAINER's: the last value wins
             f"--trainer.default_root_dir={tmp_path}",
         ]
     )
     printed = capsys.readouterr().out
     metrics = json.loads(printed.strip().splitlines()[-1])
     assert metrics["split"] == "val" and {"mIoU", "aAcc", "mAcc"} <= set(metrics)
+    assert np.isfinite(metrics["mIoU"])
     assert "IoU" in printed and "wall" in printed  # the per-class table names ADE20K's classes
 
 
