@@ -66,6 +66,10 @@ def test_cpu_dispatch_and_edge_cases():
     rois = torch.tensor([[0, 1.0, 1.0, 20.0, 9.0]])
     torch.testing.assert_close(roi_align(feats, rois, 3, 0.25, 2), roi_align_gather(feats, rois, 3, 0.25, 2))
     assert roi_align(feats, rois[:0], 3, 0.25, 2).shape == (0, 2, 3, 3)
+    # No RoIs still gives an output connected to the map, as torchvision's (a zero gradient).
+    feats.requires_grad_(True)
+    roi_align_gather(feats, rois[:0], 3, 0.25, 2).sum().backward()
+    assert feats.grad is not None and feats.grad.abs().sum() == 0
     with pytest.raises(ValueError, match="sampling_ratio > 0"):
         roi_align(feats, rois, 3, 0.25, 0)
 
@@ -108,6 +112,26 @@ def test_box_over_ramp_returns_bin_centres_on_every_level():
     tv_pooled = tv(maps, [boxes], [(canvas, canvas)])
     assert tv.scales[0] == 0.25
     assert (tv_pooled[0, 0] - expect_x[0][None, :]).abs().min() > 40
+
+
+@pytest.mark.parametrize("kernel", ["gather", "torchvision"])
+def test_bf16_maps_are_sampled_where_float32_maps_are(kernel, monkeypatch):
+    """Under bf16 autocast the pyramid is bf16, but boxes, sample positions and sums stay float32: bf16
+    would put a corner past 512 px on a multiple of 4, moving 4 px bins by up to 3 px."""
+    if kernel == "torchvision":  # the kernel used off the CPU (and under torch.export), here on the CPU
+        monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    gen = torch.Generator().manual_seed(0)
+    maps = OrderedDict(
+        (n, torch.randn(1, 8, round(1008 / s), round(1008 / s), generator=gen).to(torch.bfloat16))
+        for n, s in zip(NAMES, STRIDES)
+    )
+    xy = torch.rand(64, 2, generator=gen) * 500 + 500
+    boxes = torch.cat([xy, xy + torch.rand(64, 2, generator=gen) * 400 + 20], dim=1)
+    pooler = ExactMultiScaleRoIAlign(NAMES, STRIDES, 7)
+    pooled = pooler(maps, [boxes], [(1008, 1008)])
+    in_float32 = pooler(OrderedDict((n, m.float()) for n, m in maps.items()), [boxes], [(1008, 1008)])
+    assert pooled.dtype == torch.bfloat16
+    assert torch.equal(pooled, in_float32.to(torch.bfloat16))
 
 
 def test_level_assignment_matches_formula():

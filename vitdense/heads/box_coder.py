@@ -13,6 +13,10 @@ class DeviceBoxCoder(BoxCoder):
     (four per training step in the RPN and RoI heads). Here the weights are kept per device and dtype and
     the 0.5 stays a Python number; the arithmetic is torchvision's, operation for operation.
 
+    Decoding runs in at least float32, as detectron2's does: torchvision casts the boxes to the deltas' dtype,
+    and under bf16 autocast the heads' deltas are bf16, which holds only every 4th pixel between 512 and
+    1024 (zero deltas on an anchor at 700.75 gave 700). Decoded boxes are float32 for bf16 / fp16 deltas.
+
     Args as `BoxCoder`: `weights` (wx, wy, ww, wh), `bbox_xform_clip`.
     """
 
@@ -30,7 +34,8 @@ class DeviceBoxCoder(BoxCoder):
 
     def decode_single(self, rel_codes: Tensor, boxes: Tensor) -> Tensor:
         """Boxes (N, 4 * K) xyxy from deltas `rel_codes` (N, 4 * K) applied to `boxes` (N, 4) xyxy."""
-        boxes = boxes.to(rel_codes.dtype)
+        dtype = torch.promote_types(rel_codes.dtype, torch.float32)
+        rel_codes, boxes = rel_codes.to(dtype), boxes.to(dtype)
         widths = boxes[:, 2] - boxes[:, 0]
         heights = boxes[:, 3] - boxes[:, 1]
         ctr_x = boxes[:, 0] + 0.5 * widths

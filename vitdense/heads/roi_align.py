@@ -78,6 +78,9 @@ def roi_align_gather(
     `embedding_bag` computes exactly that over a channels-last view of the maps without materialising the
     (R, C, samples, 4) tensor of taps; its backward accumulates whole C-rows into the map's gradient.
 
+    Sample positions and the sum run in at least float32, as torchvision's kernel does under autocast: bf16
+    positions would move bins by up to 3 px on a 1008 px canvas.
+
     Args:
         features: (N, C, H, W) float feature maps.
         rois: (R, 5) float `[batch_index, x1, y1, x2, y2]`, boxes in absolute image pixels.
@@ -97,9 +100,10 @@ def roi_align_gather(
     oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
     n, c, h, w = features.shape
     r = rois.shape[0]
-    if r == 0:
-        return features.new_zeros((0, c, oh, ow))
-    rois = rois.detach().to(features.dtype)
+    if r == 0:  # still connected to `features`, as torchvision's output is
+        return features[:0, :, :1, :1].expand(0, c, oh, ow)
+    dtype = torch.promote_types(features.dtype, torch.float32)
+    rois = rois.detach().to(dtype)
     g = sampling_ratio
 
     batch = rois[:, 0].long()
@@ -122,14 +126,14 @@ def roi_align_gather(
     weight = (y_wt[:, :, None, :, None] * x_wt[:, None, :, None, :]) / (g * g)
     bag = (2 * g) ** 2
 
-    table = features.permute(0, 2, 3, 1).reshape(n * h * w, c)
+    table = features.to(dtype).permute(0, 2, 3, 1).reshape(n * h * w, c)
     pooled = nn.functional.embedding_bag(
         flat_idx.reshape(r * oh * ow, bag),
         table,
         mode="sum",
         per_sample_weights=weight.reshape(r * oh * ow, bag),
     )
-    return pooled.view(r, oh, ow, c).permute(0, 3, 1, 2).contiguous()
+    return pooled.view(r, oh, ow, c).permute(0, 3, 1, 2).to(features.dtype).contiguous()
 
 
 def roi_align(
@@ -153,7 +157,8 @@ def roi_align(
         sampling_ratio: samples per bin along each axis; fixed, > 0.
 
     Returns:
-        (R, C, oh, ow) pooled features.
+        (R, C, oh, ow) pooled features, in the dtype of `features`; computed in at least float32, as
+        torchvision's kernel does under autocast (and here also without it, e.g. for a bf16 model).
     """
     if sampling_ratio <= 0:
         raise ValueError(f"roi_align needs a fixed sampling_ratio > 0, got {sampling_ratio}")
@@ -161,9 +166,16 @@ def roi_align(
     # form (RoiAlign), whereas the gather's embedding_bag becomes an ONNX loop that fails on zero RoIs.
     if features.device.type == "cpu" and not torch.compiler.is_exporting():
         return roi_align_gather(features, rois, output_size, spatial_scale, sampling_ratio)
-    return torchvision.ops.roi_align(
-        features, rois, output_size, spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, aligned=True
+    dtype = torch.promote_types(features.dtype, torch.float32)
+    pooled = torchvision.ops.roi_align(
+        features.to(dtype),
+        rois.to(dtype),
+        output_size,
+        spatial_scale=spatial_scale,
+        sampling_ratio=sampling_ratio,
+        aligned=True,
     )
+    return pooled.to(features.dtype)
 
 
 class ExactMultiScaleRoIAlign(nn.Module):
@@ -255,7 +267,8 @@ class ExactMultiScaleRoIAlign(nn.Module):
         if missing:
             raise KeyError(f"feature maps {missing} missing; the backbone returned {list(x)}")
         feats = [x[name] for name in self.featmap_names]
-        device, dtype = feats[0].device, feats[0].dtype
+        # Boxes stay at least float32: in bf16 a corner past 512 px would move to a multiple of 4.
+        device, dtype = feats[0].device, torch.promote_types(feats[0].dtype, torch.float32)
         batch_index = torch.cat(
             [torch.full((len(b),), i, dtype=dtype, device=device) for i, b in enumerate(boxes)]
         )
