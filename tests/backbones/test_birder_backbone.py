@@ -159,6 +159,10 @@ def test_out_indices_concatenate_blocks_on_channels():
     assert features.shape == (1, 128, 4, 6)
     torch.testing.assert_close(features, torch.cat([stages["stage1"], stages["stage2"]], dim=1))
     assert not torch.allclose(stages["stage1"], stages["stage2"])
+    # Outputs come in block order, so the indices must be too; a block named twice is a mistake.
+    for indices in ([-1, 0], [1, 1], [-1, 1]):
+        with pytest.raises(ValueError, match="list each block once, in increasing order"):
+            BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, out_indices=indices)
 
 
 def test_normalisation_statistics_travel_in_the_state_dict(tmp_path):

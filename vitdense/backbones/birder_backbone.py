@@ -111,6 +111,11 @@ class BirderBackbone(nn.Module):
             net = registry.net_factory(network, 0, config=config or None)
             rgb_stats = get_rgb_stats("birder")
 
+        if net.out_indices is not None and net.out_indices != sorted(set(net.out_indices)):
+            raise ValueError(
+                f"out_indices {list(out_indices)} name blocks {net.out_indices} of {net.num_layers}: list each "
+                "block once, in increasing order (their outputs are concatenated in block order)"
+            )
         net.strip_for_detection_features()
         net.set_dynamic_size(True)
         if getattr(net, "class_token", None) is not None:
