@@ -37,6 +37,7 @@ from vitdense.datamodules import (
     collate_detection,
     collate_segmentation,
 )
+from vitdense.tasks.coco_evaluator import CocoEvaluator
 
 MakeCoco = Callable[..., tuple[Path, Path]]
 GOOD_IMAGE = {"id": 1, "file_name": "a.png", "height": 28, "width": 56}
@@ -345,6 +346,73 @@ def test_polygon_part_with_two_points_is_dropped_with_a_note(make_coco: MakeCoco
     assert [(f.kind, f.record, f.severity) for f in ds.findings] == [
         ("polygon_part_dropped", "annotation id 1", "note")
     ]
+
+
+# Ground truth that COCOeval scores: bad records of an evaluation split, with what pycocotools does with each.
+EVALUATION_CASES = {
+    "empty_segmentation": (_ann(2, segmentation=[]), "degenerate_polygon"),
+    "null_segmentation": (_ann(2, segmentation=None), "malformed_segmentation"),
+    "no_segmentation": ({k: v for k, v in _ann(2).items() if k != "segmentation"}, "malformed_segmentation"),
+    "unreadable_first_part": (_ann(2, segmentation=[[1, 1]]), "degenerate_polygon"),
+    "four_numbers": (_ann(2, segmentation=[[20, 10, 10, 10]]), "degenerate_polygon"),  # pycocotools fails
+    "crowd_without_box": (_ann(2, iscrowd=1, bbox=None) | {"bbox": None}, "malformed_box"),
+    "iscrowd_not_0_or_1": (_ann(2, iscrowd="yes"), "malformed_annotation"),
+}
+
+
+def _score(dataset: CocoDetection, iou_types: tuple[str, ...]) -> dict[str, float]:
+    """COCOeval on the dataset's ground truth, detecting annotation 1's box and square exactly."""
+    evaluator = CocoEvaluator(iou_types)
+    mask = torch.zeros(1, 28, 56, dtype=torch.bool)
+    mask[0, 2:8, 2:10] = True
+    detection = {"boxes": torch.tensor([[2.0, 2.0, 10.0, 8.0]]), "labels": torch.tensor([1])}
+    evaluator.update(1, detection | {"scores": torch.tensor([0.9]), "masks": mask}, dataset.category_ids)
+    return evaluator.compute(dataset.coco)
+
+
+@pytest.mark.parametrize("name", list(EVALUATION_CASES))
+def test_evaluation_ground_truth_is_checked_as_cocoeval_reads_it(make_coco: MakeCoco, name: str) -> None:
+    """Found at construction, not at the first validation hours into a run; under skip the record also
+    leaves the ground truth, so scoring runs."""
+    bad, kind = EVALUATION_CASES[name]
+    root, ann_file = make_coco([GOOD_IMAGE], [_ann(1, area=48), bad | {"area": 48}])
+    with pytest.raises(BadDataError, match="annotation id 2") as info:
+        CocoDetection(root, ann_file, EvalTransform(56), evaluation="segm", on_bad_data="error")
+    assert info.value.finding.kind == kind
+    ds = CocoDetection(root, ann_file, EvalTransform(56), evaluation="segm", on_bad_data="skip")
+    assert ds.skipped == {kind: 1} and len(ds.coco.getAnnIds()) == 1
+    scores = _score(ds, ("bbox", "segm"))
+    assert scores["bbox_AP"] > 0.99 and scores["segm_AP"] > 0.99
+    dm = CocoDataModule(str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0)
+    train, val = check_data(dm).splits
+    assert val.counts() == {kind: 1} and val.findings[0].record == "annotation id 2"
+
+
+def test_evaluation_fills_missing_area_and_iscrowd_and_reads_segmentations_as_pycocotools_does(
+    make_coco: MakeCoco,
+) -> None:
+    no_area = {k: v for k, v in _ann(1).items() if k not in ("area", "iscrowd")}
+    short_second = [[20, 10, 30, 10, 30, 20, 20, 20], [1, 1, 3, 3]]  # pycocotools reads it: kept as it is
+    as_read = _ann(2, bbox=[20, 10, 10, 10], segmentation=short_second, area=100)
+    two_parts = _ann(3, bbox=[40, 2, 8, 8], segmentation=[[40, 2], [40, 2, 48, 2, 48, 10, 40, 10]], area=64)
+    root, ann_file = make_coco([GOOD_IMAGE], [no_area, as_read, two_parts])
+    ds = CocoDetection(root, ann_file, EvalTransform(56), evaluation="segm", on_bad_data="error")
+    notes = {(f.kind, f.record) for f in ds.findings}
+    assert notes == {
+        ("iscrowd_missing", "annotation id 1"),
+        ("area_missing", "annotation id 1"),
+        ("polygon_part_dropped", "annotation id 3"),
+    }
+    area, iscrowd = ds.coco.anns[1]["area"], ds.coco.anns[1]["iscrowd"]
+    assert (area, iscrowd) == (48.0, 0)  # the 8 x 6 square's pixels, as COCO's own areas
+    assert ds.coco.anns[2]["segmentation"] == short_second
+    assert ds.coco.anns[3]["segmentation"] == [[40, 2, 48, 2, 48, 10, 40, 10]]
+    assert _score(ds, ("bbox", "segm"))["segm_AP"] > 0.3
+    # Box AP reads no segmentation: an unreadable one is no error, and the area is the box's.
+    no_mask = {k: v for k, v in _ann(1, segmentation=[]).items() if k != "area"}
+    root, ann_file = make_coco([GOOD_IMAGE], [no_mask])
+    ds = CocoDetection(root, ann_file, EvalTransform(56), evaluation="bbox", on_bad_data="error")
+    assert ds.coco.anns[1]["area"] == 48.0 and _score(ds, ("bbox",))["bbox_AP"] > 0.99
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -169,6 +169,13 @@ def _is_size(v: Any) -> bool:
     return _is_int(v) and v > 0
 
 
+_MALFORMED_BOX = "malformed_box"
+
+
+def _is_box(bbox: Any) -> bool:
+    return isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)
+
+
 def _check_segmentation(seg: Any, h: int, w: int) -> tuple[Any, tuple[str, str] | None]:
     """Return ``(cleaned segmentation, None)`` or ``(None, (kind, what is wrong))``.
 
@@ -243,7 +250,8 @@ class CocoDetection(CheckedDataset):
     Bad records found at construction: malformed image or annotation records, duplicate image or
     annotation ids, missing images, images smaller than one 14 px patch, annotations of unknown images or
     categories, malformed / zero-area / negative / outside boxes and (with ``masks``) malformed
-    segmentations, polygons without 3 points and RLE of another size than the image. When loaded: an
+    segmentations, polygons without 3 points and RLE of another size than the image; on an evaluation split
+    also what COCOeval could not score (``evaluation``). When loaded: an
     image that does not decode or whose size differs from its record. Under ``on_bad_data="error"`` they
     raise :class:`BadDataError` naming the file and the record; under ``"skip"`` they are dropped, logged
     once each and counted in ``skipped`` by kind, and a record that fails to load is replaced by the next
@@ -259,6 +267,9 @@ class CocoDetection(CheckedDataset):
         coco: the already parsed ``annotation_file``, to avoid parsing it twice.
         masks: decode instance masks into the targets.
         keep_empty_images: keep images with no non-crowd annotation (as negatives).
+        evaluation: the split is scored by COCOeval for box AP (``"bbox"``) or box and mask AP (``"segm"``)
+            against ``.coco``: every annotation, crowd regions included, is also checked as pycocotools reads
+            it (see :meth:`_check_ground_truth`), and annotations dropped as bad leave ``.coco`` too.
         on_bad_data: ``"error"``, ``"skip"`` or ``"collect"`` (see :class:`CheckedDataset`).
     """
 
@@ -272,9 +283,13 @@ class CocoDetection(CheckedDataset):
         coco: COCO | None = None,
         masks: bool = False,
         keep_empty_images: bool = True,
+        evaluation: Literal["bbox", "segm"] | None = None,
         on_bad_data: Policy = "error",
     ) -> None:
         super().__init__(on_bad_data)
+        if evaluation not in (None, "bbox", "segm"):
+            raise ValueError(f"evaluation={evaluation!r}; use None, 'bbox' or 'segm'")
+        self.evaluation = evaluation
         self.images_root = Path(images_root)
         self.annotation_file = Path(annotation_file)
         self.source = str(self.annotation_file)
@@ -350,8 +365,8 @@ class CocoDetection(CheckedDataset):
     def _instance(self, ann: dict[str, Any], rec: _ImageRecord, label: int) -> _Instance | tuple[str, str]:
         """The checked instance of a non-crowd annotation, or ``(kind, what is wrong and the fix)``."""
         bbox = ann.get("bbox")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-            return "malformed_box", f"has bbox {bbox!r}, expected [x, y, width, height] numbers; fix the box"
+        if not _is_box(bbox):
+            return _MALFORMED_BOX, f"has bbox {bbox!r}, expected [x, y, width, height] numbers; fix the box"
         x, y, bw, bh = bbox
         if bw <= 0 or bh <= 0:
             return "degenerate_box", (
@@ -377,6 +392,58 @@ class CocoDetection(CheckedDataset):
                 )
         return _Instance(ann["id"], (x1, y1, x2, y2), label, seg)
 
+    def _check_ground_truth(self, ann: dict[str, Any], rec: _ImageRecord) -> tuple[str, str] | None:
+        """Make ``ann`` scorable by COCOeval, or return ``(kind, what is wrong and the fix)``.
+
+        COCOeval reads every annotation of an evaluated image, crowd regions included: ``bbox``, ``iscrowd``,
+        ``area`` and, for mask AP, the segmentation through ``COCO.annToRLE``. A missing ``iscrowd`` (0) or
+        ``area`` (of the segmentation where pycocotools reads one, else of the box, as in COCO) is filled
+        in, with a note. For mask AP, polygon parts that pycocotools cannot read are dropped as in training
+        (noted); what pycocotools reads is left as it is, so scores stay those of the official evaluation.
+        """
+        record = f"annotation id {ann['id']}"
+
+        def note(kind: str, what: str) -> None:
+            message = f"{self.annotation_file}: {record} (image id {rec.image_id}) {what}"
+            self._note(kind, message, file=self.annotation_file, record=record)
+
+        if "iscrowd" not in ann:
+            ann["iscrowd"] = 0
+            note("iscrowd_missing", "has no 'iscrowd': evaluated as 0 (an object, not a crowd region)")
+        elif ann["iscrowd"] not in (0, 1):
+            return "malformed_annotation", f"has iscrowd {ann['iscrowd']!r}, expected 0 or 1; fix the record"
+        bbox = ann.get("bbox")
+        if not _is_box(bbox):
+            return _MALFORMED_BOX, f"has bbox {bbox!r}, expected [x, y, width, height] numbers; fix the box"
+        area_ok = _is_number(ann.get("area")) and ann["area"] >= 0
+        rle = None
+        if self.evaluation == "segm" or not area_ok:
+            if "segmentation" not in ann and self.evaluation == "segm":
+                return "malformed_segmentation", "has no 'segmentation', which mask AP scores; add it"
+            cleaned, problem = _check_segmentation(ann.get("segmentation"), rec.height, rec.width)
+            if self.evaluation == "segm" and problem is not None and problem[0] != "degenerate_polygon":
+                return problem[0], f"has a bad segmentation: {problem[1]}; fix it or delete the annotation"
+            with contextlib.suppress(Exception):
+                rle = self.coco.annToRLE(ann)  # exactly what COCOeval calls
+            if rle is None and self.evaluation == "segm":
+                if cleaned is None:
+                    return "degenerate_polygon", (
+                        "has no polygon with at least 3 x,y points that pycocotools can read; fix the "
+                        "segmentation or delete the annotation"
+                    )
+                dropped = len(ann["segmentation"]) - len(cleaned)
+                ann["segmentation"] = cleaned
+                rle = self.coco.annToRLE(ann)
+                note(
+                    "polygon_part_dropped", f"has {dropped} polygon part(s) pycocotools cannot read: dropped"
+                )
+        if not area_ok:
+            given = ann.get("area")
+            ann["area"] = float(mask_utils.area(rle)) if rle is not None else float(bbox[2] * bbox[3])
+            source = "segmentation" if rle is not None else "box"
+            note("area_missing", f"has area {given!r}: set to its {source}'s, {ann['area']:g}")
+        return None
+
     def _build_records(self) -> list[_ImageRecord]:
         records = self._image_records()
         image_ids = {img["id"] for img in self.coco.dataset["images"]}
@@ -384,44 +451,61 @@ class CocoDetection(CheckedDataset):
         known = f"{self.category_ids[:20]}{'...' if len(self.category_ids) > 20 else ''}"
         had_instances: set[int] = set()
         seen: set[int] = set()
+        dropped: list[dict[str, Any]] = []  # bad annotations, which evaluation must not score either
+
+        def reject(ann: dict[str, Any], kind: str, problem: str) -> None:
+            self._bad_record(kind, f"annotation id {ann['id']}", problem, f" (image id {ann['image_id']})")
+            dropped.append(ann)
+
         for ann in self.coco.dataset["annotations"]:
             aid, iid, cid = ann["id"], ann["image_id"], ann["category_id"]
-            record, about = f"annotation id {aid}", f" (image id {iid})"
             if aid in seen:
                 problem = "repeats the id of an earlier annotation; give every annotation a unique id"
-                self._bad_record(
-                    "duplicate_annotation_id", record, f"{problem} (the first one is kept)", about
-                )
+                reject(ann, "duplicate_annotation_id", f"{problem} (the first one is kept)")
                 continue
             seen.add(aid)
             if iid not in image_ids:
-                problem = (
-                    "refers to an image id not in 'images'; add the image record or delete the annotation"
+                reject(
+                    ann,
+                    "unknown_image",
+                    "refers to an image id not in 'images'; add the image record or delete the annotation",
                 )
-                self._bad_record("unknown_image", record, problem, about)
                 continue
             if cid not in label_of:
                 problem = f"has category_id {cid}, not a training category {known}"
-                fix = "fix the id or add the category to the training file"
-                self._bad_record("unknown_category", record, f"{problem}; {fix}", about)
+                reject(
+                    ann, "unknown_category", f"{problem}; fix the id or add the category to the training file"
+                )
                 continue
-            if ann.get("iscrowd", 0) or iid not in records:
-                continue  # crowd regions are only for evaluation; a bad image was already reported
-            had_instances.add(iid)
+            if iid not in records:
+                continue  # a bad image, already reported
+            if not ann.get("iscrowd", 0):
+                had_instances.add(iid)
+            if self.evaluation is not None:
+                problem = self._check_ground_truth(ann, records[iid])
+                if problem is not None:
+                    reject(ann, *problem)
+                    continue
+            if ann.get("iscrowd", 0):
+                continue  # crowd regions are only for evaluation
             result = self._instance(ann, records[iid], label_of[cid])
             if isinstance(result, tuple):
-                self._bad_record(result[0], record, result[1], about)
+                reject(ann, *result)
                 continue
             seg = ann.get("segmentation")
             if self.masks and isinstance(seg, list) and len(result.segmentation) < len(seg):
+                record = f"annotation id {aid}"
                 self._note(
                     "polygon_part_dropped",
-                    f"{self.annotation_file}: {record}{about}: {len(seg) - len(result.segmentation)} of its "
+                    f"{self.annotation_file}: {record} (image id {iid}): "
+                    f"{len(seg) - len(result.segmentation)} of its "
                     f"{len(seg)} polygon parts have fewer than 3 points and were dropped",
                     file=self.annotation_file,
                     record=record,
                 )
             records[iid].instances.append(result)
+        if self.evaluation is not None and dropped:
+            self._drop_from_ground_truth(dropped)
 
         kept = []
         for rec in records.values():
@@ -433,6 +517,13 @@ class CocoDetection(CheckedDataset):
             elif self.keep_empty_images:
                 kept.append(rec)
         return kept
+
+    def _drop_from_ground_truth(self, annotations: list[dict[str, Any]]) -> None:
+        """Take the annotations skipped as bad out of ``.coco``, the ground truth COCOeval scores against."""
+        bad = {id(ann) for ann in annotations}
+        self.coco.dataset["annotations"] = [a for a in self.coco.dataset["annotations"] if id(a) not in bad]
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.coco.createIndex()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -655,6 +746,7 @@ class CocoDataModule(SplitDataModule):
             category_ids=self._category_ids,
             masks=False,
             keep_empty_images=True,  # evaluation covers every image of the file
+            evaluation="segm" if self.masks else "bbox",
             on_bad_data=on_bad_data,
         )
 
