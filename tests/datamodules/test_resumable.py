@@ -2,9 +2,13 @@
 
 import pickle
 
+import lightning
+import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
+from vitdense.datamodules import ShapesSegmentationDataModule
 from vitdense.datamodules.resumable import ResumableSampler, SeededIndex, SeededSamples
 
 
@@ -54,3 +58,59 @@ def test_a_sample_depends_on_its_seed_only_not_on_the_worker_or_the_callers_stat
     loader = DataLoader(samples, batch_size=2, sampler=indices, num_workers=1)
     torch.testing.assert_close(torch.cat(list(loader)), alone)
     assert not torch.equal(alone[0], alone[1])
+
+
+class BatchRecorder(lightning.LightningModule):
+    """Records a checksum of every training batch; validation logs a constant for ModelCheckpoint."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 1)
+        self.seen: list[tuple[int, float]] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append((self.global_step, float(batch[0].float().sum())))
+        return self.layer(batch[0].float().mean((2, 3))).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/score", 1.0)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize(
+    ("val_check_interval", "saved_at"), [(3, 3), (1.0, 5)], ids=["mid-epoch", "end-of-epoch"]
+)
+def test_a_run_resumed_from_a_checkpoint_saved_by_validation_sees_the_batches_it_would_have(
+    tmp_path, val_check_interval, saved_at
+):
+    """ModelCheckpoint saves while fit validates (the recipes' best checkpoints): the data position must be
+    in it, and the epoch after an end-of-epoch one must shuffle as in a run that never stopped."""
+    root = tmp_path / "shapes"
+
+    def fit(ckpt_path=None) -> list[tuple[int, float]]:
+        lightning.seed_everything(1)
+        datamodule = ShapesSegmentationDataModule(
+            str(root), num_train=10, num_val=2, crop_size=56, scale=(80, 60), batch_size=2, num_workers=0
+        )
+        model = BatchRecorder()
+        saver = ModelCheckpoint(tmp_path / "ckpt", filename="{step}", monitor="val/score", save_top_k=-1)
+        trainer = lightning.Trainer(
+            max_steps=2 * saved_at + 2,
+            val_check_interval=val_check_interval,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp_path,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[saver],
+        )
+        trainer.fit(model, datamodule, ckpt_path=ckpt_path)
+        return model.seen
+
+    straight = fit()
+    resumed = fit(tmp_path / "ckpt" / f"step={saved_at}.ckpt")
+    assert resumed[0][0] == saved_at
+    assert resumed == straight[saved_at:]

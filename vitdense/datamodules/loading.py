@@ -143,7 +143,13 @@ class SplitDataModule(L.LightningDataModule):
             raise RuntimeError("call setup('fit') before asking for its DataLoader")
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(self.train_dataset, replicas, rank, seed=torch.initial_seed() % 2**32)
+        sampler = ResumableSampler(
+            self.train_dataset,
+            replicas,
+            rank,
+            seed=torch.initial_seed() % 2**32,
+            epoch_of=(lambda: trainer.current_epoch) if trainer is not None else None,
+        )
         if self._resume_train_at is not None:
             epoch, batches = self._resume_train_at
             sampler.resume(epoch, batches * self.batch_size)
@@ -160,9 +166,13 @@ class SplitDataModule(L.LightningDataModule):
         return self._evaluation_loader(self.predict_dataset, "predict")
 
     def state_dict(self) -> dict[str, Any]:
-        """Where training is in its epoch, saved in checkpoints so that a resumed run starts there."""
+        """Where training is in its epoch, saved in checkpoints so that a resumed run starts there.
+
+        Also from checkpoints saved while ``fit`` validates (``ModelCheckpoint``'s best, mid-epoch with
+        ``val_check_interval``), not only from those saved between training steps.
+        """
         trainer = self.trainer
-        if trainer is None or not trainer.training:
+        if trainer is None or trainer.state.fn != "fit" or trainer.sanity_checking:
             return {}
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return {"train_epoch": trainer.current_epoch, "train_batches_done": done}

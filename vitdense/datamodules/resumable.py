@@ -7,7 +7,7 @@ depend on (seed, epoch, position) only, not on which worker loads it or on what 
 killed mid-epoch and resumed from its checkpoint sees the same batches as one that never stopped.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -39,14 +39,25 @@ class ResumableSampler(DistributedSampler):
         rank: this process.
         seed: shuffling and augmentation seed (the same on every process).
         drop_last: drop the tail that does not divide evenly among processes (else pad by repeating).
+        epoch_of: the training epoch about to be iterated, asked when an iteration starts (the DataModule
+            passes its trainer's ``current_epoch``); default: the last :meth:`set_epoch`. Lightning sets the
+            epoch from a counter that, resumed from a checkpoint saved by the validation that ends an epoch,
+            runs one ahead of ``current_epoch``: the resumed run would shuffle differently.
     """
 
     def __init__(
-        self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0, drop_last: bool = False
+        self,
+        dataset: Dataset,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        drop_last: bool = False,
+        epoch_of: Callable[[], int] | None = None,
     ) -> None:
         super().__init__(
             dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
         )
+        self.epoch_of = epoch_of
         self._resume: tuple[int, int] | None = None
 
     def resume(self, epoch: int, consumed: int) -> None:
@@ -54,6 +65,8 @@ class ResumableSampler(DistributedSampler):
         self._resume = (epoch, consumed)
 
     def __iter__(self) -> Iterator[SeededIndex]:
+        if self.epoch_of is not None:
+            self.set_epoch(self.epoch_of())
         indices = list(super().__iter__())
         start = 0
         if self._resume is not None and self._resume[0] == self.epoch:
