@@ -36,6 +36,7 @@ from vitdense.datamodules.bad_data import SKIP_HINT as _SKIP_HINT
 from vitdense.datamodules.collate import collate_detection
 from vitdense.datamodules.images import image_conversions, read_image
 from vitdense.datamodules.loading import SplitDataModule
+from vitdense.datamodules.packed import PackedRecords
 from vitdense.datamodules.predict_images import PredictImages
 from vitdense.datamodules.transforms import EvalTransform, TrainTransform
 
@@ -304,7 +305,8 @@ class CocoDetection(CheckedDataset):
             names = dict(zip(file_ids, file_names))
             self.category_ids = list(category_ids)
             self.class_names = [names.get(i, str(i)) for i in self.category_ids]
-        self._records = self._build_records()
+        # Packed: DataLoader workers then share the records instead of copying them (see PackedRecords).
+        self._records = PackedRecords(self._build_records())
         self.image_ids = [r.image_id for r in self._records]
         self._log_skips()
 
@@ -533,7 +535,7 @@ class CocoDetection(CheckedDataset):
         return rec.path, f"image id {rec.image_id}"
 
     def _keep(self, indices: list[int]) -> None:
-        self._records = [self._records[i] for i in indices]
+        self._records = PackedRecords(self._records[i] for i in indices)
         self.image_ids = [r.image_id for r in self._records]
 
     def _read(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
