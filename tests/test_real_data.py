@@ -13,10 +13,12 @@ LABELME = Path(__file__).resolve().parents[2] / "shared" / "data" / "labelme_voc
 pytestmark = pytest.mark.skipif(not LABELME.is_dir(), reason="../shared/data/labelme_voc_coco not present")
 
 
-def test_labelme_voc_parses_with_category_zero_and_sub_folders():
+def test_labelme_voc_parses_with_sub_folders_and_without_its_background_category(caplog):
     annotations = str(LABELME / "annotations.json")
     data = CocoDataModule(str(LABELME), annotations, str(LABELME), annotations, image_size=224, num_workers=0)
-    assert data.category_ids[0] == 0 and data.num_classes == 21
+    # labelme writes category id 0 "_background_", which no annotation uses: the 20 VOC classes remain.
+    assert data.category_ids[0] == 1 and data.num_classes == 20 and "_background_" not in data.class_names
+    assert "'_background_' has no annotations" in caplog.text
     data.setup("fit")
     image, target = data.train_dataset[0]
     assert image.shape == (3, 224, 224) and len(target["boxes"]) == len(target["masks"]) > 0

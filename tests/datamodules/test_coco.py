@@ -54,6 +54,16 @@ def test_crowd_excluded_from_targets_but_kept_in_coco(make_coco: MakeCoco) -> No
     assert {a["id"] for a in ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=[1], iscrowd=None))} == {1, 2}
 
 
+def test_an_image_with_only_crowd_regions_is_no_training_negative(make_coco: MakeCoco) -> None:
+    images = [IMG | {"id": i, "file_name": f"{i}.png"} for i in (1, 2, 3)]
+    anns = [_ann(1, [2, 3, 10, 6]), _ann(2, [40, 2, 4, 4], image_id=2, iscrowd=1)]  # image 3: no annotation
+    root, ann_file = make_coco(images, anns)
+    train = CocoDetection(root, ann_file, TrainTransform(56, min_scale=1.0, max_scale=1.0), masks=True)
+    assert train.image_ids == [1, 3]
+    evaluation = CocoDetection(root, ann_file, EvalTransform(56), evaluation="segm")
+    assert evaluation.image_ids == [1, 2, 3], "evaluation scores every image, crowd regions included"
+
+
 def test_crowd_excluded_in_shapes_train_split(shapes: dict[str, Path]) -> None:
     ds = CocoDetection(shapes["train_images"], shapes["train_annotations"], EvalTransform(224), masks=True)
     crowd_images = {a["image_id"] for a in ds.coco.dataset["annotations"] if a["iscrowd"]}
@@ -88,6 +98,13 @@ def test_category_ids_remapped_both_ways_with_zero_and_gaps(make_coco: MakeCoco)
     assert target["labels"].dtype == torch.int64
     assert target["labels"].tolist() == [2, 1, 3]
     assert [dm.category_ids[label - 1] for label in target["labels"].tolist()] == [5, 0, 42]
+
+
+def test_an_unused_background_category_is_left_out_a_used_one_kept(make_coco: MakeCoco) -> None:
+    cats = [{"id": 0, "name": "_background_"}, {"id": 1, "name": "cat"}, {"id": 2, "name": "Background"}]
+    root, ann_file = make_coco([IMG], [_ann(1, [1, 1, 5, 5], cid=1), _ann(2, [10, 1, 5, 5], cid=2)], cats)
+    dm = CocoDataModule(str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0)
+    assert dm.category_ids == [1, 2] and dm.class_names == ["cat", "Background"]  # id 2 is annotated
 
 
 def test_validation_split_uses_training_label_mapping(make_coco: MakeCoco, tmp_path: Path) -> None:

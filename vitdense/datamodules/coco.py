@@ -128,8 +128,16 @@ def load_coco(annotation_file: str | Path) -> CocoFile:
     return coco
 
 
+_BACKGROUND_NAMES = {"background", "_background_", "__background__", "bg"}
+
+
 def categories_of(coco: COCO, annotation_file: str | Path) -> tuple[list[int], list[str]]:
-    """Category ids sorted ascending and their names; label ``L`` is ``ids[L - 1]``."""
+    """Category ids sorted ascending and their names; label ``L`` is ``ids[L - 1]``.
+
+    A category named as background (``_background_``, as labelme's converter writes, ``background``,
+    ``__background__``, ``bg``) that no annotation uses is left out, with a warning: label 0 is the R-CNN
+    background already, and an empty foreground class would only cost the classifier a logit.
+    """
     cats = {}
     for cat in coco.dataset["categories"]:
         if not isinstance(cat, dict) or not _is_int(cat.get("id")):
@@ -140,6 +148,17 @@ def categories_of(coco: COCO, annotation_file: str | Path) -> tuple[list[int], l
                 message, Finding("duplicate_category_id", message, str(annotation_file), "categories")
             )
         cats[cat["id"]] = str(cat.get("name", cat["id"]))
+    used = {ann.get("category_id") for ann in coco.dataset.get("annotations", [])}
+    for category_id, name in list(cats.items()):
+        if name.strip().lower() in _BACKGROUND_NAMES and category_id not in used and len(cats) > 1:
+            logger.warning(
+                "%s: category id %s %r has no annotations and names the background, which label 0 already "
+                "is: left out of the classes",
+                annotation_file,
+                category_id,
+                name,
+            )
+            del cats[category_id]
     ids = sorted(cats)
     return ids, [cats[i] for i in ids]
 
@@ -267,7 +286,8 @@ class CocoDetection(CheckedDataset):
         category_ids: the label mapping (default: this file's categories); pass the training split's.
         coco: the already parsed ``annotation_file``, to avoid parsing it twice.
         masks: decode instance masks into the targets.
-        keep_empty_images: keep images with no non-crowd annotation (as negatives).
+        keep_empty_images: keep images without annotations (as negatives); never those whose annotations are
+            all crowd regions (as detectron2), except on an ``evaluation`` split.
         evaluation: the split is scored by COCOeval for box AP (``"bbox"``) or box and mask AP (``"segm"``)
             against ``.coco``: every annotation, crowd regions included, is also checked as pycocotools reads
             it (see :meth:`_check_ground_truth`), and annotations dropped as bad leave ``.coco`` too.
@@ -452,6 +472,7 @@ class CocoDetection(CheckedDataset):
         label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
         known = f"{self.category_ids[:20]}{'...' if len(self.category_ids) > 20 else ''}"
         had_instances: set[int] = set()
+        crowded: set[int] = set()
         seen: set[int] = set()
         dropped: list[dict[str, Any]] = []  # bad annotations, which evaluation must not score either
 
@@ -489,6 +510,7 @@ class CocoDetection(CheckedDataset):
                     reject(ann, *problem)
                     continue
             if ann.get("iscrowd", 0):
+                crowded.add(iid)
                 continue  # crowd regions are only for evaluation
             result = self._instance(ann, records[iid], label_of[cid])
             if isinstance(result, tuple):
@@ -516,6 +538,9 @@ class CocoDetection(CheckedDataset):
             elif rec.image_id in had_instances:
                 # All its objects were dropped as bad: it is not a true negative, so never train on it as one.
                 logger.debug("%s: image id %d lost all its annotations", self.annotation_file, rec.image_id)
+            elif rec.image_id in crowded and self.evaluation is None:
+                # Only crowd regions, which are full of objects: as a negative it would teach them as background.
+                logger.debug("%s: image id %d has only crowd regions", self.annotation_file, rec.image_id)
             elif self.keep_empty_images:
                 kept.append(rec)
         return kept
@@ -634,7 +659,7 @@ class CocoDataModule(SplitDataModule):
         eval_batch_size: val/test/predict batch size (default: ``batch_size``).
         num_workers: DataLoader workers (persistent when > 0).
         masks: put instance masks in the training targets (Mask R-CNN).
-        keep_empty_images: keep training images without non-crowd annotations as negatives.
+        keep_empty_images: keep training images without annotations as negatives (never crowd-only ones).
         min_scale: smallest large-scale-jitter factor.
         max_scale: largest large-scale-jitter factor.
         on_bad_data: ``"error"`` raises on the first bad record; ``"skip"`` drops, logs and counts them.

@@ -20,8 +20,9 @@ class CocoEvaluator:
     Detections are kept in the original image frame with the dataset's own category ids, so the ground
     truth is the split's annotation file as written: crowd regions, ``area`` ranges and ignore flags behave
     exactly as in the official evaluation (the dataset only fills in what pycocotools cannot do without
-    and takes out records skipped as bad; see ``CocoDetection``'s ``evaluation``). Under DDP the results of all processes are gathered and
-    de-duplicated by image id (the distributed sampler pads the last batch with repeated images).
+    and takes out records skipped as bad; see ``CocoDetection``'s ``evaluation``). Under DDP the results
+    of all processes are gathered and de-duplicated by image id (the distributed sampler pads the last
+    batch with repeated images).
 
     Args:
         iou_types: ``"bbox"`` and/or ``"segm"``.
