@@ -248,7 +248,10 @@ def test_any_valid_coco_set_parses_and_round_trips_category_ids(
     assert ds.category_ids == sorted(names)
     assert ds.class_names == [names[cid] for cid in ds.category_ids]
     all_ids = [img["id"] for img in coco["images"]]
-    assert ds.image_ids == [iid for iid in all_ids if keep_empty or _non_crowd(coco, iid)]
+    crowded = {a["image_id"] for a in coco["annotations"] if a["iscrowd"]}
+    # Images without annotations are kept as negatives on request, never those with only crowd regions.
+    kept = [iid for iid in all_ids if _non_crowd(coco, iid) or (keep_empty and iid not in crowded)]
+    assert ds.image_ids == kept
 
     k = len(ds.category_ids)
     detections = []
