@@ -1,6 +1,8 @@
 """What a run leaves behind and what users do with it: reports, logs, checkpoints, predict, inference."""
 
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -244,6 +246,53 @@ def test_checkpoints_restore_without_their_weights_file(detection_run, tmp_path,
     assert isinstance(task, DetectionTask) and not task.training
     saved = torch.load(ckpt, weights_only=False)["state_dict"]
     torch.testing.assert_close(task.state_dict(), saved)
+
+
+def test_options_given_with_ckpt_path_win_over_the_checkpoints_own(detection_run, tmp_path, capsys):
+    """Lightning builds the model from the checkpoint's init args; those on the command line still count."""
+    main(
+        [
+            "test",
+            "--config",
+            str(detection_run / "config.yaml"),
+            "--ckpt_path",
+            str(_last_checkpoint(detection_run)),
+            "--model.init_args.per_class_ap=true",
+            "--model.init_args.detector.init_args.detections_per_img=1",
+            "--model.init_args.detector.init_args.score_thresh=0.0",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    assert re.search(r"class\s+bbox AP\n", capsys.readouterr().out), "the per-class table is printed"
+    (report,) = tmp_path.rglob("test_step4_metrics.json")
+    assert set(json.loads(report.read_text())["per_class_AP"]["bbox"]) == {
+        "circle",
+        "rectangle",
+        "triangle",
+        "diamond",
+    }
+    (results,) = tmp_path.rglob("test_step4_bbox_results.json")
+    per_image = Counter(result["image_id"] for result in json.loads(results.read_text()))
+    assert per_image and max(per_image.values()) == 1
+
+
+def test_a_checkpoint_for_other_classes_says_so(detection_run, segmentation_run):
+    checkpoint = torch.load(_last_checkpoint(detection_run), weights_only=False)
+    task = load_checkpoint(_last_checkpoint(detection_run))
+    other = DetectionTask(
+        3, lambda num_classes: type(task.model)(backbone=task.model.backbone, num_classes=num_classes)
+    )
+    with pytest.raises(ValueError, match=r"was trained for 4 classes \(\['circle'.*but this data has 3"):
+        other.on_load_checkpoint(checkpoint)
+
+    # Evaluating on a datamodule, its label space governs, not the checkpoint's.
+    checkpoint = torch.load(_last_checkpoint(segmentation_run), weights_only=False)
+    task = load_checkpoint(_last_checkpoint(segmentation_run))
+    names = [f"class {index}" for index in range(task.num_classes)]
+    task._set_label_space(11, names)
+    task._label_space_from_data = True
+    task.on_load_checkpoint(checkpoint)
+    assert task.ignore_index == task.confmat.ignore_index == 11 and task.class_names == names
 
 
 def test_load_checkpoint_says_what_is_wrong(tmp_path):

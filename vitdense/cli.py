@@ -1,6 +1,7 @@
 """The ``vitdense`` command: Lightning's CLI over the kit's tasks and datamodules."""
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
@@ -46,6 +47,28 @@ class VitDenseCLI(LightningCLI):
             parser.set_defaults(return_predictions=False)
         return parser
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._command_line = (
+            list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        )
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """The model's init args from ``--ckpt_path``'s checkpoint, except those given on the command line.
+
+        Lightning builds the model that the checkpoint was trained as (its saved init args win over the
+        recipe), but that also silently drops a test-time ``--model.init_args.per_class_ap=true``,
+        ``sliding_window`` or ``mask_threshold``: those are put back.
+        """
+        before = self.config.clone() if self.config.get("subcommand") else None
+        super()._parse_ckpt_path()
+        if before is None:
+            return
+        model = f"{self.config.subcommand}.model.init_args"
+        for key in _model_arguments(getattr(self, "_command_line", [])):
+            with contextlib.suppress(KeyError):  # a key the checkpoint's model does not have stays as parsed
+                self.config[f"{model}.{key}"] = before[f"{model}.{key}"]
+
     def _restores_checkpoint(self) -> bool:
         """Whether the run's weights come from a checkpoint, so the backbone need not load its own."""
         ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path") if self.subcommand else None
@@ -88,6 +111,16 @@ class VitDenseCLI(LightningCLI):
             print(json.dumps(metrics), flush=True)
 
     after_fit = after_validate = after_test = _print_final_metrics
+
+
+def _model_arguments(command_line: list[str]) -> list[str]:
+    """Dotted keys below ``model.init_args`` given as ``--model.init_args.<key>[=value]`` options."""
+    keys = []
+    for argument in command_line:
+        name = argument.split("=", 1)[0]
+        if name.startswith("--model.init_args."):
+            keys.append(name.removeprefix("--model.init_args."))
+    return keys
 
 
 class DataCheckCLI(VitDenseCLI):

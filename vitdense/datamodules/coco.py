@@ -539,7 +539,7 @@ class CocoDetection(CheckedDataset):
                 # All its objects were dropped as bad: it is not a true negative, so never train on it as one.
                 logger.debug("%s: image id %d lost all its annotations", self.annotation_file, rec.image_id)
             elif rec.image_id in crowded and self.evaluation is None:
-                # Only crowd regions, which are full of objects: as a negative it would teach them as background.
+                # Only crowd regions, full of objects: as a negative it would teach them as background.
                 logger.debug("%s: image id %d has only crowd regions", self.annotation_file, rec.image_id)
             elif self.keep_empty_images:
                 kept.append(rec)

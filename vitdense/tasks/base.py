@@ -27,6 +27,18 @@ def _numpy_state_from_tensors(state: tuple) -> tuple:
     return name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian
 
 
+def warn_if_classes_differ(checkpoint: dict[str, Any], class_names: list[str]) -> None:
+    """Warn when a checkpoint evaluated on a datamodule was trained with other class names."""
+    trained = checkpoint.get("class_names")
+    if trained is not None and list(trained) != list(class_names):
+        logger.warning(
+            "The checkpoint was trained with classes %s, the data has %s: scoring with the data's, label by "
+            "label",
+            trained,
+            class_names,
+        )
+
+
 class VitDenseTask(LightningModule):
     """Base of the kit's LightningModules.
 
@@ -95,9 +107,41 @@ class VitDenseTask(LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_checkpoint_shapes(checkpoint)
         self._checkpoint_step = checkpoint.get("global_step")
         self.skipped_steps = checkpoint.get("skipped_steps", 0)
         self._rng_states_to_restore = checkpoint.get("rng_states")
+
+    def _check_checkpoint_shapes(self, checkpoint: dict[str, Any]) -> None:
+        """Fail with what differs, rather than with PyTorch's list of size mismatches, when the checkpoint's
+        weights do not fit this model (another class count, another backbone size)."""
+        ours = self.state_dict()
+        differ = [
+            (name, tuple(tensor.shape), tuple(ours[name].shape))
+            for name, tensor in checkpoint.get("state_dict", {}).items()
+            if name in ours and tuple(tensor.shape) != tuple(ours[name].shape)
+        ]
+        if not differ:
+            return
+        path = getattr(self.trainer, "ckpt_path", None) if self._trainer is not None else None
+        where = f"checkpoint {path}" if path else "the checkpoint"
+        trained, now = (
+            (checkpoint.get("hyper_parameters") or {}).get("num_classes"),
+            self.hparams.get("num_classes"),
+        )
+        if trained is not None and now is not None and trained != now:
+            names = checkpoint.get("class_names")
+            trained_as = f"{trained} classes" + (f" ({names})" if names else "")
+            raise ValueError(
+                f"{where} was trained for {trained_as}, but this data has {now} "
+                f"({getattr(self, 'class_names', None)}): evaluate or fine-tune it on data with the same "
+                "categories, or start from the backbone weights instead of the checkpoint"
+            )
+        listed = "; ".join(f"{name}: {a} in the checkpoint, {b} here" for name, a, b in differ[:3])
+        raise ValueError(
+            f"{where} does not fit this model ({len(differ)} weights differ in shape: {listed}); build the "
+            "model as it was trained: pass the run's own config.yaml with --config"
+        )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Restored here, not on load: setting up the DataLoaders in between draws from torch's generator,

@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from vitdense.heads import RCNNDetector, paste_detections
-from vitdense.tasks.base import VitDenseTask
+from vitdense.tasks.base import VitDenseTask, warn_if_classes_differ
 from vitdense.tasks.coco_evaluator import CocoEvaluator
 from vitdense.tasks.visualization import draw_detections, valid_region_at_original
 
@@ -69,6 +69,7 @@ class DetectionTask(VitDenseTask):
         # The square canvas side of the evaluation transform, from the datamodule; saved in checkpoints so
         # that vitdense.inference prepares images exactly as `vitdense predict` does.
         self.image_size: int | None = None
+        self._label_space_from_data = False
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -81,6 +82,7 @@ class DetectionTask(VitDenseTask):
                 )
             self.category_ids = list(datamodule.category_ids)
             self.class_names = list(datamodule.class_names)
+            self._label_space_from_data = True
         if datamodule is not None and hasattr(datamodule, "image_size"):
             self.image_size = int(datamodule.image_size)
 
@@ -92,6 +94,9 @@ class DetectionTask(VitDenseTask):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        if self._label_space_from_data:  # evaluating on a datamodule: its categories score the detections
+            warn_if_classes_differ(checkpoint, self.class_names)
+            return
         self.category_ids = checkpoint.get("category_ids", self.category_ids)
         self.class_names = checkpoint.get("class_names", self.class_names)
         self.image_size = checkpoint.get("image_size", self.image_size)

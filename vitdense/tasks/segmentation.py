@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from vitdense.heads import Segmenter, slide_inference, whole_inference
-from vitdense.tasks.base import VitDenseTask
+from vitdense.tasks.base import VitDenseTask, warn_if_classes_differ
 from vitdense.tasks.segmentation_metrics import format_class_table, segmentation_scores
 from vitdense.tasks.visualization import draw_label_map, valid_region_at_original
 
@@ -70,6 +70,7 @@ class SemanticSegmentationTask(VitDenseTask):
         # The evaluation resize's (long, short) reference, so that vitdense.inference prepares images as
         # `vitdense predict` does.
         self.eval_scale: tuple[int, int] | None = None
+        self._label_space_from_data = False
         self.confmat = MulticlassConfusionMatrix(
             num_classes, ignore_index=self.ignore_index, validate_args=False
         )
@@ -85,6 +86,7 @@ class SemanticSegmentationTask(VitDenseTask):
             )
         self._set_label_space(datamodule.ignore_index, list(datamodule.class_names))
         self.eval_scale = tuple(int(side) for side in datamodule.scale)
+        self._label_space_from_data = True
 
     def _set_label_space(self, ignore_index: int, class_names: list[str]) -> None:
         self.ignore_index = ignore_index
@@ -99,6 +101,9 @@ class SemanticSegmentationTask(VitDenseTask):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        if self._label_space_from_data:  # evaluating on a datamodule: its ignore index and scale govern
+            warn_if_classes_differ(checkpoint, self.class_names)
+            return
         eval_scale = checkpoint.get("eval_scale")
         self.eval_scale = tuple(eval_scale) if eval_scale is not None else self.eval_scale
         self._set_label_space(
