@@ -388,6 +388,21 @@ def test_evaluation_ground_truth_is_checked_as_cocoeval_reads_it(make_coco: Make
     assert val.counts() == {kind: 1} and val.findings[0].record == "annotation id 2"
 
 
+def test_annotation_id_0_is_scored_as_a_match(make_coco: MakeCoco) -> None:
+    """COCOeval stores a match as the matched ground truth's id, so id 0 read as no match (labelme starts
+    its annotation ids at 0): perfect detections scored AP 0.5 here before."""
+    anns = [_ann(0, bbox=[2, 2, 8, 6], area=48), _ann(1, bbox=[30, 10, 12, 12], area=144)]
+    root, ann_file = make_coco([GOOD_IMAGE], anns)
+    ds = CocoDetection(root, ann_file, EvalTransform(56), evaluation="bbox")
+    assert 0 not in ds.coco.anns and len(ds.coco.anns) == 2
+    evaluator = CocoEvaluator(("bbox",))
+    boxes = torch.tensor([[2.0, 2.0, 10.0, 8.0], [30.0, 10.0, 42.0, 22.0]])
+    evaluator.update(
+        1, {"boxes": boxes, "labels": torch.tensor([1, 1]), "scores": torch.tensor([0.9, 0.8])}, [1, 2]
+    )
+    assert evaluator.compute(ds.coco)["bbox_AP"] > 0.99
+
+
 def test_evaluation_fills_missing_area_and_iscrowd_and_reads_segmentations_as_pycocotools_does(
     make_coco: MakeCoco,
 ) -> None:

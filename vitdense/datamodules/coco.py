@@ -528,8 +528,8 @@ class CocoDetection(CheckedDataset):
                     record=record,
                 )
             records[iid].instances.append(result)
-        if self.evaluation is not None and dropped:
-            self._drop_from_ground_truth(dropped)
+        if self.evaluation is not None:
+            self._prepare_ground_truth(dropped)
 
         kept = []
         for rec in records.values():
@@ -545,12 +545,24 @@ class CocoDetection(CheckedDataset):
                 kept.append(rec)
         return kept
 
-    def _drop_from_ground_truth(self, annotations: list[dict[str, Any]]) -> None:
-        """Take the annotations skipped as bad out of ``.coco``, the ground truth COCOeval scores against."""
-        bad = {id(ann) for ann in annotations}
-        self.coco.dataset["annotations"] = [a for a in self.coco.dataset["annotations"] if id(a) not in bad]
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.coco.createIndex()
+    def _prepare_ground_truth(self, dropped: list[dict[str, Any]]) -> None:
+        """Make ``.coco`` the ground truth COCOeval scores against: without the annotations skipped as bad,
+        and with ids from 1 where the file starts them at 0 (COCOeval stores a match as the matched id, so
+        a match with annotation 0 would count as a miss: labelme's exports start at 0)."""
+        annotations = self.coco.dataset["annotations"]
+        if dropped:
+            bad = {id(ann) for ann in dropped}
+            annotations = self.coco.dataset["annotations"] = [a for a in annotations if id(a) not in bad]
+        renumber = any(ann["id"] == 0 for ann in annotations)
+        if renumber:
+            logger.info(
+                "%s: annotation ids renumbered from 1 for evaluation (0 is one)", self.annotation_file
+            )
+            for number, ann in enumerate(annotations, start=1):
+                ann["id"] = number
+        if dropped or renumber:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.coco.createIndex()
 
     def __len__(self) -> int:
         return len(self._records)
