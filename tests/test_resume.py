@@ -20,14 +20,17 @@ class KilledAt(Callback):
             raise RuntimeError(f"killed at step {self.step}")
 
 
-def _args(tmp_path, run: str, workers: int, kill_at: int | None = None) -> list[str]:
+def _args(tmp_path, run: str, workers: int, kill_at: int | None = None, save_every: int = 1) -> list[str]:
     backbone = {"init_args": {"out_channels": 32, "vit": _tiny_vit()}}
     detector = {"init_args": {"head_dim": 32, "fc_dim": 64, "backbone": backbone}}
     overrides = tmp_path / "tiny.yaml"
     overrides.write_text(yaml.safe_dump({"model": {"init_args": {"detector": detector}}}))
-    latest = {"class_path": "vitdense.tasks.LatestCheckpoint", "init_args": {"every_n_train_steps": 1}}
+    latest = {
+        "class_path": "vitdense.tasks.LatestCheckpoint",
+        "init_args": {"every_n_train_steps": save_every},
+    }
     killer = {"class_path": "tests.test_resume.KilledAt", "init_args": {"step": kill_at}}
-    callbacks = tmp_path / f"callbacks_{run}_{kill_at}.yaml"
+    callbacks = tmp_path / f"callbacks_{run}_{kill_at}_{save_every}.yaml"
     callbacks.write_text(yaml.safe_dump({"trainer": {"callbacks": [latest] + ([killer] if kill_at else [])}}))
     return [
         "fit",
@@ -81,3 +84,23 @@ def test_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path):
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+@pytest.mark.slow
+def test_a_finished_run_extended_by_an_epoch_trains_that_epoch_as_an_uninterrupted_run(tmp_path):
+    """The checkpoint saved at the end of training (here: of max_epochs=2, between periodic saves) resumes
+    into the next epoch, with its data, and the continued run keeps writing last.ckpt (no last-v1.ckpt)."""
+    schedule = ["--trainer.max_steps=-1", "--model.init_args.lr_scheduler.init_args.total_steps=12"]
+    main([*_args(tmp_path, "straight", workers=0), *schedule, "--trainer.max_epochs=3"])
+    extended = _args(tmp_path, "extended", workers=0, save_every=100)
+    main([*extended, *schedule, "--trainer.max_epochs=2"])
+    assert _final_state(tmp_path, "extended")["global_step"] == 8
+    main([*extended, *schedule, "--trainer.max_epochs=3", "--ckpt_path", "last"])
+
+    straight, extended = _final_state(tmp_path, "straight"), _final_state(tmp_path, "extended")
+    assert extended["global_step"] == straight["global_step"] == 12
+    torch.testing.assert_close(extended["state_dict"], straight["state_dict"], rtol=1e-5, atol=1e-6)
+    assert sorted(path.name for path in (tmp_path / "extended" / "checkpoints").iterdir()) == [
+        "last.ckpt",
+        "step12.ckpt",
+    ]

@@ -91,12 +91,17 @@ class ValidationImageLogger(Callback):
 
 
 class LatestCheckpoint(ModelCheckpoint):
-    """The latest training state, every ``every_n_train_steps`` steps and when training ends.
+    """The latest training state, every ``every_n_train_steps`` steps and at the last step of training.
 
     Kept as one ``step{N}.ckpt`` with ``last.ckpt`` linking to it, in ``<default_root_dir>/checkpoints`` by
     default: a folder that does not change with the logger's version, so that a new run started with
-    ``--ckpt_path last`` in the same root finds it. (A ``ModelCheckpoint`` that monitors a metric only
-    refreshes its ``last.ckpt`` when the metric improves; use this one beside it for resuming.)
+    ``--ckpt_path last`` in the same root finds it, and ``last.ckpt`` is always the newest run's (no
+    ``last-v1.ckpt`` beside an older one). (A ``ModelCheckpoint`` that monitors a metric only refreshes its
+    ``last.ckpt`` when the metric improves; use this one beside it for resuming.)
+
+    The last step is saved when it is taken (``max_steps`` reached, the last epoch's last batch, or a
+    requested stop), not when training has ended, by which time Lightning has counted one more epoch: a run
+    resumed from it to train longer would skip an epoch.
 
     Args:
         every_n_train_steps: steps between saves.
@@ -111,6 +116,7 @@ class LatestCheckpoint(ModelCheckpoint):
             every_n_train_steps=every_n_train_steps,
             save_top_k=1,
             save_last="link",
+            enable_version_counter=False,
         )
 
     def _resolve_dirpath(self, trainer: Trainer) -> None:
@@ -125,9 +131,21 @@ class LatestCheckpoint(ModelCheckpoint):
         self._resolve_dirpath(trainer)  # `--ckpt_path last` looks before setup
         return super()._find_last_checkpoints(trainer)
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if 0 < trainer.max_steps <= trainer.global_step or trainer.should_stop:
+            self._save_now(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+        if 0 < max_epochs <= trainer.current_epoch + 1 or trainer.should_stop:
+            self._save_now(trainer)
+
+    def _save_now(self, trainer: Trainer) -> None:
         if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is already saved
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
-        super().on_train_end(trainer, pl_module)
