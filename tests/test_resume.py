@@ -72,7 +72,19 @@ def test_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path):
         main(_args(tmp_path, "killed", workers=1, kill_at=3))
     killed = _final_state(tmp_path, "killed")
     assert killed["global_step"] == 3 and killed["epoch"] == 0
-    main([*_args(tmp_path, "killed", workers=1), "--ckpt_path", "last"])
+    # Resumed with a backbone weights file that has moved since: the checkpoint holds every weight.
+    vit = {"init_args": {"weights": str(tmp_path / "moved_away.pt")}}
+    moved = {"detector": {"init_args": {"backbone": {"init_args": {"vit": vit}}}}}
+    (tmp_path / "moved.yaml").write_text(yaml.safe_dump({"model": {"init_args": moved}}))
+    main(
+        [
+            *_args(tmp_path, "killed", workers=1),
+            "--config",
+            str(tmp_path / "moved.yaml"),
+            "--ckpt_path",
+            "last",
+        ]
+    )
 
     straight, resumed = _final_state(tmp_path, "straight"), _final_state(tmp_path, "killed")
     assert resumed["global_step"] == straight["global_step"] == 7

@@ -74,8 +74,24 @@ class VitDenseCLI(LightningCLI):
         ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path") if self.subcommand else None
         if ckpt_path is None:
             return False
-        # `fit --ckpt_path last` with no checkpoint yet starts from the initial weights.
+        if self.subcommand == "fit" and ckpt_path == "last":
+            # Resumes when a last checkpoint exists; the first run of a script that always passes it starts
+            # from the initial weights.
+            return bool(self._last_checkpoints())
         return self.subcommand != "fit" or Path(ckpt_path).is_file()
+
+    def _last_checkpoints(self) -> list[Path]:
+        """The ``last*.ckpt`` files ``--ckpt_path last`` can find before the trainer exists: in the folders
+        of the checkpoint callbacks that name one, and in ``<default_root_dir>/checkpoints``, where
+        :class:`~vitdense.tasks.LatestCheckpoint` keeps it by default."""
+        trainer = self.config[self.subcommand].trainer
+        folders = {Path(trainer.get("default_root_dir") or ".") / "checkpoints"}
+        callbacks = trainer.get("callbacks") or []
+        for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+            init_args = callback.get("init_args") if hasattr(callback, "get") else None
+            if init_args is not None and init_args.get("dirpath"):
+                folders.add(Path(init_args.dirpath))
+        return [path for folder in folders for path in sorted(folder.glob("last*.ckpt"))]
 
     def instantiate_classes(self) -> None:
         with skip_weights_loading() if self._restores_checkpoint() else nullcontext():
