@@ -107,6 +107,19 @@ def test_gpu_recipes_bf16_mixed_precision_trains_and_evaluates_with_detections(s
         assert results and all(np.isfinite(r["score"]) for r in results)
 
 
+def test_fit_ends_with_the_scores_of_its_final_weights(shapes, tmp_path, capsys):
+    """The COCO recipes' val_check_interval does not divide max_steps: fit still scores its last step."""
+    recipe = next(r for r in DETECTION_RECIPES if r.stem == "coco_faster_rcnn")
+    schedule = ["--model.init_args.lr_scheduler.init_args.milestones=[4, 5]"]
+    steps = ["--trainer.fast_dev_run=0", "--trainer.max_steps=5", "--trainer.val_check_interval=2"]
+    main(["fit", "--config", str(recipe), *_tiny_overrides(shapes, tmp_path), *steps, *schedule])
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["step"] == 5
+    reports = {path.name for path in tmp_path.rglob("val_step*")}
+    assert {"val_step2_metrics.json", "val_step4_metrics.json", "val_step5_metrics.json"} <= reports
+    assert "val_step5_bbox_results.json" in reports
+
+
 def test_demo_recipe_fits_and_tests_one_step(tmp_path, capsys):
     demo = Path(__file__).parents[1] / "recipes" / "demo_shapes_mask_rcnn.yaml"
     common = [

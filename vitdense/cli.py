@@ -126,7 +126,17 @@ class VitDenseCLI(LightningCLI):
         if metrics and self.trainer.is_global_zero:
             print(json.dumps(metrics), flush=True)
 
-    after_fit = after_validate = after_test = _print_final_metrics
+    def after_fit(self) -> None:
+        """Score the final weights when the last validation of ``fit`` came before the last step (a
+        ``val_check_interval`` that does not divide ``max_steps``), so that every run ends with the metrics
+        and results files of the weights it leaves."""
+        metrics = getattr(self.model, "final_metrics", None)
+        trainer = self.trainer
+        if metrics and metrics.get("step") != trainer.global_step and not trainer.interrupted:
+            trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+        self._print_final_metrics()
+
+    after_validate = after_test = _print_final_metrics
 
 
 def _model_arguments(command_line: list[str]) -> list[str]:
