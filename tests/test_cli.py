@@ -44,6 +44,16 @@ def test_recipe_prints_its_full_config(recipe, capsys):
     assert "max_steps:" in printed
 
 
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
+def test_recipe_checkpoints_are_named_as_the_readme_says(recipe):
+    """best-step{N}.ckpt: with Lightning's default the name would be best-stepstep=N.ckpt."""
+    callbacks = yaml.safe_load(recipe.read_text())["trainer"]["callbacks"]
+    best = [c["init_args"] for c in callbacks if c["class_path"].endswith(".ModelCheckpoint")]
+    assert best and all(
+        args["filename"] == "best-step{step}" and args["auto_insert_metric_name"] is False for args in best
+    )
+
+
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
