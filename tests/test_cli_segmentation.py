@@ -1,5 +1,6 @@
 """The CLI on the semantic segmentation recipes: fit and evaluate one step under tiny overrides."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -98,6 +99,10 @@ def test_ade20k_test_subcommand_prints_table_and_metrics(ade_root, tmp_path, cap
     assert report["mIoU"] == metrics["mIoU"] and len(report["per_class"]) == 150
 
 
+CAMVID_NAMES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "Sign, symbol", "Fence", "Car"]
+CAMVID_NAMES += ["Pedestrian", "Bicyclist"]
+
+
 def test_custom_recipe_with_ignore_index_11_needs_two_overrides(tmp_path, monkeypatch, capsys):
     """A CamVid-like set (11 classes, 11 = void) placed where the template expects it."""
     rng = np.random.default_rng(0)
@@ -120,6 +125,7 @@ def test_custom_recipe_with_ignore_index_11_needs_two_overrides(tmp_path, monkey
             str(RECIPES / "custom_semseg.yaml"),
             "--data.init_args.num_classes=11",
             "--data.init_args.ignore_index=11",
+            f"--data.init_args.class_names={json.dumps(CAMVID_NAMES)}",
             # test scaffolding: tiny model, small crops, CPU
             "--config",
             str(_override_file(tmp_path, "custom_semseg")),
@@ -131,3 +137,6 @@ def test_custom_recipe_with_ignore_index_11_needs_two_overrides(tmp_path, monkey
     )
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["split"] == "val" and 0.0 <= metrics["mIoU"] <= 1.0
+    with next(tmp_path.rglob("val_step*_per_class.csv")).open(newline="") as file:
+        rows = list(csv.reader(file))
+    assert [row[0] for row in rows] == ["class", *CAMVID_NAMES] and {len(row) for row in rows} == {3}

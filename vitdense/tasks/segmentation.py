@@ -1,5 +1,7 @@
 """Semantic segmentation training, dataset-level mIoU evaluation and prediction as a LightningModule."""
 
+import csv
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -188,8 +190,11 @@ class SemanticSegmentationTask(VitDenseTask):
         }
         prefix = f"{split}_step{self.trained_steps}"
         self.write_report(f"{prefix}_metrics.json", {**self.final_metrics, "per_class": per_class})
-        rows = [f"{name},{values['IoU']},{values['Acc']}" for name, values in per_class.items()]
-        self.write_report(f"{prefix}_per_class.csv", "class,IoU,Acc\n" + "\n".join(rows) + "\n")
+        table = io.StringIO()  # the csv module quotes names such as "Sign, symbol"
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerow(["class", "IoU", "Acc"])
+        writer.writerows([name, values["IoU"], values["Acc"]] for name, values in per_class.items())
+        self.write_report(f"{prefix}_per_class.csv", table.getvalue())
         if self.trainer.is_global_zero:
             table = format_class_table(scores, self.class_names)
             print(f"Semantic segmentation, {split} (step {self.trained_steps}):\n{table}", flush=True)
