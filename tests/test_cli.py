@@ -130,6 +130,15 @@ def test_fit_ends_with_the_scores_of_its_final_weights(shapes, tmp_path, capsys)
     assert "val_step5_bbox_results.json" in reports
 
 
+def test_a_constructor_error_reaches_the_user_as_raised(shapes, tmp_path):
+    """Not folded by jsonargparse into a Union type mismatch followed by the whole config."""
+    recipe = next(r for r in DETECTION_RECIPES if r.stem == "coco_faster_rcnn")
+    missing = tmp_path / "nope.json"
+    args = [*_tiny_overrides(shapes, tmp_path), f"--data.init_args.train_annotations={missing}"]
+    with pytest.raises(FileNotFoundError, match="nope.json: annotation file not found; check the"):
+        main(["fit", "--config", str(recipe), *args])
+
+
 def test_demo_recipe_fits_and_tests_one_step(tmp_path, capsys):
     demo = Path(__file__).parents[1] / "recipes" / "demo_shapes_mask_rcnn.yaml"
     common = [

@@ -95,7 +95,15 @@ class VitDenseCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         with skip_weights_loading() if self._restores_checkpoint() else nullcontext():
-            super().instantiate_classes()
+            try:
+                super().instantiate_classes()
+            except ValueError as error:
+                # jsonargparse reports a model or datamodule whose constructor failed (a missing annotation
+                # file, a weights file that does not fit) as a Union type mismatch, followed by the whole
+                # config; the constructor's own error names the file and the fix.
+                if str(error).startswith("Does not validate against any") and error.__cause__ is not None:
+                    raise error.__cause__ from None
+                raise
         self._add_default_loggers_and_callbacks()
 
     def _add_default_loggers_and_callbacks(self) -> None:
