@@ -34,6 +34,7 @@ from vitdense.datamodules import (
     ShapesDataModule,
     ShapesSegmentationDataModule,
     check_data,
+    check_datasets,
     collate_detection,
     collate_segmentation,
 )
@@ -579,6 +580,21 @@ def test_segmentation_image_modes_are_notes(tmp_path: Path) -> None:
     assert len(dm.train_dataset) == 2 and dm.train_dataset[1][0].shape == (3, 28, 28)
     notes = [(f.kind, f.record) for f in dm.train_dataset.findings]
     assert notes == [("mode_grayscale", "gray")]
+
+
+def test_segmentation_exif_note_says_what_loading_does(tmp_path: Path) -> None:
+    """A label drawn on the stored pixels: loading keeps them, and the note must say so, not 'applied'."""
+    images, labels = tmp_path / "img", tmp_path / "lbl"
+    _pair(images, labels, "photo", h=28, w=42)
+    stored = Image.open(images / "photo.png").convert("RGB")
+    exif = stored.getexif()
+    exif[0x0112] = 6  # viewers show it rotated: 42 high, 28 wide
+    stored.save(images / "photo.jpg", exif=exif.tobytes())
+    (images / "photo.png").unlink()
+    dataset = SegmentationFolder(images, labels, SegmentationEvalTransform((64, 48)), num_classes=3)
+    (note,) = check_datasets({"val": dataset}).splits[0].findings
+    assert note.kind == "exif_rotation" and "ignored" in note.message
+    assert dataset[0][1]["label"].shape == (28, 42)
 
 
 # ----------------------------------------------------------------------------------------------------

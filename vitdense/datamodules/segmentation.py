@@ -398,9 +398,11 @@ class SegmentationFolder(CheckedDataset):
 
     def _notes(self, index: int) -> list[Finding]:
         pair = self._pairs[index]
+        with Image.open(pair.label) as label:  # the header only: loading orients the image to fit the label
+            expected_hw = (label.height, label.width)
         return [
             Finding(kind, f"{pair.image} {what}", pair.image, pair.key, severity="note")
-            for kind, what in image_conversions(pair.image)
+            for kind, what in image_conversions(pair.image, expected_hw=expected_hw)
         ]
 
     def _sample(self, index: int, data: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, dict[str, Any]]:
