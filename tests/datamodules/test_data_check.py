@@ -179,6 +179,21 @@ COCO_CASES: dict[str, CocoCase] = {
     "segmentation_wrong_type": CocoCase(
         [], [_ann(77, segmentation="polygon")], "malformed_segmentation", ANNOTATIONS, A77
     ),
+    # A polygon exported in 0-1 units: training boxes come from masks, so the object would vanish or move.
+    "normalised_polygon": CocoCase(
+        [],
+        [_ann(77, bbox=[20, 5, 20, 12], segmentation=[[0.36, 0.18, 0.71, 0.18, 0.71, 0.61, 0.36, 0.61]])],
+        "segmentation_box_mismatch",
+        ANNOTATIONS,
+        A77,
+    ),
+    "normalised_polygon_in_a_corner_box": CocoCase(
+        [],
+        [_ann(77, bbox=[0, 0, 20, 12], segmentation=[[0.0, 0.0, 0.36, 0.0, 0.36, 0.43, 0.0, 0.43]])],
+        "segmentation_box_mismatch",
+        ANNOTATIONS,
+        A77,
+    ),
 }
 
 

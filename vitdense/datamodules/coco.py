@@ -231,6 +231,36 @@ def _check_segmentation(seg: Any, h: int, w: int) -> tuple[Any, tuple[str, str] 
     return None, ("malformed_segmentation", problem)
 
 
+def _segmentation_extent(seg: list[list[float]] | dict[str, Any], h: int, w: int) -> tuple[float, ...] | None:
+    """``(x1, y1, x2, y2)`` of checked polygons (their vertices) or RLE (its pixels; None if it has none)."""
+    if isinstance(seg, list):
+        xs = [v for part in seg for v in part[0::2]]
+        ys = [v for part in seg for v in part[1::2]]
+        return min(xs), min(ys), max(xs), max(ys)
+    rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else seg
+    if not mask_utils.area(rle):
+        return None
+    x, y, bw, bh = (float(v) for v in mask_utils.toBbox(rle))
+    return x, y, x + bw, y + bh
+
+
+def _mismatched(extent: tuple[float, ...], box: tuple[float, ...], iou: float) -> bool:
+    """Whether a segmentation's extent and its box disagree: no contact with the box grown by 1 px, or, for a
+    box of 4 px or more each way (a thinner one is within rasterising error of its mask), an IoU under 0.1."""
+    grown = (box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1)
+    if min(extent[2], grown[2]) < max(extent[0], grown[0]) or min(extent[3], grown[3]) < max(
+        extent[1], grown[1]
+    ):
+        return True
+    return min(box[2] - box[0], box[3] - box[1]) >= 4 and iou < 0.1
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def decode_masks(instances: list[_Instance], h: int, w: int) -> np.ndarray:
     """Rasterise instance segmentations (polygons, compressed or uncompressed RLE).
 
@@ -411,6 +441,17 @@ class CocoDetection(CheckedDataset):
                 return problem[0], (
                     f"has a bad segmentation: {problem[1]}; give polygons [[x1, y1, x2, y2, x3, y3, ...]] "
                     "or RLE {'size': [h, w], 'counts': ...}"
+                )
+            # Training boxes come from the masks: a segmentation elsewhere than its box would silently move
+            # or erase the object (polygons exported in 0-1 units are the usual cause).
+            extent = _segmentation_extent(seg, rec.height, rec.width)
+            overlap = _iou(extent, (x1, y1, x2, y2)) if extent is not None else 1.0
+            if extent is not None and _mismatched(extent, (x1, y1, x2, y2), overlap):
+                shown = [round(v, 1) for v in extent]
+                return "segmentation_box_mismatch", (
+                    f"has a segmentation spanning {shown} (x1, y1, x2, y2) but bbox {bbox} (xywh), IoU "
+                    f"{overlap:.2f}: one of them is in other units (e.g. normalised to 0-1) or of another "
+                    "image; fix it"
                 )
         return _Instance(ann["id"], (x1, y1, x2, y2), label, seg)
 
