@@ -139,6 +139,13 @@ def test_a_constructor_error_reaches_the_user_as_raised(shapes, tmp_path):
         main(["fit", "--config", str(recipe), *args])
 
 
+def test_detection_in_half_precision_weights_is_refused_with_the_fix(shapes, tmp_path):
+    recipe = next(r for r in DETECTION_RECIPES if r.stem == "coco_faster_rcnn")
+    args = [*_tiny_overrides(shapes, tmp_path), "--trainer.precision=bf16-true"]
+    with pytest.raises(ValueError, match="use 'bf16-mixed'"):
+        main(["fit", "--config", str(recipe), *args])
+
+
 def test_demo_recipe_fits_and_tests_one_step(tmp_path, capsys):
     demo = Path(__file__).parents[1] / "recipes" / "demo_shapes_mask_rcnn.yaml"
     common = [

@@ -72,6 +72,12 @@ class DetectionTask(VitDenseTask):
         self._label_space_from_data = False
 
     def setup(self, stage: str) -> None:
+        precision = str(self.trainer.precision)
+        if precision in ("bf16-true", "16-true", "bf16", "16"):
+            raise ValueError(
+                f"trainer.precision={precision!r}: the detection heads need float32 boxes and scores (NMS "
+                "and RoI pooling have no bf16/fp16 kernels of their own); use 'bf16-mixed' (or '16-mixed')"
+            )
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "category_ids"):
             if len(datamodule.category_ids) != self.hparams.num_classes:
