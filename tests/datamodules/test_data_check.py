@@ -371,6 +371,11 @@ EVALUATION_CASES = {
     "no_segmentation": ({k: v for k, v in _ann(2).items() if k != "segmentation"}, "malformed_segmentation"),
     "unreadable_first_part": (_ann(2, segmentation=[[1, 1]]), "degenerate_polygon"),
     "four_numbers": (_ann(2, segmentation=[[20, 10, 10, 10]]), "degenerate_polygon"),  # pycocotools fails
+    # pycocotools decodes any string: this one to an area of 4e9 pixels.
+    "garbage_rle": (
+        _ann(2, iscrowd=1, segmentation={"size": [28, 56], "counts": "!!!garbage"}),
+        "malformed_segmentation",
+    ),
     "crowd_without_box": (_ann(2, iscrowd=1, bbox=None) | {"bbox": None}, "malformed_box"),
     "iscrowd_not_0_or_1": (_ann(2, iscrowd="yes"), "malformed_annotation"),
 }
@@ -444,6 +449,12 @@ def test_evaluation_fills_missing_area_and_iscrowd_and_reads_segmentations_as_py
     root, ann_file = make_coco([GOOD_IMAGE], [no_mask])
     ds = CocoDetection(root, ann_file, EvalTransform(56), evaluation="bbox", on_bad_data="error")
     assert ds.coco.anns[1]["area"] == 48.0 and _score(ds, ("bbox",))["bbox_AP"] > 0.99
+    garbage = {"size": [28, 56], "counts": "!!!garbage"}
+    root, ann_file = make_coco(
+        [GOOD_IMAGE], [{k: v for k, v in _ann(1, segmentation=garbage).items() if k != "area"}]
+    )
+    ds = CocoDetection(root, ann_file, EvalTransform(56), evaluation="bbox", on_bad_data="error")
+    assert ds.coco.anns[1]["area"] == 48.0, "the box's area, not the 4e9 pixels pycocotools decodes"
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -226,6 +226,13 @@ def _check_segmentation(seg: Any, h: int, w: int) -> tuple[Any, tuple[str, str] 
         elif not isinstance(counts, (str, bytes)):
             problem = f"RLE 'counts' is {type(counts).__name__}, expected a string or a list of ints"
             return None, ("malformed_segmentation", problem)
+        else:
+            try:  # a compressed string that is not an RLE of this size decodes to nonsense, not an error
+                area = int(mask_utils.area({"size": size, "counts": counts}))
+            except Exception:  # noqa: BLE001 (pycocotools raises several kinds)
+                area = -1
+            if not 0 <= area <= h * w:
+                return None, ("malformed_segmentation", f"RLE 'counts' does not decode to a {h}x{w} mask")
         return seg, None
     problem = f"segmentation is {type(seg).__name__}, expected polygons (list) or RLE (dict)"
     return None, ("malformed_segmentation", problem)
@@ -486,8 +493,9 @@ class CocoDetection(CheckedDataset):
             cleaned, problem = _check_segmentation(ann.get("segmentation"), rec.height, rec.width)
             if self.evaluation == "segm" and problem is not None and problem[0] != "degenerate_polygon":
                 return problem[0], f"has a bad segmentation: {problem[1]}; fix it or delete the annotation"
-            with contextlib.suppress(Exception):
-                rle = self.coco.annToRLE(ann)  # exactly what COCOeval calls
+            if problem is None or problem[0] == "degenerate_polygon":
+                with contextlib.suppress(Exception):
+                    rle = self.coco.annToRLE(ann)  # exactly what COCOeval calls
             if rle is None and self.evaluation == "segm":
                 if cleaned is None:
                     return "degenerate_polygon", (
@@ -502,8 +510,11 @@ class CocoDetection(CheckedDataset):
                 )
         if not area_ok:
             given = ann.get("area")
-            ann["area"] = float(mask_utils.area(rle)) if rle is not None else float(bbox[2] * bbox[3])
-            source = "segmentation" if rle is not None else "box"
+            area = None
+            with contextlib.suppress(Exception):  # an RLE string pycocotools cannot decode
+                area = float(mask_utils.area(rle)) if rle is not None else None
+            source = "segmentation" if area is not None else "box"
+            ann["area"] = area if area is not None else float(bbox[2] * bbox[3])
             note("area_missing", f"has area {given!r}: set to its {source}'s, {ann['area']:g}")
         return None
 
