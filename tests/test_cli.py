@@ -129,6 +129,12 @@ def test_fit_ends_with_the_scores_of_its_final_weights(shapes, tmp_path, capsys)
     assert {"val_step2_metrics.json", "val_step4_metrics.json", "val_step5_metrics.json"} <= reports
     assert "val_step5_bbox_results.json" in reports
 
+    # Resumed and extended: the final scores name the step of the weights left, not the one resumed from.
+    extended = [*steps[:1], "--trainer.max_steps=7", *steps[2:], "--ckpt_path", "last"]
+    main(["fit", "--config", str(recipe), *_tiny_overrides(shapes, tmp_path), *extended, *schedule])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 7
+    assert any(tmp_path.rglob("val_step7_bbox_results.json"))
+
 
 def test_a_constructor_error_reaches_the_user_as_raised(shapes, tmp_path):
     """Not folded by jsonargparse into a Union type mismatch followed by the whole config."""

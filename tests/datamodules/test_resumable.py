@@ -114,3 +114,32 @@ def test_a_run_resumed_from_a_checkpoint_saved_by_validation_sees_the_batches_it
     resumed = fit(tmp_path / "ckpt" / f"step={saved_at}.ckpt")
     assert resumed[0][0] == saved_at
     assert resumed == straight[saved_at:]
+
+
+def test_a_checkpoint_saved_after_fit_resumes_into_the_next_epoch(tmp_path):
+    """After fit, Lightning has counted the next epoch: a position saved then would skip that epoch."""
+    root = tmp_path / "shapes"
+
+    def fit(max_epochs: int, ckpt_path=None) -> tuple[lightning.Trainer, BatchRecorder]:
+        lightning.seed_everything(1)
+        datamodule = ShapesSegmentationDataModule(
+            str(root), num_train=10, num_val=2, crop_size=56, scale=(80, 60), batch_size=2, num_workers=0
+        )
+        model = BatchRecorder()
+        trainer = lightning.Trainer(
+            max_epochs=max_epochs,
+            limit_val_batches=0,
+            default_root_dir=tmp_path,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        )
+        trainer.fit(model, datamodule, ckpt_path=ckpt_path)
+        return trainer, model
+
+    _, straight = fit(2)
+    trainer, _ = fit(1)
+    trainer.save_checkpoint(tmp_path / "after_fit.ckpt")
+    _, resumed = fit(2, tmp_path / "after_fit.ckpt")
+    assert resumed.seen == straight.seen[5:] and len(resumed.seen) == 5

@@ -172,7 +172,8 @@ class SplitDataModule(L.LightningDataModule):
         ``val_check_interval``), not only from those saved between training steps.
         """
         trainer = self.trainer
-        if trainer is None or trainer.state.fn != "fit" or trainer.sanity_checking:
+        running = trainer is not None and trainer.state.fn == "fit" and trainer.state.status == "running"
+        if not running or trainer.sanity_checking:  # after fit, Lightning has counted the next epoch
             return {}
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return {"train_epoch": trainer.current_epoch, "train_batches_done": done}

@@ -132,16 +132,28 @@ class VitDenseTask(LightningModule):
         if trained is not None and now is not None and trained != now:
             names = checkpoint.get("class_names")
             trained_as = f"{trained} classes" + (f" ({names})" if names else "")
+            background = [n for n in names or [] if n.strip().lower() in ("_background_", "background")]
+            hint = (
+                f"; it has {background[0]!r} as a class, which vitdense now leaves out when no annotation "
+                "uses it: pass --data.init_args.keep_background_category=true"
+                if background and background[0] not in (getattr(self, "class_names", None) or [])
+                else ""
+            )
             raise ValueError(
                 f"{where} was trained for {trained_as}, but this data has {now} "
                 f"({getattr(self, 'class_names', None)}): evaluate or fine-tune it on data with the same "
-                "categories, or start from the backbone weights instead of the checkpoint"
+                f"categories, or start from the backbone weights instead of the checkpoint{hint}"
             )
         listed = "; ".join(f"{name}: {a} in the checkpoint, {b} here" for name, a, b in differ[:3])
         raise ValueError(
             f"{where} does not fit this model ({len(differ)} weights differ in shape: {listed}); build the "
             "model as it was trained: pass the run's own config.yaml with --config"
         )
+
+    def on_train_end(self) -> None:
+        # Evaluations after fit (the CLI's of the final weights) score the weights fit left, not those of the
+        # checkpoint it resumed from.
+        self._checkpoint_step = self.global_step
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Restored here, not on load: setting up the DataLoaders in between draws from torch's generator,

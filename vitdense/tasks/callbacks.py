@@ -90,6 +90,12 @@ class ValidationImageLogger(Callback):
         self._images = []
 
 
+def _stopping(trainer: Trainer) -> bool:
+    """Whether a requested stop (e.g. EarlyStopping) ends training now: before ``min_steps`` / ``min_epochs``
+    Lightning trains on with ``should_stop`` set."""
+    return trainer.should_stop and getattr(trainer.fit_loop, "_can_stop_early", True)
+
+
 class LatestCheckpoint(ModelCheckpoint):
     """The latest training state, every ``every_n_train_steps`` steps and at the last step of training.
 
@@ -135,13 +141,13 @@ class LatestCheckpoint(ModelCheckpoint):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if 0 < trainer.max_steps <= trainer.global_step or trainer.should_stop:
+        if 0 < trainer.max_steps <= trainer.global_step or _stopping(trainer):
             self._save_now(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
-        if 0 < max_epochs <= trainer.current_epoch + 1 or trainer.should_stop:
+        if 0 < max_epochs <= trainer.current_epoch + 1 or _stopping(trainer):
             self._save_now(trainer)
 
     def _save_now(self, trainer: Trainer) -> None:
