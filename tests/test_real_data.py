@@ -19,6 +19,11 @@ def test_labelme_voc_parses_with_sub_folders_and_without_its_background_category
     # labelme writes category id 0 "_background_", which no annotation uses: the 20 VOC classes remain.
     assert data.category_ids[0] == 1 and data.num_classes == 20 and "_background_" not in data.class_names
     assert "'_background_' has no annotations" in caplog.text
+    kept = CocoDataModule(
+        str(LABELME), annotations, str(LABELME), annotations, image_size=224, num_workers=0,
+        keep_background_category=True,
+    )  # fmt: skip
+    assert kept.category_ids[0] == 0 and kept.num_classes == 21, "as checkpoints trained with it need"
     data.setup("fit")
     image, target = data.train_dataset[0]
     assert image.shape == (3, 224, 224) and len(target["boxes"]) == len(target["masks"]) > 0

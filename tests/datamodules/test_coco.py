@@ -54,6 +54,13 @@ def test_crowd_excluded_from_targets_but_kept_in_coco(make_coco: MakeCoco) -> No
     assert {a["id"] for a in ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=[1], iscrowd=None))} == {1, 2}
 
 
+def test_a_polygon_past_the_border_agrees_with_its_clipped_box(make_coco: MakeCoco) -> None:
+    polygon = [[40, 2, 400, 2, 400, 20, 40, 20]]  # runs 344 px past the 56 px wide image
+    root, ann_file = make_coco([IMG], [_ann(1, [40, 2, 16, 18], segmentation=polygon)])
+    ds = CocoDetection(root, ann_file, EvalTransform(56), masks=True)
+    assert ds[0][1]["boxes"].tolist() == [[40.0, 2.0, 56.0, 20.0]]
+
+
 def test_an_image_with_only_crowd_regions_is_no_training_negative(make_coco: MakeCoco) -> None:
     images = [IMG | {"id": i, "file_name": f"{i}.png"} for i in (1, 2, 3)]
     anns = [_ann(1, [2, 3, 10, 6]), _ann(2, [40, 2, 4, 4], image_id=2, iscrowd=1)]  # image 3: no annotation

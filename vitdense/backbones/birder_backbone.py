@@ -113,7 +113,7 @@ class BirderBackbone(nn.Module):
 
         if net.out_indices is not None and net.out_indices != sorted(set(net.out_indices)):
             raise ValueError(
-                f"out_indices {list(out_indices)} name blocks {net.out_indices} of {net.num_layers}: list "
+                f"out_indices name blocks {net.out_indices} of {net.num_layers}: list "
                 "each block once, in increasing order (their outputs are concatenated in block order)"
             )
         net.strip_for_detection_features()

@@ -131,12 +131,15 @@ def load_coco(annotation_file: str | Path) -> CocoFile:
 _BACKGROUND_NAMES = {"background", "_background_", "__background__", "bg"}
 
 
-def categories_of(coco: COCO, annotation_file: str | Path) -> tuple[list[int], list[str]]:
+def categories_of(
+    coco: COCO, annotation_file: str | Path, keep_background_category: bool = False
+) -> tuple[list[int], list[str]]:
     """Category ids sorted ascending and their names; label ``L`` is ``ids[L - 1]``.
 
     A category named as background (``_background_``, as labelme's converter writes, ``background``,
-    ``__background__``, ``bg``) that no annotation uses is left out, with a warning: label 0 is the R-CNN
-    background already, and an empty foreground class would only cost the classifier a logit.
+    ``__background__``, ``bg``) that no annotation uses is left out, with a warning, unless
+    ``keep_background_category``: label 0 is the R-CNN background already, and an empty foreground class
+    would only cost the classifier a logit.
     """
     cats = {}
     for cat in coco.dataset["categories"]:
@@ -150,10 +153,12 @@ def categories_of(coco: COCO, annotation_file: str | Path) -> tuple[list[int], l
         cats[cat["id"]] = str(cat.get("name", cat["id"]))
     used = {ann.get("category_id") for ann in coco.dataset.get("annotations", [])}
     for category_id, name in list(cats.items()):
-        if name.strip().lower() in _BACKGROUND_NAMES and category_id not in used and len(cats) > 1:
+        background = name.strip().lower() in _BACKGROUND_NAMES
+        if background and not keep_background_category and category_id not in used and len(cats) > 1:
             logger.warning(
                 "%s: category id %s %r has no annotations and names the background, which label 0 already "
-                "is: left out of the classes",
+                "is: left out of the classes (keep_background_category=true keeps it, as for checkpoints "
+                "trained with it)",
                 annotation_file,
                 category_id,
                 name,
@@ -452,6 +457,13 @@ class CocoDetection(CheckedDataset):
             # Training boxes come from the masks: a segmentation elsewhere than its box would silently move
             # or erase the object (polygons exported in 0-1 units are the usual cause).
             extent = _segmentation_extent(seg, rec.height, rec.width)
+            if extent is not None:  # compared as the box is: clipped to the image
+                extent = (
+                    min(max(extent[0], 0.0), rec.width),
+                    min(max(extent[1], 0.0), rec.height),
+                    min(max(extent[2], 0.0), rec.width),
+                    min(max(extent[3], 0.0), rec.height),
+                )
             overlap = _iou(extent, (x1, y1, x2, y2)) if extent is not None else 1.0
             if extent is not None and _mismatched(extent, (x1, y1, x2, y2), overlap):
                 shown = [round(v, 1) for v in extent]
@@ -565,6 +577,16 @@ class CocoDetection(CheckedDataset):
                 crowded.add(iid)
                 continue  # crowd regions are only for evaluation
             result = self._instance(ann, records[iid], label_of[cid])
+            if isinstance(result, tuple) and self.evaluation is not None:
+                # COCOeval scores a zero-area or outside box as written: it stays in the ground truth.
+                self._note(
+                    result[0],
+                    f"{self.annotation_file}: annotation id {aid} (image id {iid}) "
+                    f"{result[1].split(';')[0]}: scored as written, no target",
+                    file=self.annotation_file,
+                    record=f"annotation id {aid}",
+                )
+                continue
             if isinstance(result, tuple):
                 reject(ann, *result)
                 continue
@@ -583,6 +605,8 @@ class CocoDetection(CheckedDataset):
         if self.evaluation is not None:
             self._prepare_ground_truth(dropped)
 
+        if self.evaluation is not None:
+            return list(records.values())  # evaluation covers every image of the file
         kept = []
         for rec in records.values():
             if rec.instances:
@@ -730,6 +754,8 @@ class CocoDataModule(SplitDataModule):
         check_data: before the first step, read every record of the stage's splits once
             (:func:`~vitdense.datamodules.data_check.check_data`); ``"error"`` then fails with the whole
             report, ``"skip"`` logs it and trains without the bad records.
+        keep_background_category: keep a never-annotated background-named category (labelme's
+            ``_background_``) as a class, as checkpoints trained with it as a class need.
     """
 
     def __init__(
@@ -752,6 +778,7 @@ class CocoDataModule(SplitDataModule):
         max_scale: float = 2.0,
         on_bad_data: OnBadData = "error",
         check_data: bool = False,
+        keep_background_category: bool = False,
     ) -> None:
         super().__init__()
         _check_image_size(image_size, size_divisibility)
@@ -787,7 +814,9 @@ class CocoDataModule(SplitDataModule):
 
         # Parsed once: the training file can be ~450 MB (COCO train2017); the train dataset reuses it.
         self._train_coco: COCO | None = load_coco(train_annotations)
-        self._category_ids, self._class_names = categories_of(self._train_coco, train_annotations)
+        self._category_ids, self._class_names = categories_of(
+            self._train_coco, train_annotations, keep_background_category
+        )
         self.train_dataset: CocoDetection | None = None
         self.val_dataset: CocoDetection | None = None
         self.test_dataset: CocoDetection | None = None
