@@ -43,8 +43,3 @@ class PackedRecords(Sequence):
 
     def __iter__(self) -> Iterator[Any]:
         return (self[i] for i in range(len(self)))
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held: the pickled records and their offsets."""
-        return self._buffer.nbytes + self._ends.nbytes
