@@ -130,19 +130,13 @@ class VitDenseTask(LightningModule):
             self.hparams.get("num_classes"),
         )
         if trained is not None and now is not None and trained != now:
-            names = checkpoint.get("class_names")
-            trained_as = f"{trained} classes" + (f" ({names})" if names else "")
-            background = [n for n in names or [] if n.strip().lower() in ("_background_", "background")]
-            hint = (
-                f"; it has {background[0]!r} as a class, which vitdense now leaves out when no annotation "
-                "uses it: pass --data.init_args.keep_background_category=true"
-                if background and background[0] not in (getattr(self, "class_names", None) or [])
-                else ""
-            )
+            theirs, here = list(checkpoint.get("class_names") or []), list(getattr(self, "class_names", []))
             raise ValueError(
-                f"{where} was trained for {trained_as}, but this data has {now} "
-                f"({getattr(self, 'class_names', None)}): evaluate or fine-tune it on data with the same "
-                f"categories, or start from the backbone weights instead of the checkpoint{hint}"
+                f"{where} was trained for {trained} classes, but this data has {now} (only in the "
+                f"checkpoint: {[n for n in theirs if n not in here]}; only in the data: "
+                f"{[n for n in here if n not in theirs]}): evaluate or fine-tune it on data with the same "
+                "categories (a COCO file's unused '_background_' category comes back with "
+                "keep_background_category=true), or start from the backbone weights instead"
             )
         listed = "; ".join(f"{name}: {a} in the checkpoint, {b} here" for name, a, b in differ[:3])
         raise ValueError(

@@ -190,11 +190,11 @@ class SemanticSegmentationTask(VitDenseTask):
         }
         prefix = f"{split}_step{self.trained_steps}"
         self.write_report(f"{prefix}_metrics.json", {**self.final_metrics, "per_class": per_class})
-        table = io.StringIO()  # the csv module quotes names such as "Sign, symbol"
-        writer = csv.writer(table, lineterminator="\n")
+        rows = io.StringIO()  # the csv module quotes names such as "Sign, symbol"
+        writer = csv.writer(rows, lineterminator="\n")
         writer.writerow(["class", "IoU", "Acc"])
         writer.writerows([name, values["IoU"], values["Acc"]] for name, values in per_class.items())
-        self.write_report(f"{prefix}_per_class.csv", table.getvalue())
+        self.write_report(f"{prefix}_per_class.csv", rows.getvalue())
         if self.trainer.is_global_zero:
             table = format_class_table(scores, self.class_names)
             print(f"Semantic segmentation, {split} (step {self.trained_steps}):\n{table}", flush=True)
