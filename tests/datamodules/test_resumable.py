@@ -79,6 +79,26 @@ class BatchRecorder(lightning.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
+def _fit(tmp_path, ckpt_path=None, **trainer_args) -> tuple[lightning.Trainer, BatchRecorder]:
+    """Fit a BatchRecorder on 10 shapes images (5 batches per epoch), seeded as every run of a test is."""
+    lightning.seed_everything(1)
+    datamodule = ShapesSegmentationDataModule(
+        str(tmp_path / "shapes"), num_train=10, num_val=2, crop_size=56, scale=(80, 60), batch_size=2,
+        num_workers=0,
+    )  # fmt: skip
+    model = BatchRecorder()
+    trainer = lightning.Trainer(
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **trainer_args,
+    )
+    trainer.fit(model, datamodule, ckpt_path=ckpt_path)
+    return trainer, model
+
+
 @pytest.mark.parametrize(
     ("val_check_interval", "saved_at"), [(3, 3), (1.0, 5)], ids=["mid-epoch", "end-of-epoch"]
 )
@@ -87,28 +107,11 @@ def test_a_run_resumed_from_a_checkpoint_saved_by_validation_sees_the_batches_it
 ):
     """ModelCheckpoint saves while fit validates (the recipes' best checkpoints): the data position must be
     in it, and the epoch after an end-of-epoch one must shuffle as in a run that never stopped."""
-    root = tmp_path / "shapes"
 
     def fit(ckpt_path=None) -> list[tuple[int, float]]:
-        lightning.seed_everything(1)
-        datamodule = ShapesSegmentationDataModule(
-            str(root), num_train=10, num_val=2, crop_size=56, scale=(80, 60), batch_size=2, num_workers=0
-        )
-        model = BatchRecorder()
         saver = ModelCheckpoint(tmp_path / "ckpt", filename="{step}", monitor="val/score", save_top_k=-1)
-        trainer = lightning.Trainer(
-            max_steps=2 * saved_at + 2,
-            val_check_interval=val_check_interval,
-            limit_val_batches=1,
-            num_sanity_val_steps=0,
-            default_root_dir=tmp_path,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[saver],
-        )
-        trainer.fit(model, datamodule, ckpt_path=ckpt_path)
-        return model.seen
+        schedule = {"max_steps": 2 * saved_at + 2, "val_check_interval": val_check_interval}
+        return _fit(tmp_path, ckpt_path, limit_val_batches=1, callbacks=[saver], **schedule)[1].seen
 
     straight = fit()
     resumed = fit(tmp_path / "ckpt" / f"step={saved_at}.ckpt")
@@ -118,28 +121,9 @@ def test_a_run_resumed_from_a_checkpoint_saved_by_validation_sees_the_batches_it
 
 def test_a_checkpoint_saved_after_fit_resumes_into_the_next_epoch(tmp_path):
     """After fit, Lightning has counted the next epoch: a position saved then would skip that epoch."""
-    root = tmp_path / "shapes"
-
-    def fit(max_epochs: int, ckpt_path=None) -> tuple[lightning.Trainer, BatchRecorder]:
-        lightning.seed_everything(1)
-        datamodule = ShapesSegmentationDataModule(
-            str(root), num_train=10, num_val=2, crop_size=56, scale=(80, 60), batch_size=2, num_workers=0
-        )
-        model = BatchRecorder()
-        trainer = lightning.Trainer(
-            max_epochs=max_epochs,
-            limit_val_batches=0,
-            default_root_dir=tmp_path,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-        )
-        trainer.fit(model, datamodule, ckpt_path=ckpt_path)
-        return trainer, model
-
-    _, straight = fit(2)
-    trainer, _ = fit(1)
+    no_checkpoints = {"limit_val_batches": 0, "enable_checkpointing": False}
+    _, straight = _fit(tmp_path, max_epochs=2, **no_checkpoints)
+    trainer, _ = _fit(tmp_path, max_epochs=1, **no_checkpoints)
     trainer.save_checkpoint(tmp_path / "after_fit.ckpt")
-    _, resumed = fit(2, tmp_path / "after_fit.ckpt")
+    _, resumed = _fit(tmp_path, tmp_path / "after_fit.ckpt", max_epochs=2, **no_checkpoints)
     assert resumed.seen == straight.seen[5:] and len(resumed.seen) == 5
