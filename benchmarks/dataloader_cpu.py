@@ -12,13 +12,15 @@ DataModule's ``train_dataloader()`` (seeded sampler, per-sample augmentation see
 decoding, polygon rasterisation, augmentation and collation are all counted. The batch is the GPU
 benchmark's: 8 canvases, 16 crops.
 
-The data are generated into a temporary folder (deterministic, offline): COCO-like JPEGs of 480-640 x
-427-640 px at quality 90 (about 140 KB: multi-scale noise with painted objects), 80 categories, on average
-7.3 polygon instances per image (COCO's mean) with COCO's mix of small, medium and large objects, some in
-several parts, and a crowd RLE on every tenth image; a variant has 20 instances on every image (as the GPU
-benchmark's batches). ADE-like: an ADEChallengeData2016 folder of JPEGs, mostly 512 x 683 (h x w), and
-8-bit label PNGs of 10-24 irregular regions plus small objects, values 0..150. A few hundred distinct
-images are drawn and listed many times over (hard links, own ids), so that an epoch outlasts a measurement.
+The data are generated into a temporary folder (deterministic, offline): COCO-like JPEGs of 480-640 x 427-640
+px at quality 90 (about 140 KB: multi-scale noise with painted objects), 80 categories, on average 7.3 polygon
+instances per image (COCO's mean) with COCO's mix of small, medium and large objects, some in several parts,
+and a crowd RLE on every tenth image; a variant has 20 instances on every image (as the GPU benchmark's
+batches), and another 20 instances on 12-megapixel phone photos (4032 x 3024 JPEGs, objects scaled with the
+image), the custom datasets whose masks cost the most to decode. ADE-like: an ADEChallengeData2016 folder of
+JPEGs, mostly 512 x 683 (h x w), and 8-bit label PNGs of 10-24 irregular regions plus small objects, values
+0..150. A few hundred distinct images are drawn and listed many times over (hard links, own ids), so that an
+epoch outlasts a measurement.
 
 Rows (one JSON line each): the DataLoader with ``num_workers=0`` on one thread (``torch.set_num_threads(1)``;
 the kit runs OpenCV sequentially), i.e. ``__getitem__`` + collate in this process: the rate of one worker
@@ -28,7 +30,7 @@ Each is timed over ``--repeats`` windows of ``--seconds`` after a warm-up; ``spr
 fastest window.
 
     python benchmarks/dataloader_cpu.py --tiny     # a quick check of the script (well under 2 minutes)
-    python benchmarks/dataloader_cpu.py            # the numbers in benchmarks/README.md (~4 minutes)
+    python benchmarks/dataloader_cpu.py            # the numbers in benchmarks/README.md (~6 minutes)
 """
 
 from __future__ import annotations
@@ -79,9 +81,11 @@ def _save_jpeg(pixels: np.ndarray, path: Path) -> None:
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=JPEG_QUALITY)
 
 
-def _object_polygons(rng: np.random.Generator, h: int, w: int) -> list[list[float]]:
-    """One object: 1 polygon (85 %) or 2-3 (an occluded object), COCO's small / medium / large mix."""
-    side = math.exp(rng.uniform(math.log(8), math.log(320)))  # ~37 % < 32 px, ~30 % 32-96 px, ~33 % > 96 px
+def _object_polygons(rng: np.random.Generator, h: int, w: int, zoom: float = 1.0) -> list[list[float]]:
+    """One object: 1 polygon (85 %) or 2-3 (an occluded object), COCO's small / medium / large mix
+    (object sides x ``zoom`` for images ``zoom`` times COCO's size)."""
+    # ~37 % < 32 px, ~30 % 32-96 px, ~33 % > 96 px at zoom 1
+    side = zoom * math.exp(rng.uniform(math.log(8), math.log(320)))
     aspect = math.exp(rng.uniform(-0.7, 0.7))
     bw, bh = min(side * aspect, w - 1), min(side / aspect, h - 1)
     x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
@@ -101,7 +105,7 @@ def _object_polygons(rng: np.random.Generator, h: int, w: int) -> list[list[floa
 
 
 def write_coco_like(
-    root: Path, num_images: int, listed: int, instances: int | None, seed: int
+    root: Path, num_images: int, listed: int, instances: int | None, seed: int, photos: bool = False
 ) -> tuple[Path, Path]:
     """COCO-like JPEGs and ``instances.json`` under ``root``.
 
@@ -115,6 +119,8 @@ def write_coco_like(
         listed: image records in the file (>= ``num_images``).
         instances: objects on every image, or None for COCO's distribution (1 + Poisson(6.3), mean 7.3).
         seed: random seed.
+        photos: 12-megapixel phone photos (4032 x 3024, landscape or portrait) with objects 6.3x COCO's
+            size, instead of COCO's 480-640 px images.
 
     Returns:
         ``(images folder, annotation file)``.
@@ -125,12 +131,16 @@ def write_coco_like(
     drawn: list[tuple[str, int, int, list[dict[str, Any]]]] = []
     for i in range(num_images):
         w, h = int(rng.integers(480, 641)), int(rng.integers(427, 641))
+        zoom = 1.0
+        if photos:
+            w, h = (4032, 3024) if i % 4 else (3024, 4032)
+            zoom = 4032 / 640
         pixels = _texture(rng, h, w, grain=16)  # ~140 KB files, COCO train2017's mean is ~160 KB
         n = instances if instances is not None else 1 + int(rng.poisson(COCO_MEAN_INSTANCES - 1))
         crowd = i % 10 == 5
         objects = []
         for k in range(n + crowd):
-            polygons = _object_polygons(rng, h, w)
+            polygons = _object_polygons(rng, h, w, zoom)
             rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
             area = float(mask_utils.area(rle))
             if area < 1:
@@ -270,7 +280,15 @@ def measure(pipeline: Pipeline, workers: int, warmup: int, seconds: float, repea
 # Main
 # ----------------------------------------------------------------------------------------------------
 
-ROWS = ["mask_rcnn_coco", "faster_rcnn_coco", "mask_rcnn_coco20", "faster_rcnn_coco20", "semseg_ade"]
+ROWS = [
+    "mask_rcnn_coco",
+    "faster_rcnn_coco",
+    "mask_rcnn_coco20",
+    "faster_rcnn_coco20",
+    "mask_rcnn_photo20",
+    "faster_rcnn_photo20",
+    "semseg_ade",
+]
 
 
 def build_pipelines(root: Path, tiny: bool, rows: list[str]) -> list[Pipeline]:
@@ -278,16 +296,20 @@ def build_pipelines(root: Path, tiny: bool, rows: list[str]) -> list[Pipeline]:
     distinct, listed = (16, 256) if tiny else (128, 2048)
     det_batch, seg_batch = (4, 8) if tiny else (8, 16)
     pipelines = []
-    for instances in (None, 20):
-        tag = "coco" if instances is None else "coco20"
+    for tag, instances in (("coco", None), ("coco20", 20), ("photo20", 20)):
         variants = [m for m in ("mask_rcnn", "faster_rcnn") if f"{m}_{tag}" in rows]
         if not variants:
             continue
-        images, annotations = write_coco_like(root / tag, distinct, listed, instances, seed=instances or 0)
+        photos = tag == "photo20"
+        # 12-megapixel images take ~1 s each to draw: fewer distinct ones (the epoch lists them many times).
+        drawn = max(4, distinct // 16) if photos else distinct
+        images, annotations = write_coco_like(
+            root / tag, drawn, listed, instances, seed=instances or 0, photos=photos
+        )
         coco = json.loads(annotations.read_text())
         plain = sum(1 for a in coco["annotations"] if not a["iscrowd"])
         extra = {
-            "images": distinct,
+            "images": drawn,
             "instances_per_image": round(plain / len(coco["images"]), 2),
             "batch": det_batch,
         }

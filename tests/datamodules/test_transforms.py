@@ -6,8 +6,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 
 from vitdense.datamodules import EvalTransform, LargeScaleJitter, TrainTransform, boxes_from_masks
+from vitdense.datamodules.instance_masks import InstanceMasks
 
 Scene = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -162,3 +164,34 @@ def test_eval_transform_scale_is_exact(h: int, w: int) -> None:
     vh, vw = out.image_size
     assert out.image[:, vh:].sum() == 0 and out.image[:, :, vw:].sum() == 0
     assert (out.image[:, :vh, :vw] > 0).float().mean() > 0.99
+
+
+@pytest.mark.parametrize("flip_prob", [0.0, 1.0, 0.5])
+def test_lsj_masks_equal_flipping_and_mapping_each_whole_mask(flip_prob: float) -> None:
+    # The reference mirrors each full-frame mask with numpy and maps it with apply_to_mask, the
+    # whole-frame path; TrainTransform maps only each instance's region.
+    transform = TrainTransform(160, min_scale=0.3, max_scale=2.0, flip_prob=flip_prob)
+    flipped = set()
+    for seed in range(16):
+        image, boxes, labels, masks = _scene(seed)
+        torch.manual_seed(seed)
+        out = transform(image, boxes, labels, masks)
+        mirrored = bool(transform.flip.params)
+        flipped.add(mirrored)
+        params = transform.jitter.params
+        for label, mask in zip(out.labels.tolist(), out.masks.numpy()):
+            whole = np.ascontiguousarray(masks[label - 1][:, ::-1] if mirrored else masks[label - 1])
+            np.testing.assert_array_equal(mask, transform.jitter.apply_to_mask(whole, **params))
+    assert flipped == {0.0: {False}, 1.0: {True}, 0.5: {False, True}}[flip_prob]
+
+
+def test_lsj_instance_masks_from_rles_equal_dense_masks() -> None:
+    for seed in range(8):
+        image, boxes, labels, masks = _scene(seed)
+        rles = [mask_utils.encode(np.asfortranarray(m)) for m in masks]
+        torch.manual_seed(seed)
+        dense = TrainTransform(112)(image, boxes, labels, masks)
+        torch.manual_seed(seed)
+        regions = TrainTransform(112)(image, boxes, labels, InstanceMasks.from_rles(rles, *masks.shape[1:]))
+        assert torch.equal(dense.masks, regions.masks) and torch.equal(dense.boxes, regions.boxes)
+        assert torch.equal(dense.labels, regions.labels) and torch.equal(dense.image, regions.image)

@@ -35,6 +35,7 @@ from vitdense.datamodules.bad_data import (
 from vitdense.datamodules.bad_data import SKIP_HINT as _SKIP_HINT
 from vitdense.datamodules.collate import collate_detection
 from vitdense.datamodules.images import image_conversions, read_image
+from vitdense.datamodules.instance_masks import InstanceMasks
 from vitdense.datamodules.loading import SplitDataModule
 from vitdense.datamodules.packed import PackedRecords
 from vitdense.datamodules.predict_images import PredictImages
@@ -281,14 +282,12 @@ def _segmentation_off_its_box(
     )
 
 
-def decode_masks(instances: list[_Instance], h: int, w: int) -> np.ndarray:
-    """Rasterise instance segmentations (polygons, compressed or uncompressed RLE).
+def decode_masks(instances: list[_Instance], h: int, w: int) -> InstanceMasks:
+    """Rasterise instance segmentations (polygons, compressed or uncompressed RLE) over their own boxes.
 
     Returns:
-        ``uint8`` ``(N, h, w)`` in {0, 1}, in the annotation frame.
+        The masks in the annotation frame, each decoded only over its tight box (no ``(N, h, w)`` array).
     """
-    if not instances:
-        return np.zeros((0, h, w), dtype=np.uint8)
     rles = []
     for inst in instances:
         seg = inst.segmentation
@@ -298,8 +297,7 @@ def decode_masks(instances: list[_Instance], h: int, w: int) -> np.ndarray:
             rles.append(mask_utils.frPyObjects(seg, h, w))
         else:
             rles.append(seg)
-    # decode gives (h, w, N) in Fortran order; one copy makes each mask contiguous for OpenCV.
-    return np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1))
+    return InstanceMasks.from_rles(rles, h, w)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -644,7 +642,7 @@ class CocoDetection(CheckedDataset):
         self._records = PackedRecords(self._records[i] for i in indices)
         self.image_ids = [r.image_id for r in self._records]
 
-    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _read(self, index: int) -> tuple[np.ndarray, InstanceMasks | None]:
         rec = self._records[index]
         record = f"image id {rec.image_id}"
         try:
@@ -678,7 +676,7 @@ class CocoDetection(CheckedDataset):
         ]
 
     def _sample(
-        self, index: int, data: tuple[np.ndarray, np.ndarray | None]
+        self, index: int, data: tuple[np.ndarray, InstanceMasks | None]
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         rec = self._records[index]
         image, masks = data

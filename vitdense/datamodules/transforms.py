@@ -22,6 +22,8 @@ import torch  # noqa: E402
 from albumentations.core.transforms_interface import BaseTransformInitSchema  # noqa: E402
 from pydantic import Field  # noqa: E402
 
+from vitdense.datamodules.instance_masks import InstanceMasks  # noqa: E402
+
 # OpenCV's thread pool does not survive fork(): a DataLoader worker forked after the parent used cv2 hangs
 # on its first parallel call. Workers already run in parallel, so OpenCV runs single-threaded (as in
 # detectron2 and mmdet).
@@ -97,7 +99,8 @@ class LargeScaleJitter(A.DualTransform):
     ~20 full masks to 2x before cropping would dominate the cost of a sample.
 
     Targets: image, mask(s), bboxes. Boxes that leave the window are dropped by the enclosing
-    ``A.Compose``; its masks are not (albumentations 2.0.8), see :class:`TrainTransform`.
+    ``A.Compose``; its masks are not (albumentations 2.0.8), so :class:`TrainTransform` maps instance masks
+    itself with :meth:`warp_instance_masks`.
     """
 
     class InitSchema(BaseTransformInitSchema):
@@ -163,18 +166,25 @@ class LargeScaleJitter(A.DualTransform):
         return out
 
     def _warp_mask(
-        self, mask: np.ndarray, sx: float, sy: float, offset: tuple[int, int], box: tuple[int, int, int, int]
+        self,
+        mask: np.ndarray,
+        sx: float,
+        sy: float,
+        offset: tuple[int, int],
+        box: tuple[int, int, int, int],
+        origin: tuple[int, int] = (0, 0),
     ) -> np.ndarray:
         """Nearest-neighbour scale + crop of ``mask`` onto the output pixels ``box = (u0, v0, u1, v1)``.
 
-        Output pixel ``u`` takes input pixel ``floor((u + 0.5 + x0) / sx)`` (the pixel containing its centre),
-        computed exactly in numpy: ``cv2.warpAffine``'s fixed-point maths rounds ties differently
-        depending on the output window, which would make a windowed warp differ from a full one.
+        ``mask`` covers the input pixels from ``origin = (x, y)`` on (zero elsewhere). Output pixel ``u``
+        takes input pixel ``floor((u + 0.5 + x0) / sx)`` (the pixel containing its centre), computed exactly
+        in numpy: ``cv2.warpAffine``'s fixed-point maths rounds ties differently depending on the output
+        window, which would make a windowed warp differ from a full one.
         """
         u0, v0, u1, v1 = box
         x0, y0 = offset
-        cols = np.floor((np.arange(u0, u1) + 0.5 + x0) / sx).astype(np.intp)
-        rows = np.floor((np.arange(v0, v1) + 0.5 + y0) / sy).astype(np.intp)
+        cols = np.floor((np.arange(u0, u1) + 0.5 + x0) / sx).astype(np.intp) - origin[0]
+        rows = np.floor((np.arange(v0, v1) + 0.5 + y0) / sy).astype(np.intp) - origin[1]
         inside = (cols >= 0) & (cols < mask.shape[1])
         out = mask[np.ix_(rows.clip(0, mask.shape[0] - 1), cols.clip(0, mask.shape[1] - 1))]
         out[:, ~inside] = 0
@@ -195,30 +205,38 @@ class LargeScaleJitter(A.DualTransform):
         out[:vh, :vw] = self._warp_mask(mask, sx, sy, offset, (0, 0, vw, vh))
         return out
 
-    def apply_to_masks(
+    def apply_to_masks(self, masks: np.ndarray, **params: Any) -> np.ndarray:
+        return self.warp_instance_masks(InstanceMasks.from_dense(masks), **params).astype(masks.dtype)
+
+    def warp_instance_masks(
         self,
-        masks: np.ndarray,
+        masks: InstanceMasks,
         sx: float,
         sy: float,
         offset: tuple[int, int],
         valid: tuple[int, int],
         **params: Any,
     ) -> np.ndarray:
-        # Instance masks are mostly empty: map only each mask's bounding region (+1 px margin), ~10x
-        # faster than mapping every mask over the whole canvas, with an identical result.
-        out = np.zeros((len(masks), self.size, self.size), dtype=masks.dtype)
+        """``uint8`` ``(N, size, size)``: each instance's region mapped as :meth:`apply_to_mask` maps a
+        whole mask, with the parameters of the last call (``self.params``).
+
+        Instance masks are mostly empty: each region is mapped only onto its own output pixels (+1 px
+        margin), ~10x faster than mapping every mask over the whole canvas, with an identical result, and
+        the input never needs a full-resolution frame per instance.
+        """
+        out = np.zeros((len(masks), self.size, self.size), dtype=np.uint8)
         vh, vw = valid
         x0, y0 = offset
-        for i, mask in enumerate(masks):
-            x, y, w, h = _nonzero_rect(mask)
-            if w == 0:
+        for i, (crop, (x, y)) in enumerate(zip(masks.crops, masks.origins.tolist(), strict=True)):
+            h, w = crop.shape
+            if w == 0 or h == 0:
                 continue
             u0 = max(0, int(np.floor(x * sx - x0)) - 1)
             u1 = min(vw, int(np.ceil((x + w) * sx - x0)) + 1)
             v0 = max(0, int(np.floor(y * sy - y0)) - 1)
             v1 = min(vh, int(np.ceil((y + h) * sy - y0)) + 1)
             if u1 > u0 and v1 > v0:
-                out[i, v0:v1, u0:u1] = self._warp_mask(mask, sx, sy, offset, (u0, v0, u1, v1))
+                out[i, v0:v1, u0:u1] = self._warp_mask(crop, sx, sy, offset, (u0, v0, u1, v1), (x, y))
         return out
 
     def apply_to_bboxes(
@@ -242,12 +260,13 @@ class LargeScaleJitter(A.DualTransform):
 class TrainTransform:
     """Training augmentation: horizontal flip + ViTDet large-scale jitter to an ``S x S`` canvas.
 
-    Albumentations 2.0.8 drops boxes that leave the crop but keeps all masks, and returns label fields
-    as floats; an instance index is carried as a second label field to select the surviving masks and
-    labels, and labels are cast back to ``int64``. With masks, boxes are recomputed as the tight box of
-    the cropped mask (ViTDet's ``recompute_boxes``), so a truncated non-convex object gets a box that
-    matches what is visible. Instances whose box or mask is under 1 px are dropped, and so are
-    zero-width or zero-height input boxes.
+    Albumentations 2.0.8 drops boxes that leave the crop but keeps all masks, and returns label fields as
+    floats; an instance index is carried as a second label field to select the surviving instances, and
+    labels are cast back to ``int64``. Masks are not given to albumentations: the surviving instances'
+    regions (:class:`InstanceMasks`) are flipped and mapped with the parameters it drew. With masks, boxes
+    are recomputed as the tight box of the cropped mask (ViTDet's ``recompute_boxes``), so a truncated
+    non-convex object gets a box that matches what is visible. Instances whose box or mask is under 1 px
+    are dropped, and so are zero-width or zero-height input boxes.
 
     Random state is re-seeded from ``torch.initial_seed()`` whenever it changes, so each DataLoader
     worker (and each epoch without persistent workers) draws different augmentations; albumentations
@@ -267,7 +286,8 @@ class TrainTransform:
             clip=True,
             filter_invalid_bboxes=True,
         )
-        self.compose = A.Compose([A.HorizontalFlip(p=flip_prob), self.jitter], bbox_params=bbox_params)
+        self.flip = A.HorizontalFlip(p=flip_prob)
+        self.compose = A.Compose([self.flip, self.jitter], bbox_params=bbox_params)
         self._seeded_from: int | None = None
 
     def _reseed_if_needed(self) -> None:
@@ -281,7 +301,7 @@ class TrainTransform:
         image: np.ndarray,
         boxes: np.ndarray,
         labels: np.ndarray,
-        masks: np.ndarray | None = None,
+        masks: InstanceMasks | np.ndarray | None = None,
     ) -> TransformOutput:
         """Augment one sample.
 
@@ -289,7 +309,8 @@ class TrainTransform:
             image: ``uint8`` ``(H, W, 3)`` RGB, original frame.
             boxes: ``float32`` ``(N, 4)`` xyxy absolute pixels, inside ``[0, W] x [0, H]``.
             labels: integer ``(N,)``.
-            masks: ``uint8`` ``(N, H, W)`` in {0, 1}, or None for box-only training.
+            masks: the instances' masks in the original frame (:class:`InstanceMasks`, or ``uint8``
+                ``(N, H, W)`` in {0, 1}), or None for box-only training.
 
         Returns:
             The augmented sample; ``masks`` is ``(N', S, S)`` when masks were given.
@@ -302,8 +323,7 @@ class TrainTransform:
             "labels": np.asarray(labels, dtype=np.int64).reshape(n),
             "instance_ids": np.arange(n, dtype=np.int64),
         }
-        if masks is not None and n > 0:
-            data["masks"] = masks
+        # Masks follow the image outside the Compose, region by region, with the parameters it drew.
         result = self.compose(**data)
         params = self.jitter.params
 
@@ -312,7 +332,12 @@ class TrainTransform:
         out_boxes = np.asarray(result["bboxes"], dtype=np.float32).reshape(-1, 4)
         out_masks: np.ndarray | None = None
         if masks is not None:
-            out_masks = result["masks"][keep] if n > 0 else np.zeros((0, self.size, self.size), np.uint8)
+            if not isinstance(masks, InstanceMasks):
+                masks = InstanceMasks.from_dense(np.asarray(masks).reshape(n, *image.shape[:2]))
+            masks = masks.select(keep)
+            if self.flip.params:  # reset by every call; filled only when the flip was applied
+                masks = masks.flip_horizontal()
+            out_masks = self.jitter.warp_instance_masks(masks, **params)
             out_boxes = boxes_from_masks(out_masks)
         vh, vw = params["valid"]
         out_boxes[:, [0, 2]] = out_boxes[:, [0, 2]].clip(0, vw)
@@ -342,7 +367,7 @@ class EvalTransform:
         image: np.ndarray,
         boxes: np.ndarray | None = None,
         labels: np.ndarray | None = None,
-        masks: np.ndarray | None = None,
+        masks: InstanceMasks | np.ndarray | None = None,
     ) -> TransformOutput:
         """Resize and pad one image (and its targets).
 
@@ -350,7 +375,8 @@ class EvalTransform:
             image: ``uint8`` ``(H, W, 3)`` RGB, original frame.
             boxes: ``float32`` ``(N, 4)`` xyxy absolute pixels in the original frame, or None.
             labels: integer ``(N,)``, passed through (as ``int64``), or None.
-            masks: ``uint8`` ``(N, H, W)``, resized (nearest) and padded like the image, or None.
+            masks: :class:`InstanceMasks` or ``uint8`` ``(N, H, W)``, resized (nearest) and padded like the
+                image, or None.
 
         Returns:
             The sample in the canvas frame; boxes are exactly ``boxes * scale``.
@@ -366,6 +392,8 @@ class EvalTransform:
         out_labels = np.zeros(0, np.int64) if labels is None else np.asarray(labels, np.int64).reshape(-1)
         out_masks = None
         if masks is not None:
+            if isinstance(masks, InstanceMasks):
+                masks = masks.to_dense()
             out_masks = np.zeros((len(masks), self.size, self.size), dtype=np.uint8)
             for i, mask in enumerate(masks):
                 resized = cv2.resize(mask, (new_w, new_h), interpolation=cv2.INTER_NEAREST_EXACT)

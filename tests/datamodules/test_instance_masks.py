@@ -1,0 +1,89 @@
+"""Tests for vitdense.datamodules.instance_masks: region decoding equals pycocotools' full decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from vitdense.datamodules.instance_masks import InstanceMasks, rle_counts
+
+
+def _random_masks(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
+    masks = np.zeros((n, h, w), np.uint8)
+    for mask in masks:
+        kind = rng.integers(4)
+        if kind == 0:  # noise: many short runs, negative differences between counts
+            mask[:] = rng.random((h, w)) < 0.5
+        elif kind == 1:  # everything
+            mask[:] = 1
+        elif kind == 2:  # a few rectangles, some touching the border
+            for _ in range(rng.integers(1, 4)):
+                y, x = rng.integers(-10, h), rng.integers(-10, w)
+                mask[max(0, y) : y + rng.integers(1, h + 1), max(0, x) : x + rng.integers(1, w + 1)] = 1
+        # kind 3: empty
+    return masks
+
+
+def test_region_decoding_equals_pycocotools() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 90, 2))
+        masks = _random_masks(rng, 4, h, w)
+        compressed = [mask_utils.encode(np.asfortranarray(m)) for m in masks]
+        decoded = InstanceMasks.from_rles(compressed, h, w)
+        np.testing.assert_array_equal(decoded.to_dense(), masks)
+        for crop, (x, y), mask in zip(decoded.crops, decoded.origins, masks):
+            bx, by, bw, bh = (int(v) for v in mask_utils.toBbox(mask_utils.encode(np.asfortranarray(mask))))
+            assert crop.shape == (bh, bw) and (bw == 0 or (x, y) == (bx, by))  # only the tight box
+
+
+def test_counts_of_compressed_and_uncompressed_rle_agree() -> None:
+    rng = np.random.default_rng(1)
+    # Long runs: counts of several 5-bit characters (a 1-pixel object in a 600 x 700 frame).
+    mask = np.zeros((600, 700), np.uint8)
+    mask[599, 699] = mask[0, 0] = mask[300, 20:400] = 1
+    for m in [mask, *_random_masks(rng, 20, 37, 53)]:
+        compressed = mask_utils.encode(np.asfortranarray(m))
+        flat = m.ravel(order="F")
+        change = np.flatnonzero(np.diff(flat)) + 1
+        bounds = np.concatenate([[0], change, [flat.size]])
+        expected = np.diff(bounds)
+        if flat[0]:
+            expected = np.concatenate([[0], expected])
+        np.testing.assert_array_equal(rle_counts(compressed), expected)
+        uncompressed = {"size": list(m.shape), "counts": expected.tolist()}
+        np.testing.assert_array_equal(rle_counts(uncompressed), expected)
+
+
+def test_rle_that_does_not_cover_its_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="cover 12 pixels, not its size 4x4"):
+        rle_counts({"size": [4, 4], "counts": [5, 7]})
+    rle = mask_utils.encode(np.asfortranarray(np.ones((4, 4), np.uint8)))
+    with pytest.raises(ValueError, match="not the image's 5x4"):
+        InstanceMasks.from_rles([rle], 5, 4)
+
+
+def test_dense_round_trip_flip_and_select() -> None:
+    rng = np.random.default_rng(2)
+    masks = _random_masks(rng, 6, 31, 47)
+    regions = InstanceMasks.from_dense(masks * 7)  # nonzero is foreground
+    np.testing.assert_array_equal(regions.to_dense(), masks)
+    np.testing.assert_array_equal(regions.flip_horizontal().to_dense(), masks[:, :, ::-1])
+    np.testing.assert_array_equal(regions.select([4, 0, 4]).to_dense(), masks[[4, 0, 4]])
+    assert len(regions.select([])) == 0 and regions.select([]).to_dense().shape == (0, 31, 47)
+
+
+def test_a_small_object_in_a_huge_frame_costs_its_box() -> None:
+    # A 30000 x 40000 frame would take 1.2 GB per instance as a dense mask.
+    h, w = 30000, 40000
+    polygons = [
+        [[39000.5, 100.0, 39990.0, 100.0, 39990.0, 180.25]],
+        [[10.0, 29000.0, 60.0, 29000.0, 35.0, 29990.0]],
+    ]
+    rles = [mask_utils.merge(mask_utils.frPyObjects(p, h, w)) for p in polygons]
+    regions = InstanceMasks.from_rles(rles, h, w)
+    boxes = [[int(v) for v in mask_utils.toBbox(rle)] for rle in rles]
+    assert [crop.shape for crop in regions.crops] == [(bh, bw) for _, _, bw, bh in boxes]
+    assert regions.origins.tolist() == [[x, y] for x, y, _, _ in boxes]
+    assert all(0 < crop.size < 10**5 and crop.any() for crop in regions.crops)
