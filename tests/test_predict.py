@@ -182,6 +182,60 @@ def test_predict_writes_json_and_overlays_in_original_orientation_and_size(
         assert from_pil["names"] == [d["category_name"] for d in record["detections"]]
 
 
+def test_predict_from_a_checkpoint_alone_writes_what_the_recipe_writes(
+    detection_run, mixed_images, tmp_path, monkeypatch
+):
+    folder, sizes = mixed_images
+    checkpoint = _last_checkpoint(detection_run)
+    from_recipe = tmp_path / "from_recipe"
+    main(
+        [
+            "predict",
+            "--config",
+            str(detection_run / "config.yaml"),
+            "--ckpt_path",
+            str(checkpoint),
+            f"--data.init_args.predict_images={folder}",
+            f"--writer.output_dir={from_recipe}",
+        ]
+    )
+    # A deployment: the checkpoint alone, without the run's data (annotation files) or config.
+    data = detection_run.parents[2] / "shapes"
+    data.rename(data.with_name("moved"))
+    monkeypatch.chdir(tmp_path)
+    try:
+        with pytest.raises(SystemExit) as exit_status:
+            main(["predict", "--ckpt_path", str(checkpoint), "--images", str(folder), "--batch_size=4"])
+    finally:
+        data.with_name("moved").rename(data)
+    assert exit_status.value.code == 0
+    out = tmp_path / "predictions"  # the default output folder
+    assert json.loads((out / "predictions.json").read_text()) == json.loads(
+        (from_recipe / "predictions.json").read_text()
+    )
+    assert sorted(path.name for path in (out / "overlays").iterdir()) == sorted(OUTPUT_NAMES.values())
+
+
+def test_predict_from_a_checkpoint_says_what_is_wrong(detection_run, tmp_path, capsys):
+    checkpoint = str(_last_checkpoint(detection_run))
+    for arguments, message in [
+        (
+            ["--ckpt_path", str(tmp_path / "no.ckpt"), "--images", str(tmp_path)],
+            "no.ckpt: checkpoint not found",
+        ),
+        (["--ckpt_path", checkpoint, "--images", str(tmp_path / "*.jpg")], "matches no image files"),
+        (["--ckpt_path", checkpoint], "the following arguments are required: --images"),
+    ]:
+        with pytest.raises(SystemExit) as exit_status:
+            main(["predict", *arguments])
+        assert exit_status.value.code == 2 and message in capsys.readouterr().err
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    with pytest.raises(SystemExit) as exit_status:
+        main(["predict", "--ckpt_path", checkpoint, "--images", str(tmp_path), "--num_workers=0"])
+    assert exit_status.value.code == 1
+    assert f"{tmp_path / 'broken.jpg'} cannot be decoded" in capsys.readouterr().err
+
+
 def test_segmentation_predict_writes_label_maps_and_python_inference_agrees(
     segmentation_run, mixed_images, tmp_path
 ):
@@ -206,6 +260,17 @@ def test_segmentation_predict_writes_label_maps_and_python_inference_agrees(
         assert saved.shape == (height, width) and saved.max() < predictor.task.num_classes
         assert Image.open(out / "overlays" / OUTPUT_NAMES[name]).size == (width, height)
         np.testing.assert_array_equal(predictor(folder / name)["label"].numpy(), saved)
+
+    alone = tmp_path / "alone"
+    with pytest.raises(SystemExit) as exit_status:
+        main(
+            ["predict", "--ckpt_path", str(_last_checkpoint(segmentation_run)), "--images", str(folder)]
+            + [f"--output_dir={alone}", "--no-overlays", "--num_workers=0"]
+        )
+    assert exit_status.value.code == 0 and not (alone / "overlays").exists()
+    for name in sizes:
+        saved = np.asarray(Image.open(out / "labels" / OUTPUT_NAMES[name]))
+        np.testing.assert_array_equal(np.asarray(Image.open(alone / "labels" / OUTPUT_NAMES[name])), saved)
 
 
 def test_output_names_never_overwrite_one_another():

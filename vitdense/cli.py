@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning import LightningDataModule, LightningModule
+from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
 
 from vitdense.backbones import skip_weights_loading
-from vitdense.datamodules import BadDataError, as_rgb_array, check_data, predict_sample
+from vitdense.datamodules import BadDataError, PredictImages, as_rgb_array, check_data, predict_sample
 from vitdense.inference import Predictor, load_checkpoint
 from vitdense.tasks import DetectionTask
 from vitdense.tasks.callbacks import ThroughputLogger, ValidationImageLogger
@@ -196,6 +197,79 @@ def check_data_command(args: list[str]) -> int:
     return 1 if report.errors else 0
 
 
+# Options of Lightning's CLI: ``vitdense predict`` with any of them runs a recipe, without them a checkpoint.
+_RECIPE_OPTIONS = ("-c", "--config", "--model", "--data", "--trainer", "--writer", "--print_config", "--seed")
+
+
+def predict_checkpoint_command(args: list[str]) -> int:
+    """``vitdense predict --ckpt_path <ckpt> --images <file|folder|glob> [--output_dir D] ...``.
+
+    Runs a ``vitdense fit`` checkpoint on images with nothing else: no recipe, no annotation file, no
+    weights file. The checkpoint holds the model's config, its classes and its input size; the outputs are
+    those of ``vitdense predict --config <run>/config.yaml`` (:class:`PredictionWriter`). Returns the exit
+    status: 0, or 1 when an image cannot be read.
+    """
+    parser = argparse.ArgumentParser(
+        prog="vitdense predict",
+        description=(
+            "Run a checkpoint written by `vitdense fit` on images, with no recipe and no annotation file. "
+            "With a recipe instead, `vitdense predict --config <run>/config.yaml --help` lists Lightning's "
+            "options."
+        ),
+    )
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by `vitdense fit`")
+    parser.add_argument(
+        "--images", required=True, help="an image file, a folder or a glob ('photos/**/*.jpg')"
+    )
+    parser.add_argument("--output_dir", default="predictions", help="where to write (default: predictions)")
+    parser.add_argument(
+        "--score_threshold", type=float, default=0.5, help="lowest score drawn on overlays (default: 0.5)"
+    )
+    parser.add_argument(
+        "--overlays", action=argparse.BooleanOptionalAction, default=True, help="write overlay PNGs"
+    )
+    parser.add_argument("--batch_size", type=int, default=1, help="images per batch (default: 1)")
+    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers (default: 2)")
+    parser.add_argument("--accelerator", default="auto", help="Lightning's accelerator (default: auto)")
+    parser.add_argument("--devices", default="1", help="Lightning's devices (default: 1)")
+    parser.add_argument(
+        "--precision", default="32-true", help="Lightning's precision, e.g. bf16-mixed (default: 32-true)"
+    )
+    options = parser.parse_args(args)
+    if options.batch_size < 1 or options.num_workers < 0:
+        parser.error(f"--batch_size={options.batch_size} must be >= 1, --num_workers >= 0")
+    try:
+        predictor = Predictor(load_checkpoint(options.ckpt_path))
+        dataset = PredictImages(options.images, predictor.transform)
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
+    loader = DataLoader(
+        dataset,
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
+        collate_fn=predictor.collate,
+        persistent_workers=False,
+    )
+    devices = int(options.devices) if options.devices.lstrip("-").isdigit() else options.devices
+    writer = PredictionWriter(options.output_dir, options.score_threshold, options.overlays)
+    trainer = Trainer(
+        accelerator=options.accelerator,
+        devices=devices,
+        precision=options.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[writer],
+        default_root_dir=options.output_dir,
+    )
+    try:
+        trainer.predict(predictor.task, dataloaders=loader, return_predictions=False)
+    except BadDataError as error:
+        print(f"vitdense predict: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def export_command(args: list[str]) -> int:
     """``vitdense export --ckpt_path <ckpt> [--output F.pt2] [--sample IMAGE] [--image_size H W] [--onnx]``.
 
@@ -258,9 +332,12 @@ def export_command(args: list[str]) -> int:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the console script and ``python -m vitdense``.
 
-    Lightning's subcommands (``fit``, ``validate``, ``test``, ``predict``) plus ``check-data`` and ``export``.
+    Lightning's subcommands (``fit``, ``validate``, ``test``, ``predict``) plus ``check-data`` and ``export``;
+    ``predict`` without a recipe's options runs a checkpoint alone (:func:`predict_checkpoint_command`).
     """
     command = sys.argv[1:] if args is None else list(args)
+    if command[:1] == ["predict"] and not any(arg.startswith(_RECIPE_OPTIONS) for arg in command[1:]):
+        raise SystemExit(predict_checkpoint_command(command[1:]))
     if command[:1] == ["check-data"]:
         raise SystemExit(check_data_command(command[1:]))
     if command[:1] == ["export"]:
