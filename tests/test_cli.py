@@ -118,20 +118,45 @@ def test_gpu_recipes_bf16_mixed_precision_trains_and_evaluates_with_detections(s
 
 
 def test_fit_ends_with_the_scores_of_its_final_weights(shapes, tmp_path, capsys):
-    """The COCO recipes' val_check_interval does not divide max_steps: fit still scores its last step."""
+    """The COCO recipes' val_check_interval does not divide max_steps: fit still scores its last step,
+    inside fit, where a checkpoint callback that monitors a metric considers it."""
     recipe = next(r for r in DETECTION_RECIPES if r.stem == "coco_faster_rcnn")
+    every_validation = tmp_path / "every_validation.yaml"
+    every_validation.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "callbacks": [
+                        {
+                            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                            "init_args": {
+                                "monitor": "val/bbox_AP",
+                                "save_top_k": -1,
+                                "filename": "scored-step{step}",
+                                "auto_insert_metric_name": False,
+                            },
+                        },
+                        {"class_path": "vitdense.tasks.LatestCheckpoint"},
+                    ]
+                }
+            }
+        )
+    )
     schedule = ["--model.init_args.lr_scheduler.init_args.milestones=[4, 5]"]
     steps = ["--trainer.fast_dev_run=0", "--trainer.max_steps=5", "--trainer.val_check_interval=2"]
-    main(["fit", "--config", str(recipe), *_tiny_overrides(shapes, tmp_path), *steps, *schedule])
+    tiny = [*_tiny_overrides(shapes, tmp_path), "--config", str(every_validation)]
+    main(["fit", "--config", str(recipe), *tiny, *steps, *schedule])
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["step"] == 5
     reports = {path.name for path in tmp_path.rglob("val_step*")}
     assert {"val_step2_metrics.json", "val_step4_metrics.json", "val_step5_metrics.json"} <= reports
     assert "val_step5_bbox_results.json" in reports
+    scored = {path.name for path in tmp_path.rglob("scored-step*.ckpt")}
+    assert scored == {"scored-step2.ckpt", "scored-step4.ckpt", "scored-step5.ckpt"}
 
     # Resumed and extended: the final scores name the step of the weights left, not the one resumed from.
     extended = [*steps[:1], "--trainer.max_steps=7", *steps[2:], "--ckpt_path", "last"]
-    main(["fit", "--config", str(recipe), *_tiny_overrides(shapes, tmp_path), *extended, *schedule])
+    main(["fit", "--config", str(recipe), *tiny, *extended, *schedule])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 7
     assert any(tmp_path.rglob("val_step7_bbox_results.json"))
 

@@ -21,7 +21,7 @@ from vitdense.backbones import skip_weights_loading
 from vitdense.datamodules import BadDataError, PredictImages, as_rgb_array, check_data, predict_sample
 from vitdense.inference import Predictor, load_checkpoint
 from vitdense.tasks import DetectionTask
-from vitdense.tasks.callbacks import ThroughputLogger, ValidationImageLogger
+from vitdense.tasks.callbacks import ThroughputLogger, ValidateFinalStep, ValidationImageLogger
 from vitdense.tasks.prediction_writer import PredictionWriter
 
 
@@ -31,7 +31,8 @@ class VitDenseCLI(LightningCLI):
     The datamodule reads its classes from the annotation files, so the model's ``num_classes`` is linked
     from the instantiated datamodule instead of being written twice. Every run also gets, unless its
     recipe configures its own: a CSV logger beside the TensorBoard one, the learning rate and training
-    throughput logged, validation images with predictions drawn; ``predict`` writes its outputs with a
+    throughput logged, validation images with predictions drawn, the final step validated inside ``fit``
+    (:class:`ValidateFinalStep`); ``predict`` writes its outputs with a
     :class:`PredictionWriter` (``--writer.output_dir``, ``--writer.score_threshold``).
     """
 
@@ -117,7 +118,7 @@ class VitDenseCLI(LightningCLI):
             tensorboard = loggers[0]
             csv = CSVLogger(tensorboard.save_dir, name=tensorboard.name, version=tensorboard.version)
             trainer.loggers = [tensorboard, csv]
-        defaults: list[Callback] = [ThroughputLogger(), ValidationImageLogger()]
+        defaults: list[Callback] = [ThroughputLogger(), ValidationImageLogger(), ValidateFinalStep()]
         if trainer.loggers:
             defaults.append(LearningRateMonitor(logging_interval="step"))
         present = {type(callback) for callback in trainer.callbacks}
@@ -136,9 +137,12 @@ class VitDenseCLI(LightningCLI):
             print(json.dumps(metrics), flush=True)
 
     def after_fit(self) -> None:
-        """Score the final weights when the last validation of ``fit`` came before the last step (a
-        ``val_check_interval`` that does not divide ``max_steps``), so that every run ends with the metrics
-        and results files of the weights it leaves."""
+        """Score the final weights when the last validation of ``fit`` came before the last step, so that
+        every run ends with the metrics and results files of the weights it leaves.
+
+        :class:`ValidateFinalStep` has ``fit`` validate its ``max_steps``-th step itself; this covers what it
+        cannot: an epoch-based end whose last epoch is not a ``check_val_every_n_epoch`` one. Checkpoint
+        callbacks do not see this validation."""
         metrics = getattr(self.model, "final_metrics", None)
         trainer = self.trainer
         if metrics and metrics.get("step") != trainer.global_step and not trainer.interrupted:

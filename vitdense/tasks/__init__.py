@@ -1,7 +1,12 @@
 """LightningModules: losses, metrics, logging and optimizer construction around the ``torch.nn`` parts."""
 
 from vitdense.tasks.base import VitDenseTask
-from vitdense.tasks.callbacks import LatestCheckpoint, ThroughputLogger, ValidationImageLogger
+from vitdense.tasks.callbacks import (
+    LatestCheckpoint,
+    ThroughputLogger,
+    ValidateFinalStep,
+    ValidationImageLogger,
+)
 from vitdense.tasks.coco_evaluator import CocoEvaluator
 from vitdense.tasks.detection import DetectionTask
 from vitdense.tasks.optim import (
@@ -20,6 +25,7 @@ __all__ = [
     "LatestCheckpoint",
     "SemanticSegmentationTask",
     "ThroughputLogger",
+    "ValidateFinalStep",
     "ValidationImageLogger",
     "VitDenseTask",
     "WarmupCosineLR",
