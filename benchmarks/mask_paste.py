@@ -1,4 +1,5 @@
-"""Time to paste Mask R-CNN masks at the original resolution: torchvision's loop vs vitdense's `paste_masks`.
+"""Time to paste Mask R-CNN masks at the original resolution: torchvision's loop vs vitdense's `paste_masks`;
+and to write them as COCO RLE for evaluation: `pycocotools.mask.encode` of whole frames vs `encode_masks`.
 
 Both include the threshold at 0.5 (what `paste_detections` returns: bool (N, h, w)). Boxes are COCO-like:
 sides log-uniform from 16 to 700 px, aspect 1:2 to 2:1, clipped to the image. Each measurement prints one JSON
@@ -6,8 +7,12 @@ line: device, CPU threads, mask dtype, masks, image size (h, w), median ms per i
 vitdense, their ratio, and whether the bool masks agree. Runs on the CPU and, when there is one, on the GPU
 (fp32 and bf16 masks, synchronised around each timed call).
 
+`mask_rle` rows (fp32): the evaluator's RLE encoding of the pasted bool masks, as it was (copied whole to the
+host, made Fortran-ordered, `pycocotools.mask.encode`) and as it is (`encode_masks`: each mask's region only),
+and whether the RLEs are the same.
+
     python benchmarks/mask_paste.py --tiny      # seconds: 10 masks into 200x300
-    python benchmarks/mask_paste.py             # 100 and 20 masks into 1000x1333
+    python benchmarks/mask_paste.py             # 100 and 20 masks into 1000x1333, 100 into a 12 MP photo
 """
 
 import argparse
@@ -15,9 +20,12 @@ import json
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
+from vitdense.datamodules.instance_masks import encode_masks
 from vitdense.heads.mask_paste import paste_masks
 
 
@@ -39,7 +47,13 @@ def coco_like(
     return logits.sigmoid().to(dtype), boxes
 
 
-def _time(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> float:
+def encode_whole_frames(masks: torch.Tensor) -> list[dict]:
+    """The evaluator's RLE encoding before `encode_masks`: every whole frame to the host, Fortran order."""
+    frames = masks.cpu().numpy().astype(np.uint8)
+    return mask_utils.encode(np.asfortranarray(frames.transpose(1, 2, 0))) if len(frames) else []
+
+
+def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Median wall milliseconds of `fn` over `repeats` runs after one warm-up."""
     fn()
     times = []
@@ -64,7 +78,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cases = [(10, (200, 300))] if args.tiny else [(100, (1000, 1333)), (20, (1000, 1333))]
+    cases = (
+        [(10, (200, 300))] if args.tiny else [(100, (1000, 1333)), (20, (1000, 1333)), (100, (3024, 4032))]
+    )
     repeats = args.repeats or (3 if args.tiny else 10)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
@@ -89,6 +105,23 @@ def main() -> None:
                     "vitdense_ms_per_image": round(ours, 3),
                     "speedup": round(tv / ours, 2),
                     "bool_masks_equal": same,
+                }
+                print(json.dumps(row), flush=True)
+                if dtype != torch.float32:
+                    continue
+                pasted = paste_masks(masks, boxes, size)
+                whole = _time(lambda: encode_whole_frames(pasted), device, repeats)
+                regions = _time(lambda: encode_masks(pasted), device, repeats)
+                row = {
+                    "name": "mask_rle",
+                    "device": row["device"],
+                    "threads": row["threads"],
+                    "masks": num,
+                    "image_size": list(size),
+                    "whole_frames_ms_per_image": round(whole, 3),
+                    "vitdense_ms_per_image": round(regions, 3),
+                    "speedup": round(whole / regions, 2),
+                    "rles_equal": encode_whole_frames(pasted) == encode_masks(pasted),
                 }
                 print(json.dumps(row), flush=True)
 

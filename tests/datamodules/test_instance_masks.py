@@ -1,12 +1,13 @@
-"""Tests for vitdense.datamodules.instance_masks: region decoding equals pycocotools' full decoding."""
+"""Tests for vitdense.datamodules.instance_masks: RLE read and written by regions, as pycocotools does."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as mask_utils
 
-from vitdense.datamodules.instance_masks import InstanceMasks, rle_counts
+from vitdense.datamodules.instance_masks import InstanceMasks, encode_masks, rle_counts, rle_of_region
 
 
 def _random_masks(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
@@ -87,3 +88,22 @@ def test_a_small_object_in_a_huge_frame_costs_its_box() -> None:
     assert [crop.shape for crop in regions.crops] == [(bh, bw) for _, _, bw, bh in boxes]
     assert regions.origins.tolist() == [[x, y] for x, y, _, _ in boxes]
     assert all(0 < crop.size < 10**5 and crop.any() for crop in regions.crops)
+
+
+def test_encoding_masks_by_their_regions_equals_pycocotools() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(150):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        masks = _random_masks(rng, int(rng.integers(0, 6)), h, w).astype(bool)
+        if len(masks) and rng.random() < 0.3:  # full columns: runs that go on into the next column
+            masks[0, :, int(rng.integers(0, w)) :] = True
+        encoded = encode_masks(torch.from_numpy(masks))
+        assert len(encoded) == len(masks)
+        for rle, mask in zip(encoded, masks):
+            expected = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            assert rle["counts"] == expected["counts"] and list(rle["size"]) == [h, w]
+    corner = np.zeros((7, 5), np.uint8)
+    corner[0, 0] = corner[6, 4] = 1  # the first and the last pixel of the frame
+    assert rle_of_region(corner, 0, 0, 7, 5) == mask_utils.encode(np.asfortranarray(corner))
+    empty = mask_utils.encode(np.zeros((7, 5), np.uint8, order="F"))  # one run of 35 zeros
+    assert rle_of_region(np.zeros((0, 0), np.uint8), 0, 0, 7, 5) == empty

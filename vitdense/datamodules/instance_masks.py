@@ -1,9 +1,10 @@
-"""Instance masks kept over their own bounding regions, decoded from COCO RLE without a full frame per object.
+"""Instance masks kept over their own bounding regions, and COCO RLE read and written region by region.
 
 A 12-megapixel photo with 100 annotated objects would take 1.2 GB as ``(N, H, W)`` masks, and decoding them
 with pycocotools takes seconds; its objects' areas are typically a few percent of that. Large-scale jitter
 then maps each region onto the output canvas (:meth:`LargeScaleJitter.warp_instance_masks`), so no sample
-ever holds a full-resolution frame per instance.
+ever holds a full-resolution frame per instance. The other way, :func:`encode_masks` writes detections'
+masks as RLE from their regions, without the whole-frame copies ``pycocotools.mask.encode`` needs.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 from pycocotools import mask as mask_utils
 
-__all__ = ["InstanceMasks", "rle_counts"]
+__all__ = ["InstanceMasks", "encode_masks", "rle_counts", "rle_of_region"]
 
 
 def rle_counts(rle: dict[str, Any]) -> np.ndarray:
@@ -54,6 +56,54 @@ def rle_counts(rle: dict[str, Any]) -> np.ndarray:
     if runs.sum() != h * w or (runs < 0).any():
         raise ValueError(f"RLE runs cover {int(runs.sum())} pixels, not its size {h}x{w}")
     return runs
+
+
+def rle_of_region(crop: np.ndarray, x: int, y: int, height: int, width: int) -> dict[str, Any]:
+    """The compressed COCO RLE of a ``height x width`` mask that is ``crop`` (nonzero = 1) with its top-left
+    pixel at ``(x, y)``, and 0 elsewhere: what ``pycocotools.mask.encode`` returns for the whole mask.
+
+    Costs the crop's pixels, not the frame's.
+    """
+    h, w = crop.shape
+    padded = np.zeros((h + 2, w), np.int8)  # a zero row above and below: every run starts and ends in it
+    padded[1:-1] = crop != 0
+    change = np.diff(padded, axis=0).T  # (w, h + 1); column-major order, as RLE runs
+    start_col, start_row = np.nonzero(change == 1)
+    end_col, end_row = np.nonzero(change == -1)
+    starts = (x + start_col) * height + y + start_row  # flat column-major indices; ends exclusive
+    ends = (x + end_col) * height + y + end_row
+    if len(starts):
+        # A crop as tall as the frame: a run that reaches a column's last row goes on in the next column.
+        joined = starts[1:] == ends[:-1]
+        starts, ends = starts[np.concatenate([[True], ~joined])], ends[np.concatenate([~joined, [True]])]
+    counts = np.empty(2 * len(starts), np.int64)
+    counts[0::2] = starts - np.concatenate([[0], ends[:-1]])  # background before each run
+    counts[1::2] = ends - starts
+    tail = height * width - (ends[-1] if len(ends) else 0)
+    if tail or not len(counts):
+        counts = np.append(counts, tail)
+    return mask_utils.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+
+
+def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """Compressed COCO RLEs of bool ``(N, H, W)`` masks on any device, equal to ``pycocotools.mask.encode``'s.
+
+    Only each mask's bounding region is copied to the host and read: for 100 detections pasted on a
+    640 x 480 image ~10x faster than encoding the whole frames, and on a 12-megapixel photo no 1.2 GB copy.
+    """
+    n, height, width = masks.shape
+    if n == 0:
+        return []
+    as_bytes = masks.view(torch.uint8)  # amax over uint8 is several times faster than any() over bool
+    rows, cols = as_bytes.amax(2).int(), as_bytes.amax(1).int()
+    first_row, first_col = rows.argmax(1), cols.argmax(1)
+    end_row, end_col = height - rows.flip(1).argmax(1), width - cols.flip(1).argmax(1)
+    empty = rows.amax(1) == 0
+    bounds = torch.stack([first_col, first_row, end_col, end_row], 1).masked_fill(empty[:, None], 0).tolist()
+    return [
+        rle_of_region(masks[i, y0:y1, x0:x1].cpu().numpy(), x0, y0, height, width)
+        for i, (x0, y0, x1, y1) in enumerate(bounds)
+    ]
 
 
 def _decode_region(runs: np.ndarray, h: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:

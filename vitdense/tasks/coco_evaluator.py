@@ -4,12 +4,12 @@ import contextlib
 import io
 from collections.abc import Sequence
 
-import numpy as np
-import pycocotools.mask as mask_util
 import torch
 import torch.distributed as dist
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from vitdense.datamodules.instance_masks import encode_masks
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -57,8 +57,7 @@ class CocoEvaluator:
         labels = detection["labels"].detach().cpu().tolist()
         rles = None
         if "segm" in self.iou_types:
-            masks = detection["masks"].detach().cpu().numpy().astype(np.uint8)
-            rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
+            rles = encode_masks(detection["masks"].detach())
         results = []
         for index, (box, score, label) in enumerate(zip(boxes.tolist(), scores, labels, strict=True)):
             result = {

@@ -12,8 +12,8 @@ import torch.distributed as dist
 from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
-from pycocotools import mask as mask_utils
 
+from vitdense.datamodules.instance_masks import encode_masks
 from vitdense.datamodules.predict_images import as_rgb_array
 from vitdense.tasks.visualization import draw_detections, draw_label_map
 
@@ -56,7 +56,7 @@ def detection_record(prediction: dict[str, Any], names: dict[int, str]) -> dict[
     """
     height, width = (int(v) for v in prediction["orig_size"])
     detections = []
-    masks = prediction.get("masks")
+    rles = encode_masks(prediction["masks"]) if "masks" in prediction else None
     for index, (box, category_id, score) in enumerate(
         zip(prediction["boxes"].tolist(), prediction["labels"].tolist(), prediction["scores"].tolist())
     ):
@@ -67,8 +67,8 @@ def detection_record(prediction: dict[str, Any], names: dict[int, str]) -> dict[
             "category_id": category_id,
             "category_name": names.get(category_id, str(category_id)),
         }
-        if masks is not None:
-            rle = mask_utils.encode(np.asfortranarray(masks[index].numpy().astype(np.uint8)))
+        if rles is not None:
+            rle = rles[index]
             detection["segmentation"] = {
                 "size": [int(v) for v in rle["size"]],
                 "counts": rle["counts"].decode(),
