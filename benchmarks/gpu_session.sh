@@ -37,5 +37,5 @@ run baseline_parts 60 --rows mask_rcnn faster_rcnn --torchvision-parts --torchvi
 run compiled 220 --rows backbone mask_rcnn faster_rcnn semseg --compile --profile
 run compiled_checkpointing 80 --rows mask_rcnn --compile --grad-checkpointing 4
 part host_syncs 30 benchmarks/host_syncs.py --top 15
-part mask_paste 30 benchmarks/mask_paste.py "${EXTRA[@]}"
+part mask_paste 30 benchmarks/mask_paste.py --device "$([ "${EXTRA[*]}" = --tiny ] && echo cpu || echo cuda)" --repeats 5 "${EXTRA[@]}"
 echo "# done" | tee -a "$OUT/throughput.jsonl"
