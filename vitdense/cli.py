@@ -269,7 +269,10 @@ def predict_checkpoint_command(args: list[str]) -> int:
     try:
         trainer.predict(predictor.task, dataloaders=loader, return_predictions=False)
     except BadDataError as error:
-        print(f"vitdense predict: {error}", file=sys.stderr)
+        message = str(error)
+        if "Original Traceback" in message:  # raised in a DataLoader worker: the traceback is in the message
+            message = message.rstrip().rsplit(f"{type(error).__name__}: ", 1)[-1]
+        print(f"vitdense predict: {message}", file=sys.stderr)
         return 1
     return 0
 

@@ -68,10 +68,12 @@ def test_rle_that_does_not_cover_its_size_is_refused() -> None:
 def test_dense_round_trip_flip_and_select() -> None:
     rng = np.random.default_rng(2)
     masks = _random_masks(rng, 6, 31, 47)
-    regions = InstanceMasks.from_dense(masks * 7)  # nonzero is foreground
+    masks = masks * 7  # nonzero is foreground; values and dtype are kept
+    regions = InstanceMasks.from_dense(masks)
     np.testing.assert_array_equal(regions.to_dense(), masks)
     np.testing.assert_array_equal(regions.flip_horizontal().to_dense(), masks[:, :, ::-1])
     np.testing.assert_array_equal(regions.select([4, 0, 4]).to_dense(), masks[[4, 0, 4]])
+    assert InstanceMasks.from_dense(masks.astype(bool)).to_dense().dtype == bool
     assert len(regions.select([])) == 0 and regions.select([]).to_dense().shape == (0, 31, 47)
 
 
@@ -107,3 +109,31 @@ def test_encoding_masks_by_their_regions_equals_pycocotools() -> None:
     assert rle_of_region(corner, 0, 0, 7, 5) == mask_utils.encode(np.asfortranarray(corner))
     empty = mask_utils.encode(np.zeros((7, 5), np.uint8, order="F"))  # one run of 35 zeros
     assert rle_of_region(np.zeros((0, 0), np.uint8), 0, 0, 7, 5) == empty
+
+
+def test_rles_with_zero_length_runs_decode_as_pycocotools_decodes_them() -> None:
+    # Valid for COCO (counts >= 0 summing to h * w); pycocotools' toBbox is garbage on the empty ones.
+    h, w = 4, 5
+    for counts in (
+        [20, 0],
+        [0, 0, 20],
+        [6, 0, 4, 3, 7],
+        [2, 3, 0, 4, 11],
+        [10, 10, 0],
+        [0, 20],
+        [12, 8, 0, 0],
+    ):
+        rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+        decoded = InstanceMasks.from_rles([rle], h, w)
+        np.testing.assert_array_equal(decoded.to_dense()[0], mask_utils.decode(rle), err_msg=str(counts))
+
+
+def test_encoding_takes_any_dtype_and_empty_frames() -> None:
+    mask = np.zeros((5, 7), np.uint8)
+    mask[1:4, 2:6] = 1
+    expected = mask_utils.encode(np.asfortranarray(mask))
+    for dtype in (torch.bool, torch.uint8, torch.float32, torch.int64):
+        assert encode_masks(torch.from_numpy(mask).to(dtype)[None]) == [expected], dtype
+    assert encode_masks(torch.zeros(2, 0, 0, dtype=torch.bool)) == [
+        mask_utils.encode(np.zeros((0, 0, 2), np.uint8, order="F"))[i] for i in range(2)
+    ]

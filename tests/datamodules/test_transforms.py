@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import albumentations as A
 import cv2
 import numpy as np
 import pytest
@@ -195,3 +196,14 @@ def test_lsj_instance_masks_from_rles_equal_dense_masks() -> None:
         regions = TrainTransform(112)(image, boxes, labels, InstanceMasks.from_rles(rles, *masks.shape[1:]))
         assert torch.equal(dense.masks, regions.masks) and torch.equal(dense.boxes, regions.boxes)
         assert torch.equal(dense.labels, regions.labels) and torch.equal(dense.image, regions.image)
+
+
+def test_lsj_keeps_mask_values_and_dtype_as_albumentations_targets() -> None:
+    image = np.zeros((40, 60, 3), np.uint8)
+    masks = np.zeros((2, 40, 60), np.uint8)
+    masks[0, 5:20, 10:30], masks[1, 25:35, 40:55] = 255, 7
+    compose = A.Compose([LargeScaleJitter(64, 1.0, 1.0)])
+    out = compose(image=image, masks=masks)["masks"]
+    assert out.dtype == np.uint8 and [sorted(np.unique(m).tolist()) for m in out] == [[0, 255], [0, 7]]
+    single = compose(image=image, mask=masks[0])["mask"]
+    np.testing.assert_array_equal(single, out[0])

@@ -206,7 +206,7 @@ class LargeScaleJitter(A.DualTransform):
         return out
 
     def apply_to_masks(self, masks: np.ndarray, **params: Any) -> np.ndarray:
-        return self.warp_instance_masks(InstanceMasks.from_dense(masks), **params).astype(masks.dtype)
+        return self.warp_instance_masks(InstanceMasks.from_dense(masks), **params)
 
     def warp_instance_masks(
         self,
@@ -217,14 +217,14 @@ class LargeScaleJitter(A.DualTransform):
         valid: tuple[int, int],
         **params: Any,
     ) -> np.ndarray:
-        """``uint8`` ``(N, size, size)``: each instance's region mapped as :meth:`apply_to_mask` maps a
-        whole mask, with the parameters of the last call (``self.params``).
+        """``(N, size, size)`` in the masks' dtype: each instance's region mapped as :meth:`apply_to_mask`
+        maps a whole mask, with the parameters of the last call (``self.params``).
 
         Instance masks are mostly empty: each region is mapped only onto its own output pixels (+1 px
         margin), ~10x faster than mapping every mask over the whole canvas, with an identical result, and
         the input never needs a full-resolution frame per instance.
         """
-        out = np.zeros((len(masks), self.size, self.size), dtype=np.uint8)
+        out = np.zeros((len(masks), self.size, self.size), dtype=masks.dtype)
         vh, vw = valid
         x0, y0 = offset
         for i, (crop, (x, y)) in enumerate(zip(masks.crops, masks.origins.tolist(), strict=True)):
