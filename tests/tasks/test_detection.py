@@ -79,3 +79,25 @@ def test_checkpoint_keeps_the_category_ids(shapes):
     restored = DetectionTask(shapes.num_classes, _detector)
     restored.on_load_checkpoint(checkpoint)
     assert restored.category_ids == [5, 9, 11, 40]
+
+
+def test_evaluation_and_prediction_paste_one_image_at_a_time(shapes, tmp_path, monkeypatch):
+    # Pasted masks are full-resolution: 100 on a 12 MP photo take 1.2 GB, so a batch's are never all alive.
+    import vitdense.tasks.detection as detection_module
+
+    pasted_at_once = []
+    paste = detection_module.paste_detections
+
+    def counting_paste(detections, *args, **kwargs):
+        pasted_at_once.append(len(detections))
+        return paste(detections, *args, **kwargs)
+
+    monkeypatch.setattr(detection_module, "paste_detections", counting_paste)
+    task = DetectionTask(shapes.num_classes, _detector)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    shapes.eval_batch_size = 2
+    (metrics,) = trainer.validate(task, datamodule=shapes, verbose=False)
+    assert "val/segm_AP" in metrics and pasted_at_once == [1, 1]
+    with torch.no_grad():
+        outputs = task.eval().predict_step(next(iter(shapes.val_dataloader())), 0)
+    assert len(outputs) == 2 and pasted_at_once == [1, 1, 1, 1]
