@@ -295,7 +295,10 @@ def test_any_valid_coco_set_parses_and_round_trips_category_ids(
 
     # ... and predict_step.
     batch = (torch.stack([image for image, _ in samples]) if samples else None, [t for _, t in samples])
-    stand_in = SimpleNamespace(category_ids=ds.category_ids, _detect=lambda _: detections)
+    # detections are already in the original frame: pasting them is the identity
+    stand_in = SimpleNamespace(
+        category_ids=ds.category_ids, _detect=lambda _: detections, _paste=lambda detection, _: detection
+    )
     predictions = DetectionTask.predict_step(stand_in, batch, 0)
     for prediction, image_id in zip(predictions, ds.image_ids, strict=True):
         assert prediction["image_id"] == image_id
