@@ -252,7 +252,6 @@ def predict_checkpoint_command(args: list[str]) -> int:
         batch_size=options.batch_size,
         num_workers=options.num_workers,
         collate_fn=predictor.collate,
-        persistent_workers=False,
     )
     devices = int(options.devices) if options.devices.lstrip("-").isdigit() else options.devices
     writer = PredictionWriter(options.output_dir, options.score_threshold, options.overlays)
