@@ -1,4 +1,5 @@
-"""Two processes (DDP on the CPU, gloo) report the same validation metrics as one process."""
+"""Two processes (DDP on the CPU, gloo) report the same validation metrics as one process, and resume to the
+weights of an uninterrupted run."""
 
 import json
 import os
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 
@@ -62,3 +64,30 @@ def test_two_processes_match_one_on_an_odd_split(recipe, extra, keys, tmp_path):
     for key in keys:
         assert double[key] == pytest.approx(single[key], abs=1e-9), (key, single, double)
     assert any(single[key] > 0 for key in keys), single
+
+
+@pytest.mark.slow
+def test_two_processes_resumed_mid_epoch_end_with_the_uninterrupted_weights(tmp_path):
+    """Each process resumes its own random streams: proposal sampling draws as many numbers as its images
+    have proposals, so the two processes' streams part after the first step, and a process that resumed
+    another's would sample other RoIs."""
+    data = tmp_path / "data"
+    extra = ["--data.init_args.num_train=8", "--data.init_args.num_val=2", "--data.init_args.batch_size=2"]
+    extra += ["--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.limit_val_batches=0"]
+    extra += ["--trainer.max_epochs=10", "--model.init_args.lr_scheduler.init_args.total_steps=5"]
+    extra += ["--model.init_args.lr_scheduler.init_args.warmup_steps=2"]
+    _vitdense(
+        "fit", "demo_shapes_mask_rcnn.yaml", data, tmp_path / "straight", [*extra, "--trainer.max_steps=5"]
+    )
+    # 2 steps per epoch (8 images, 2 processes, batch 2): step 3 stops in the middle of the second epoch.
+    stopped = tmp_path / "stopped"
+    _vitdense("fit", "demo_shapes_mask_rcnn.yaml", data, stopped, [*extra, "--trainer.max_steps=3"])
+    resume = [*extra, "--trainer.max_steps=5", "--ckpt_path=last"]
+    _vitdense("fit", "demo_shapes_mask_rcnn.yaml", data, stopped, resume)
+
+    straight, resumed = (
+        torch.load(next((tmp_path / run).rglob("last.ckpt")), weights_only=False)
+        for run in ("straight", "stopped")
+    )
+    assert resumed["global_step"] == straight["global_step"] == 5
+    torch.testing.assert_close(resumed["state_dict"], straight["state_dict"], rtol=1e-5, atol=1e-6)

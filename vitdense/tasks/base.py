@@ -98,19 +98,29 @@ class VitDenseTask(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_steps"] = self.skipped_steps
         # The model draws random numbers in training (proposal sampling, drop path): a resumed run continues
-        # the same streams. (Under DDP the checkpoint holds rank 0's.)
-        checkpoint["rng_states"] = {
+        # the same streams, each process its own (they part after the first step: each draws as many numbers
+        # as its images have proposals). Every process saves a checkpoint (Lightning writes rank 0's).
+        states = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "numpy": _numpy_state_to_tensors(np.random.get_state()),
             "python": random.getstate(),
         }
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            per_rank: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(per_rank, states)
+            checkpoint["rng_states_per_rank"] = per_rank
+        checkpoint["rng_states"] = states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_checkpoint_shapes(checkpoint)
         self._checkpoint_step = checkpoint.get("global_step")
         self.skipped_steps = checkpoint.get("skipped_steps", 0)
-        self._rng_states_to_restore = checkpoint.get("rng_states")
+        per_rank = checkpoint.get("rng_states_per_rank")
+        if per_rank is not None and self._trainer is not None and len(per_rank) == self.trainer.world_size:
+            self._rng_states_to_restore = per_rank[self.global_rank]
+        else:  # saved by one process, or resumed on another number of them: rank 0's streams
+            self._rng_states_to_restore = checkpoint.get("rng_states")
 
     def _check_checkpoint_shapes(self, checkpoint: dict[str, Any]) -> None:
         """Fail with what differs, rather than with PyTorch's list of size mismatches, when the checkpoint's
