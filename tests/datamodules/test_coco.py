@@ -397,6 +397,30 @@ def test_dataloaders_and_test_default_to_val(shapes: dict[str, Path], tmp_path: 
     assert not dm.train_dataloader().persistent_workers
 
 
+@pytest.mark.parametrize("case", ["no_images", "all_bad_skipped"])
+def test_a_split_without_samples_raises_at_setup(
+    make_coco: MakeCoco, shapes: dict[str, Path], case: str
+) -> None:
+    """Lightning would run no step and exit 0 ("No training batches"): setup must stop instead."""
+    if case == "no_images":
+        root, ann_file = make_coco([], [])
+    else:
+        root, ann_file = make_coco([IMG], [_ann(1, [1, 1, 0, 0])])
+    dm = CocoDataModule(
+        train_images=str(root),
+        train_annotations=str(ann_file),
+        val_images=str(shapes["val_images"]),
+        val_annotations=str(shapes["val_annotations"]),
+        image_size=56,
+        num_workers=0,
+        on_bad_data="skip",
+    )
+    with pytest.raises(BadDataError, match="the train split has no usable sample") as info:
+        dm.setup("fit")
+    assert str(ann_file) in str(info.value)
+    assert ("degenerate_box" in str(info.value)) == (case == "all_bad_skipped")
+
+
 def test_masks_off_gives_box_only_targets(shapes: dict[str, Path]) -> None:
     dm = CocoDataModule(**{k: str(v) for k, v in shapes.items()}, image_size=112, num_workers=0, masks=False)
     dm.setup("fit")

@@ -133,7 +133,8 @@ class CheckedDataset(Dataset):
         self.findings.append(finding)
         self.skipped[finding.kind] += 1
         if self.on_bad_data == "skip":
-            logger.warning("skipping: %s", finding.message)
+            # The hint to pass on_bad_data='skip' is moot here.
+            logger.warning("skipping: %s", finding.message.replace(f", {SKIP_HINT}", ""))
 
     def _note(self, kind: str, message: str, *, file: object, record: str) -> None:
         """Something converted but usable; kept in ``findings`` as a note, never raised or counted."""

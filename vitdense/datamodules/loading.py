@@ -39,6 +39,22 @@ def evaluation_sampler(dataset: Dataset) -> Sampler | None:
     return None
 
 
+def _require_samples(split: str, dataset: Dataset) -> None:
+    """Raise when ``dataset`` (of ``split``) has no record left: Lightning would run no step and exit 0."""
+    if len(dataset) > 0:
+        return
+    source = getattr(dataset, "source", "the dataset")
+    skipped = getattr(dataset, "skipped", {})
+    if skipped:
+        why = (
+            f"all {sum(skipped.values())} record(s) were bad and dropped ({dict(skipped)}; each is named in "
+            "the messages logged above); fix them"
+        )
+    else:
+        why = "it holds no record; point the DataModule at the right files"
+    raise BadDataError(f"{source}: the {split} split has no usable sample: {why}.")
+
+
 class SplitDataModule(L.LightningDataModule):
     """The train / val / test datasets of a DataModule, its four DataLoaders and the data check.
 
@@ -49,7 +65,8 @@ class SplitDataModule(L.LightningDataModule):
     With ``check_data`` on, ``setup`` first reads every record of the splits its stage uses
     (:func:`~vitdense.datamodules.data_check.check_data`): under ``on_bad_data="error"`` any bad record
     raises one :class:`BadDataError` holding the whole report; under ``"skip"`` the report is logged and
-    the bad records are dropped before the first step. Either way a split left without samples raises.
+    the bad records are dropped before the first step. Either way (and without the check) a split left
+    without samples raises.
     """
 
     train_dataset: Dataset | None = None
@@ -90,6 +107,7 @@ class SplitDataModule(L.LightningDataModule):
         else:
             datasets = {split: self.split_dataset(split, self.on_bad_data) for split in splits}
         for split, dataset in datasets.items():
+            _require_samples(split, dataset)
             setattr(self, f"{split}_dataset", dataset)
         if "test" in STAGE_SPLITS.get(stage, ()) and self.test_dataset is None:
             self.test_dataset = self.val_dataset  # the test files are the validation files
