@@ -378,6 +378,11 @@ EVALUATION_CASES = {
     ),
     "crowd_without_box": (_ann(2, iscrowd=1, bbox=None) | {"bbox": None}, "malformed_box"),
     "iscrowd_not_0_or_1": (_ann(2, iscrowd="yes"), "malformed_annotation"),
+    # Mask AP would score a 0-1-unit polygon as a 1-pixel mask: near 0, with no word of why.
+    "normalised_polygon": (
+        _ann(2, bbox=[20, 5, 20, 12], segmentation=[[0.36, 0.18, 0.71, 0.18, 0.71, 0.61, 0.36, 0.61]]),
+        "segmentation_box_mismatch",
+    ),
 }
 
 

@@ -513,6 +513,19 @@ class CocoDetection(CheckedDataset):
                 note(
                     "polygon_part_dropped", f"has {dropped} polygon part(s) pycocotools cannot read: dropped"
                 )
+            if self.evaluation == "segm" and not ann["iscrowd"] and cleaned is not None:
+                # Mask AP would score such a mask (e.g. a polygon in 0-1 units) as written: near 0, silently.
+                x, y, bw, bh = bbox
+                box = (
+                    min(max(x, 0.0), rec.width),
+                    min(max(y, 0.0), rec.height),
+                    min(max(x + bw, 0.0), rec.width),
+                    min(max(y + bh, 0.0), rec.height),
+                )
+                if box[2] > box[0] and box[3] > box[1]:  # else: a box problem, noted by the caller
+                    off = _segmentation_off_its_box(cleaned, box, rec.height, rec.width)
+                    if off is not None:
+                        return "segmentation_box_mismatch", off
         if not area_ok:
             given = ann.get("area")
             area = None
