@@ -3,7 +3,6 @@
 import argparse
 import contextlib
 import importlib
-import json
 import sys
 import warnings
 from contextlib import nullcontext
@@ -21,6 +20,7 @@ from vitdense.backbones import skip_weights_loading
 from vitdense.datamodules import BadDataError, PredictImages, as_rgb_array, check_data, predict_sample
 from vitdense.inference import Predictor, load_checkpoint
 from vitdense.tasks import DetectionTask
+from vitdense.tasks.base import strict_json
 from vitdense.tasks.callbacks import ThroughputLogger, ValidateFinalStep, ValidationImageLogger
 from vitdense.tasks.prediction_writer import PredictionWriter
 
@@ -134,7 +134,7 @@ class VitDenseCLI(LightningCLI):
         """End the output with one JSON line of the last evaluation's metrics, after the progress bar."""
         metrics = getattr(self.model, "final_metrics", None)
         if metrics and self.trainer.is_global_zero:
-            print(json.dumps(metrics), flush=True)
+            print(strict_json(metrics), flush=True)
 
     def after_fit(self) -> None:
         """Score the final weights when the last validation of ``fit`` came before the last step, so that

@@ -1,4 +1,8 @@
-"""What every task shares: here, ``torch_compile`` (the backbone of a detector, a whole segmenter)."""
+"""What every task shares: ``torch_compile`` (a detector's backbone, a whole segmenter), the lr schedule's
+length."""
+
+import json
+from functools import partial
 
 import pytest
 import torch
@@ -10,6 +14,8 @@ from vitdense.backbones import BirderBackbone, SimpleFeaturePyramid
 from vitdense.datamodules import ShapesSegmentationDataModule
 from vitdense.heads import MaskRCNN, PyramidSegmenter
 from vitdense.tasks import DetectionTask, SemanticSegmentationTask
+from vitdense.tasks.base import strict_json
+from vitdense.tasks.optim import WarmupCosineLR, WarmupPolyLR
 
 
 def _detector(num_classes: int) -> MaskRCNN:
@@ -107,3 +113,26 @@ def test_the_segmenter_compiles_whole_and_whole_image_evaluation_runs_eager(aot_
     assert counters["stats"]["unique_graphs"] == 1  # the training graph of the whole segmenter
     assert not counters["graph_break"]
     assert task.final_metrics["mIoU"] >= 0
+
+
+@pytest.mark.parametrize("scheduler", [WarmupPolyLR, WarmupCosineLR])
+def test_a_run_longer_than_its_decaying_lr_schedule_is_refused_before_the_first_step(scheduler, tmp_path):
+    # A finished run resumed with a larger max_steps alone would train its extra steps at lr 0.
+    data = ShapesSegmentationDataModule(
+        root=str(tmp_path / "data"), num_train=2, num_val=1, crop_size=56, batch_size=2, num_workers=0
+    )
+    task = SemanticSegmentationTask(
+        data.num_classes, _segmenter, lr_scheduler=partial(scheduler, total_steps=4, warmup_steps=1)
+    )
+    trainer = Trainer(
+        accelerator="cpu", max_steps=5, logger=False, enable_checkpointing=False, default_root_dir=tmp_path
+    )
+    with pytest.raises(ValueError, match=r"runs 5 optimizer steps .* total_steps=4: .*total_steps to 5"):
+        trainer.fit(task, data)
+    assert trainer.global_step == 0
+
+
+def test_reports_are_strict_json_with_null_for_nan():
+    text = strict_json({"AP": float("nan"), "per_class": {"a": [0.5, float("inf")]}, "n": 3})
+    expected = {"AP": None, "per_class": {"a": [0.5, None]}, "n": 3}
+    assert json.loads(text, parse_constant=pytest.fail) == expected

@@ -1,6 +1,7 @@
 import contextlib
 import io
 import json
+import math
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -9,7 +10,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from vitdense.tasks.coco_evaluator import CocoEvaluator
+from vitdense.tasks.coco_evaluator import CocoEvaluator, ap_by_class_name
 
 CATEGORY_IDS = [3, 7]  # labels 1, 2
 
@@ -165,3 +166,12 @@ def test_no_detection_gives_zero_ap_and_only_evaluated_images_count():
 def test_unknown_iou_type():
     with pytest.raises(ValueError, match="iou_type"):
         CocoEvaluator(("keypoints",))
+
+
+def test_per_class_ap_leaves_out_only_categories_without_a_class_and_without_objects():
+    # Category 0 (labelme's dropped _background_): no class, no object. Category 9: objects but no class
+    # (data of another label set). Class "dog" (id 2): no object in this split, reported as NaN.
+    scores = {0: float("nan"), 1: 0.5, 2: float("nan"), 9: 0.25}
+    by_name = ap_by_class_name(scores, category_ids=[1, 2], class_names=["cat", "dog"])
+    assert list(by_name) == ["cat", "dog", "9"]
+    assert by_name["cat"] == 0.5 and math.isnan(by_name["dog"]) and by_name["9"] == 0.25

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,22 @@ def warn_if_classes_differ(checkpoint: dict[str, Any], class_names: list[str]) -
             trained,
             class_names,
         )
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def strict_json(content: Any, **kwargs: Any) -> str:
+    """``content`` as standard JSON: a NaN or infinite number (e.g. the AP of a class without any ground
+    truth) becomes ``null``, where ``json.dumps`` would write a bare ``NaN`` that JSON readers reject."""
+    return json.dumps(_finite(content), allow_nan=False, **kwargs)
 
 
 class VitDenseTask(LightningModule):
@@ -227,16 +244,31 @@ class VitDenseTask(LightningModule):
                 del self.hparams[name]
 
     def write_report(self, name: str, content: Any) -> Path | None:
-        """Write ``content`` (JSON-able, or a str as is) to the run's log directory, on rank 0 only."""
+        """Write ``content`` (JSON, NaN as null; or a str as is) to the log directory, on rank 0 only."""
         # Trainer.log_dir broadcasts from rank 0: every process must ask for it, before any returns.
         folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if not self.trainer.is_global_zero:
             return None
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / name
-        text = content if isinstance(content, str) else json.dumps(content, indent=1, allow_nan=True)
+        text = content if isinstance(content, str) else strict_json(content, indent=1)
         path.write_text(text)
         return path
+
+    def _check_schedule_length(self, scheduler: object) -> None:
+        """Refuse a run longer than its decaying lr schedule: the steps past its end would train at its
+        floor (lr 0 by default), e.g. a finished run resumed with a larger ``max_steps`` alone."""
+        total = getattr(scheduler, "total_steps", None)
+        if total is None or self._trainer is None:
+            return
+        steps = self.trainer.estimated_stepping_batches
+        if steps > total:
+            raise ValueError(
+                f"the trainer runs {steps} optimizer steps (trainer.max_steps={self.trainer.max_steps}) but "
+                f"the lr schedule {type(scheduler).__name__} ends at total_steps={total}: the steps past it "
+                f"would train at its floor (min_factor x lr). Set model.lr_scheduler.init_args.total_steps "
+                f"to {steps if steps != float('inf') else 'trainer.max_steps'}, or lower trainer.max_steps."
+            )
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(layer_decay_param_groups(self, self.layer_decay))
@@ -244,4 +276,5 @@ class VitDenseTask(LightningModule):
         if self.lr_scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.lr_scheduler_factory(optimizer)
+        self._check_schedule_length(scheduler)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

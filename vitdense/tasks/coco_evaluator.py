@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import math
 from collections.abc import Sequence
 
 import torch
@@ -150,3 +151,19 @@ def evaluate_coco(
         evaluator.accumulate()
         evaluator.summarize()
     return evaluator, printed.getvalue()
+
+
+def ap_by_class_name(
+    scores: dict[int, float], category_ids: Sequence[int], class_names: Sequence[str]
+) -> dict[str, float]:
+    """:func:`per_category_ap`'s scores keyed by class name (a category the model has no class for: its id).
+
+    A category the model has no class for and the split no object of (a dropped ``_background_``) has
+    nothing to report and is left out; a class without objects in the split stays, as NaN.
+    """
+    names = dict(zip(category_ids, class_names, strict=True))
+    return {
+        names.get(category_id, str(category_id)): ap
+        for category_id, ap in scores.items()
+        if category_id in names or not math.isnan(ap)
+    }

@@ -8,7 +8,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from vitdense.heads import RCNNDetector, paste_detections
 from vitdense.tasks.base import VitDenseTask, warn_if_classes_differ
-from vitdense.tasks.coco_evaluator import CocoEvaluator
+from vitdense.tasks.coco_evaluator import CocoEvaluator, ap_by_class_name
 from vitdense.tasks.visualization import draw_detections, valid_region_at_original
 
 Batch = tuple[torch.Tensor, list[dict[str, Any]]]
@@ -189,9 +189,8 @@ class DetectionTask(VitDenseTask):
         metrics = self.evaluator.compute(coco_gt)
         self.log_dict({f"{split}/{name}": value for name, value in metrics.items()}, sync_dist=False)
         self.final_metrics = {"split": split, "step": self.trained_steps, **metrics}
-        names = dict(zip(self.category_ids, self.class_names, strict=True))
         per_class = {
-            iou_type: {names.get(category_id, str(category_id)): ap for category_id, ap in scores.items()}
+            iou_type: ap_by_class_name(scores, self.category_ids, self.class_names)
             for iou_type, scores in self.evaluator.per_category_ap.items()
         }
         prefix = f"{split}_step{self.trained_steps}"

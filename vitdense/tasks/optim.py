@@ -118,6 +118,7 @@ class WarmupCosineLR(LambdaLR):
     ) -> None:
         if total_steps <= warmup_steps:
             raise ValueError(f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})")
+        self.total_steps = total_steps
 
         def factor(step: int) -> float:
             progress = min(max(step - warmup_steps, 0) / (total_steps - warmup_steps), 1.0)
@@ -150,6 +151,7 @@ class WarmupPolyLR(LambdaLR):
     ) -> None:
         if total_steps <= warmup_steps:
             raise ValueError(f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})")
+        self.total_steps = total_steps
 
         def factor(step: int) -> float:
             progress = min(max(step - warmup_steps, 0) / (total_steps - warmup_steps), 1.0)
