@@ -230,14 +230,38 @@ def test_predict_from_a_checkpoint_says_what_is_wrong(detection_run, tmp_path, c
             main(["predict", *arguments])
         assert exit_status.value.code == 2 and message in capsys.readouterr().err
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    Image.new("RGB", (60, 40), (200, 30, 30)).save(tmp_path / "a.png")  # read before broken.jpg
     for workers in (0, 1):  # in a worker, PyTorch puts the worker's traceback into the message
+        out = tmp_path / f"out{workers}"
         with pytest.raises(SystemExit) as exit_status:
             main(
                 ["predict", "--ckpt_path", checkpoint, "--images", str(tmp_path), f"--num_workers={workers}"]
+                + [f"--output_dir={out}"]
             )
         assert exit_status.value.code == 1
         error = capsys.readouterr().err.strip().splitlines()[-1]
         assert error.startswith(f"vitdense predict: {tmp_path / 'broken.jpg'} cannot be decoded"), error
+        # The images done before the failure are not lost.
+        partial = json.loads((out / "predictions.partial.json").read_text())
+        assert [record["file_name"] for record in partial["images"]] == [str(tmp_path / "a.png")]
+        assert not (out / "predictions.json").exists()
+
+
+def test_predict_keeps_the_stored_pixels_when_asked(detection_run, mixed_images, tmp_path):
+    """A dataset annotated on the stored pixels of EXIF-rotated photos is predicted in its own frame."""
+    folder, _ = mixed_images
+    checkpoint = str(_last_checkpoint(detection_run))
+    for flag, size in [("--apply_exif", (150, 200)), ("--no-apply_exif", (200, 150))]:
+        out = tmp_path / flag
+        with pytest.raises(SystemExit) as exit_status:
+            main(
+                ["predict", "--ckpt_path", checkpoint, "--images", str(folder / "camera.jpg"), flag]
+                + [f"--output_dir={out}", "--num_workers=0"]
+            )
+        assert exit_status.value.code == 0
+        (record,) = json.loads((out / "predictions.json").read_text())["images"]
+        assert (record["height"], record["width"]) == size
+        assert Image.open(out / "overlays" / "camera.png").size == size[::-1]
 
 
 def test_segmentation_predict_writes_label_maps_and_python_inference_agrees(

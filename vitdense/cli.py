@@ -232,6 +232,15 @@ def predict_checkpoint_command(args: list[str]) -> int:
     parser.add_argument(
         "--overlays", action=argparse.BooleanOptionalAction, default=True, help="write overlay PNGs"
     )
+    parser.add_argument(
+        "--apply_exif",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=(
+            "turn images as their EXIF orientation says, how viewers show them (default); --no-apply_exif "
+            "keeps the stored pixels, the frame of annotations made by a tool that ignored EXIF"
+        ),
+    )
     parser.add_argument("--batch_size", type=int, default=1, help="images per batch (default: 1)")
     parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers (default: 2)")
     parser.add_argument("--accelerator", default="auto", help="Lightning's accelerator (default: auto)")
@@ -244,7 +253,7 @@ def predict_checkpoint_command(args: list[str]) -> int:
         parser.error(f"--batch_size={options.batch_size} must be >= 1, --num_workers >= 0")
     try:
         predictor = Predictor(load_checkpoint(options.ckpt_path))
-        dataset = PredictImages(options.images, predictor.transform)
+        dataset = PredictImages(options.images, predictor.transform, options.apply_exif)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     loader = DataLoader(

@@ -745,6 +745,9 @@ class CocoDataModule(SplitDataModule):
         test_images: test image folder (default: ``val_images``).
         test_annotations: test COCO JSON (default: ``val_annotations``).
         predict_images: an image file, a folder or a glob for ``predict``.
+        predict_apply_exif: ``predict`` turns each image as its EXIF orientation says (how viewers show it,
+            the default); False keeps the stored pixels, the frame of annotations made on them (training and
+            evaluation follow the annotations' width/height whichever this is).
         image_size: canvas side ``S``; a multiple of ``size_divisibility``.
         size_divisibility: batch sides are padded to a multiple of this (56 = 4 x patch 14).
         batch_size: training batch size.
@@ -783,6 +786,7 @@ class CocoDataModule(SplitDataModule):
         on_bad_data: OnBadData = "error",
         check_data: bool = False,
         keep_background_category: bool = False,
+        predict_apply_exif: bool = True,
     ) -> None:
         super().__init__()
         _check_image_size(image_size, size_divisibility)
@@ -815,6 +819,7 @@ class CocoDataModule(SplitDataModule):
         self.max_scale = max_scale
         self.on_bad_data = on_bad_data
         self.check_data = check_data
+        self.predict_apply_exif = predict_apply_exif
 
         # Parsed once: the training file can be ~450 MB (COCO train2017); the train dataset reuses it.
         self._train_coco: COCO | None = load_coco(train_annotations)
@@ -881,6 +886,8 @@ class CocoDataModule(SplitDataModule):
         """
         self._setup_splits(stage)
         if stage in ("predict", None) and self.predict_dataset is None and self.predict_images is not None:
-            self.predict_dataset = PredictImages(self.predict_images, EvalTransform(self.image_size))
+            self.predict_dataset = PredictImages(
+                self.predict_images, EvalTransform(self.image_size), self.predict_apply_exif
+            )
         if stage == "predict" and self.predict_images is None:
             raise ValueError("predict needs predict_images (an image file, a folder or a glob)")

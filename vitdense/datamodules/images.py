@@ -99,13 +99,16 @@ def image_conversions(path: str | Path, expected_hw: tuple[int, int] | None = No
     return found
 
 
-def read_image(path: str | Path, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+def read_image(
+    path: str | Path, expected_hw: tuple[int, int] | None = None, apply_exif: bool = True
+) -> np.ndarray:
     """Decode an image file to RGB with its EXIF orientation applied.
 
     Args:
         path: image file.
         expected_hw: ``(h, w)`` the annotations were made on. If the EXIF-rotated image does not match
             but the stored pixels do, the stored pixels are returned (the annotation tool ignored EXIF).
+        apply_exif: False: always the stored pixels, whatever the EXIF orientation.
 
     Returns:
         ``uint8`` ``(H, W, 3)``.
@@ -115,7 +118,7 @@ def read_image(path: str | Path, expected_hw: tuple[int, int] | None = None) -> 
     """
     with Image.open(path) as raw:
         raw.load()  # decode now, so a truncated file fails here and not lazily later
-        oriented = ImageOps.exif_transpose(raw)
+        oriented = ImageOps.exif_transpose(raw) if apply_exif else raw
         if expected_hw is not None and (oriented.height, oriented.width) != expected_hw:
             if (raw.height, raw.width) == expected_hw:
                 oriented = raw

@@ -39,21 +39,24 @@ def resolve_images(source: str | Path) -> list[Path]:
     return files
 
 
-def as_rgb_array(image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
+def as_rgb_array(image: str | Path | Image.Image | np.ndarray, apply_exif: bool = True) -> np.ndarray:
     """``uint8`` (H, W, 3) RGB from a path, a PIL image (EXIF orientation applied) or an RGB array.
+
+    ``apply_exif=False`` keeps a file's or PIL image's stored pixels: the frame of annotations made by a
+    tool that ignored the EXIF orientation.
 
     Raises:
         BadDataError: a file that cannot be decoded, named with the fix.
     """
     if isinstance(image, (str, Path)):
         try:
-            return read_image(image)
+            return read_image(image, apply_exif=apply_exif)
         except DECODE_ERRORS as exc:
             raise BadDataError(
                 f"{image} cannot be decoded ({type(exc).__name__}: {exc}); replace or remove the file"
             ) from exc
     if isinstance(image, Image.Image):
-        return to_rgb_array(ImageOps.exif_transpose(image))
+        return to_rgb_array(ImageOps.exif_transpose(image) if apply_exif else image)
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(
@@ -93,16 +96,24 @@ class PredictImages(Dataset):
         source: an image file, a folder (its image files, sorted) or a glob (``**`` recurses).
         transform: the datamodule's evaluation transform (:class:`EvalTransform` for detection,
             :class:`SegmentationEvalTransform` for segmentation).
+        apply_exif: turn each image as its EXIF orientation says (how viewers show it; the default), or
+            False to keep the stored pixels (how a dataset annotated on them, ignoring EXIF, holds them).
     """
 
-    def __init__(self, source: str | Path, transform: EvalTransform | SegmentationEvalTransform) -> None:
+    def __init__(
+        self,
+        source: str | Path,
+        transform: EvalTransform | SegmentationEvalTransform,
+        apply_exif: bool = True,
+    ) -> None:
         self.source = source
         self.files = resolve_images(source)
         self.transform = transform
+        self.apply_exif = apply_exif
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> Sample:
         path = self.files[index]
-        return predict_sample(as_rgb_array(path), self.transform, str(path), index)
+        return predict_sample(as_rgb_array(path, self.apply_exif), self.transform, str(path), index)

@@ -456,6 +456,9 @@ class SegmentationFolderDataModule(SplitDataModule):
         test_images: test image folder (default: ``val_images``).
         test_labels: test label folder (default: ``val_labels``).
         predict_images: an image file, a folder or a glob for ``predict``.
+        predict_apply_exif: ``predict`` turns each image as its EXIF orientation says (how viewers show it,
+            the default); False keeps the stored pixels, the frame of annotations made on them (training and
+            evaluation follow the label PNGs' size whichever this is).
         num_classes: number of classes ``K`` (after ``reduce_zero_label``).
         class_names: ``K`` names (default ``"0"``, ``"1"``, ...).
         ignore_index: ignored / padding label, ``>= K``.
@@ -497,6 +500,7 @@ class SegmentationFolderDataModule(SplitDataModule):
         size_divisibility: int = 14,
         on_bad_data: OnBadData = "error",
         check_data: bool = False,
+        predict_apply_exif: bool = True,
     ) -> None:
         super().__init__()
         _check_crop_size(crop_size, size_divisibility)
@@ -542,6 +546,7 @@ class SegmentationFolderDataModule(SplitDataModule):
         self.collate_fn = partial(collate_segmentation, size_divisibility=size_divisibility)
         self.on_bad_data = on_bad_data
         self.check_data = check_data
+        self.predict_apply_exif = predict_apply_exif
         self.train_dataset: SegmentationFolder | None = None
         self.val_dataset: SegmentationFolder | None = None
         self.test_dataset: SegmentationFolder | None = None
@@ -581,7 +586,9 @@ class SegmentationFolderDataModule(SplitDataModule):
         """
         self._setup_splits(stage)
         if stage in ("predict", None) and self.predict_dataset is None and self.predict_images is not None:
-            self.predict_dataset = PredictImages(self.predict_images, SegmentationEvalTransform(self.scale))
+            self.predict_dataset = PredictImages(
+                self.predict_images, SegmentationEvalTransform(self.scale), self.predict_apply_exif
+            )
         if stage == "predict" and self.predict_images is None:
             raise ValueError("predict needs predict_images (an image file, a folder or a glob)")
 

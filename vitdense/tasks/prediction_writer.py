@@ -109,6 +109,7 @@ class PredictionWriter(BasePredictionWriter):
         self._names: dict[str, Path] = {}
         self._records: list[dict[str, Any]] = []
         self._written = 0
+        self._apply_exif = True
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "predict":
@@ -122,6 +123,7 @@ class PredictionWriter(BasePredictionWriter):
         dataloaders = trainer.predict_dataloaders
         dataset = getattr(dataloaders[0] if isinstance(dataloaders, list) else dataloaders, "dataset", None)
         self._names = output_names(getattr(dataset, "files", None) or [])
+        self._apply_exif = getattr(dataset, "apply_exif", True)  # overlays drawn on the pixels predicted on
 
     def _output_path(self, kind: str, file_name: str | None, image_id: int) -> Path:
         if file_name is None:
@@ -154,7 +156,7 @@ class PredictionWriter(BasePredictionWriter):
         if not self.overlays:
             return
         label_of = {category_id: label for label, category_id in enumerate(pl_module.category_ids, start=1)}
-        image = torch.from_numpy(as_rgb_array(output["file_name"]).copy()).permute(2, 0, 1)
+        image = torch.from_numpy(as_rgb_array(output["file_name"], self._apply_exif).copy()).permute(2, 0, 1)
         drawn = draw_detections(
             image,
             output["boxes"],
@@ -174,10 +176,36 @@ class PredictionWriter(BasePredictionWriter):
         Image.fromarray(label_map.numpy().astype(dtype)).save(path)
         self._written += 1
         if self.overlays and output.get("file_name") is not None:
-            image = torch.from_numpy(as_rgb_array(output["file_name"]).copy()).permute(2, 0, 1)
+            image = torch.from_numpy(as_rgb_array(output["file_name"], self._apply_exif).copy()).permute(
+                2, 0, 1
+            )
             drawn = draw_label_map(image, label_map, pl_module.num_classes)
             path = self._output_path("overlays", output["file_name"], output.get("image_id", 0))
             Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(path)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Keep the detections of the images done before a failure (e.g. an unreadable image) in
+        ``predictions.partial.json`` (one file per process under DDP, which cannot gather here); label maps
+        and overlays are already written image by image."""
+        records, self._records = self._records, []
+        if not records or self._folder is None:
+            return
+        suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        path = self._folder / f"predictions.partial{suffix}.json"
+        self._write_records(pl_module, records, path)
+        print(
+            f"Predicting stopped: wrote the {len(records)} images' detections done before to {path}",
+            flush=True,
+        )
+
+    def _write_records(self, pl_module: LightningModule, records: list[dict[str, Any]], path: Path) -> None:
+        categories = [
+            {"id": category_id, "name": name}
+            for category_id, name in zip(pl_module.category_ids, pl_module.class_names, strict=True)
+        ]
+        records = sorted(records, key=lambda record: str(record["file_name"]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"categories": categories, "images": records}))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         records, self._records = self._records, []
@@ -192,12 +220,6 @@ class PredictionWriter(BasePredictionWriter):
         if not hasattr(pl_module, "category_ids"):
             print(f"Wrote {written} label maps to {self._folder / 'labels'}", flush=True)
             return
-        categories = [
-            {"id": category_id, "name": name}
-            for category_id, name in zip(pl_module.category_ids, pl_module.class_names, strict=True)
-        ]
-        records = sorted(records, key=lambda record: str(record["file_name"]))
-        self._folder.mkdir(parents=True, exist_ok=True)
         path = self._folder / "predictions.json"
-        path.write_text(json.dumps({"categories": categories, "images": records}))
+        self._write_records(pl_module, records, path)
         print(f"Wrote {len(records)} images' detections to {path}", flush=True)
