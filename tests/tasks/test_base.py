@@ -1,5 +1,5 @@
 """What every task shares: ``torch_compile`` (a detector's backbone, a whole segmenter), the lr schedule's
-length."""
+length, strict JSON reports; and the segmentation task's sliding-window check."""
 
 import json
 from functools import partial
@@ -136,3 +136,9 @@ def test_reports_are_strict_json_with_null_for_nan():
     text = strict_json({"AP": float("nan"), "per_class": {"a": [0.5, float("inf")]}, "n": 3})
     expected = {"AP": None, "per_class": {"a": [0.5, None]}, "n": 3}
     assert json.loads(text, parse_constant=pytest.fail) == expected
+
+
+def test_a_sliding_window_off_the_patch_grid_is_refused_when_the_task_is_built():
+    with pytest.raises(ValueError, match=r"sliding_window crop 500 must be a multiple .* 14; use 490 or 504"):
+        SemanticSegmentationTask(3, _segmenter, sliding_window=(500, 300))
+    SemanticSegmentationTask(3, _segmenter, sliding_window=(504, 300))

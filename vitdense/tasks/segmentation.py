@@ -65,6 +65,13 @@ class SemanticSegmentationTask(VitDenseTask):
             crop, stride = sliding_window
             if not 0 < stride <= crop:
                 raise ValueError(f"sliding_window=(crop, stride)={sliding_window}: need 0 < stride <= crop")
+            divisor = self.model.size_divisibility
+            if crop % divisor:  # else the first validation, maybe hours in, fails on it
+                below, above = crop // divisor * divisor, (crop // divisor + 1) * divisor
+                raise ValueError(
+                    f"sliding_window crop {crop} must be a multiple of the model's size_divisibility "
+                    f"{divisor}; use {below or above} or {above} (usually the training crop)"
+                )
         self.sliding_window = sliding_window
         # Taken from the datamodule at setup and saved in checkpoints.
         self.ignore_index = 255
