@@ -1,4 +1,6 @@
-"""LatestCheckpoint saves the step that ends training once, whatever ends it."""
+"""LatestCheckpoint saves the step that ends training once, whatever ends it; warns before replacing a run."""
+
+import logging
 
 import lightning
 import torch
@@ -68,3 +70,25 @@ def test_training_that_ends_by_steps_or_epochs_is_saved_once_at_its_last_step(tm
     by_epochs = CountingLatest(every_n_train_steps=1000)
     _fit(tmp_path / "epochs", [by_epochs], max_epochs=2)
     assert by_epochs.saved_at == [40]
+
+
+def test_a_fresh_run_over_an_earlier_one_says_what_it_replaces_and_a_resumed_one_does_not(tmp_path, caplog):
+    _fit(tmp_path, [LatestCheckpoint(every_n_train_steps=1000)], max_steps=3)
+    assert not [record for record in caplog.records if "earlier run" in record.message]
+    with caplog.at_level(logging.WARNING, logger="vitdense.tasks.callbacks"):
+        trainer = _fit(tmp_path, [LatestCheckpoint(every_n_train_steps=1000)], max_steps=5)
+    (warning,) = [record.message for record in caplog.records if "earlier run" in record.message]
+    assert "(step3.ckpt; last.ckpt -> step3.ckpt)" in warning and "--ckpt_path last" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vitdense.tasks.callbacks"):
+        data = DataLoader(TensorDataset(torch.randn(40, 2)), batch_size=2)
+        resumed = lightning.Trainer(
+            default_root_dir=tmp_path,
+            logger=False,
+            enable_progress_bar=False,
+            max_steps=7,
+            callbacks=[LatestCheckpoint(every_n_train_steps=1000)],
+        )
+        resumed.fit(Linear(), data, ckpt_path="last")
+    assert trainer.global_step == 5 and resumed.global_step == 7
+    assert not [record for record in caplog.records if "earlier run" in record.message]

@@ -1,6 +1,8 @@
 """Callbacks the CLI adds to every run (throughput, validation images with predictions, a validation of the
 final weights) and the checkpoint of the latest training state."""
 
+import glob
+import logging
 import os
 import time
 from typing import Any
@@ -11,6 +13,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from vitdense.tasks.visualization import fit_within
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LatestCheckpoint", "ThroughputLogger", "ValidateFinalStep", "ValidationImageLogger"]
 
@@ -151,6 +155,29 @@ class LatestCheckpoint(ModelCheckpoint):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._resolve_dirpath(trainer)
         super().setup(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Here the checkpoint to resume from, if any, is known under every strategy.
+        super().on_train_start(trainer, pl_module)
+        if trainer.ckpt_path is None and trainer.is_global_zero:
+            self._warn_of_an_earlier_run()
+
+    def _warn_of_an_earlier_run(self) -> None:
+        earlier = sorted(glob.glob(os.path.join(glob.escape(str(self.dirpath)), "step*.ckpt")))
+        if not earlier:
+            return
+        last = os.path.join(str(self.dirpath), "last.ckpt")
+        target = f"; last.ckpt -> {os.path.basename(os.readlink(last))}" if os.path.islink(last) else ""
+        names = ", ".join(os.path.basename(path) for path in earlier)
+        logger.warning(
+            "%s holds an earlier run's checkpoints (%s%s): this new run, started without --ckpt_path, points "
+            "last.ckpt at its own and overwrites those of the steps it reaches. To continue the earlier run "
+            "instead, stop and pass --ckpt_path last; to keep both, give this run another "
+            "trainer.default_root_dir.",
+            self.dirpath,
+            names,
+            target,
+        )
 
     def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
         self._resolve_dirpath(trainer)  # `--ckpt_path last` looks before setup
