@@ -140,9 +140,8 @@ class VitDenseCLI(LightningCLI):
         """Score the final weights when the last validation of ``fit`` came before the last step, so that
         every run ends with the metrics and results files of the weights it leaves.
 
-        :class:`ValidateFinalStep` has ``fit`` validate its ``max_steps``-th step itself; this covers what it
-        cannot: an epoch-based end whose last epoch is not a ``check_val_every_n_epoch`` one. Checkpoint
-        callbacks do not see this validation."""
+        :class:`ValidateFinalStep` (a default callback) has ``fit`` validate its last step itself; this covers
+        a run whose callbacks leave it out. Checkpoint callbacks do not see this validation."""
         metrics = getattr(self.model, "final_metrics", None)
         trainer = self.trainer
         if metrics and metrics.get("step") != trainer.global_step and not trainer.interrupted:

@@ -96,21 +96,37 @@ class ValidationImageLogger(Callback):
 
 
 class ValidateFinalStep(Callback):
-    """Validates the final weights inside ``fit``, also when ``val_check_interval`` does not divide
-    ``max_steps`` (the COCO recipes': 10 evaluations of 18437 steps in 184375).
+    """Validates the final weights inside ``fit``, whatever the validation schedule, so that every run's
+    last weights are scored and a ``ModelCheckpoint`` that monitors a metric considers them.
 
-    Lightning validates a step-based schedule only every ``val_check_interval`` steps, so the last steps'
-    weights would go unscored, and a ``ModelCheckpoint`` that monitors a metric would never consider them.
-    At the step that reaches ``max_steps`` this requests the stop that ends training anyway
-    (``trainer.should_stop``), which Lightning follows with a validation when ``check_val_every_n_epoch``
-    allows one in this epoch.
+    Lightning validates a step-based schedule only every ``val_check_interval`` steps (the COCO recipes': 10
+    evaluations of 18437 steps in 184375), and an epoch-based one only in the epochs that
+    ``check_val_every_n_epoch`` names: a run whose ``max_steps`` or ``max_epochs`` ends elsewhere would leave
+    its last weights unscored, or a short run every weight. At the step that reaches ``max_steps`` this
+    requests the stop that ends training anyway (``trainer.should_stop``), which Lightning follows with a
+    validation; at that step, or the last batch of ``max_epochs``, it lets this epoch validate.
     """
+
+    def __init__(self) -> None:
+        self._every_n_epochs: int | None = None
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
+        last_batch = (
+            0 < max_epochs <= trainer.current_epoch + 1 and batch_idx + 1 >= trainer.num_training_batches
+        )
+        every = trainer.check_val_every_n_epoch
+        if (_stopping(trainer) or last_batch) and every is not None and every > 1:
+            self._every_n_epochs = every
+            trainer.check_val_every_n_epoch = 1
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._every_n_epochs is not None:
+            trainer.check_val_every_n_epoch, self._every_n_epochs = self._every_n_epochs, None
 
 
 def _stopping(trainer: Trainer) -> bool:

@@ -1,0 +1,58 @@
+"""ValidateFinalStep: every fit scores its last weights inside fit, whatever its validation schedule."""
+
+import lightning
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from vitdense.tasks.callbacks import ValidateFinalStep
+
+
+class Linear(lightning.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.validated_at: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/score", float(self.global_step))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.validated_at.append(self.global_step)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "validated_at"),
+    [
+        ({"max_steps": 6, "max_epochs": -1}, [6]),  # ends before the first validation epoch (5)
+        ({"max_steps": 26, "max_epochs": -1}, [25, 26]),  # ends mid-epoch 6, not a validation epoch
+        ({"max_epochs": 7}, [25, 35]),  # ends with epoch 7, not a validation epoch
+        ({"max_epochs": 10}, [25, 50]),  # ends with a validation epoch: validated once
+    ],
+)
+def test_the_last_weights_are_validated_inside_fit_and_seen_by_checkpoints(tmp_path, schedule, validated_at):
+    data = DataLoader(TensorDataset(torch.randn(10, 2)), batch_size=2)  # 5 steps per epoch
+    best = ModelCheckpoint(monitor="val/score", mode="max", filename="best-step{step}")
+    trainer = lightning.Trainer(
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        check_val_every_n_epoch=5,
+        num_sanity_val_steps=0,
+        callbacks=[ValidateFinalStep(), best],
+        **schedule,
+    )
+    model = Linear()
+    trainer.fit(model, data, data)
+    assert model.validated_at == validated_at
+    assert best.best_model_score == validated_at[-1]
+    assert trainer.check_val_every_n_epoch == 5  # restored
