@@ -184,7 +184,7 @@ BAD_CASES = {
     # name: (image records, annotations, reason, strings the error must contain)
     "zero_area_box": ([IMG], [_ann(77, [1, 1, 0, 5])], "degenerate_box", [AID, "image id 1"]),
     "negative_box": ([IMG], [_ann(77, [1, 1, 5, -2])], "degenerate_box", [AID]),
-    "box_outside_image": ([IMG], [_ann(77, [50, 2, 10, 5])], "box_outside_image", [AID, "56x28"]),
+    "box_outside_image": ([IMG], [_ann(77, [57, 2, 10, 5])], "box_outside_image", [AID, "56x28"]),
     "unknown_category": ([IMG], [_ann(77, [1, 1, 5, 5], cid=99)], "unknown_category", [AID, "99"]),
     "unknown_image": ([IMG], [_ann(77, [1, 1, 5, 5], image_id=999)], "unknown_image", [AID, "999"]),
     "malformed_polygon": (
@@ -240,6 +240,21 @@ def test_box_up_to_one_pixel_outside_is_clipped(make_coco: MakeCoco) -> None:
     root, ann_file = make_coco([IMG], [_ann(1, [-0.8, 20.0, 57.5, 8.9])])
     ds = CocoDetection(root, ann_file, EvalTransform(56), on_bad_data="error")
     assert ds[0][1]["boxes"].tolist() == [[0.0, 20.0, 56.0, 28.0]]
+    assert not ds.findings
+
+
+def test_box_partly_outside_is_clipped_with_a_note_as_detectron2_clips(make_coco: MakeCoco) -> None:
+    """Dropping an object partly past the border would teach it as background."""
+    bbox = [40.0, -6.0, 30.0, 20.0]
+    square = [[40.0, 0.0, 56.0, 0.0, 56.0, 14.0, 40.0, 14.0]]  # its mask, as a tool clips it
+    root, ann_file = make_coco([IMG], [_ann(1, bbox, segmentation=square)])
+    ds = CocoDetection(root, ann_file, EvalTransform(56), masks=True, on_bad_data="error")
+    image, target = ds[0]
+    assert target["boxes"].tolist() == [[40.0, 0.0, 56.0, 14.0]]
+    assert target["masks"][0].sum().item() == 16 * 14
+    assert [(f.kind, f.severity, f.record) for f in ds.findings] == [
+        ("box_clipped", "note", "annotation id 1")
+    ]
 
 
 def test_image_whose_annotations_were_all_bad_is_not_a_negative(make_coco: MakeCoco) -> None:

@@ -165,7 +165,7 @@ COCO_CASES: dict[str, CocoCase] = {
     "unknown_category": CocoCase([], [_ann(77, category_id=99)], "unknown_category", ANNOTATIONS, A77),
     "zero_area_box": CocoCase([], [_ann(77, bbox=[1, 1, 0, 5])], "degenerate_box", ANNOTATIONS, A77),
     "negative_box": CocoCase([], [_ann(77, bbox=[1, 1, 5, -2])], "degenerate_box", ANNOTATIONS, A77),
-    "box_outside_image": CocoCase([], [_ann(77, bbox=[50, 2, 10, 5])], "box_outside_image", ANNOTATIONS, A77),
+    "box_outside_image": CocoCase([], [_ann(77, bbox=[57, 2, 10, 5])], "box_outside_image", ANNOTATIONS, A77),
     "polygon_two_points": CocoCase(
         [], [_ann(77, segmentation=[[1, 1, 5, 5]])], "degenerate_polygon", ANNOTATIONS, A77
     ),

@@ -443,14 +443,24 @@ class CocoDetection(CheckedDataset):
                 f"has a zero-area or negative box {bbox} (COCO xywh); fix its width/height or delete "
                 "the annotation"
             )
-        # COCO itself has boxes up to ~1 px past the border (rounding); clip those, reject the rest.
+        # Clipped to the image, as detectron2 does (COCO itself has boxes ~1 px past the border, from
+        # rounding; annotation tools let boxes be dragged past it): dropping the object would teach it as
+        # background. Only a box with nothing inside the image is bad.
         x1, y1 = min(max(x, 0.0), rec.width), min(max(y, 0.0), rec.height)
         x2, y2 = min(max(x + bw, 0.0), rec.width), min(max(y + bh, 0.0), rec.height)
-        outside = x < -1 or y < -1 or x + bw > rec.width + 1 or y + bh > rec.height + 1
-        if outside or x2 - x1 <= 0 or y2 - y1 <= 0:
+        if x2 - x1 <= 0 or y2 - y1 <= 0:
             return "box_outside_image", (
-                f"has box {bbox} (xywh) outside the {rec.width}x{rec.height} (w x h) image by over 1 px; "
-                "fix the box or the image record's width/height"
+                f"has box {bbox} (xywh) wholly outside the {rec.width}x{rec.height} (w x h) image; fix the "
+                "box or the image record's width/height"
+            )
+        if x < -1 or y < -1 or x + bw > rec.width + 1 or y + bh > rec.height + 1:
+            record = f"annotation id {ann['id']}"
+            self._note(
+                "box_clipped",
+                f"{self.annotation_file}: {record} (image id {rec.image_id}) has box {bbox} (xywh) past the "
+                f"{rec.width}x{rec.height} (w x h) image by over 1 px: clipped to it",
+                file=self.annotation_file,
+                record=record,
             )
         seg = None
         if self.masks:
