@@ -13,7 +13,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.tiny import TINY_CONFIG
-from vitdense.cli import main
+from vitdense.cli import _exported_classes, main
 from vitdense.inference import Predictor, load_checkpoint
 from vitdense.tasks import DetectionTask, SemanticSegmentationTask
 from vitdense.tasks.prediction_writer import detection_record, output_names
@@ -414,6 +414,25 @@ def test_export_round_trips_the_trained_detector_with_its_check(
     image = torch.zeros(1, 3, 224, 224, dtype=torch.uint8)
     outputs = program(image, torch.tensor([224, 224]))
     assert any(o.shape[-2:] == (28, 28) for o in outputs if torch.is_tensor(o)), "masks survive export"
+    # The program's labels are 1..K: the file beside it maps them to the dataset's category ids.
+    classes = json.loads(output.with_suffix(".classes.json").read_text())
+    task = load_checkpoint(ckpt)
+    assert classes["task"] == "detection"
+    assert [(c["label"], c["category_id"], c["name"]) for c in classes["labels"]] == [
+        (label, category_id, name)
+        for label, (category_id, name) in enumerate(zip(task.category_ids, task.class_names), start=1)
+    ]
+
+
+def test_export_says_what_is_wrong_with_its_inputs(detection_run, tmp_path, capsys):
+    ckpt = str(_last_checkpoint(detection_run))
+    for arguments, message in [
+        (["--ckpt_path", str(tmp_path / "no.ckpt")], "no.ckpt: checkpoint not found"),
+        (["--ckpt_path", ckpt, "--sample", str(tmp_path / "no.jpg")], "no.jpg does not exist"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", *arguments, "--output", str(tmp_path / "d.pt2")])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_export_of_a_segmenter_needs_its_size(segmentation_run, tmp_path, capsys):
@@ -421,6 +440,11 @@ def test_export_of_a_segmenter_needs_its_size(segmentation_run, tmp_path, capsys
     with pytest.raises(SystemExit) as exit_info:
         main(["export", "--ckpt_path", ckpt, "--output", str(tmp_path / "s.pt2")])
     assert exit_info.value.code == 2 and "needs --image_size" in capsys.readouterr().err
+    task = load_checkpoint(ckpt)
+    classes = _exported_classes(task)  # what export writes beside the program
+    assert classes["task"] == "semantic_segmentation" and classes["ignore_index"] == task.ignore_index
+    assert [c["name"] for c in classes["classes"]] == task.class_names
+    assert [c["index"] for c in classes["classes"]] == list(range(task.num_classes))
     with pytest.raises(SystemExit) as exit_info:
         main(
             ["export", "--ckpt_path", ckpt, "--output", str(tmp_path / "s.pt2"), "--image_size", "112", "168"]

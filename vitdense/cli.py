@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import importlib
+import json
 import sys
 import warnings
 from contextlib import nullcontext
@@ -311,24 +312,26 @@ def export_command(args: list[str]) -> int:
     # Imported here: vitdense.export registers a tracing rule for torchvision's nms when imported.
     from vitdense.export import ExportCheckError, export_model
 
-    task = load_checkpoint(options.ckpt_path)
+    try:
+        task = load_checkpoint(options.ckpt_path)
+        sample_rgb = as_rgb_array(options.sample) if options.sample is not None else None
+    except (FileNotFoundError, ValueError) as error:  # BadDataError is a ValueError
+        parser.error(str(error))
     predictor = Predictor(task)
     sample, valid_size = None, None
     if isinstance(task, DetectionTask):
         image_size = tuple(options.image_size or (task.image_size, task.image_size))
-        if options.sample is not None:
+        if sample_rgb is not None:
             if image_size != (task.image_size, task.image_size):
                 parser.error("--sample is prepared on the evaluation canvas; leave --image_size out")
-            image, target = predict_sample(
-                as_rgb_array(options.sample), predictor.transform, options.sample, 0
-            )
+            image, target = predict_sample(sample_rgb, predictor.transform, options.sample, 0)
             sample, valid_size = image, tuple(target["image_size"])
     else:
         if options.image_size is None:
             parser.error("a segmenter needs --image_size H W (multiples of its size divisibility)")
         image_size = tuple(options.image_size)
-        if options.sample is not None:
-            image = torch.from_numpy(as_rgb_array(options.sample).copy()).permute(2, 0, 1)
+        if sample_rgb is not None:
+            image = torch.from_numpy(sample_rgb.copy()).permute(2, 0, 1)
             sample = torch.nn.functional.interpolate(image[None].float(), size=image_size, mode="bilinear")
             sample = sample[0].round().clamp(0, 255).to(torch.uint8)
     output = Path(options.output or Path(options.ckpt_path).with_suffix(".pt2"))
@@ -339,8 +342,24 @@ def export_command(args: list[str]) -> int:
     except ExportCheckError as error:
         print(f"The exported model differs from eager PyTorch: {error}", file=sys.stderr)
         return 1
+    classes = output.with_suffix(".classes.json")
+    classes.write_text(json.dumps(_exported_classes(task), indent=1))
     print(report.summary(), flush=True)
+    print(f"{classes}: what the program's outputs mean (its labels' category ids and names)", flush=True)
     return 0
+
+
+def _exported_classes(task: LightningModule) -> dict[str, Any]:
+    """The class table written beside an exported program: a detector's ``labels`` are 1..K, not the
+    dataset's category ids; a segmenter's class indices are 0..K-1."""
+    if isinstance(task, DetectionTask):
+        labels = [
+            {"label": label, "category_id": category_id, "name": name}
+            for label, (category_id, name) in enumerate(zip(task.category_ids, task.class_names), start=1)
+        ]
+        return {"task": "detection", "labels": labels}
+    classes = [{"index": index, "name": name} for index, name in enumerate(task.class_names)]
+    return {"task": "semantic_segmentation", "classes": classes, "ignore_index": task.ignore_index}
 
 
 def main(args: list[str] | None = None) -> None:

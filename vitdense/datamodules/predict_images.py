@@ -33,8 +33,8 @@ def resolve_images(source: str | Path) -> list[Path]:
         files = sorted(Path(p) for p in glob.glob(str(source), recursive=True) if os.path.isfile(p))
     if not files:
         raise ValueError(
-            f"predict_images={str(source)!r} matches no image files; give an image file, a folder of images "
-            f"({', '.join(IMAGE_EXTENSIONS[:4])}, ...) or a glob such as 'photos/**/*.jpg'"
+            f"the images to predict, {str(source)!r}, matches no image files; give an image file, a folder "
+            f"of images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) or a glob such as 'photos/**/*.jpg'"
         )
     return files
 
@@ -49,6 +49,8 @@ def as_rgb_array(image: str | Path | Image.Image | np.ndarray, apply_exif: bool 
         BadDataError: a file that cannot be decoded, named with the fix.
     """
     if isinstance(image, (str, Path)):
+        if not os.path.isfile(image):
+            raise BadDataError(f"{image} does not exist or is not a file; check the path")
         try:
             return read_image(image, apply_exif=apply_exif)
         except DECODE_ERRORS as exc:
