@@ -12,8 +12,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from tests.tiny import TINY_CONFIG
-from vitdense.cli import main
-from vitdense.datamodules import write_shapes_coco
+from vitdense.cli import _is_user_error, main, run
+from vitdense.datamodules import resolve_images, write_shapes_coco
+from vitdense.tasks.base import strict_json
+from vitdense.tasks.coco_evaluator import ap_by_class_name
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 
@@ -218,3 +220,33 @@ def test_console_script_and_module_entry_point():
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert "fit" in result.stdout and "predict" in result.stdout
+
+
+def test_the_console_script_reports_a_users_mistake_in_one_line(shapes, tmp_path, monkeypatch, capsys):
+    recipe = Path(__file__).parents[1] / "recipes" / "custom_coco_mask_rcnn.yaml"
+    missing = tmp_path / "instances_train.json"
+    argv = ["vitdense", "fit", "--config", str(recipe), *_tiny_overrides(shapes, tmp_path)]
+    monkeypatch.setattr(sys, "argv", [*argv, f"--data.init_args.train_annotations={missing}"])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[0].startswith(f"vitdense fit: {missing}") and "Traceback" not in "\n".join(error)
+    monkeypatch.setenv("VITDENSE_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError, match="instances_train.json"):
+        run()
+
+
+def test_only_errors_vitdense_raises_itself_lose_their_traceback():
+    def raised(function, *args):
+        try:
+            function(*args)
+        except Exception as error:
+            return error
+        raise AssertionError("expected an error")
+
+    assert _is_user_error(raised(resolve_images, "/no/such/*.jpg"))  # a `raise` in vitdense
+    assert not _is_user_error(raised(strict_json, object()))  # raised in the json module
+    assert not _is_user_error(
+        raised(ap_by_class_name, None, [1], ["a"])
+    )  # a bug's AttributeError in vitdense

@@ -1,3 +1,3 @@
-from vitdense.cli import main
+from vitdense.cli import run
 
-main()
+run()

@@ -4,6 +4,8 @@ import argparse
 import contextlib
 import importlib
 import json
+import linecache
+import os
 import sys
 import warnings
 from contextlib import nullcontext
@@ -277,12 +279,57 @@ def predict_checkpoint_command(args: list[str]) -> int:
     try:
         trainer.predict(predictor.task, dataloaders=loader, return_predictions=False)
     except BadDataError as error:
-        message = str(error)
-        if "Original Traceback" in message:  # raised in a DataLoader worker: the traceback is in the message
-            message = message.rstrip().rsplit(f"{type(error).__name__}: ", 1)[-1]
-        print(f"vitdense predict: {message}", file=sys.stderr)
+        print(f"vitdense predict: {_error_message(error)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _error_message(error: BaseException) -> str:
+    """The message of ``error``, without the worker's traceback PyTorch puts into errors from DataLoader
+    workers."""
+    message = str(error)
+    if "Original Traceback" in message:
+        message = message.rstrip().rsplit(f"{type(error).__name__}: ", 1)[-1]
+    return message
+
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def _is_user_error(error: BaseException) -> bool:
+    """Whether vitdense raised ``error`` itself, with a message that names the problem and the fix (bad
+    data, a bad path, option or config value), so that a traceback would only bury the message.
+
+    That is a :class:`BadDataError` (also from a DataLoader worker) or a ``FileNotFoundError`` (e.g.
+    Lightning's for a ``--ckpt_path``), or an error whose innermost frame is a ``raise`` statement in
+    vitdense's own code. An error raised anywhere else (a bug, in vitdense's code or another package's)
+    keeps its traceback.
+    """
+    if isinstance(error, (BadDataError, FileNotFoundError)):
+        return True
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    if traceback is None:
+        return False
+    file = traceback.tb_frame.f_code.co_filename
+    return file.startswith(_PACKAGE_DIR) and linecache.getline(file, traceback.tb_lineno).lstrip().startswith(
+        "raise "
+    )
+
+
+def run() -> None:
+    """The ``vitdense`` console script: :func:`main`, with a user's mistake reported in one line (exit status
+    1) instead of a traceback; ``VITDENSE_TRACEBACK=1`` shows the traceback."""
+    try:
+        main()
+    except Exception as error:  # only user errors are caught, the rest is raised again
+        if os.environ.get("VITDENSE_TRACEBACK") or not _is_user_error(error):
+            raise
+        command = f"vitdense {sys.argv[1]}" if len(sys.argv) > 1 else "vitdense"
+        print(f"{command}: {_error_message(error)}", file=sys.stderr)
+        print("(VITDENSE_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def export_command(args: list[str]) -> int:
