@@ -376,7 +376,12 @@ def test_a_checkpoint_for_other_classes_says_so(detection_run, segmentation_run)
         3, lambda num_classes: type(task.model)(backbone=task.model.backbone, num_classes=num_classes)
     )
     only = r"\(only in the checkpoint: \['circle', 'rectangle', 'triangle', 'diamond'\]; only in the data"
-    with pytest.raises(ValueError, match=rf"was trained for 4 classes, but this data has 3 {only}"):
+    with pytest.raises(ValueError, match=rf"was trained for 4 classes, but this data has 3 {only}") as error:
+        other.on_load_checkpoint(checkpoint)
+    assert "_background_" not in str(error.value)  # the hint is for checkpoints trained with that class
+    checkpoint["class_names"] = ["_background_", "circle", "rectangle", "triangle"]
+    other.class_names = ["circle", "rectangle", "triangle"]
+    with pytest.raises(ValueError, match="'_background_' category returns with keep_background_category"):
         other.on_load_checkpoint(checkpoint)
 
     # Evaluating on a datamodule, its label space governs, not the checkpoint's.

@@ -191,7 +191,7 @@ def test_out_of_range_values_found_at_load_time(tmp_path: Path) -> None:
 
 
 def test_missing_folder_names_the_argument(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="labels argument"):
+    with pytest.raises(FileNotFoundError, match="check the labels argument"):
         (tmp_path / "img").mkdir()
         _eval(tmp_path / "img", tmp_path / "nope")
 
@@ -235,6 +235,13 @@ def test_folder_datamodule(tmp_path: Path) -> None:
     assert dm.test_dataset is dm.val_dataset, "test defaults to the validation split"
     images, targets = next(iter(dm.predict_dataloader()))
     assert set(targets[0]) == {"image_id", "orig_size", "image_size", "file_name"}
+
+
+def test_datamodule_names_the_split_argument_of_a_missing_folder(tmp_path: Path) -> None:
+    dm = _folder_dm(tmp_path)
+    dm.val_labels = str(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="nope: folder not found; check the val_labels argument"):
+        dm.setup("fit")
 
 
 def test_datamodule_checks_its_arguments(tmp_path: Path) -> None:

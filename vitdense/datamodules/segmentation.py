@@ -241,6 +241,7 @@ class SegmentationFolder(CheckedDataset):
         ignore_index: ignored / padding label, ``>= K``.
         reduce_zero_label: raw 0 -> ``ignore_index``, ``v`` -> ``v - 1``.
         on_bad_data: ``"error"``, ``"skip"`` or ``"collect"`` (see :class:`CheckedDataset`).
+        split: the DataModule's split, whose ``{split}_images`` / ``{split}_labels`` arguments messages name.
     """
 
     def __init__(
@@ -253,8 +254,10 @@ class SegmentationFolder(CheckedDataset):
         ignore_index: int = 255,
         reduce_zero_label: bool = False,
         on_bad_data: Policy = "error",
+        split: str | None = None,
     ) -> None:
         super().__init__(on_bad_data)
+        self._argument_prefix = f"{split}_" if split else ""
         self.images = Path(images)
         self.labels = Path(labels)
         self.source = f"{self.images} + {self.labels}"
@@ -277,8 +280,8 @@ class SegmentationFolder(CheckedDataset):
             raise BadDataError(message, Finding("no_samples", message, self.source, "the whole split"))
 
     def _build_pairs(self) -> list[_Pair]:
-        images = _index_folder(self.images, IMAGE_EXTENSIONS, "images")
-        labels = _index_folder(self.labels, (".png",), "labels")
+        images = _index_folder(self.images, IMAGE_EXTENSIONS, f"{self._argument_prefix}images")
+        labels = _index_folder(self.labels, (".png",), f"{self._argument_prefix}labels")
         pairs = []
         for key in sorted(images.keys() | labels.keys()):
             found, label = images.get(key, []), labels.get(key, [])
@@ -577,6 +580,7 @@ class SegmentationFolderDataModule(SplitDataModule):
             ignore_index=self.ignore_index,
             reduce_zero_label=self.reduce_zero_label,
             on_bad_data=on_bad_data,
+            split=split,
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -158,12 +158,16 @@ class VitDenseTask(LightningModule):
         )
         if trained is not None and now is not None and trained != now:
             theirs, here = list(checkpoint.get("class_names") or []), list(getattr(self, "class_names", []))
+            hint = (
+                " (a COCO file's unused '_background_' category returns with keep_background_category=true)"
+                if "_background_" in theirs and "_background_" not in here
+                else ""
+            )
             raise ValueError(
                 f"{where} was trained for {trained} classes, but this data has {now} (only in the "
                 f"checkpoint: {[n for n in theirs if n not in here]}; only in the data: "
                 f"{[n for n in here if n not in theirs]}): evaluate or fine-tune it on data with the same "
-                "categories (a COCO file's unused '_background_' category comes back with "
-                "keep_background_category=true), or start from the backbone weights instead"
+                f"classes{hint}, or start from the backbone weights instead"
             )
         listed = "; ".join(f"{name}: {a} in the checkpoint, {b} here" for name, a, b in differ[:3])
         raise ValueError(
