@@ -300,6 +300,24 @@ def test_segmentation_predict_writes_label_maps_and_python_inference_agrees(
         saved = np.asarray(Image.open(out / "labels" / OUTPUT_NAMES[name]))
         np.testing.assert_array_equal(np.asarray(Image.open(alone / "labels" / OUTPUT_NAMES[name])), saved)
 
+    # A sliding window instead of the run's whole-image evaluation: checked, then used.
+    checkpoint = str(_last_checkpoint(segmentation_run))
+    with pytest.raises(SystemExit) as exit_status:
+        main(["predict", "--ckpt_path", checkpoint, "--images", str(folder), "--sliding_window", "100", "50"])
+    assert exit_status.value.code == 2
+    slid = tmp_path / "slid"
+    with pytest.raises(SystemExit) as exit_status:
+        main(
+            ["predict", "--ckpt_path", checkpoint, "--images", str(folder / "camera.jpg")]
+            + ["--sliding_window", "112", "56", f"--output_dir={slid}", "--num_workers=0"]
+        )
+    assert exit_status.value.code == 0
+    predictor.task.sliding_window = (112, 56)
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(slid / "labels" / "camera.png")),
+        predictor(folder / "camera.jpg")["label"].numpy(),
+    )
+
 
 def test_output_names_never_overwrite_one_another():
     files = ["d/a.jpg", "d/A.png", "d/a.jpg.png", "d/sub/b.jpg", "d/sub/b.tif", "d/c.gif", "d/sub/c.gif"]

@@ -26,6 +26,7 @@ from vitdense.tasks import DetectionTask
 from vitdense.tasks.base import strict_json
 from vitdense.tasks.callbacks import ThroughputLogger, ValidateFinalStep, ValidationImageLogger
 from vitdense.tasks.prediction_writer import PredictionWriter
+from vitdense.tasks.segmentation import checked_sliding_window
 
 
 class VitDenseCLI(LightningCLI):
@@ -243,6 +244,16 @@ def predict_checkpoint_command(args: list[str]) -> int:
             "keeps the stored pixels, the frame of annotations made by a tool that ignored EXIF"
         ),
     )
+    parser.add_argument(
+        "--sliding_window",
+        type=int,
+        nargs=2,
+        metavar=("CROP", "STRIDE"),
+        help=(
+            "a segmenter: predict by a sliding window of CROP px moved by STRIDE px (default: as the run "
+            "evaluated, its config's sliding_window or the whole image)"
+        ),
+    )
     parser.add_argument("--batch_size", type=int, default=1, help="images per batch (default: 1)")
     parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers (default: 2)")
     parser.add_argument("--accelerator", default="auto", help="Lightning's accelerator (default: auto)")
@@ -256,6 +267,11 @@ def predict_checkpoint_command(args: list[str]) -> int:
     try:
         predictor = Predictor(load_checkpoint(options.ckpt_path))
         dataset = PredictImages(options.images, predictor.transform, options.apply_exif)
+        if options.sliding_window is not None:
+            if isinstance(predictor.task, DetectionTask):
+                raise ValueError("--sliding_window is for segmenters; a detector predicts on the whole image")
+            divisor = predictor.task.model.size_divisibility
+            predictor.task.sliding_window = checked_sliding_window(options.sliding_window, divisor)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     loader = DataLoader(

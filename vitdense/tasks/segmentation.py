@@ -2,7 +2,7 @@
 
 import csv
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -16,6 +16,27 @@ from vitdense.tasks.segmentation_metrics import format_class_table, segmentation
 from vitdense.tasks.visualization import draw_label_map, valid_region_at_original
 
 Batch = tuple[torch.Tensor, list[dict[str, Any]]]
+
+
+def checked_sliding_window(window: Sequence[int] | None, divisor: int) -> tuple[int, int] | None:
+    """``window`` as ``(crop, stride)``, checked when it is set rather than at the first validation.
+
+    Raises:
+        ValueError: a stride not in ``(0, crop]`` or a crop that is not a multiple of ``divisor`` (the
+            model's size divisibility), naming the nearest good crops.
+    """
+    if window is None:
+        return None
+    crop, stride = (int(side) for side in window)
+    if not 0 < stride <= crop:
+        raise ValueError(f"sliding_window=(crop, stride)={tuple(window)}: need 0 < stride <= crop")
+    if crop % divisor:
+        below, above = crop // divisor * divisor, (crop // divisor + 1) * divisor
+        raise ValueError(
+            f"sliding_window crop {crop} must be a multiple of the model's size_divisibility {divisor}; use "
+            f"{below or above} or {above} (usually the training crop)"
+        )
+    return crop, stride
 
 
 class SemanticSegmentationTask(VitDenseTask):
@@ -61,18 +82,7 @@ class SemanticSegmentationTask(VitDenseTask):
         self.model = segmenter(num_classes)
         self.num_classes = num_classes
         self.aux_weight = aux_weight
-        if sliding_window is not None:
-            crop, stride = sliding_window
-            if not 0 < stride <= crop:
-                raise ValueError(f"sliding_window=(crop, stride)={sliding_window}: need 0 < stride <= crop")
-            divisor = self.model.size_divisibility
-            if crop % divisor:  # else the first validation, maybe hours in, fails on it
-                below, above = crop // divisor * divisor, (crop // divisor + 1) * divisor
-                raise ValueError(
-                    f"sliding_window crop {crop} must be a multiple of the model's size_divisibility "
-                    f"{divisor}; use {below or above} or {above} (usually the training crop)"
-                )
-        self.sliding_window = sliding_window
+        self.sliding_window = checked_sliding_window(sliding_window, self.model.size_divisibility)
         # Taken from the datamodule at setup and saved in checkpoints.
         self.ignore_index = 255
         self.class_names = [str(index) for index in range(num_classes)]
