@@ -43,7 +43,8 @@ def make_coco(tmp_path: Path) -> MakeCoco:
             if img.pop("write", True):
                 path = root / img["file_name"]
                 path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(np.full((img["height"], img["width"], 3), 128, np.uint8)).save(path)
+                size = (int(img["height"]), int(img["width"]), 3)  # sizes may be written as floats
+                Image.fromarray(np.full(size, 128, np.uint8)).save(path)
             records.append(img)
         cats = categories if categories is not None else [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
         ann_file = tmp_path / "annotations.json"

@@ -236,6 +236,16 @@ def test_bad_record_skipped_and_counted(
     assert ds[0][1]["labels"].tolist() == [1]  # the good annotation survives
 
 
+def test_whole_number_sizes_written_as_floats_are_read_as_ints(make_coco: MakeCoco) -> None:
+    root, ann_file = make_coco([IMG | {"height": 28.0, "width": 56.0}], [_ann(1, [2, 2, 6, 6])])
+    ds = CocoDetection(root, ann_file, EvalTransform(56), masks=True, evaluation="segm", on_bad_data="error")
+    assert ds[0][1]["masks"].shape[0] == 1
+    assert ds.coco.imgs[1]["height"] == 28 and isinstance(ds.coco.imgs[1]["height"], int)
+    root, ann_file = make_coco([IMG | {"height": 28.5}], [_ann(1, [2, 2, 6, 6])])
+    with pytest.raises(BadDataError, match="positive integer 'height'/'width'"):
+        CocoDetection(root, ann_file, EvalTransform(56), on_bad_data="error")
+
+
 def test_box_up_to_one_pixel_outside_is_clipped(make_coco: MakeCoco) -> None:
     root, ann_file = make_coco([IMG], [_ann(1, [-0.8, 20.0, 57.5, 8.9])])
     ds = CocoDetection(root, ann_file, EvalTransform(56), on_bad_data="error")

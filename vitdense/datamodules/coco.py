@@ -395,6 +395,9 @@ class CocoDetection(CheckedDataset):
         counts = Counter(img["id"] for img in images)
         records: dict[int, _ImageRecord] = {}
         for img in images:
+            for side in ("height", "width"):  # some tools write 375.0; pycocotools needs ints
+                if isinstance(img.get(side), float) and img[side].is_integer():
+                    img[side] = int(img[side])
             iid, name, h, w = img["id"], img.get("file_name"), img.get("height"), img.get("width")
             record = f"image id {iid}"
             if counts[iid] > 1:
