@@ -38,6 +38,7 @@ from vitdense.datamodules import (
     collate_detection,
     collate_segmentation,
 )
+from vitdense.datamodules.images import image_conversions
 from vitdense.tasks.coco_evaluator import CocoEvaluator
 
 MakeCoco = Callable[..., tuple[Path, Path]]
@@ -343,6 +344,14 @@ def test_unusual_image_modes_are_converted_not_dropped(make_coco: MakeCoco, name
     notes = [f for f in report.splits[0].findings if f.severity == "note"]
     assert [(f.kind, Path(f.file).name, f.record) for f in notes] == [(NOTE_KINDS[name], file, "image id 2")]
     assert report.splits[0].samples == 2
+
+
+def test_a_palette_note_speaks_of_compositing_only_for_a_palette_with_transparency(tmp_path: Path) -> None:
+    Image.new("P", (20, 20)).save(tmp_path / "plain.png")
+    Image.new("P", (20, 20)).save(tmp_path / "transparent.png", transparency=0)
+    ((kind, plain),) = image_conversions(tmp_path / "plain.png")
+    ((_, transparent),) = image_conversions(tmp_path / "transparent.png")
+    assert kind == "mode_palette" and "black" not in plain and "composited over black" in transparent
 
 
 def test_exif_ignored_when_annotations_match_the_stored_pixels(make_coco: MakeCoco) -> None:

@@ -15,7 +15,7 @@ _ORIENTATION_TAG = 0x0112
 _MODE_CONVERSIONS = {
     "1": ("mode_grayscale", "is black and white (mode 1): replicated to 3 channels"),
     "L": ("mode_grayscale", "is grayscale (mode L): replicated to 3 channels"),
-    "P": ("mode_palette", "is a palette image (mode P): expanded to RGB, transparency over black"),
+    "P": ("mode_palette", "is a palette image (mode P): expanded to RGB"),
     "RGBA": ("mode_alpha", "has an alpha channel (mode RGBA): composited over black"),
     "LA": ("mode_alpha", "is grayscale with alpha (mode LA): composited over black"),
     "PA": ("mode_alpha", "is a palette image with alpha (mode PA): composited over black"),
@@ -82,9 +82,17 @@ def image_conversions(path: str | Path, expected_hw: tuple[int, int] | None = No
     with Image.open(path) as image:
         mode, (w, h) = image.mode, image.size
         orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+        transparent = "transparency" in image.info
     found = []
     if mode.startswith("I;16"):
         found.append(("mode_high_bit_depth", f"is 16-bit (mode {mode}): rescaled to 8 bit"))
+    elif mode == "P" and transparent:
+        found.append(
+            (
+                "mode_palette",
+                "is a palette image with transparency (mode P): expanded to RGB, composited over black",
+            )
+        )
     elif mode in _MODE_CONVERSIONS:
         found.append(_MODE_CONVERSIONS[mode])
     elif mode != "RGB":
