@@ -116,9 +116,9 @@ class ValidateFinalStep(Callback):
         if 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
-        last_batch = (
-            0 < max_epochs <= trainer.current_epoch + 1 and batch_idx + 1 >= trainer.num_training_batches
-        )
+        # The last epoch's last batch (Lightning's flag: also right in an epoch resumed mid-way).
+        last_batch = 0 < max_epochs <= trainer.current_epoch + 1
+        last_batch = last_batch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         every = trainer.check_val_every_n_epoch
         if (_stopping(trainer) or last_batch) and every is not None and every > 1:
             self._every_n_epochs = every
