@@ -268,7 +268,8 @@ class VitDenseTask(LightningModule):
         steps = self.trainer.estimated_stepping_batches
         if steps > total:
             raise ValueError(
-                f"the trainer runs {steps} optimizer steps (trainer.max_steps={self.trainer.max_steps}) but "
+                f"the trainer runs {steps} optimizer steps (max_steps={self.trainer.max_steps}, max_epochs="
+                f"{self.trainer.max_epochs}) but "
                 f"the lr schedule {type(scheduler).__name__} ends at total_steps={total}: the steps past it "
                 f"would train at its floor (min_factor x lr). Set model.lr_scheduler.init_args.total_steps "
                 f"to {steps if steps != float('inf') else 'trainer.max_steps'}, or lower trainer.max_steps."
