@@ -64,12 +64,12 @@ def _final_state(tmp_path, run: str) -> dict:
 def test_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path):
     main(_args(tmp_path, "straight", workers=0))
 
-    # Killed as its 4th step starts, in the middle of the first epoch (4 batches); saved every 2 steps, the
-    # latest checkpoint still holds 3 steps: LatestCheckpoint saves where a failing run stopped. The killed
-    # run loads its data in a worker process, the straight one in the main process: the order and the
+    # Killed as its 4th step starts, in the middle of the first epoch (4 batches); the latest checkpoint holds
+    # 3 steps. The killed run
+    # loads its data in a worker process, the straight one in the main process: the order and the
     # augmentation of every sample must not depend on it.
     with pytest.raises(RuntimeError, match="killed at step 3"):
-        main(_args(tmp_path, "killed", workers=1, kill_at=3, save_every=2))
+        main(_args(tmp_path, "killed", workers=1, kill_at=3))
     killed = _final_state(tmp_path, "killed")
     assert killed["global_step"] == 3 and killed["epoch"] == 0
     # Resumed with a backbone weights file that has moved since: the checkpoint holds every weight.

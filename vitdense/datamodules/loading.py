@@ -190,12 +190,7 @@ class SplitDataModule(L.LightningDataModule):
         ``val_check_interval``), not only from those saved between training steps.
         """
         trainer = self.trainer
-        # "interrupted": saved by LatestCheckpoint.on_exception, where training stopped.
-        running = (
-            trainer is not None
-            and trainer.state.fn == "fit"
-            and trainer.state.status in ("running", "interrupted")
-        )
+        running = trainer is not None and trainer.state.fn == "fit" and trainer.state.status == "running"
         if not running or trainer.sanity_checking:  # after fit, Lightning has counted the next epoch
             return {}
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed

@@ -136,7 +136,7 @@ def _stopping(trainer: Trainer) -> bool:
 
 
 class LatestCheckpoint(ModelCheckpoint):
-    """The latest training state, every ``every_n_train_steps`` steps, at the last step and where a run fails.
+    """The latest training state, every ``every_n_train_steps`` steps and at the last step of training.
 
     Kept as one ``step{N}.ckpt`` with ``last.ckpt`` linking to it, in ``<default_root_dir>/checkpoints`` by
     default: a folder that does not change with the logger's version, so that a new run started with
@@ -211,13 +211,6 @@ class LatestCheckpoint(ModelCheckpoint):
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
         if 0 < max_epochs <= trainer.current_epoch + 1 or _stopping(trainer):
             self._save_now(trainer)
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """Save the state a failed or interrupted run reached (a bad batch, running out of memory, Ctrl-C),
-        so that ``--ckpt_path last`` resumes from there, not from the last periodic save. Not under DDP: the
-        other processes are not there to save with this one."""
-        if trainer.world_size == 1:
-            self._save_now(trainer)  # only while fitting, once per step
 
     def _save_now(self, trainer: Trainer) -> None:
         if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is already saved
