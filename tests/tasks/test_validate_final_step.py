@@ -36,6 +36,8 @@ class Linear(lightning.LightningModule):
         ({"max_steps": 26, "max_epochs": -1}, [25, 26]),  # ends mid-epoch 6, not a validation epoch
         ({"max_epochs": 7}, [25, 35]),  # ends with epoch 7, not a validation epoch
         ({"max_epochs": 10}, [25, 50]),  # ends with a validation epoch: validated once
+        # Every 2 batches in every epoch: the 5-batch epoch's last batch is not a validation batch.
+        ({"max_epochs": 2, "val_check_interval": 2, "check_val_every_n_epoch": 1}, [2, 4, 7, 9, 10]),
     ],
 )
 def test_the_last_weights_are_validated_inside_fit_and_seen_by_checkpoints(tmp_path, schedule, validated_at):
@@ -46,13 +48,12 @@ def test_the_last_weights_are_validated_inside_fit_and_seen_by_checkpoints(tmp_p
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        check_val_every_n_epoch=5,
         num_sanity_val_steps=0,
         callbacks=[ValidateFinalStep(), best],
-        **schedule,
+        **{"check_val_every_n_epoch": 5, **schedule},
     )
     model = Linear()
     trainer.fit(model, data, data)
     assert model.validated_at == validated_at
     assert best.best_model_score == validated_at[-1]
-    assert trainer.check_val_every_n_epoch == 5  # restored
+    assert trainer.check_val_every_n_epoch == schedule.get("check_val_every_n_epoch", 5)  # restored

@@ -102,9 +102,10 @@ class ValidateFinalStep(Callback):
     Lightning validates a step-based schedule only every ``val_check_interval`` steps (the COCO recipes': 10
     evaluations of 18437 steps in 184375), and an epoch-based one only in the epochs that
     ``check_val_every_n_epoch`` names: a run whose ``max_steps`` or ``max_epochs`` ends elsewhere would leave
-    its last weights unscored, or a short run every weight. At the step that reaches ``max_steps`` this
-    requests the stop that ends training anyway (``trainer.should_stop``), which Lightning follows with a
-    validation; at that step, or the last batch of ``max_epochs``, it lets this epoch validate.
+    its last weights unscored, or a short run every weight; so would an epoch-based run whose
+    ``val_check_interval`` does not divide the epoch. At the step that reaches ``max_steps``, or the last
+    batch of ``max_epochs``, this requests the stop that ends training anyway (``trainer.should_stop``),
+    which Lightning follows with a validation, and lets this epoch validate.
     """
 
     def __init__(self) -> None:
@@ -119,12 +120,20 @@ class ValidateFinalStep(Callback):
         # The last epoch's last batch (Lightning's flag: also right in an epoch resumed mid-way).
         last_batch = 0 < max_epochs <= trainer.current_epoch + 1
         last_batch = last_batch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if last_batch:
+            trainer.should_stop = True
         every = trainer.check_val_every_n_epoch
-        if (_stopping(trainer) or last_batch) and every is not None and every > 1:
+        if _stopping(trainer) and every is not None and every > 1:
             self._every_n_epochs = every
             trainer.check_val_every_n_epoch = 1
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restore(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._restore(trainer)
+
+    def _restore(self, trainer: Trainer) -> None:
         if self._every_n_epochs is not None:
             trainer.check_val_every_n_epoch, self._every_n_epochs = self._every_n_epochs, None
 
