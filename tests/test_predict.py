@@ -245,6 +245,12 @@ def test_predict_from_a_checkpoint_says_what_is_wrong(detection_run, tmp_path, c
         partial = json.loads((out / "predictions.partial.json").read_text())
         assert [record["file_name"] for record in partial["images"]] == [str(tmp_path / "a.png")]
         assert not (out / "predictions.json").exists()
+    # Once the bad file is gone, the complete results replace the partial ones.
+    (tmp_path / "broken.jpg").unlink()
+    with pytest.raises(SystemExit) as exit_status:
+        main(["predict", "--ckpt_path", checkpoint, "--images", str(tmp_path), "--output_dir", str(out)])
+    assert exit_status.value.code == 0
+    assert (out / "predictions.json").is_file() and not (out / "predictions.partial.json").exists()
 
 
 def test_predict_keeps_the_stored_pixels_when_asked(detection_run, mixed_images, tmp_path):

@@ -328,7 +328,7 @@ def _is_user_error(error: BaseException) -> bool:
         traceback = traceback.tb_next
     if traceback is None:
         return False
-    file = traceback.tb_frame.f_code.co_filename
+    file = os.path.realpath(traceback.tb_frame.f_code.co_filename)
     return file.startswith(_PACKAGE_DIR) and linecache.getline(file, traceback.tb_lineno).lstrip().startswith(
         "raise "
     )
@@ -403,13 +403,20 @@ def export_command(args: list[str]) -> int:
             task, image_size, output, sample=sample, valid_size=valid_size, onnx=options.onnx
         )
     except ExportCheckError as error:
+        _write_exported_classes(task, output)  # the program stays on disk: so does what its outputs mean
         print(f"The exported model differs from eager PyTorch: {error}", file=sys.stderr)
         return 1
-    classes = output.with_suffix(".classes.json")
-    classes.write_text(json.dumps(_exported_classes(task), indent=1))
+    classes = _write_exported_classes(task, output)
     print(report.summary(), flush=True)
     print(f"{classes}: what the program's outputs mean (its labels' category ids and names)", flush=True)
     return 0
+
+
+def _write_exported_classes(task: LightningModule, program: Path) -> Path:
+    """Write :func:`_exported_classes` as ``<name>.classes.json`` beside ``<name>.pt2``; return its path."""
+    path = program.with_suffix(".classes.json")
+    path.write_text(json.dumps(_exported_classes(task), indent=1))
+    return path
 
 
 def _exported_classes(task: LightningModule) -> dict[str, Any]:

@@ -141,4 +141,6 @@ def test_reports_are_strict_json_with_null_for_nan():
 def test_a_sliding_window_off_the_patch_grid_is_refused_when_the_task_is_built():
     with pytest.raises(ValueError, match=r"sliding_window crop 500 must be a multiple .* 14; use 490 or 504"):
         SemanticSegmentationTask(3, _segmenter, sliding_window=(500, 300))
+    with pytest.raises(ValueError, match=r"sliding_window crop 10 must be .* 14; use 14 \(usually"):
+        SemanticSegmentationTask(3, _segmenter, sliding_window=(10, 5))
     SemanticSegmentationTask(3, _segmenter, sliding_window=(504, 300))

@@ -271,8 +271,12 @@ class VitDenseTask(LightningModule):
                 f"the trainer runs {steps} optimizer steps (max_steps={self.trainer.max_steps}, max_epochs="
                 f"{self.trainer.max_epochs}) but "
                 f"the lr schedule {type(scheduler).__name__} ends at total_steps={total}: the steps past it "
-                f"would train at its floor (min_factor x lr). Set model.lr_scheduler.init_args.total_steps "
-                f"to {steps if steps != float('inf') else 'trainer.max_steps'}, or lower trainer.max_steps."
+                f"would train at its floor (min_factor x lr). "
+                + (
+                    f"Set model.lr_scheduler.init_args.total_steps to {steps}, or shorten the run."
+                    if steps != float("inf")
+                    else "Bound the run with trainer.max_steps and set total_steps to it."
+                )
             )
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -193,6 +193,7 @@ class PredictionWriter(BasePredictionWriter):
         suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
         path = self._folder / f"predictions.partial{suffix}.json"
         self._write_records(pl_module, records, path)
+        (self._folder / "predictions.json").unlink(missing_ok=True)  # an earlier run's, not this one's
         print(
             f"Predicting stopped: wrote the {len(records)} images' detections done before to {path}",
             flush=True,
@@ -222,4 +223,6 @@ class PredictionWriter(BasePredictionWriter):
             return
         path = self._folder / "predictions.json"
         self._write_records(pl_module, records, path)
+        for stale in self._folder.glob("predictions.partial*.json"):  # an earlier failed run's
+            stale.unlink()
         print(f"Wrote {len(records)} images' detections to {path}", flush=True)

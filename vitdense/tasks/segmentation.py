@@ -32,9 +32,10 @@ def checked_sliding_window(window: Sequence[int] | None, divisor: int) -> tuple[
         raise ValueError(f"sliding_window=(crop, stride)={tuple(window)}: need 0 < stride <= crop")
     if crop % divisor:
         below, above = crop // divisor * divisor, (crop // divisor + 1) * divisor
+        nearest = f"{below} or {above}" if below else f"{above}"
         raise ValueError(
             f"sliding_window crop {crop} must be a multiple of the model's size_divisibility {divisor}; use "
-            f"{below or above} or {above} (usually the training crop)"
+            f"{nearest} (usually the training crop)"
         )
     return crop, stride
 
