@@ -408,9 +408,16 @@ def test_a_checkpoint_for_other_classes_says_so(detection_run, segmentation_run)
     with pytest.raises(ValueError, match="'_background_' category returns with keep_background_category"):
         other.on_load_checkpoint(checkpoint)
 
-    # Evaluating on a datamodule, its label space governs, not the checkpoint's.
+    # A checkpoint of the other task is named as such, before any weight or shape is compared.
+    detection_checkpoint = checkpoint
     checkpoint = torch.load(_last_checkpoint(segmentation_run), weights_only=False)
     task = load_checkpoint(_last_checkpoint(segmentation_run))
+    with pytest.raises(ValueError, match="is a DetectionTask checkpoint, but this run's model is a Semantic"):
+        task.on_load_checkpoint(detection_checkpoint)
+    with pytest.raises(ValueError, match="is a SemanticSegmentationTask checkpoint, but .* DetectionTask"):
+        other.on_load_checkpoint(checkpoint)
+
+    # Evaluating on a datamodule, its label space governs, not the checkpoint's.
     names = [f"class {index}" for index in range(task.num_classes)]
     task._set_label_space(11, names)
     task._label_space_from_data = True

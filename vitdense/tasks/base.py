@@ -1,5 +1,6 @@
 """What every vitdense task shares: injected optimizer and scheduler, layer-wise lr decay, final metrics."""
 
+import importlib
 import json
 import logging
 import math
@@ -130,6 +131,7 @@ class VitDenseTask(LightningModule):
         checkpoint["rng_states"] = states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_checkpoint_task(checkpoint)
         self._check_checkpoint_shapes(checkpoint)
         self._checkpoint_step = checkpoint.get("global_step")
         self.skipped_steps = checkpoint.get("skipped_steps", 0)
@@ -138,6 +140,30 @@ class VitDenseTask(LightningModule):
             self._rng_states_to_restore = per_rank[self.global_rank]
         else:  # saved by one process, or resumed on another number of them: rank 0's streams
             self._rng_states_to_restore = checkpoint.get("rng_states")
+
+    def _checkpoint_name(self) -> str:
+        path = getattr(self.trainer, "ckpt_path", None) if self._trainer is not None else None
+        return f"checkpoint {path}" if path else "the checkpoint"
+
+    def _check_checkpoint_task(self, checkpoint: dict[str, Any]) -> None:
+        """Fail at once on a checkpoint of another task (a detector's for a segmentation run, or the
+        reverse), which would otherwise load part of its weights or fail later on the data's shapes."""
+        class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+        if not isinstance(class_path, str):
+            return
+        module_name, _, class_name = class_path.rpartition(".")
+        try:
+            saved = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError, ValueError):
+            saved = None
+        ours = type(self)
+        same = issubclass(ours, saved) or issubclass(saved, ours) if isinstance(saved, type) else False
+        if not same and class_name != ours.__name__:
+            raise ValueError(
+                f"{self._checkpoint_name()} is a {class_name} checkpoint, but this run's model is a "
+                f"{ours.__name__}: pass a checkpoint of a {ours.__name__} run, or the checkpoint's own run "
+                "config (--config <its run>/config.yaml)"
+            )
 
     def _check_checkpoint_shapes(self, checkpoint: dict[str, Any]) -> None:
         """Fail with what differs, rather than with PyTorch's list of size mismatches, when the checkpoint's
@@ -150,8 +176,7 @@ class VitDenseTask(LightningModule):
         ]
         if not differ:
             return
-        path = getattr(self.trainer, "ckpt_path", None) if self._trainer is not None else None
-        where = f"checkpoint {path}" if path else "the checkpoint"
+        where = self._checkpoint_name()
         trained, now = (
             (checkpoint.get("hyper_parameters") or {}).get("num_classes"),
             self.hparams.get("num_classes"),
