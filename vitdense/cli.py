@@ -408,7 +408,7 @@ def export_command(args: list[str]) -> int:
         return 1
     classes = _write_exported_classes(task, output)
     print(report.summary(), flush=True)
-    print(f"{classes}: what the program's outputs mean (its labels' category ids and names)", flush=True)
+    print(f"{classes}: what the program's outputs mean (class labels, ids and names)", flush=True)
     return 0
 
 

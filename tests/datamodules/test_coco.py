@@ -107,11 +107,17 @@ def test_category_ids_remapped_both_ways_with_zero_and_gaps(make_coco: MakeCoco)
     assert [dm.category_ids[label - 1] for label in target["labels"].tolist()] == [5, 0, 42]
 
 
-def test_an_unused_background_category_is_left_out_a_used_one_kept(make_coco: MakeCoco) -> None:
+def test_an_unused_background_category_is_left_out_a_used_one_kept(
+    make_coco: MakeCoco, caplog: pytest.LogCaptureFixture
+) -> None:
     cats = [{"id": 0, "name": "_background_"}, {"id": 1, "name": "cat"}, {"id": 2, "name": "Background"}]
     root, ann_file = make_coco([IMG], [_ann(1, [1, 1, 5, 5], cid=1), _ann(2, [10, 1, 5, 5], cid=2)], cats)
-    dm = CocoDataModule(str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0)
+    with caplog.at_level(logging.WARNING):
+        dm = CocoDataModule(str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0)
+        dm.setup("fit")
     assert dm.category_ids == [1, 2] and dm.class_names == ["cat", "Background"]  # id 2 is annotated
+    warned = [r for r in caplog.records if "names the background" in r.getMessage()]
+    assert len(warned) == 1, "said once per command, not once per split"
 
 
 def test_validation_split_uses_training_label_mapping(make_coco: MakeCoco, tmp_path: Path) -> None:
@@ -362,6 +368,8 @@ def test_predict_single_file_and_glob(tmp_path: Path) -> None:
     assert sorted(Path(f).name for f in globbed.files) == ["deep.png", "gray.png", "rgba.png"]
     with pytest.raises(ValueError, match="matches no image files"):
         PredictImages(str(tmp_path / "nothing*.jpg"), EvalTransform(56))
+    with pytest.raises(ValueError, match="nothing.jpg', do not exist; check the path"):
+        PredictImages(str(tmp_path / "nothing.jpg"), EvalTransform(56))
 
 
 def test_exif_orientation_applied_to_pixels(tmp_path: Path) -> None:

@@ -133,14 +133,15 @@ _BACKGROUND_NAMES = {"background", "_background_", "__background__", "bg"}
 
 
 def categories_of(
-    coco: COCO, annotation_file: str | Path, keep_background_category: bool = False
+    coco: COCO, annotation_file: str | Path, keep_background_category: bool = False, warn: bool = True
 ) -> tuple[list[int], list[str]]:
     """Category ids sorted ascending and their names; label ``L`` is ``ids[L - 1]``.
 
     A category named as background (``_background_``, as labelme's converter writes, ``background``,
     ``__background__``, ``bg``) that no annotation uses is left out, with a warning, unless
     ``keep_background_category``: label 0 is the R-CNN background already, and an empty foreground class
-    would only cost the classifier a logit.
+    would only cost the classifier a logit. ``warn=False``: without the warning (the caller's mapping
+    governs; the DataModule warned once already).
     """
     cats = {}
     for cat in coco.dataset["categories"]:
@@ -156,7 +157,8 @@ def categories_of(
     for category_id, name in list(cats.items()):
         background = name.strip().lower() in _BACKGROUND_NAMES
         if background and not keep_background_category and category_id not in used and len(cats) > 1:
-            logger.warning(
+            log = logger.warning if warn else logger.debug
+            log(
                 "%s: category id %s %r has no annotations and names the background, which label 0 already "
                 "is: left out of the classes (keep_background_category=true keeps it, as for checkpoints "
                 "trained with it)",
@@ -366,7 +368,7 @@ class CocoDetection(CheckedDataset):
         self.masks = masks
         self.keep_empty_images = keep_empty_images
         self.coco = coco if coco is not None else load_coco(annotation_file)
-        file_ids, file_names = categories_of(self.coco, annotation_file)
+        file_ids, file_names = categories_of(self.coco, annotation_file, warn=category_ids is None)
         if category_ids is None:
             self.category_ids, self.class_names = file_ids, file_names
         else:

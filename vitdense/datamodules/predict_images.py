@@ -31,6 +31,8 @@ def resolve_images(source: str | Path) -> list[Path]:
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     else:
         files = sorted(Path(p) for p in glob.glob(str(source), recursive=True) if os.path.isfile(p))
+    if not files and not glob.has_magic(str(source)):
+        raise ValueError(f"the images to predict, {str(source)!r}, do not exist; check the path")
     if not files:
         raise ValueError(
             f"the images to predict, {str(source)!r}, matches no image files; give an image file, a folder "
