@@ -265,6 +265,22 @@ FILE_CASES = {
         "malformed_json",
     ),
     "no_images_list": (json.dumps({"annotations": [], "categories": [{"id": 1}]}), "malformed_json"),
+    # Box and polygon both in 0-1 units agree with each other: only the whole file gives it away.
+    "normalised_coordinates": (
+        json.dumps(
+            {
+                "images": [GOOD_IMAGE],
+                "annotations": [
+                    _ann(
+                        1, bbox=[0.36, 0.18, 0.35, 0.43], segmentation=[[0.36, 0.18, 0.71, 0.18, 0.71, 0.61]]
+                    ),
+                    _ann(2, bbox=[0.1, 0.1, 0.2, 0.2], segmentation=[[0.1, 0.1, 0.3, 0.1, 0.3, 0.3]]),
+                ],
+                "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+            }
+        ),
+        "normalised_coordinates",
+    ),
 }
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -175,6 +175,11 @@ def coco_sets(draw: st.DrawFn) -> dict[str, Any]:
                     "segmentation": segmentation,
                 }
             )
+    # A file whose boxes all lie within [0, 1] x [0, 1] holds normalised coordinates and is refused whole.
+    assume(
+        not annotations
+        or max(max(a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]) for a in annotations) > 1
+    )
     # Annotations need not be grouped by image.
     order = draw(st.permutations(range(len(annotations))))
     coco = {"images": images, "annotations": [annotations[i] for i in order], "categories": categories}

@@ -129,6 +129,31 @@ def load_coco(annotation_file: str | Path) -> CocoFile:
     return coco
 
 
+def _check_pixel_units(coco: COCO, annotation_file: str | Path) -> None:
+    """Raise when every box of the file lies within ``[0, 1] x [0, 1]``: its coordinates are normalised
+    (as YOLO-style exporters write them), not pixels. Box and segmentation then agree with each other, so no
+    single record looks wrong, but every object would be a dot in the top-left pixel.
+
+    Raises:
+        BadDataError: under every policy: there is no good record to keep.
+    """
+    boxes, far = 0, 0.0
+    for ann in coco.dataset["annotations"]:
+        bbox = ann.get("bbox") if isinstance(ann, dict) else None
+        if _malformed_box(bbox) is None and bbox[2] > 0 and bbox[3] > 0:  # a degenerate box says nothing
+            boxes += 1
+            far = max(far, bbox[0] + bbox[2], bbox[1] + bbox[3])
+    if boxes and far <= 1.0:
+        message = (
+            f"{annotation_file}: all {boxes} boxes lie within [0, 1] x [0, 1]: the file holds normalised "
+            "(0-1) coordinates, COCO's are pixels; convert every box and segmentation (x * image width, "
+            "y * image height)"
+        )
+        raise BadDataError(
+            message, Finding("normalised_coordinates", message, str(annotation_file), "annotations")
+        )
+
+
 _BACKGROUND_NAMES = {"background", "_background_", "__background__", "bg"}
 
 
@@ -368,6 +393,7 @@ class CocoDetection(CheckedDataset):
         self.masks = masks
         self.keep_empty_images = keep_empty_images
         self.coco = coco if coco is not None else load_coco(annotation_file)
+        _check_pixel_units(self.coco, self.annotation_file)
         file_ids, file_names = categories_of(self.coco, annotation_file, warn=category_ids is None)
         if category_ids is None:
             self.category_ids, self.class_names = file_ids, file_names
