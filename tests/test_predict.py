@@ -223,7 +223,7 @@ def test_predict_from_a_checkpoint_says_what_is_wrong(detection_run, tmp_path, c
             ["--ckpt_path", str(tmp_path / "no.ckpt"), "--images", str(tmp_path)],
             "no.ckpt: checkpoint not found",
         ),
-        (["--ckpt_path", checkpoint, "--images", str(tmp_path / "*.jpg")], "matches no image files"),
+        (["--ckpt_path", checkpoint, "--images", str(tmp_path / "*.jpg")], "no image file matches"),
         (["--ckpt_path", checkpoint], "the following arguments are required: --images"),
     ]:
         with pytest.raises(SystemExit) as exit_status:

@@ -329,9 +329,8 @@ def _is_user_error(error: BaseException) -> bool:
     if traceback is None:
         return False
     file = os.path.realpath(traceback.tb_frame.f_code.co_filename)
-    return file.startswith(_PACKAGE_DIR) and linecache.getline(file, traceback.tb_lineno).lstrip().startswith(
-        "raise "
-    )
+    raising_line = linecache.getline(file, traceback.tb_lineno).lstrip()
+    return file.startswith(_PACKAGE_DIR) and raising_line.startswith("raise ")
 
 
 def run() -> None:

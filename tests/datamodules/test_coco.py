@@ -366,7 +366,7 @@ def test_predict_single_file_and_glob(tmp_path: Path) -> None:
     assert len(single) == 1 and single[0][1]["orig_size"] == (30, 50)
     globbed = PredictImages(str(tmp_path / "**" / "*.png"), EvalTransform(56))
     assert sorted(Path(f).name for f in globbed.files) == ["deep.png", "gray.png", "rgba.png"]
-    with pytest.raises(ValueError, match="matches no image files"):
+    with pytest.raises(ValueError, match="no image file matches"):
         PredictImages(str(tmp_path / "nothing*.jpg"), EvalTransform(56))
     with pytest.raises(ValueError, match="nothing.jpg', do not exist; check the path"):
         PredictImages(str(tmp_path / "nothing.jpg"), EvalTransform(56))

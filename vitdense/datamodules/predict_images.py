@@ -35,8 +35,8 @@ def resolve_images(source: str | Path) -> list[Path]:
         raise ValueError(f"the images to predict, {str(source)!r}, do not exist; check the path")
     if not files:
         raise ValueError(
-            f"the images to predict, {str(source)!r}, matches no image files; give an image file, a folder "
-            f"of images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) or a glob such as 'photos/**/*.jpg'"
+            f"no image file matches the images to predict, {str(source)!r}; give an image file, a folder of "
+            f"images ({', '.join(IMAGE_EXTENSIONS[:4])}, ...) or a glob such as 'photos/**/*.jpg'"
         )
     return files
 

@@ -157,7 +157,7 @@ class VitDenseTask(LightningModule):
         except (ImportError, AttributeError, ValueError):
             saved = None
         ours = type(self)
-        same = issubclass(ours, saved) or issubclass(saved, ours) if isinstance(saved, type) else False
+        same = isinstance(saved, type) and (issubclass(ours, saved) or issubclass(saved, ours))
         if not same and class_name != ours.__name__:
             raise ValueError(
                 f"{self._checkpoint_name()} is a {class_name} checkpoint, but this run's model is a "
@@ -292,16 +292,14 @@ class VitDenseTask(LightningModule):
             return
         steps = self.trainer.estimated_stepping_batches
         if steps > total:
+            if steps == float("inf"):
+                fix = "Bound the run with trainer.max_steps and set total_steps to it."
+            else:
+                fix = f"Set model.lr_scheduler.init_args.total_steps to {steps}, or shorten the run."
             raise ValueError(
                 f"the trainer runs {steps} optimizer steps (max_steps={self.trainer.max_steps}, max_epochs="
-                f"{self.trainer.max_epochs}) but "
-                f"the lr schedule {type(scheduler).__name__} ends at total_steps={total}: the steps past it "
-                f"would train at its floor (min_factor x lr). "
-                + (
-                    f"Set model.lr_scheduler.init_args.total_steps to {steps}, or shorten the run."
-                    if steps != float("inf")
-                    else "Bound the run with trainer.max_steps and set total_steps to it."
-                )
+                f"{self.trainer.max_epochs}) but the lr schedule {type(scheduler).__name__} ends at "
+                f"total_steps={total}: the steps past it would train at its floor (min_factor x lr). {fix}"
             )
 
     def configure_optimizers(self) -> dict[str, Any]:
