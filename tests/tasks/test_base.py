@@ -2,6 +2,8 @@
 length, strict JSON reports; and the segmentation task's sliding-window check."""
 
 import json
+import logging
+import re
 from functools import partial
 
 import pytest
@@ -15,7 +17,7 @@ from vitdense.datamodules import ShapesSegmentationDataModule
 from vitdense.heads import MaskRCNN, PyramidSegmenter
 from vitdense.tasks import DetectionTask, SemanticSegmentationTask
 from vitdense.tasks.base import strict_json
-from vitdense.tasks.optim import WarmupCosineLR, WarmupPolyLR
+from vitdense.tasks.optim import WarmupCosineLR, WarmupMultiStepLR, WarmupPolyLR
 
 
 def _detector(num_classes: int) -> MaskRCNN:
@@ -144,3 +146,22 @@ def test_a_sliding_window_off_the_patch_grid_is_refused_when_the_task_is_built()
     with pytest.raises(ValueError, match=r"sliding_window crop 10 must be .* 14; use 14 \(usually"):
         SemanticSegmentationTask(3, _segmenter, sliding_window=(10, 5))
     SemanticSegmentationTask(3, _segmenter, sliding_window=(504, 300))
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "warning"),
+    [
+        (
+            partial(WarmupPolyLR, total_steps=9, warmup_steps=1),
+            "ends at total_steps=9, after the run's 2 steps",
+        ),
+        (partial(WarmupMultiStepLR, milestones=[1, 5], warmup_steps=1), r"milestones \[5\] are at or after"),
+    ],
+)
+def test_a_run_shorter_than_its_lr_schedule_is_warned_of(scheduler, warning, tmp_path, caplog):
+    task = SemanticSegmentationTask(3, _segmenter, lr_scheduler=scheduler)
+    trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, default_root_dir=tmp_path)
+    task.trainer = trainer
+    with caplog.at_level(logging.WARNING, logger="vitdense.tasks.base"):
+        task.configure_optimizers()
+    assert re.search(warning, caplog.text)

@@ -286,12 +286,28 @@ class VitDenseTask(LightningModule):
 
     def _check_schedule_length(self, scheduler: object) -> None:
         """Refuse a run longer than its decaying lr schedule: the steps past its end would train at its
-        floor (lr 0 by default), e.g. a finished run resumed with a larger ``max_steps`` alone."""
-        total = getattr(scheduler, "total_steps", None)
-        if total is None or self._trainer is None:
+        floor (lr 0 by default), e.g. a finished run resumed with a larger ``max_steps`` alone. Warn of a
+        run shorter than its schedule (the lr stops before its floor) or than an lr milestone (no drop)."""
+        if self._trainer is None:
             return
         steps = self.trainer.estimated_stepping_batches
-        if steps > total:
+        late = [m for m in getattr(scheduler, "milestones", []) if m >= steps]
+        if late:
+            logger.warning(
+                "lr milestones %s are at or after the run's last step %s: the lr never drops there; scale "
+                "the milestones with max_steps",
+                late,
+                steps,
+            )
+        total = getattr(scheduler, "total_steps", None)
+        if total is not None and steps < total:
+            logger.warning(
+                "the lr schedule ends at total_steps=%s, after the run's %s steps: the lr stops short of its "
+                "floor; set total_steps to the run's length",
+                total,
+                steps,
+            )
+        if total is not None and steps > total:
             if steps == float("inf"):
                 fix = "Bound the run with trainer.max_steps and set total_steps to it."
             else:

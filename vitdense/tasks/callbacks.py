@@ -100,7 +100,7 @@ class ValidateFinalStep(Callback):
     last weights are scored and a ``ModelCheckpoint`` that monitors a metric considers them.
 
     Lightning validates a step-based schedule only every ``val_check_interval`` steps (the COCO recipes': 10
-    evaluations of 18437 steps in 184375), and an epoch-based one only in the epochs that
+    evaluations of 20000 steps in 184375), and an epoch-based one only in the epochs that
     ``check_val_every_n_epoch`` names: a run whose ``max_steps`` or ``max_epochs`` ends elsewhere would leave
     its last weights unscored, or a short run every weight; so would an epoch-based run whose
     ``val_check_interval`` does not divide the epoch. At the step that reaches ``max_steps``, or the last
