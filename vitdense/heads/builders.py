@@ -5,7 +5,8 @@ two that must know the true, non-power-of-two strides of a patch-14 pyramid, `St
 `ExactMultiScaleRoIAlign`, and three that do torchvision's work without its host synchronisations:
 `SyncFreeMatcher`, `SyncFreeSampler` and `DeviceBoxCoder`. Defaults follow ViTDet (Li et al. 2022, detectron2
 `projects/ViTDet`): 2-conv RPN head, 4-conv + 1-fc box head and 4-conv mask head with LayerNorm, 512 RoIs per
-image.
+image. Where torchvision's parts differ from detectron2's, torchvision's stay: RoIAlign with 2 samples per bin
+(detectron2: adaptive) and a smooth-L1 box loss (detectron2's ViTDet: L1).
 """
 
 import functools

@@ -95,7 +95,7 @@ def roi_align_gather(
     if sampling_ratio <= 0:
         raise ValueError(
             f"roi_align_gather supports only a fixed sampling_ratio > 0, got {sampling_ratio}; "
-            "pass e.g. sampling_ratio=2 (ViTDet's value)"
+            "pass e.g. sampling_ratio=2 (torchvision's value; detectron2's ViTDet uses 0, adaptive)"
         )
     oh, ow = (output_size, output_size) if isinstance(output_size, int) else output_size
     n, c, h, w = features.shape
