@@ -271,7 +271,7 @@ def test_predict_keeps_the_stored_pixels_when_asked(detection_run, mixed_images,
 
 
 def test_segmentation_predict_writes_label_maps_and_python_inference_agrees(
-    segmentation_run, mixed_images, tmp_path
+    segmentation_run, mixed_images, tmp_path, capsys
 ):
     folder, sizes = mixed_images
     out = tmp_path / "predictions"
@@ -310,7 +310,10 @@ def test_segmentation_predict_writes_label_maps_and_python_inference_agrees(
     checkpoint = str(_last_checkpoint(segmentation_run))
     with pytest.raises(SystemExit) as exit_status:
         main(["predict", "--ckpt_path", checkpoint, "--images", str(folder), "--sliding_window", "100", "50"])
-    assert exit_status.value.code == 2
+    assert (
+        exit_status.value.code == 2
+        and "sliding_window crop 100 must be a multiple" in capsys.readouterr().err
+    )
     slid = tmp_path / "slid"
     with pytest.raises(SystemExit) as exit_status:
         main(

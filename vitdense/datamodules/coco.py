@@ -222,6 +222,17 @@ def _is_size(v: Any) -> bool:
     return _is_int(v) and v > 0
 
 
+def _clipped_xyxy(bbox: list[float], h: int, w: int) -> tuple[float, float, float, float]:
+    """A COCO ``[x, y, w, h]`` box as ``(x1, y1, x2, y2)`` clipped to an ``h x w`` image."""
+    x, y, bw, bh = bbox
+    return (
+        min(max(x, 0.0), w),
+        min(max(y, 0.0), h),
+        min(max(x + bw, 0.0), w),
+        min(max(y + bh, 0.0), h),
+    )
+
+
 def _malformed_box(bbox: Any) -> tuple[str, str] | None:
     """``(kind, what is wrong and the fix)`` for a ``bbox`` that is not four numbers, else None."""
     if isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox):
@@ -477,8 +488,7 @@ class CocoDetection(CheckedDataset):
         # Clipped to the image, as detectron2 does (COCO itself has boxes ~1 px past the border, from
         # rounding; annotation tools let boxes be dragged past it): dropping the object would teach it as
         # background. Only a box with nothing inside the image is bad.
-        x1, y1 = min(max(x, 0.0), rec.width), min(max(y, 0.0), rec.height)
-        x2, y2 = min(max(x + bw, 0.0), rec.width), min(max(y + bh, 0.0), rec.height)
+        x1, y1, x2, y2 = _clipped_xyxy(bbox, rec.height, rec.width)
         if x2 - x1 <= 0 or y2 - y1 <= 0:
             return "box_outside_image", (
                 f"has box {bbox} (xywh) wholly outside the {rec.width}x{rec.height} (w x h) image; fix the "
@@ -556,13 +566,7 @@ class CocoDetection(CheckedDataset):
                 )
             if self.evaluation == "segm" and not ann["iscrowd"] and cleaned is not None:
                 # Mask AP would score such a mask (e.g. a polygon in 0-1 units) as written: near 0, silently.
-                x, y, bw, bh = bbox
-                box = (
-                    min(max(x, 0.0), rec.width),
-                    min(max(y, 0.0), rec.height),
-                    min(max(x + bw, 0.0), rec.width),
-                    min(max(y + bh, 0.0), rec.height),
-                )
+                box = _clipped_xyxy(bbox, rec.height, rec.width)
                 if box[2] > box[0] and box[3] > box[1]:  # else: a box problem, noted by the caller
                     off = _segmentation_off_its_box(cleaned, box, rec.height, rec.width)
                     if off is not None:

@@ -156,7 +156,7 @@ class PredictionWriter(BasePredictionWriter):
         if not self.overlays:
             return
         label_of = {category_id: label for label, category_id in enumerate(pl_module.category_ids, start=1)}
-        image = torch.from_numpy(as_rgb_array(output["file_name"], self._apply_exif).copy()).permute(2, 0, 1)
+        image = self._original_image(output["file_name"])
         drawn = draw_detections(
             image,
             output["boxes"],
@@ -169,6 +169,10 @@ class PredictionWriter(BasePredictionWriter):
         path = self._output_path("overlays", output["file_name"], output.get("image_id", 0))
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(path)
 
+    def _original_image(self, file_name: str) -> torch.Tensor:
+        """The image predicted on, uint8 (3, H, W), as the dataset read it (EXIF orientation included)."""
+        return torch.from_numpy(as_rgb_array(file_name, self._apply_exif).copy()).permute(2, 0, 1)
+
     def _write_label_map(self, pl_module: LightningModule, output: dict[str, Any]) -> None:
         label_map = output["label"]
         dtype = np.uint8 if pl_module.num_classes <= 256 else np.uint16
@@ -176,9 +180,7 @@ class PredictionWriter(BasePredictionWriter):
         Image.fromarray(label_map.numpy().astype(dtype)).save(path)
         self._written += 1
         if self.overlays and output.get("file_name") is not None:
-            image = torch.from_numpy(as_rgb_array(output["file_name"], self._apply_exif).copy()).permute(
-                2, 0, 1
-            )
+            image = self._original_image(output["file_name"])
             drawn = draw_label_map(image, label_map, pl_module.num_classes)
             path = self._output_path("overlays", output["file_name"], output.get("image_id", 0))
             Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(path)
