@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -250,3 +251,29 @@ def test_only_errors_vitdense_raises_itself_lose_their_traceback():
     assert not _is_user_error(
         raised(ap_by_class_name, None, [1], ["a"])
     )  # a bug's AttributeError in vitdense
+
+
+class _CallingDataset(torch.utils.data.Dataset):
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        return self.function(*self.args)
+
+
+def test_errors_from_a_dataloader_worker_are_judged_by_the_workers_traceback():
+    def raised_in_worker(function, *args):
+        loader = torch.utils.data.DataLoader(_CallingDataset(function, *args), num_workers=1)
+        try:
+            next(iter(loader))
+        except Exception as error:
+            assert "Original Traceback" in str(error)
+            return error
+        raise AssertionError("expected an error")
+
+    assert _is_user_error(raised_in_worker(resolve_images, "/no/such/*.jpg"))
+    assert not _is_user_error(raised_in_worker(strict_json, object()))
+    assert not _is_user_error(raised_in_worker(ap_by_class_name, None, [1], ["a"]))
