@@ -167,6 +167,27 @@ def test_eval_transform_scale_is_exact(h: int, w: int) -> None:
     assert (out.image[:, :vh, :vw] > 0).float().mean() > 0.99
 
 
+@pytest.mark.parametrize(
+    ("h", "w", "size"), [(427, 640, 1008), (333, 517, 1008), (427, 640, 224), (3001, 4000, 1008)]
+)
+def test_eval_transform_moves_image_and_masks_by_the_scale_it_reports(h: int, w: int, size: int) -> None:
+    # A bright rectangle: its intensity centroid in the canvas must be its centre * scale (pixel-centre
+    # convention), on the short side too, where the rounded side would give another factor (up to 0.5 px).
+    x0, y0, x1, y1 = w // 3, h // 3, w // 3 + w // 4, h // 3 + h // 4
+    image = np.zeros((h, w, 3), np.uint8)
+    image[y0:y1, x0:x1] = 255
+    mask = (image[None, :, :, 0] > 0).astype(np.uint8)
+    out = EvalTransform(size)(image, np.array([[x0, y0, x1, y1]], np.float32), np.array([1]), mask)
+    weights = out.image[0].double().numpy() / 255
+    for axis, (start, stop) in ((0, (y0, y1)), (1, (x0, x1))):
+        profile = weights.sum(1 - axis)
+        centroid = (profile * (np.arange(len(profile)) + 0.5)).sum() / profile.sum()
+        assert abs(centroid - (start + stop) / 2 * out.scale) < 0.05, (axis, centroid)
+    ys, xs = np.nonzero(out.masks[0].numpy())
+    mask_box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    assert np.abs(mask_box - out.boxes[0].numpy()).max() <= 0.5
+
+
 @pytest.mark.parametrize("flip_prob", [0.0, 1.0, 0.5])
 def test_lsj_masks_equal_flipping_and_mapping_each_whole_mask(flip_prob: float) -> None:
     # The reference mirrors each full-frame mask with numpy and maps it with apply_to_mask, the

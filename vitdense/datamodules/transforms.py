@@ -356,7 +356,10 @@ class TrainTransform:
 class EvalTransform:
     """Evaluation transform: resize the longest side to ``S`` (aspect kept), pad bottom/right to ``S x S``.
 
-    ``scale = S / max(h, w)`` exactly; the valid region is ``(round(h * scale), round(w * scale))``.
+    ``scale = S / max(h, w)`` exactly, along both axes: pixel centres map as ``(x + 0.5) * scale - 0.5``
+    (cv2's convention), so ``boxes * scale`` lie on the resized objects and ``canvas / scale`` maps back
+    exactly. The valid region is ``(round(h * scale), round(w * scale))`` (its last row or column may be up
+    to half a pixel past the scaled image, filled from the edge).
     """
 
     def __init__(self, size: int) -> None:
@@ -384,9 +387,16 @@ class EvalTransform:
         h, w = image.shape[:2]
         scale = self.size / max(h, w)
         new_h, new_w = min(self.size, max(1, round(h * scale))), min(self.size, max(1, round(w * scale)))
+        # Resizing to (new_w, new_h) would scale each axis by its rounded side (new_w / w, new_h / h), up to
+        # half a canvas pixel off `scale` on the short side; fx = fy = scale keeps one factor, and cv2 then
+        # gives the same (new_h, new_w). A side that rounds to 0 needs the explicit size (at least 1 pixel).
+        if round(min(h, w) * scale) >= 1:
+            factors = {"dsize": None, "fx": scale, "fy": scale}
+        else:
+            factors = {"dsize": (new_w, new_h)}
         if (new_h, new_w) != (h, w):
             interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-            image = cv2.resize(image, (new_w, new_h), interpolation=interp)
+            image = cv2.resize(image, **factors, interpolation=interp)
         boxes = np.zeros((0, 4), np.float32) if boxes is None else boxes
         out_boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         out_labels = np.zeros(0, np.int64) if labels is None else np.asarray(labels, np.int64).reshape(-1)
@@ -396,7 +406,7 @@ class EvalTransform:
                 masks = masks.to_dense()
             out_masks = np.zeros((len(masks), self.size, self.size), dtype=np.uint8)
             for i, mask in enumerate(masks):
-                resized = cv2.resize(mask, (new_w, new_h), interpolation=cv2.INTER_NEAREST_EXACT)
+                resized = cv2.resize(mask, **factors, interpolation=cv2.INTER_NEAREST_EXACT)
                 out_masks[i, :new_h, :new_w] = resized
         return TransformOutput(
             image=_to_chw_tensor(_pad_bottom_right(image, self.size)),
