@@ -99,6 +99,33 @@ def test_ade20k_test_subcommand_prints_table_and_metrics(ade_root, tmp_path, cap
     assert report["mIoU"] == metrics["mIoU"] and len(report["per_class"]) == 150
 
 
+def test_test_subcommand_leaves_out_a_bad_image_under_skip(tmp_path, capsys, caplog):
+    """One image per batch: the bad one's batch is empty (None) and passed over; the good one is scored."""
+    root = tmp_path / "ade"
+    base = write_shapes_semseg(root, num_train=1, num_val=2, seed=3)
+    bad = sorted((base / "annotations" / "validation").glob("*.png"))[0]
+    Image.fromarray(np.full((240, 320), 200, np.uint8)).save(bad)  # 200 - 1 is no ADE20K class
+    main(
+        [
+            "test",
+            "--config",
+            str(RECIPES / "ade20k_semseg.yaml"),
+            "--config",
+            str(_override_file(tmp_path, "ade20k_semseg")),
+            f"--data.init_args.root={root}",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.eval_batch_size=1",
+            "--data.init_args.on_bad_data=skip",
+            *TRAINER,
+            "--trainer.fast_dev_run=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["split"] == "test" and np.isfinite(metrics["mIoU"])
+    assert f"{bad}: label values" in caplog.text
+
+
 CAMVID_NAMES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "Sign, symbol", "Fence", "Car"]
 CAMVID_NAMES += ["Pedestrian", "Bicyclist"]
 

@@ -311,6 +311,15 @@ def test_corrupt_image_skipped_returns_another_sample(make_coco: MakeCoco) -> No
     assert ds.skipped == {"corrupt_image": 1}  # counted once; the bad index is remembered
 
 
+def test_corrupt_image_skipped_in_evaluation_is_left_out_not_replaced(make_coco: MakeCoco) -> None:
+    root, ann_file, _ = _corrupt_set(make_coco)
+    ds = CocoDetection(root, ann_file, EvalTransform(56), evaluation="bbox", on_bad_data="skip")
+    loader = DataLoader(ds, batch_size=2, collate_fn=collate_detection)
+    assert [[t["image_id"] for t in targets] for _, targets in loader] == [[1]], "image 1 is scored once"
+    assert ds[1] is None and ds.skipped == {"corrupt_image": 1}
+    assert collate_detection([None]) is None, "a batch of skipped images only is None"
+
+
 def test_size_mismatch_is_bad_data(make_coco: MakeCoco) -> None:
     root, ann_file = make_coco([IMG], [_ann(1, [2, 2, 6, 6])])
     Image.new("RGB", (40, 28)).save(root / IMG["file_name"])

@@ -184,10 +184,15 @@ def test_out_of_range_values_found_at_load_time(tmp_path: Path) -> None:
     with pytest.raises(BadDataError, match=r"a_bad\.png: label values \{7\} are not in \[0, 3\)"):
         strict[0]
     lenient = _eval(images, labels, on_bad_data="skip")
-    assert lenient[0][1]["file_name"].endswith("b_good.jpg"), "a bad sample is replaced by the next one"
+    assert lenient[0] is None, "evaluation: a bad sample is left out, not replaced by one scored twice"
     assert lenient.skipped == {"label_out_of_range": 1}
-    assert lenient[0][1]["file_name"].endswith("b_good.jpg")
+    assert lenient[0] is None
     assert lenient.skipped == {"label_out_of_range": 1}, "a known bad sample is not reported twice"
+    assert lenient[1][1]["file_name"].endswith("b_good.jpg")
+    train = SegmentationFolder(
+        images, labels, SegmentationTrainTransform(28, (60, 40)), num_classes=3, on_bad_data="skip"
+    )
+    assert train[0][1]["label"].shape == (28, 28), "training: a bad sample is replaced by the next one"
 
 
 def test_missing_folder_names_the_argument(tmp_path: Path) -> None:
@@ -235,6 +240,28 @@ def test_folder_datamodule(tmp_path: Path) -> None:
     assert dm.test_dataset is dm.val_dataset, "test defaults to the validation split"
     images, targets = next(iter(dm.predict_dataloader()))
     assert set(targets[0]) == {"image_id", "orig_size", "image_size", "file_name"}
+
+
+@pytest.mark.parametrize("eval_batch_size", [1, 2])
+def test_evaluation_scores_each_good_image_once_and_leaves_a_bad_one_out(
+    tmp_path: Path, eval_batch_size: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bad sample found at load time is not replaced by the next image, which would be scored twice."""
+    images, labels = tmp_path / "img", tmp_path / "lbl"
+    _write_pair(images, labels, "a_bad", _label(values=(0, 1, 7)))
+    for stem in ("b_good", "c_good"):
+        _write_pair(images, labels, stem, _label())
+    paths = [str(images), str(labels), str(images), str(labels)]
+    dm = SegmentationFolderDataModule(
+        *paths, num_classes=3, crop_size=56, scale=(60, 40), eval_batch_size=eval_batch_size, num_workers=0,
+        on_bad_data="skip",
+    )  # fmt: skip
+    dm.setup("validate")
+    batches = list(dm.val_dataloader())
+    scored = [Path(t["file_name"]).stem for batch in batches if batch is not None for t in batch[1]]
+    assert scored == ["b_good", "c_good"]
+    assert (batches[0] is None) == (eval_batch_size == 1), "a batch of bad samples only is None"
+    assert "a_bad.png: label values {7}" in caplog.text
 
 
 def test_datamodule_names_the_split_argument_of_a_missing_folder(tmp_path: Path) -> None:

@@ -101,3 +101,10 @@ def test_evaluation_and_prediction_paste_one_image_at_a_time(shapes, tmp_path, m
     with torch.no_grad():
         outputs = task.eval().predict_step(next(iter(shapes.val_dataloader())), 0)
     assert len(outputs) == 2 and pasted_at_once == [1, 1, 1, 1]
+
+
+def test_a_batch_of_skipped_images_only_is_passed_over(shapes):
+    """collate_detection gives None when every evaluation image of a batch was skipped as bad."""
+    task = DetectionTask(shapes.num_classes, _detector)
+    assert task.validation_step(None, 0) is None and task.test_step(None, 0) is None
+    assert task.evaluator.results == {}

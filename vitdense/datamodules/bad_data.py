@@ -68,7 +68,9 @@ class CheckedDataset(Dataset):
     ``skipped`` by kind. A record that fails when it is loaded (decoding, checks that need the pixels, or
     the transform) raises under ``"error"``, always with its file and record in the message; otherwise it
     is remembered and the next record that loads is returned in its place (counts made in DataLoader
-    workers stay in those processes; :meth:`verify` + :meth:`exclude` find them up front instead).
+    workers stay in those processes; :meth:`verify` + :meth:`exclude` find them up front instead). An
+    evaluation split (``replace_bad`` False) returns None instead, which the collate functions drop: a
+    replacement would be scored twice, and the record is left out of the scores.
 
     Subclasses build their records in ``__init__`` and implement :meth:`__len__`, :meth:`_where`,
     :meth:`_read`, :meth:`_sample`, :meth:`_keep` and optionally :meth:`_notes`.
@@ -78,6 +80,7 @@ class CheckedDataset(Dataset):
     """
 
     source: str = "dataset"  # what messages about the whole dataset name (a file or folders)
+    replace_bad: bool = True  # False for evaluation: a record that fails to load yields None
 
     def __init__(self, on_bad_data: Policy) -> None:
         if on_bad_data not in ("error", "skip", "collect"):
@@ -162,7 +165,8 @@ class CheckedDataset(Dataset):
     # --------------------------------------------------------------------------------------- loading
 
     def __getitem__(self, index: int) -> Any:
-        """Sample ``index``, or under ``"skip"``/``"collect"`` the next record that loads.
+        """Sample ``index``, or under ``"skip"``/``"collect"`` the next record that loads (None when
+        ``replace_bad`` is False).
 
         Raises:
             BadDataError: under ``"error"``, naming the file and the record, whatever went wrong
@@ -172,6 +176,8 @@ class CheckedDataset(Dataset):
         for step in range(count):
             i = (index + step) % count
             if i in self._bad_indices:
+                if not self.replace_bad:
+                    return None
                 continue
             try:
                 return self._sample(i, self._read(i))
@@ -183,6 +189,8 @@ class CheckedDataset(Dataset):
                     raise BadDataError(finding.message, finding) from exc
             self._bad_indices.add(i)
             self._count(finding)
+            if not self.replace_bad:
+                return None
         raise BadDataError(f"{self.source}: none of its {count} records loads; see the messages logged above")
 
     def verify(self, index: int) -> list[Finding]:

@@ -361,8 +361,9 @@ class CocoDetection(CheckedDataset):
     image that does not decode or whose size differs from its record. Under ``on_bad_data="error"`` they
     raise :class:`BadDataError` naming the file and the record; under ``"skip"`` they are dropped, logged
     once each and counted in ``skipped`` by kind, and a record that fails to load is replaced by the next
-    one (counts made in DataLoader workers stay in those processes). An image whose annotations were all
-    dropped is not kept as a negative. Other image modes (grayscale, alpha, palette, 16-bit, float) and
+    one, or on an ``evaluation`` split yields None, which :func:`collate_detection` drops (the image is then
+    not scored; counts made in DataLoader workers stay in those processes). An image whose annotations were
+    all dropped is not kept as a negative. Other image modes (grayscale, alpha, palette, 16-bit, float) and
     EXIF orientations are converted on load.
 
     Args:
@@ -397,6 +398,7 @@ class CocoDetection(CheckedDataset):
         if evaluation not in (None, "bbox", "segm"):
             raise ValueError(f"evaluation={evaluation!r}; use None, 'bbox' or 'segm'")
         self.evaluation = evaluation
+        self.replace_bad = evaluation is None  # an evaluated replacement would be scored twice
         self.images_root = Path(images_root)
         self.annotation_file = Path(annotation_file)
         self.source = str(self.annotation_file)

@@ -11,12 +11,14 @@ __all__ = ["collate_detection", "collate_segmentation"]
 
 
 def collate_detection(
-    batch: list[tuple[torch.Tensor, dict[str, Any]]], size_divisibility: int = 56
-) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    batch: list[tuple[torch.Tensor, dict[str, Any]] | None], size_divisibility: int = 56
+) -> tuple[torch.Tensor, list[dict[str, Any]]] | None:
     """Stack images into one padded batch and keep targets as a list.
 
     Args:
-        batch: ``(image, target)`` pairs; ``image`` is ``uint8`` ``(3, H_i, W_i)``.
+        batch: ``(image, target)`` pairs; ``image`` is ``uint8`` ``(3, H_i, W_i)``. None entries (evaluation
+            records skipped as bad, see :class:`~vitdense.datamodules.bad_data.CheckedDataset`) are dropped;
+            a batch of them only is None, which the tasks' evaluation steps pass over.
         size_divisibility: the batch height and width are the largest ``H_i``/``W_i`` rounded up to a
             multiple of this (56 = 4 x the ViT patch 14, so every pyramid level has integer size).
 
@@ -24,6 +26,9 @@ def collate_detection(
         ``images``: ``uint8`` ``(B, 3, H, W)``, each image top-left with zero padding bottom/right;
         ``targets``: the per-sample dicts, with ``"masks"`` (if any) zero padded to ``(N, H, W)``.
     """
+    if batch and all(sample is None for sample in batch):
+        return None
+    batch = [sample for sample in batch if sample is not None]
     if not batch:
         raise ValueError("collate_detection: got an empty batch")
     images = [image for image, _ in batch]
@@ -43,15 +48,16 @@ def collate_detection(
 
 
 def collate_segmentation(
-    batch: list[tuple[torch.Tensor, dict[str, Any]]], size_divisibility: int = 14
-) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    batch: list[tuple[torch.Tensor, dict[str, Any]] | None], size_divisibility: int = 14
+) -> tuple[torch.Tensor, list[dict[str, Any]]] | None:
     """Pad images into one batch and keep targets as a list (labels are not stacked or padded).
 
     Training labels are all ``(C, C)`` and the task stacks them; evaluation labels stay at each image's
     original resolution, so they cannot be stacked.
 
     Args:
-        batch: ``(image, target)`` pairs; ``image`` is ``uint8`` ``(3, h_i, w_i)``.
+        batch: ``(image, target)`` pairs; ``image`` is ``uint8`` ``(3, h_i, w_i)``; None entries are dropped
+            as in :func:`collate_detection`.
         size_divisibility: the batch height and width are the largest ``h_i``/``w_i`` rounded up to a
             multiple of this (14, the ViT patch).
 
@@ -59,6 +65,9 @@ def collate_segmentation(
         ``images``: ``uint8`` ``(B, 3, H, W)``, each image top-left with zero padding bottom/right;
         ``targets``: the per-sample dicts, unchanged.
     """
+    if batch and all(sample is None for sample in batch):
+        return None
+    batch = [sample for sample in batch if sample is not None]
     if not batch:
         raise ValueError("collate_segmentation: got an empty batch")
     if size_divisibility < 1:

@@ -229,9 +229,10 @@ class SegmentationFolder(CheckedDataset):
     image is allowed for); at load time, out-of-range label values, sizes that differ, and undecodable
     files. Under ``on_bad_data="error"`` they raise :class:`BadDataError` naming the file and the pair's
     stem; under ``"skip"`` they are logged and counted in ``skipped`` by kind, and a bad sample found at
-    load time is replaced by the next good one (counts made in DataLoader workers stay in those
-    processes). Images of other modes (grayscale, alpha, palette, 16-bit, float) and EXIF orientations
-    are converted on load.
+    load time is replaced by the next good one in training, and in evaluation yields None, which
+    :func:`collate_segmentation` drops (a replacement would be scored twice; counts made in DataLoader
+    workers stay in those processes). Images of other modes (grayscale, alpha, palette, 16-bit, float) and
+    EXIF orientations are converted on load.
 
     Args:
         images: image folder (any of ``IMAGE_EXTENSIONS``; searched recursively).
@@ -263,6 +264,7 @@ class SegmentationFolder(CheckedDataset):
         self.source = f"{self.images} + {self.labels}"
         self.transform = transform
         self.train = isinstance(transform, SegmentationTrainTransform)
+        self.replace_bad = self.train
         self.mapping = LabelMapping(num_classes, ignore_index, reduce_zero_label)
         self._pairs = self._build_pairs()
         self._log_skips()

@@ -134,18 +134,20 @@ class DetectionTask(VitDenseTask):
         )
         return pasted
 
-    def _evaluation_step(self, batch: Batch) -> list[dict[str, torch.Tensor]]:
+    def _evaluation_step(self, batch: Batch | None) -> list[dict[str, torch.Tensor]] | None:
+        if batch is None:  # every image of the batch was skipped as bad (see collate_detection)
+            return None
         detections = self._detect(batch)
         for target, detection in zip(batch[1], detections, strict=True):
             # One image's full-resolution masks at a time: 100 on a 12 MP photo take 1.2 GB.
             self.evaluator.update(int(target["image_id"]), self._paste(detection, target), self.category_ids)
         return detections
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
+    def validation_step(self, batch: Batch | None, batch_idx: int) -> list[dict[str, torch.Tensor]] | None:
         """Scores the batch; returns its detections in the canvas frame (for image logging)."""
         return self._evaluation_step(batch)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
+    def test_step(self, batch: Batch | None, batch_idx: int) -> list[dict[str, torch.Tensor]] | None:
         return self._evaluation_step(batch)
 
     def draw_predictions(

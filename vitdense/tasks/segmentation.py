@@ -163,17 +163,19 @@ class SemanticSegmentationTask(VitDenseTask):
         crop, stride = self.sliding_window
         return slide_inference(self.model, images, image_sizes, orig_sizes, crop, stride)
 
-    def _evaluation_step(self, batch: Batch) -> list[torch.Tensor]:
+    def _evaluation_step(self, batch: Batch | None) -> list[torch.Tensor] | None:
+        if batch is None:  # every image of the batch was skipped as bad (see collate_segmentation)
+            return None
         predictions = [logits.argmax(dim=0) for logits in self._original_logits(batch)]
         for target, prediction in zip(batch[1], predictions, strict=True):
             self.confmat.update(prediction, target["label"])
         return predictions
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> list[torch.Tensor]:
+    def validation_step(self, batch: Batch | None, batch_idx: int) -> list[torch.Tensor] | None:
         """Scores the batch; returns its label maps at original resolution (for image logging)."""
         return self._evaluation_step(batch)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> list[torch.Tensor]:
+    def test_step(self, batch: Batch | None, batch_idx: int) -> list[torch.Tensor] | None:
         return self._evaluation_step(batch)
 
     def draw_predictions(self, batch: Batch, label_maps: list[torch.Tensor], **_: Any) -> list[torch.Tensor]:
