@@ -1,13 +1,19 @@
 """Pasting per-box Mask R-CNN masks into the image, vectorised over boxes.
 
-torchvision's `paste_masks_in_image` pastes one mask at a time (pad, integer box, `F.interpolate`, copy into a
-zero float (H, W) canvas), then stacks the canvases: a Python loop of small kernels per mask, and N float
-canvases before any threshold. `paste_masks` computes the same bilinear samples for all boxes at once, only
-inside each box's clipped region, and writes the thresholded result straight into one bool (N, H, W) tensor.
+A box's M x M mask covers the box exactly: mask bin (i, j) spans `[x1 + j * w / M, x1 + (j + 1) * w / M]` and
+its value sits at the bin's centre, and each image pixel takes the bilinear value at its own centre
+(`x + 0.5`), zero past the mask's outer bin centres (detectron2's `paste_masks_in_image`, i.e. `grid_sample`
+with `align_corners=False` and zero padding). A box-aligned all-ones mask pastes back to exactly the
+pixels whose centres are inside the box. torchvision's `paste_masks_in_image` instead pads the mask, widens
+the box by (M + 2) / M, truncates it to integers and adds a pixel: masks come out about a pixel too large on
+every side (an 8 x 8 square pastes back 56 % larger).
+
+`paste_masks` computes the samples for all boxes at once, only inside each box's clipped region, and writes
+the thresholded result straight into one bool (N, H, W) tensor, instead of a Python loop of small kernels per
+mask and N float canvases before any threshold.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["paste_masks"]
@@ -20,19 +26,15 @@ def paste_masks(
     threshold: float | None = 0.5,
     chunk_elements: int | None = None,
 ) -> Tensor:
-    """Paste per-box masks into an image: torchvision's `paste_masks_in_image(...)[:, 0] > threshold`.
+    """Paste per-box masks into an image, each pixel sampled at its centre (see the module docstring).
 
-    Same arithmetic as torchvision: each mask is padded by one zero pixel per side, its box is scaled by
-    (M + 2) / M about its centre and truncated to integers, the padded mask is resampled to the integer box
-    size (x2 - x1 + 1, y2 - y1 + 1) by bilinear `align_corners=False` sampling, and the part inside the
-    image is kept. Probabilities equal torchvision's up to the rounding of the interpolation arithmetic (a
-    few float32 ulps; one ulp of `masks.dtype` for bf16 / fp16, whose CPU kernel rounds some weights), so a
-    thresholded pixel can differ only where the probability is that close to the threshold. Boxes wholly
-    outside the image paste nothing (torchvision raises for most of them).
+    Probabilities equal `grid_sample(masks, grid, align_corners=False)` with the grid at the pixel centres
+    mapped into each box, up to float rounding. Boxes with no pixel centre within half a mask bin of them
+    paste nothing.
 
     Args:
-        masks: (N, 1, M, M) probabilities, any float dtype. As in `F.interpolate`, bf16 / fp16 are resampled
-            in float32 and rounded back to their dtype before thresholding.
+        masks: (N, 1, M, M) probabilities, any float dtype; bf16 / fp16 are resampled in float32 and rounded
+            back to their dtype before thresholding.
         boxes: (N, 4) float `[x1, y1, x2, y2]` pixels in the frame of the target image, on `masks`' device.
         image_size: (h, w) of the target image.
         threshold: a pixel is foreground where its pasted probability is strictly above it (>= 0). None
@@ -58,27 +60,23 @@ def paste_masks(
     if out.numel() == 0:
         return out.view(num, im_h, im_w)
 
-    # F.interpolate's accumulation type: float64 stays float64, the rest runs in float32.
     compute = torch.float64 if masks.dtype == torch.float64 else torch.float32
-    padded = F.pad(masks[:, 0].to(compute), (1, 1, 1, 1))  # (N, M + 2, M + 2)
-    in_h, in_w = padded.shape[-2:]
-
-    # Integer boxes exactly as torchvision's expand_boxes(boxes, (M + 2) / M).to(torch.int64).
-    scale = float(masks.shape[-1] + 2) / masks.shape[-1]
-    w_half = (boxes[:, 2] - boxes[:, 0]) * 0.5
-    h_half = (boxes[:, 3] - boxes[:, 1]) * 0.5
-    x_c = (boxes[:, 2] + boxes[:, 0]) * 0.5
-    y_c = (boxes[:, 3] + boxes[:, 1]) * 0.5
-    w_half *= scale
-    h_half *= scale
-    x1, x2 = (x_c - w_half).to(torch.int64), (x_c + w_half).to(torch.int64)
-    y1, y2 = (y_c - h_half).to(torch.int64), (y_c + h_half).to(torch.int64)
-    box_w, box_h = (x2 - x1 + 1).clamp(min=1), (y2 - y1 + 1).clamp(min=1)
-    # The part of each resampled box inside the image: columns [cx1, cx1 + cw), rows [cy1, cy1 + ch).
-    cx1, cy1 = x1.clamp(min=0), y1.clamp(min=0)
-    cw = ((x2 + 1).clamp(max=im_w) - cx1).clamp(min=0)
-    ch = ((y2 + 1).clamp(max=im_h) - cy1).clamp(min=0)
-    geometry = torch.stack([x1, y1, box_w, box_h, cx1, cy1, cw, ch], 1)  # (N, 8), indexed once per chunk
+    src = masks[:, 0].to(compute)  # (N, M, M)
+    size = src.shape[-1]
+    # Sample positions in float64 (cheap: one per row and column): a pixel centre minus a box edge loses
+    # digits in float32 far from the origin, which the bins per pixel of a small box would magnify.
+    boxes = boxes.to(torch.float64)
+    # Mask bins per pixel along x and y (a zero-size box gets a huge finite one: it pastes nothing).
+    bins_x = size / (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-6)
+    bins_y = size / (boxes[:, 3] - boxes[:, 1]).clamp(min=1e-6)
+    frame = torch.stack([boxes[:, 0], boxes[:, 1], bins_x, bins_y], 1)  # (N, 4), indexed once per chunk
+    # Pixels whose value can be non-zero: centres less than half a bin outside the box. One bin of margin
+    # keeps the integer bounds safe from rounding; the extra pixels get zero weights.
+    x1 = (boxes[:, 0] - 1 / bins_x).floor().clamp(0, im_w).to(torch.int64)
+    y1 = (boxes[:, 1] - 1 / bins_y).floor().clamp(0, im_h).to(torch.int64)
+    cw = (boxes[:, 2] + 1 / bins_x).ceil().clamp(0, im_w).to(torch.int64) - x1
+    ch = (boxes[:, 3] + 1 / bins_y).ceil().clamp(0, im_h).to(torch.int64) - y1
+    region = torch.stack([x1, y1, cw, ch], 1)  # (N, 4): columns [x1, x1 + cw), rows [y1, y1 + ch)
 
     default_budget, min_fill, windowed = _layout(device)
     budget = chunk_elements or default_budget
@@ -86,32 +84,56 @@ def paste_masks(
     for members, rows_total, width in _chunks(sizes, budget, min_fill):
         n = len(members)
         idx = torch.tensor(members, device=device)
-        x1_, y1_, box_w_, box_h_, cx1_, cy1_, cw_, ch_ = geometry[idx].unbind(1)
+        box_x1, box_y1, bins_x_, bins_y_ = frame[idx].unbind(1)
+        cx1, cy1, cw_, ch_ = region[idx].unbind(1)
         # Each box fills rows of `width` pixels from column `start`, moved left where needed to keep the row
-        # inside the image; the row's pixels outside the box get zero weights, hence probability 0.
-        start = cx1_.clamp(max=im_w - width)
+        # inside the image; the row's pixels outside the region get zero weights, hence probability 0.
+        start = cx1.clamp(max=im_w - width)
         cols = start[:, None] + torch.arange(width, device=device)  # (n, width) image columns
-        ix0, ix1, lx0, lx1 = _linear_indices(cols - x1_[:, None], in_w, box_w_[:, None], compute)
-        outside = (cols < cx1_[:, None]) | (cols >= (cx1_ + cw_)[:, None])
+        ix0, ix1, lx0, lx1 = _bilinear_taps(cols, box_x1[:, None], bins_x_[:, None], size, compute)
+        outside = (cols < cx1[:, None]) | (cols >= (cx1 + cw_)[:, None])
         lx0, lx1 = lx0.masked_fill(outside, 0), lx1.masked_fill(outside, 0)
-        # Width first, then height, in the order F.interpolate's CPU kernel accumulates.
-        src = padded[idx]
-        along_w = _take_cols(src, ix0) * lx0[:, None] + _take_cols(src, ix1) * lx1[:, None]
-        along_w = along_w.view(n * in_h, width)
-        # Only rows inside the image are computed: chunk row r is row r - first_row[box] of box `box`.
+        along_w = _take_cols(src[idx], ix0) * lx0[:, None] + _take_cols(src[idx], ix1) * lx1[:, None]
+        along_w = along_w.view(n * size, width)
+        # Only rows inside the region are computed: chunk row r is row r - first_row[box] of box `box`.
         box = torch.repeat_interleave(torch.arange(n, device=device), ch_, output_size=rows_total)
-        per_box = torch.stack([idx, y1_, box_h_, cy1_ - (ch_.cumsum(0) - ch_), start], 1)[box]
-        idx_r, y1_r, box_h_r, row_offset, start_r = per_box.unbind(1)
+        per_box = torch.stack([idx, cy1 - (ch_.cumsum(0) - ch_), start], 1)[box]
+        idx_r, row_offset, start_r = per_box.unbind(1)
         img_row = row_offset + torch.arange(rows_total, device=device)
-        iy0, iy1, ly0, ly1 = _linear_indices(img_row - y1_r, in_h, box_h_r, compute)
-        value = along_w.index_select(0, box * in_h + iy0).mul_(ly0[:, None])
-        value += along_w.index_select(0, box * in_h + iy1).mul_(ly1[:, None])  # (rows_total, width)
+        iy0, iy1, ly0, ly1 = _bilinear_taps(img_row, box_y1[box], bins_y_[box], size, compute)
+        value = along_w.index_select(0, box * size + iy0).mul_(ly0[:, None])
+        value += along_w.index_select(0, box * size + iy1).mul_(ly1[:, None])  # (rows_total, width)
         value = value.to(masks.dtype)
         if threshold is not None:
             value = value > threshold
         first = idx_r * (im_h * im_w) + img_row * im_w + start_r
         _write_rows(out, first, value, windowed)
     return out.view(num, im_h, im_w)
+
+
+def _bilinear_taps(
+    pixels: Tensor, start: Tensor, bins_per_pixel: Tensor, size: int, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Mask indices and weights of bilinear sampling at pixel centres, zero outside the mask.
+
+    Args:
+        pixels: int64 image pixel indices along one axis.
+        start: the box's first coordinate along that axis (float), broadcastable to `pixels`.
+        bins_per_pixel: mask bins per image pixel (M / box length), broadcastable to `pixels`.
+        size: mask length M.
+        dtype: dtype of the returned weights.
+
+    Returns:
+        int64 indices i0, i1 in [0, M) and `dtype` weights l0, l1 of `pixels`' shape: value =
+        mask[i0] * l0 + mask[i1] * l1, where a tap outside the mask has weight 0.
+    """
+    real = (pixels.to(start.dtype) + 0.5 - start) * bins_per_pixel - 0.5  # in mask bin indices
+    i0 = real.floor()
+    l1 = real - i0
+    l0 = (1 - l1).masked_fill((i0 < 0) | (i0 >= size), 0)
+    l1 = l1.masked_fill((i0 < -1) | (i0 >= size - 1), 0)
+    i0 = i0.clamp(-1, size - 1).to(torch.int64)  # clamped after the weights: `real` may be far outside
+    return i0.clamp(min=0), (i0 + 1).clamp(max=size - 1), l0.to(dtype), l1.to(dtype)
 
 
 def _layout(device: torch.device) -> tuple[int, float, bool]:
@@ -168,29 +190,6 @@ def _chunks(sizes: list[list[int]], budget: int, min_fill: float) -> list[tuple[
     if members:
         chunks.append((members, rows, width))
     return chunks
-
-
-def _linear_indices(
-    dst: Tensor, in_size: int, out_size: Tensor, dtype: torch.dtype
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Source indices and weights of bilinear `align_corners=False` resampling, as ATen's upsample kernels.
-
-    Args:
-        dst: int64 destination indices along one axis, resampled from `in_size` to `out_size` pixels.
-        in_size: source length along that axis.
-        out_size: int64 destination lengths, broadcastable to `dst`.
-        dtype: accumulation dtype.
-
-    Returns:
-        int64 indices i0, i1 and weights l0, l1 of `dst`'s shape: value = src[i0] * l0 + src[i1] * l1.
-    """
-    # float(in) / out as ATen computes it (in * out.reciprocal() would round differently).
-    ratio = torch.full_like(out_size, in_size, dtype=dtype) / out_size.to(dtype)
-    real = ((dst.to(dtype) + 0.5) * ratio - 0.5).clamp(min=0)
-    i0 = real.floor().to(torch.int64).clamp(max=in_size - 1)
-    l1 = (real - i0.to(dtype)).clamp(0, 1)
-    i1 = i0 + (i0 < in_size - 1).to(torch.int64)
-    return i0, i1, 1 - l1, l1
 
 
 def _take_cols(src: Tensor, index: Tensor) -> Tensor:
