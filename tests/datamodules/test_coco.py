@@ -131,6 +131,25 @@ def test_validation_split_uses_training_label_mapping(make_coco: MakeCoco, tmp_p
     assert dm.val_dataset[0][1]["labels"].tolist() == [2]
 
 
+def test_evaluation_file_with_other_category_names_fails_at_setup(
+    make_coco: MakeCoco, tmp_path: Path
+) -> None:
+    root, train_file = make_coco([IMG], [_ann(1, [1, 1, 5, 5], cid=2)])
+    val_file = tmp_path / "val.json"
+    cats = [{"id": 1, "name": "b"}, {"id": 2, "name": "a"}]  # the same ids, swapped names
+    val_file.write_text(json.dumps(json.loads(train_file.read_text()) | {"categories": cats}))
+    dm = CocoDataModule(str(root), str(train_file), str(root), str(val_file), image_size=56, num_workers=0)
+    message = (
+        r"val\.json \(the val annotations\) and the training file .*annotations\.json disagree on "
+        r"categories: id 1 is 'b' there, 'a' in training; id 2 is 'a' there, 'b' in training; give the val"
+    )
+    with pytest.raises(BadDataError, match=message):
+        dm.setup("validate")
+    val_file.write_text(json.dumps(json.loads(train_file.read_text()) | {"categories": [cats[0]]}))
+    with pytest.raises(BadDataError, match=r"id 2 \('b' in training\) is annotated but not a category"):
+        CocoDataModule(str(root), str(train_file), str(root), str(val_file), image_size=56).setup("test")
+
+
 def test_rle_and_polygon_masks_decode_to_the_right_pixels(make_coco: MakeCoco) -> None:
     rng = np.random.default_rng(0)
     blob_a = np.zeros((28, 56), np.uint8)
@@ -444,10 +463,11 @@ def test_a_split_without_samples_raises_at_setup(
     make_coco: MakeCoco, shapes: dict[str, Path], case: str
 ) -> None:
     """Lightning would run no step and exit 0 ("No training batches"): setup must stop instead."""
+    cats = json.loads(shapes["val_annotations"].read_text())["categories"]  # the same as validation's
     if case == "no_images":
-        root, ann_file = make_coco([], [])
+        root, ann_file = make_coco([], [], cats)
     else:
-        root, ann_file = make_coco([IMG], [_ann(1, [1, 1, 0, 0])])
+        root, ann_file = make_coco([IMG], [_ann(1, [1, 1, 0, 0])], cats)
     dm = CocoDataModule(
         train_images=str(root),
         train_annotations=str(ann_file),

@@ -915,16 +915,47 @@ class CocoDataModule(SplitDataModule):
                 keep_empty_images=self.keep_empty_images,
                 on_bad_data=on_bad_data,
             )
+        coco = load_coco(annotations)
+        self._check_categories(coco, annotations, split)
         return CocoDetection(
             images,
             annotations,
             EvalTransform(self.image_size),
             category_ids=self._category_ids,
+            coco=coco,
             masks=False,
             keep_empty_images=True,  # evaluation covers every image of the file
             evaluation="segm" if self.masks else "bbox",
             on_bad_data=on_bad_data,
         )
+
+    def _check_categories(self, coco: COCO, annotation_file: str, split: str) -> None:
+        """Raise when ``split``'s file gives a training category id another name, or leaves out one its
+        annotations use: COCOeval would score the detections of that class against other objects, or not
+        at all. Categories of the training file that the split lacks and never uses are fine (a subset).
+
+        Raises:
+            BadDataError: under every policy, naming both files and the differing ids.
+        """
+        ids, names = categories_of(coco, annotation_file, keep_background_category=True, warn=False)
+        theirs = dict(zip(ids, names, strict=True))
+        used = {ann.get("category_id") for ann in coco.dataset["annotations"]}
+        differences = []
+        for category_id, name in zip(self._category_ids, self._class_names, strict=True):
+            if category_id in theirs and theirs[category_id] != name:
+                differences.append(f"id {category_id} is {theirs[category_id]!r} there, {name!r} in training")
+            elif category_id not in theirs and category_id in used:
+                differences.append(f"id {category_id} ({name!r} in training) is annotated but not a category")
+        if differences:
+            shown = "; ".join(differences[:10]) + ("; ..." if len(differences) > 10 else "")
+            message = (
+                f"{annotation_file} (the {split} annotations) and the training file {self.train_annotations} "
+                f"disagree on categories: {shown}; give the {split} file the training file's categories "
+                "(same id, same name), or remap its category ids"
+            )
+            raise BadDataError(
+                message, Finding("category_mismatch", message, str(annotation_file), "categories")
+            )
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets ``stage`` needs (``fit``, ``validate``, ``test``, ``predict`` or None: all).
