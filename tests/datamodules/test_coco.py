@@ -458,6 +458,28 @@ def test_dataloaders_and_test_default_to_val(shapes: dict[str, Path], tmp_path: 
     assert not dm.train_dataloader().persistent_workers
 
 
+@pytest.mark.parametrize(
+    ("split", "case"), [("train", "no_annotations"), ("val", "no_annotations"), ("val", "all_bad_skipped")]
+)
+def test_a_split_without_objects_raises_at_setup(
+    make_coco: MakeCoco, shapes: dict[str, Path], split: str, case: str
+) -> None:
+    """Training would learn background only and AP would be -1, and either run would exit 0."""
+    cats = json.loads(shapes["val_annotations"].read_text())["categories"]
+    root, ann_file = make_coco(
+        [IMG], [] if case == "no_annotations" else [_ann(1, [1, 1, 5, 5]) | {"bbox": "x"}], cats
+    )
+    files = {key: str(value) for key, value in shapes.items()}
+    files |= {f"{split}_images": str(root), f"{split}_annotations": str(ann_file)}
+    dm = CocoDataModule(**files, image_size=56, num_workers=0, on_bad_data="skip")
+    use = "train on" if split == "train" else "score"
+    message = f"the {split} split has 1 image\\(s\\) but not one object \\(crowd regions aside\\) to {use}"
+    with pytest.raises(BadDataError, match=message) as info:
+        dm.setup("fit")
+    assert str(ann_file) in str(info.value)
+    assert ("malformed_box" in str(info.value)) == (case == "all_bad_skipped")
+
+
 @pytest.mark.parametrize("case", ["no_images", "all_bad_skipped"])
 def test_a_split_without_samples_raises_at_setup(
     make_coco: MakeCoco, shapes: dict[str, Path], case: str

@@ -414,8 +414,10 @@ class CocoDetection(CheckedDataset):
             names = dict(zip(file_ids, file_names))
             self.category_ids = list(category_ids)
             self.class_names = [names.get(i, str(i)) for i in self.category_ids]
+        records = self._build_records()
+        self._instance_counts = np.asarray([len(r.instances) for r in records], dtype=np.int64)
         # Packed: DataLoader workers then share the records instead of copying them (see PackedRecords).
-        self._records = PackedRecords(self._build_records())
+        self._records = PackedRecords(records)
         self.image_ids = [r.image_id for r in self._records]
         self._log_skips()
 
@@ -694,12 +696,23 @@ class CocoDetection(CheckedDataset):
     def __len__(self) -> int:
         return len(self._records)
 
+    @property
+    def num_objects(self) -> int:
+        """Objects of the kept images: those training learns from, or on an ``evaluation`` split the non-crowd
+        ground truth that AP scores (without any, COCOeval reports -1 and a run would still exit 0)."""
+        if self.evaluation is None:
+            return int(self._instance_counts.sum())
+        kept = set(self.image_ids)
+        annotations = self.coco.dataset["annotations"]
+        return sum(1 for ann in annotations if ann["image_id"] in kept and not ann.get("iscrowd", 0))
+
     def _where(self, index: int) -> tuple[str, str]:
         rec = self._records[index]
         return rec.path, f"image id {rec.image_id}"
 
     def _keep(self, indices: list[int]) -> None:
         self._records = PackedRecords(self._records[i] for i in indices)
+        self._instance_counts = self._instance_counts[indices]
         self.image_ids = [r.image_id for r in self._records]
 
     def _read(self, index: int) -> tuple[np.ndarray, InstanceMasks | None]:

@@ -40,11 +40,26 @@ def evaluation_sampler(dataset: Dataset) -> Sampler | None:
 
 
 def _require_samples(split: str, dataset: Dataset) -> None:
-    """Raise when ``dataset`` (of ``split``) has no record left: Lightning would run no step and exit 0."""
-    if len(dataset) > 0:
-        return
+    """Raise when ``dataset`` (of ``split``) has no record left: Lightning would run no step and exit 0; or,
+    for a dataset that counts its ``num_objects`` (COCO), no object: training would learn background only
+    and AP would be -1."""
     source = getattr(dataset, "source", "the dataset")
     skipped = getattr(dataset, "skipped", {})
+    if len(dataset) > 0:
+        if getattr(dataset, "num_objects", None) != 0:
+            return
+        if skipped:
+            why = (
+                f"{sum(skipped.values())} bad record(s) were dropped ({dict(skipped)}; each is named in the "
+                "messages logged above); fix them"
+            )
+        else:
+            why = "the file annotates none; add the annotations or point the DataModule at the annotated file"
+        use = "train on" if split == "train" else "score"
+        raise BadDataError(
+            f"{source}: the {split} split has {len(dataset)} image(s) but not one object (crowd regions "
+            f"aside) to {use}: {why}."
+        )
     if skipped:
         why = (
             f"all {sum(skipped.values())} record(s) were bad and dropped ({dict(skipped)}; each is named in "
