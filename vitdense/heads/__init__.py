@@ -19,6 +19,7 @@ from vitdense.heads.linear_head import LinearHead
 from vitdense.heads.mask_paste import paste_masks
 from vitdense.heads.matcher import SyncFreeMatcher
 from vitdense.heads.roi_align import ExactMultiScaleRoIAlign, roi_align, roi_align_gather
+from vitdense.heads.roi_heads import AlignedRoIHeads
 from vitdense.heads.sampler import SyncFreeSampler
 from vitdense.heads.segmenter import (
     LinearSegmenter,
@@ -31,6 +32,7 @@ from vitdense.heads.segmenter import (
 from vitdense.heads.semantic_fpn_head import SemanticFPNHead, group_norm_32
 
 __all__ = [
+    "AlignedRoIHeads",
     "DeviceBoxCoder",
     "ExactMultiScaleRoIAlign",
     "FCNHead",

@@ -2,7 +2,8 @@
 
 Parts are torchvision's (`RegionProposalNetwork`, `RPNHead`, `RoIHeads`, `FastRCNNConvFCHead`, ...) except the
 two that must know the true, non-power-of-two strides of a patch-14 pyramid, `StrideAnchorGenerator` and
-`ExactMultiScaleRoIAlign`, and three that do torchvision's work without its host synchronisations:
+`ExactMultiScaleRoIAlign`, `AlignedRoIHeads`, whose mask targets are cropped with the features' pixel
+convention, and three that do torchvision's work without its host synchronisations:
 `SyncFreeMatcher`, `SyncFreeSampler` and `DeviceBoxCoder`. Defaults follow ViTDet (Li et al. 2022, detectron2
 `projects/ViTDet`): 2-conv RPN head, 4-conv + 1-fc box head and 4-conv mask head with LayerNorm, 512 RoIs per
 image. Where torchvision's parts differ from detectron2's, torchvision's stay: RoIAlign with 2 samples per bin
@@ -24,6 +25,7 @@ from vitdense.heads.box_coder import DeviceBoxCoder
 from vitdense.heads.detector import RCNNDetector
 from vitdense.heads.matcher import SyncFreeMatcher
 from vitdense.heads.roi_align import ExactMultiScaleRoIAlign
+from vitdense.heads.roi_heads import AlignedRoIHeads
 from vitdense.heads.sampler import SyncFreeSampler
 
 __all__ = ["FasterRCNN", "MaskRCNN", "build_roi_heads", "build_rpn", "layer_norm_2d"]
@@ -113,7 +115,7 @@ def build_roi_heads(
     score_thresh: float = 0.05,
     nms_thresh: float = 0.5,
     detections_per_img: int = 100,
-) -> RoIHeads:
+) -> AlignedRoIHeads:
     """Box (and mask) heads pooling 7x7 (14x14) from `pooled_levels` at their true strides.
 
     Args:
@@ -131,7 +133,7 @@ def build_roi_heads(
         detections_per_img: eval: keep at most this many detections per image.
 
     Returns:
-        torchvision `RoIHeads` (IoU >= 0.5 foreground, box coder weights (10, 10, 5, 5)).
+        `AlignedRoIHeads`, a torchvision `RoIHeads` (IoU >= 0.5 foreground, box coder weights (10, 10, 5, 5)).
     """
     if num_classes < 1:
         raise ValueError(f"num_classes counts foreground classes and must be >= 1, got {num_classes}")
@@ -146,7 +148,7 @@ def build_roi_heads(
             "mask_head": MaskRCNNHeads(channels, [head_dim] * 4, 1, norm_layer=norm_layer),
             "mask_predictor": MaskRCNNPredictor(head_dim, head_dim, num_classes + 1),
         }
-    roi_heads = RoIHeads(
+    roi_heads = AlignedRoIHeads(
         box_pool,
         box_head,
         FastRCNNPredictor(fc_dim, num_classes + 1),

@@ -1,0 +1,142 @@
+"""torchvision's box and mask RoI heads, with mask targets cropped the way the mask features are pooled.
+
+torchvision's `maskrcnn_loss` crops each ground-truth mask to its proposal with `roi_align(aligned=False)`,
+which reads pixel i's value at coordinate i, while the features it is compared with are pooled with ROIAlignV2
+(`aligned=True`: pixel i covers [i, i + 1], its value sits at i + 0.5). Each target showed the object half a
+canvas pixel up and left of where the features at the same bin show it, and the heads learned masks shifted
+by that much. Here the targets are cropped with ROIAlignV2 too, as in detectron2.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference
+from torchvision.ops import roi_align
+
+__all__ = ["AlignedRoIHeads", "mask_loss", "mask_targets"]
+
+
+def mask_targets(gt_masks: Tensor, boxes: Tensor, gt_index: Tensor, size: int) -> Tensor:
+    """Each box's matched ground-truth mask cropped to the box and resampled to `size` x `size` bins.
+
+    Args:
+        gt_masks: (G, H, W) masks of one image (any dtype; 0 / 1), canvas pixels.
+        boxes: (P, 4) float `[x1, y1, x2, y2]` canvas pixels.
+        gt_index: (P,) int64, the ground truth each box is matched to.
+        size: bins per side M.
+
+    Returns:
+        (P, M, M) float soft targets in [0, 1]: ROIAlignV2 averages of the mask over each bin (adaptive
+        sampling: about one sample per canvas pixel), the convention `ExactMultiScaleRoIAlign` pools with.
+    """
+    rois = torch.cat([gt_index[:, None].to(boxes), boxes], dim=1)
+    return roi_align(gt_masks[:, None].to(boxes), rois, (size, size), 1.0, sampling_ratio=-1, aligned=True)[
+        :, 0
+    ]
+
+
+def mask_loss(
+    mask_logits: Tensor,
+    boxes: list[Tensor],
+    gt_masks: list[Tensor],
+    gt_labels: list[Tensor],
+    gt_index: list[Tensor],
+) -> Tensor:
+    """Mean per-pixel binary cross-entropy of each positive box's logits for its ground-truth class.
+
+    Args:
+        mask_logits: (P, K + 1, M, M) logits of all images' positive boxes, concatenated.
+        boxes: per image, (P_i, 4) positive boxes, canvas pixels.
+        gt_masks: per image, (G_i, H, W) ground-truth masks.
+        gt_labels: per image, (G_i,) int64 ground-truth classes.
+        gt_index: per image, (P_i,) the ground truth each positive box is matched to.
+
+    Returns:
+        Scalar loss; 0 (still connected to `mask_logits`) when there are no positive boxes.
+    """
+    size = mask_logits.shape[-1]
+    labels = torch.cat([lab[i] for lab, i in zip(gt_labels, gt_index)])
+    targets = torch.cat([mask_targets(m, b, i, size) for m, b, i in zip(gt_masks, boxes, gt_index)])
+    if targets.numel() == 0:
+        return mask_logits.sum() * 0
+    chosen = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels]
+    return F.binary_cross_entropy_with_logits(chosen, targets)
+
+
+class AlignedRoIHeads(RoIHeads):
+    """torchvision's `RoIHeads` (same constructor, same outputs) whose mask loss uses :func:`mask_targets`.
+
+    Boxes, their losses and the eval post-processing are torchvision's own methods; the forward pass only
+    re-wires them, as torchvision's does, without keypoints.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.has_keypoint():
+            raise ValueError(
+                "AlignedRoIHeads has no keypoint branch; use torchvision's RoIHeads for keypoints"
+            )
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Detections (eval) or losses (training), as torchvision's `RoIHeads.forward`.
+
+        Args:
+            features: pyramid levels by name.
+            proposals: per image, (P_i, 4) proposals, canvas pixels.
+            image_shapes: per image, (h, w) of the valid region.
+            targets: training only, per image `boxes`, int64 `labels` and, with masks, `masks` (G_i, H, W).
+
+        Returns:
+            (detections, {}) in eval: per image `boxes`, `labels`, `scores` (and `masks` (N, 1, M, M)
+            probabilities); ([], losses) in training: `loss_classifier`, `loss_box_reg` (and `loss_mask`).
+        """
+        if not self.training:
+            return self._detect(features, proposals, image_shapes), {}
+        if targets is None:
+            raise ValueError("targets are required in training mode")
+        for i, t in enumerate(targets):
+            if t["labels"].dtype != torch.int64:
+                raise TypeError(f"targets[{i}]['labels'] must be int64, got {t['labels'].dtype}")
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        loss_classifier, loss_box_reg = fastrcnn_loss(
+            class_logits, box_regression, labels, regression_targets
+        )
+        losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+        if self.has_mask():
+            positive = [torch.where(lab > 0)[0] for lab in labels]
+            mask_boxes = [p[i] for p, i in zip(proposals, positive)]
+            gt_index = [m[i] for m, i in zip(matched_idxs, positive)]
+            mask_logits = self._mask_logits(features, mask_boxes, image_shapes)
+            gt_masks = [t["masks"] for t in targets]
+            losses["loss_mask"] = mask_loss(
+                mask_logits, mask_boxes, gt_masks, [t["labels"] for t in targets], gt_index
+            )
+        return [], losses
+
+    def _detect(
+        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        boxes, scores, labels = self.postprocess_detections(
+            class_logits, box_regression, proposals, image_shapes
+        )
+        result = [{"boxes": b, "labels": lab, "scores": s} for b, lab, s in zip(boxes, labels, scores)]
+        if self.has_mask():
+            mask_logits = self._mask_logits(features, boxes, image_shapes)
+            for detection, probabilities in zip(result, maskrcnn_inference(mask_logits, labels)):
+                detection["masks"] = probabilities
+        return result
+
+    def _mask_logits(
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
