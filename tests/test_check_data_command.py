@@ -49,3 +49,19 @@ def test_an_unreadable_training_file_is_named(tmp_path, capsys):
     Path(paths["train_annotations"]).write_text("{not json")
     assert _check("coco_faster_rcnn.yaml", paths) == 1
     assert f"{paths['train_annotations']}: not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("emptied", "expected"),
+    [
+        ("images", "the val split has no usable sample"),
+        ("annotations", "the val split has 3 image(s) but not one"),
+    ],
+)
+def test_a_split_that_fit_would_refuse_fails_the_check(tmp_path, capsys, emptied, expected):
+    paths = write_shapes_coco(tmp_path, num_train=4, num_val=3, seed=2)
+    coco = json.loads(Path(paths["val_annotations"]).read_text())
+    Path(paths["val_annotations"]).write_text(json.dumps(coco | {emptied: [], "annotations": []}))
+    assert _check("coco_faster_rcnn.yaml", paths) == 1
+    report = capsys.readouterr().out
+    assert f"{paths['val_annotations']}: {expected}" in report

@@ -830,7 +830,8 @@ def test_a_folder_of_bad_pairs_lists_each_of_them(tmp_path: Path) -> None:
         num_workers=0,
     )  # fmt: skip
     train = check_data(dm).splits[0]
-    assert train.samples == 0 and [f.record for f in train.findings] == ["a", "b"]
+    assert train.samples == 0 and [f.record for f in train.findings] == ["a", "b", "the whole split"]
+    assert train.findings[-1].kind == "no_samples", "and the error training would stop on"
 
 
 def test_check_data_needs_split_datasets() -> None:

@@ -22,7 +22,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, Finding, Policy
 
-__all__ = ["CheckableDataModule", "DataReport", "SplitReport", "check_data", "check_datasets"]
+__all__ = [
+    "CheckableDataModule",
+    "DataReport",
+    "SplitReport",
+    "check_data",
+    "check_datasets",
+    "require_samples",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -186,11 +193,53 @@ def _verify_all(dataset: CheckedDataset, num_workers: int) -> tuple[dict[int, Fi
     return bad, notes
 
 
+def require_samples(split: str, dataset: Dataset) -> None:
+    """Raise when ``dataset`` (of ``split``) has no record left: Lightning would run no step and exit 0; or,
+    for a dataset that counts its ``num_objects`` (COCO), no object: training would learn background only
+    and AP would be -1.
+
+    Raises:
+        BadDataError: with a ``no_samples`` or ``no_objects`` :class:`Finding` for the whole split.
+    """
+    source = getattr(dataset, "source", "the dataset")
+    skipped = getattr(dataset, "skipped", {})
+    if len(dataset) > 0:
+        if getattr(dataset, "num_objects", None) != 0:
+            return
+        if skipped:
+            why = (
+                f"{sum(skipped.values())} bad record(s) were dropped ({dict(skipped)}; each is named in the "
+                "messages above); fix them"
+            )
+        else:
+            why = "the file annotates none; add the annotations or point the DataModule at the annotated file"
+        use = "train on" if split == "train" else "score"
+        message = (
+            f"{source}: the {split} split has {len(dataset)} image(s) but not one object (crowd regions "
+            f"aside) to {use}: {why}."
+        )
+        raise BadDataError(message, Finding("no_objects", message, str(source), "the whole split"))
+    if skipped:
+        why = (
+            f"all {sum(skipped.values())} record(s) were bad and dropped ({dict(skipped)}; each is named in "
+            "the messages above); fix them"
+        )
+    else:
+        why = "it holds no record; point the DataModule at the right files"
+    message = f"{source}: the {split} split has no usable sample: {why}."
+    raise BadDataError(message, Finding("no_samples", message, str(source), "the whole split"))
+
+
 def _check_one(name: str, dataset: CheckedDataset, num_workers: int) -> SplitReport:
     logger.info("data check: reading the %d records of %s (%s)", len(dataset), name, dataset.source)
     bad, notes = _verify_all(dataset, num_workers)
     dataset.exclude(bad, notes)
-    return SplitReport(name, dataset.source, len(dataset), list(dataset.findings), dataset)
+    findings = list(dataset.findings)
+    try:
+        require_samples(name, dataset)
+    except BadDataError as exc:  # training would refuse the split: the check says so too
+        findings.append(exc.finding)
+    return SplitReport(name, dataset.source, len(dataset), findings, dataset)
 
 
 def check_datasets(datasets: Mapping[str, CheckedDataset], num_workers: int = 0) -> DataReport:

@@ -39,37 +39,6 @@ def evaluation_sampler(dataset: Dataset) -> Sampler | None:
     return None
 
 
-def _require_samples(split: str, dataset: Dataset) -> None:
-    """Raise when ``dataset`` (of ``split``) has no record left: Lightning would run no step and exit 0; or,
-    for a dataset that counts its ``num_objects`` (COCO), no object: training would learn background only
-    and AP would be -1."""
-    source = getattr(dataset, "source", "the dataset")
-    skipped = getattr(dataset, "skipped", {})
-    if len(dataset) > 0:
-        if getattr(dataset, "num_objects", None) != 0:
-            return
-        if skipped:
-            why = (
-                f"{sum(skipped.values())} bad record(s) were dropped ({dict(skipped)}; each is named in the "
-                "messages logged above); fix them"
-            )
-        else:
-            why = "the file annotates none; add the annotations or point the DataModule at the annotated file"
-        use = "train on" if split == "train" else "score"
-        raise BadDataError(
-            f"{source}: the {split} split has {len(dataset)} image(s) but not one object (crowd regions "
-            f"aside) to {use}: {why}."
-        )
-    if skipped:
-        why = (
-            f"all {sum(skipped.values())} record(s) were bad and dropped ({dict(skipped)}; each is named in "
-            "the messages logged above); fix them"
-        )
-    else:
-        why = "it holds no record; point the DataModule at the right files"
-    raise BadDataError(f"{source}: the {split} split has no usable sample: {why}.")
-
-
 class SplitDataModule(L.LightningDataModule):
     """The train / val / test datasets of a DataModule, its four DataLoaders and the data check.
 
@@ -122,7 +91,7 @@ class SplitDataModule(L.LightningDataModule):
         else:
             datasets = {split: self.split_dataset(split, self.on_bad_data) for split in splits}
         for split, dataset in datasets.items():
-            _require_samples(split, dataset)
+            data_check.require_samples(split, dataset)
             setattr(self, f"{split}_dataset", dataset)
         if "test" in STAGE_SPLITS.get(stage, ()) and self.test_dataset is None:
             self.test_dataset = self.val_dataset  # the test files are the validation files
