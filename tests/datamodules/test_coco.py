@@ -150,6 +150,30 @@ def test_evaluation_file_with_other_category_names_fails_at_setup(
         CocoDataModule(str(root), str(train_file), str(root), str(val_file), image_size=56).setup("test")
 
 
+@pytest.mark.parametrize("on_bad_data", ["error", "skip"])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_boxes_only_file_with_masks_on_is_one_error_that_suggests_faster_rcnn(
+    make_coco: MakeCoco, tmp_path: Path, on_bad_data: str, split: str
+) -> None:
+    anns = [_ann(1, [1, 1, 5, 5]), _ann(2, [10, 1, 5, 5])]
+    boxes_only = [{k: v for k, v in ann.items() if k != "segmentation"} for ann in anns]
+    root, good_file = make_coco([IMG], anns)
+    boxes_file = tmp_path / "boxes.json"
+    boxes_file.write_text(json.dumps(json.loads(good_file.read_text()) | {"annotations": boxes_only}))
+    files = {"train_annotations": str(good_file), "val_annotations": str(good_file)}
+    files[f"{split}_annotations"] = str(boxes_file)
+    dm = CocoDataModule(
+        str(root), files["train_annotations"], str(root), files["val_annotations"], image_size=56,
+        num_workers=0, on_bad_data=on_bad_data,
+    )  # fmt: skip
+    message = (
+        r"boxes\.json: none of its 2 annotations has a 'segmentation', so it holds boxes only .* use the "
+        r"Faster R-CNN recipe \(recipes/coco_faster_rcnn\.yaml"
+    )
+    with pytest.raises(BadDataError, match=message):
+        dm.setup("fit")
+
+
 def test_rle_and_polygon_masks_decode_to_the_right_pixels(make_coco: MakeCoco) -> None:
     rng = np.random.default_rng(0)
     blob_a = np.zeros((28, 56), np.uint8)

@@ -55,6 +55,15 @@ def test_class_count_mismatch_with_the_datamodule_is_explained(shapes):
         trainer.fit(task, shapes)
 
 
+def test_mask_rcnn_on_data_without_masks_is_explained_at_setup(tmp_path):
+    boxes_only = ShapesDataModule(root=str(tmp_path), num_train=2, num_val=1, num_workers=0, masks=False)
+    task = DetectionTask(boxes_only.num_classes, _detector)
+    trainer = Trainer(accelerator="cpu", logger=False, fast_dev_run=1, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"has a mask head but the datamodule is built with masks: false.*"
+                       r"set data.init_args.masks: true.*recipes/coco_faster_rcnn.yaml"):  # fmt: skip
+        trainer.fit(task, boxes_only)
+
+
 def test_optimizer_uses_layer_decay_and_a_per_step_scheduler():
     task = DetectionTask(
         3,

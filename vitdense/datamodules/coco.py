@@ -154,6 +154,24 @@ def _check_pixel_units(coco: COCO, annotation_file: str | Path) -> None:
         )
 
 
+def _check_has_segmentations(coco: COCO, annotation_file: str | Path) -> None:
+    """Raise when masks are wanted but no annotation of the file has a segmentation: a boxes-only file
+    would otherwise give one error per annotation.
+
+    Raises:
+        BadDataError: under every policy: there is no good record to keep.
+    """
+    annotations = coco.dataset["annotations"]
+    if annotations and not any(isinstance(ann, dict) and ann.get("segmentation") for ann in annotations):
+        message = (
+            f"{annotation_file}: none of its {len(annotations)} annotations has a 'segmentation', so it "
+            "holds boxes only and Mask R-CNN has no masks to learn or score: for boxes only use the Faster "
+            "R-CNN recipe (recipes/coco_faster_rcnn.yaml: detector vitdense.heads.FasterRCNN, data masks: "
+            "false), or add the segmentations (polygons or RLE) to the file"
+        )
+        raise BadDataError(message, Finding("no_segmentations", message, str(annotation_file), "annotations"))
+
+
 _BACKGROUND_NAMES = {"background", "_background_", "__background__", "bg"}
 
 
@@ -407,6 +425,8 @@ class CocoDetection(CheckedDataset):
         self.keep_empty_images = keep_empty_images
         self.coco = coco if coco is not None else load_coco(annotation_file)
         _check_pixel_units(self.coco, self.annotation_file)
+        if masks or evaluation == "segm":
+            _check_has_segmentations(self.coco, self.annotation_file)
         file_ids, file_names = categories_of(self.coco, annotation_file, warn=category_ids is None)
         if category_ids is None:
             self.category_ids, self.class_names = file_ids, file_names

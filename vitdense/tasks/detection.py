@@ -91,6 +91,17 @@ class DetectionTask(VitDenseTask):
             self._label_space_from_data = True
         if datamodule is not None and hasattr(datamodule, "image_size"):
             self.image_size = int(datamodule.image_size)
+        if (
+            stage != "predict"
+            and self.model.roi_heads.has_mask()
+            and getattr(datamodule, "masks", True) is False
+        ):
+            raise ValueError(
+                f"The detector ({type(self.model).__name__}) has a mask head but the datamodule is built "
+                "with masks: false, so there are no masks to train or score it on: set data.init_args.masks: "
+                "true (every annotation then needs a 'segmentation'), or for boxes only use the Faster R-CNN "
+                "recipe (recipes/coco_faster_rcnn.yaml, detector vitdense.heads.FasterRCNN)"
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
