@@ -9,12 +9,13 @@ from functools import partial
 import pytest
 import torch
 from lightning import Trainer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch._dynamo.utils import counters
 
 from tests.tiny import TINY_CONFIG, TINY_NETWORK
 from vitdense.backbones import BirderBackbone, SimpleFeaturePyramid
-from vitdense.datamodules import ShapesSegmentationDataModule
-from vitdense.heads import MaskRCNN, PyramidSegmenter
+from vitdense.datamodules import ShapesDataModule, ShapesSegmentationDataModule
+from vitdense.heads import FasterRCNN, MaskRCNN, PyramidSegmenter
 from vitdense.tasks import DetectionTask, SemanticSegmentationTask
 from vitdense.tasks.base import strict_json
 from vitdense.tasks.optim import WarmupCosineLR, WarmupMultiStepLR, WarmupPolyLR
@@ -130,6 +131,40 @@ def test_a_run_longer_than_its_decaying_lr_schedule_is_refused_before_the_first_
         accelerator="cpu", max_steps=5, logger=False, enable_checkpointing=False, default_root_dir=tmp_path
     )
     with pytest.raises(ValueError, match=r"runs 5 optimizer steps .* total_steps=4: .*total_steps to 5"):
+        trainer.fit(task, data)
+    assert trainer.global_step == 0
+
+
+def _faster_rcnn(num_classes: int) -> FasterRCNN:
+    backbone = SimpleFeaturePyramid(BirderBackbone(TINY_NETWORK, config=TINY_CONFIG), out_channels=32)
+    return FasterRCNN(num_classes, backbone, head_dim=32, fc_dim=64)
+
+
+@pytest.mark.parametrize(
+    ("kind", "callback", "logged"),
+    [
+        ("detection", ModelCheckpoint(monitor="val/segm_AP", mode="max"), "val/bbox_AP, val/bbox_AP50"),
+        ("segmentation", EarlyStopping(monitor="val/miou", mode="max"), "val/mIoU, val/aAcc, val/mAcc"),
+    ],
+)
+def test_a_monitor_of_a_metric_the_model_never_logs_is_refused_at_fit_start(kind, callback, logged, tmp_path):
+    """Lightning would only fail at the end of the first validation (a Faster R-CNN logs no segm AP)."""
+    if kind == "detection":
+        data = ShapesDataModule(
+            root=str(tmp_path / "data"), num_train=2, num_val=1, num_workers=0, masks=False
+        )
+        task = DetectionTask(data.num_classes, _faster_rcnn)
+    else:
+        data = ShapesSegmentationDataModule(
+            root=str(tmp_path / "data"), num_train=2, num_val=1, crop_size=56, batch_size=2, num_workers=0
+        )
+        task = SemanticSegmentationTask(data.num_classes, _segmenter)
+    trainer = Trainer(
+        accelerator="cpu", max_steps=1, logger=False, callbacks=[callback], default_root_dir=tmp_path
+    )
+    with pytest.raises(
+        ValueError, match=rf"monitors '{callback.monitor}', which .* never logs; its validation logs {logged}"
+    ):
         trainer.fit(task, data)
     assert trainer.global_step == 0
 

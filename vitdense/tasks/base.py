@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning import LightningModule
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from vitdense.tasks.optim import apply_lr_scale, layer_decay_param_groups
@@ -283,6 +284,34 @@ class VitDenseTask(LightningModule):
         text = content if isinstance(content, str) else strict_json(content, indent=1)
         path.write_text(text)
         return path
+
+    def evaluation_metrics(self) -> list[str]:
+        """The names evaluation logs after ``val/`` and ``test/`` (none: monitors are not checked)."""
+        return []
+
+    def on_fit_start(self) -> None:
+        self._check_monitors()
+
+    def _check_monitors(self) -> None:
+        """Refuse a ``ModelCheckpoint`` or ``EarlyStopping`` that monitors a ``val/`` metric this model never
+        logs: Lightning would only stop at the end of the first validation, after that much training."""
+        logged = [f"val/{name}" for name in self.evaluation_metrics()]
+        if not logged:
+            return
+        for callback in self.trainer.callbacks:
+            monitor = getattr(callback, "monitor", None)
+            if (
+                isinstance(callback, (ModelCheckpoint, EarlyStopping))
+                and monitor
+                and monitor.startswith("val/")
+            ):
+                if monitor not in logged:
+                    model = type(getattr(self, "model", self)).__name__
+                    raise ValueError(
+                        f"{type(callback).__name__} monitors {monitor!r}, which {model} never logs; its "
+                        f"validation logs {', '.join(logged)}: set the callback's monitor (trainer.callbacks "
+                        "in the recipe) to one of them"
+                    )
 
     def _check_schedule_length(self, scheduler: object) -> None:
         """Refuse a run longer than its decaying lr schedule: the steps past its end would train at its

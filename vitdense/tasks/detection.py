@@ -8,7 +8,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from vitdense.heads import RCNNDetector, paste_detections
 from vitdense.tasks.base import VitDenseTask, warn_if_classes_differ
-from vitdense.tasks.coco_evaluator import CocoEvaluator, ap_by_class_name
+from vitdense.tasks.coco_evaluator import STAT_NAMES, CocoEvaluator, ap_by_class_name
 from vitdense.tasks.visualization import draw_detections, valid_region_at_original
 
 Batch = tuple[torch.Tensor, list[dict[str, Any]]]
@@ -102,6 +102,10 @@ class DetectionTask(VitDenseTask):
                 "true (every annotation then needs a 'segmentation'), or for boxes only use the Faster R-CNN "
                 "recipe (recipes/coco_faster_rcnn.yaml, detector vitdense.heads.FasterRCNN)"
             )
+
+    def evaluation_metrics(self) -> list[str]:
+        """``{bbox,segm}_{AP,AP50,...}``: box AP, and mask AP for a detector with a mask head."""
+        return [f"{iou_type}_{stat}" for iou_type in self.evaluator.iou_types for stat in STAT_NAMES]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

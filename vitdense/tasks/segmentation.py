@@ -113,6 +113,9 @@ class SemanticSegmentationTask(VitDenseTask):
         self.class_names = class_names
         self.confmat.ignore_index = ignore_index
 
+    def evaluation_metrics(self) -> list[str]:
+        return ["mIoU", "aAcc", "mAcc"]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["ignore_index"] = self.ignore_index
