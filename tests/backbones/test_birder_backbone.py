@@ -228,3 +228,12 @@ def test_grad_checkpointing_of_the_first_blocks_recomputes_only_them_with_the_sa
     assert copied.net.encoder.block[0].forward.__self__ is copied.net.encoder.block[0]
     with pytest.raises(ValueError, match="grad_checkpointing"):
         BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, grad_checkpointing=3)
+
+
+def test_a_misspelt_config_key_is_refused_with_the_valid_keys():
+    message = (
+        r"config keys \['hiden_dim'\] are not read by birder's .*did you mean 'hiden_dim' -> 'hidden_dim'.*"
+        r"Valid keys: .*mlp_dim.*num_layers"
+    )
+    with pytest.raises(ValueError, match=message):
+        BirderBackbone(TINY_NETWORK, config={**TINY_CONFIG, "hiden_dim": 64})

@@ -1,6 +1,8 @@
 """birder's plain ViT as a single-map dense feature extractor."""
 
+import difflib
 import functools
+import inspect
 import logging
 import re
 import types
@@ -26,6 +28,8 @@ DEFAULT_NETWORK = "rope_vit_reg8_so150m_p14_swiglu_rms_avg"
 # Tokens and embeddings that carry no weight decay, besides every 1-d tensor (norm scales, biases).
 _NO_DECAY_NAMES = ("pos_embedding", "reg_tokens", "class_token")
 _BLOCK_PATTERN = re.compile(r"^net\.encoder\.block\.(\d+)\.")
+# How birder's networks read their config: self.config.get("key", ...) or self.config["key"].
+_CONFIG_READ = re.compile(r"config(?:\.get\(\s*|\[\s*)[\"'](\w+)[\"']")
 
 
 _skipping_weights: ContextVar[bool] = ContextVar("_skipping_weights", default=False)
@@ -96,6 +100,7 @@ class BirderBackbone(nn.Module):
             pretrained = None
 
         config = dict(config or {})
+        _check_config_keys(network, config)
         if drop_path_rate is not None:
             config["drop_path_rate"] = drop_path_rate
         if out_indices is not None:
@@ -219,6 +224,39 @@ class BirderBackbone(nn.Module):
         images = (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
         stages = list(self.net.detection_features(images).values())
         return stages[0] if len(stages) == 1 else torch.cat(stages, dim=1)
+
+
+@functools.cache
+def _config_keys(net_type: type) -> frozenset[str]:
+    """The config keys birder's network class reads (in its and its bases' source) or registers; empty when
+    the source cannot be read."""
+    keys: set[str] = set()
+    for cls in net_type.__mro__:
+        if cls.__module__.startswith("birder"):
+            try:
+                keys.update(_CONFIG_READ.findall(inspect.getsource(cls)))
+            except (OSError, TypeError):  # a class made at registration has no source of its own
+                continue
+    return frozenset(keys | set(getattr(net_type, "config", None) or {})) if keys else frozenset()
+
+
+def _check_config_keys(network: str, config: dict[str, Any]) -> None:
+    """Refuse ``config`` keys that birder's ``network`` never reads: birder would silently ignore them."""
+    name = network.lower()
+    net_type = registry.all_nets.get(registry.name_aliases.get(name, name))
+    valid = _config_keys(net_type) if net_type is not None else frozenset()
+    unknown = sorted(set(config) - valid) if valid else []
+    if unknown:
+        guesses = [
+            f"{key!r} -> {match[0]!r}"
+            for key in unknown
+            if (match := difflib.get_close_matches(key, valid, 1))
+        ]
+        hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+        raise ValueError(
+            f"BirderBackbone config keys {unknown} are not read by birder's {network}, which would silently "
+            f"ignore them{hint}; fix or remove them. Valid keys: {', '.join(sorted(valid))}"
+        )
 
 
 def _checkpointed_forward(block: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
