@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from lightning import LightningDataModule, LightningModule
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from tests.tiny import TINY_CONFIG
-from vitdense.cli import _is_user_error, main, run
+from vitdense.cli import VitDenseCLI, _is_user_error, main, run
 from vitdense.datamodules import resolve_images, write_shapes_coco
 from vitdense.tasks.base import strict_json
 from vitdense.tasks.coco_evaluator import ap_by_class_name
@@ -89,6 +90,29 @@ def _tiny_overrides(shapes: dict, root: Path) -> list[str]:
         "--trainer.fast_dev_run=1",
         f"--trainer.default_root_dir={root}",
     ]
+
+
+def test_null_weights_on_the_command_line_build_a_randomly_initialised_backbone(shapes, tmp_path):
+    """jsonargparse passes a dotted `...pretrained=null` under the detector callable on as "None"."""
+    arguments = _tiny_overrides(shapes, tmp_path)
+    overrides = yaml.safe_load(Path(arguments[1]).read_text())
+    vit = overrides["model"]["init_args"]["detector"]["init_args"]["backbone"]["init_args"]["vit"][
+        "init_args"
+    ]
+    del vit["pretrained"], vit["weights"]
+    Path(arguments[1]).write_text(yaml.safe_dump(overrides))
+    prefix = "--model.init_args.detector.init_args.backbone.init_args.vit.init_args"
+    recipe = next(r for r in DETECTION_RECIPES if r.stem == "coco_faster_rcnn")  # pretrained: capi
+    cli = VitDenseCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        save_config_callback=None,
+        args=["--config", str(recipe), *arguments, f"{prefix}.pretrained=null", f"{prefix}.weights=null"],
+    )
+    assert cli.model.model.backbone.vit.num_blocks == TINY_CONFIG["num_layers"]
 
 
 DETECTION_RECIPES = [r for r in RECIPES if r.stem.startswith("coco") or r.stem == "custom_coco_mask_rcnn"]

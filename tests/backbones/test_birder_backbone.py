@@ -237,3 +237,11 @@ def test_a_misspelt_config_key_is_refused_with_the_valid_keys():
     )
     with pytest.raises(ValueError, match=message):
         BirderBackbone(TINY_NETWORK, config={**TINY_CONFIG, "hiden_dim": 64})
+
+
+def test_none_as_a_string_means_no_weights():
+    """What `...pretrained=null` on the command line gives (see tests/test_cli.py)."""
+    for value in ("None", "null"):
+        backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, weights=value, pretrained=value)
+        assert backbone.pixel_mean.flatten().tolist() == pytest.approx(get_rgb_stats("birder")["mean"])
+        BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, pretrained=value)

@@ -66,7 +66,7 @@ class BirderBackbone(nn.Module):
         network: birder network name.
         config: overrides merged into the registered config (e.g. ``{"hidden_dim": 64, "num_layers": 2}``).
         weights: a local ``.pt`` or ``.safetensors`` file written by birder. Its ``rgb_stats`` become the
-            normalisation statistics.
+            normalisation statistics. ``"None"`` and ``"null"`` mean None, for ``pretrained`` too.
         pretrained: a birder weights tag (``"capi"``) to download from birder's hub when not cached in
             birder's models directory (``./models``). Ignored when ``weights`` is given.
         freeze: ``"none"``; ``"all"``; or an int K that freezes the patch embedding, position embedding,
@@ -91,6 +91,11 @@ class BirderBackbone(nn.Module):
         out_indices: list[int] | None = None,
     ) -> None:
         super().__init__()
+        # `...pretrained=null` on the command line, over a recipe's value inside the detector callable,
+        # reaches here as the string "None" (jsonargparse); YAML reads `None` as a string too.
+        weights, pretrained = (
+            None if value in ("None", "null") else value for value in (weights, pretrained)
+        )
         if _skipping_weights.get() and (weights is not None or pretrained is not None):
             logger.info(f"Not loading weights={weights!r} / pretrained={pretrained!r} (skip_weights_loading)")
             weights = pretrained = None
