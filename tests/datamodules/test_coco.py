@@ -407,6 +407,26 @@ def test_predict_folder_loads_all_modes(tmp_path: Path) -> None:
     assert [t["image_id"] for _, t in (ds[i] for i in range(len(ds)))] == list(range(len(ds)))
 
 
+def test_predict_folder_names_images_in_its_sub_folders(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write_odd_images(tmp_path / "imgs" / "day1")
+    message = (
+        r"imgs': the folder holds no image file, but its sub-folders hold images too \(e\.g\. .*day1.*\), "
+        r"which are not read; .* such as '.*imgs/\*\*/\*\."
+    )
+    with pytest.raises(ValueError, match=message):
+        PredictImages(str(tmp_path / "imgs"), EvalTransform(56))
+    Image.new("RGB", (20, 20)).save(tmp_path / "imgs" / "top.png")
+    ds = PredictImages(str(tmp_path / "imgs"), EvalTransform(56))
+    assert [f.name for f in ds.files] == [
+        "top.png"
+    ] and "1 image file(s) read, but its sub-folders" in caplog.text
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty': the folder holds no image file \(.*\); check the path"):
+        PredictImages(str(tmp_path / "empty"), EvalTransform(56))
+
+
 def test_16_bit_mid_grey_scales_to_8_bit() -> None:
     image = Image.fromarray(np.full((4, 4), 32896, np.uint16))
     assert images_module.to_rgb_array(image)[0, 0].tolist() == [128, 128, 128]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,42 @@ __all__ = ["PredictImages", "as_rgb_array", "predict_sample", "resolve_images"]
 
 Sample = tuple[torch.Tensor, dict[str, Any]]
 
+logger = logging.getLogger(__name__)
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
 
 def resolve_images(source: str | Path) -> list[Path]:
-    """The image files of ``source``: the file itself, a folder's image files (sorted) or a glob's matches."""
+    """The image files of ``source``: the file itself, a folder's image files (sorted) or a glob's matches.
+
+    A folder's sub-folders are not searched (outputs written inside it would be read back); images found
+    there are named in a warning, or in the error when the folder holds none itself.
+    """
     path = Path(source)
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(p for p in path.iterdir() if _is_image(p))
+        nested = next((p for p in path.rglob("*") if p.parent != path and _is_image(p)), None)
+        if nested is not None:
+            hint = (
+                f"its sub-folders hold images too (e.g. {nested}), which are not read; to include them give "
+                f"a glob that recurses, such as '{path / '**' / ('*' + nested.suffix)}'"
+            )
+            if not files:
+                raise ValueError(
+                    f"the images to predict, {str(source)!r}: the folder holds no image file, but {hint}"
+                )
+            logger.warning(
+                "the images to predict, %r: %d image file(s) read, but %s", str(source), len(files), hint
+            )
+        elif not files:
+            raise ValueError(
+                f"the images to predict, {str(source)!r}: the folder holds no image file "
+                f"({', '.join(IMAGE_EXTENSIONS[:4])}, ...); check the path"
+            )
     else:
         files = sorted(Path(p) for p in glob.glob(str(source), recursive=True) if os.path.isfile(p))
     if not files and not glob.has_magic(str(source)):
