@@ -390,13 +390,12 @@ class EvalTransform:
         # Resizing to (new_w, new_h) would scale each axis by its rounded side (new_w / w, new_h / h), up to
         # half a canvas pixel off `scale` on the short side; fx = fy = scale keeps one factor, and cv2 then
         # gives the same (new_h, new_w). A side that rounds to 0 needs the explicit size (at least 1 pixel).
-        if round(min(h, w) * scale) >= 1:
-            factors = {"dsize": None, "fx": scale, "fy": scale}
-        else:
-            factors = {"dsize": (new_w, new_h)}
         if (new_h, new_w) != (h, w):
             interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-            image = cv2.resize(image, **factors, interpolation=interp)
+            if round(min(h, w) * scale) >= 1:
+                image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=interp)
+            else:
+                image = cv2.resize(image, (new_w, new_h), interpolation=interp)
         boxes = np.zeros((0, 4), np.float32) if boxes is None else boxes
         out_boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         out_labels = np.zeros(0, np.int64) if labels is None else np.asarray(labels, np.int64).reshape(-1)
@@ -405,9 +404,12 @@ class EvalTransform:
             if isinstance(masks, InstanceMasks):
                 masks = masks.to_dense()
             out_masks = np.zeros((len(masks), self.size, self.size), dtype=np.uint8)
+            # Nearest neighbour by pixel centres at `scale` (cv2's INTER_NEAREST_EXACT would use the rounded
+            # sides' ratio instead, and INTER_NEAREST the pixels' corners).
+            rows = np.minimum(((np.arange(new_h) + 0.5) / scale).astype(np.int64), h - 1)
+            cols = np.minimum(((np.arange(new_w) + 0.5) / scale).astype(np.int64), w - 1)
             for i, mask in enumerate(masks):
-                resized = cv2.resize(mask, **factors, interpolation=cv2.INTER_NEAREST_EXACT)
-                out_masks[i, :new_h, :new_w] = resized
+                out_masks[i, :new_h, :new_w] = mask[rows[:, None], cols]
         return TransformOutput(
             image=_to_chw_tensor(_pad_bottom_right(image, self.size)),
             boxes=torch.from_numpy(out_boxes * np.float32(scale)),
