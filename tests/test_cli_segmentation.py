@@ -124,6 +124,36 @@ def test_test_subcommand_leaves_out_a_bad_image_under_skip(tmp_path, capsys, cap
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["split"] == "test" and np.isfinite(metrics["mIoU"])
     assert f"{bad}: label values" in caplog.text
+    # The shapes use a few of ADE20K's 150 classes: the others are named as left out of mIoU.
+    assert "classes have no labelled pixel in the test split ('wall', " in caplog.text
+
+
+def test_an_evaluation_with_every_image_skipped_fails_naming_the_split(tmp_path):
+    root = tmp_path / "ade"
+    base = write_shapes_semseg(root, num_train=1, num_val=2, seed=3)
+    for label in (base / "annotations" / "validation").glob("*.png"):
+        Image.fromarray(np.full((240, 320), 200, np.uint8)).save(label)  # 200 - 1 is no ADE20K class
+    args = [
+        f"--data.init_args.root={root}",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.on_bad_data=skip",
+    ]
+    with pytest.raises(
+        ValueError, match="No labelled pixel was scored in the test split: every image was skipped"
+    ):
+        main(
+            [
+                "test",
+                "--config",
+                str(RECIPES / "ade20k_semseg.yaml"),
+                "--config",
+                str(_override_file(tmp_path, "ade20k_semseg")),
+                *args,
+                *TRAINER,
+                "--trainer.fast_dev_run=false",
+                f"--trainer.default_root_dir={tmp_path}",
+            ]
+        )
 
 
 CAMVID_NAMES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "Sign, symbol", "Fence", "Car"]

@@ -2,6 +2,7 @@
 
 import csv
 import io
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,6 +15,8 @@ from vitdense.heads import Segmenter, slide_inference, whole_inference
 from vitdense.tasks.base import VitDenseTask, warn_if_classes_differ
 from vitdense.tasks.segmentation_metrics import format_class_table, segmentation_scores
 from vitdense.tasks.visualization import draw_label_map, valid_region_at_original
+
+logger = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, list[dict[str, Any]]]
 
@@ -203,6 +206,24 @@ class SemanticSegmentationTask(VitDenseTask):
         self.confmat.reset()
         if self.trainer.sanity_checking:
             return
+        if confmat.sum() == 0:
+            raise ValueError(
+                f"No labelled pixel was scored in the {split} split: every image was skipped as bad (see the "
+                f"messages above) or every label is ignore_index {self.ignore_index}; fix the {split} data"
+            )
+        absent = [name for name, count in zip(self.class_names, confmat.sum(dim=1).tolist()) if count == 0]
+        if absent and self.trainer.is_global_zero:
+            shown = ", ".join(repr(name) for name in absent[:10]) + (", ..." if len(absent) > 10 else "")
+            logger.warning(
+                "%d of %d classes have no labelled pixel in the %s split (%s): their IoU is 0 where "
+                "predicted and otherwise left out of mIoU. Binary masks saved as 0 / 255 lose their "
+                "foreground when 255 is ignore_index (%d here): write it as class 1",
+                len(absent),
+                len(self.class_names),
+                split,
+                shown,
+                self.ignore_index,
+            )
         scores = segmentation_scores(confmat)
         summary = {name: float(scores[name]) for name in ("mIoU", "aAcc", "mAcc")}
         self.log_dict({f"{split}/{name}": value for name, value in summary.items()})
