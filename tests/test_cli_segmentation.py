@@ -75,7 +75,8 @@ def test_ade20k_recipes_fit_and_evaluate_on_ade_layout(recipe, precision, ade_ro
     assert "IoU" in printed and "wall" in printed  # the per-class table names ADE20K's classes
 
 
-def test_ade20k_test_subcommand_prints_table_and_metrics(ade_root, tmp_path, capsys):
+def _test_ade20k(root: Path, tmp_path: Path, *options: str) -> None:
+    """``vitdense test`` of the ADE20K recipe, tiny, on ``root``."""
     main(
         [
             "test",
@@ -83,12 +84,17 @@ def test_ade20k_test_subcommand_prints_table_and_metrics(ade_root, tmp_path, cap
             str(RECIPES / "ade20k_semseg.yaml"),
             "--config",
             str(_override_file(tmp_path, "ade20k_semseg")),
-            f"--data.init_args.root={ade_root}",
+            f"--data.init_args.root={root}",
             "--data.init_args.num_workers=0",
             *TRAINER,
             f"--trainer.default_root_dir={tmp_path}",
+            *options,
         ]
     )
+
+
+def test_ade20k_test_subcommand_prints_table_and_metrics(ade_root, tmp_path, capsys):
+    _test_ade20k(ade_root, tmp_path)
     printed = capsys.readouterr().out
     assert "aAcc" in printed and "ceiling" in printed
     metrics = json.loads(printed.strip().splitlines()[-1])
@@ -105,22 +111,8 @@ def test_test_subcommand_leaves_out_a_bad_image_under_skip(tmp_path, capsys, cap
     base = write_shapes_semseg(root, num_train=1, num_val=2, seed=3)
     bad = sorted((base / "annotations" / "validation").glob("*.png"))[0]
     Image.fromarray(np.full((240, 320), 200, np.uint8)).save(bad)  # 200 - 1 is no ADE20K class
-    main(
-        [
-            "test",
-            "--config",
-            str(RECIPES / "ade20k_semseg.yaml"),
-            "--config",
-            str(_override_file(tmp_path, "ade20k_semseg")),
-            f"--data.init_args.root={root}",
-            "--data.init_args.num_workers=0",
-            "--data.init_args.eval_batch_size=1",
-            "--data.init_args.on_bad_data=skip",
-            *TRAINER,
-            "--trainer.fast_dev_run=false",
-            f"--trainer.default_root_dir={tmp_path}",
-        ]
-    )
+    options = ["--data.init_args.eval_batch_size=1", "--data.init_args.on_bad_data=skip"]
+    _test_ade20k(root, tmp_path, *options, "--trainer.fast_dev_run=false")
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["split"] == "test" and np.isfinite(metrics["mIoU"])
     assert f"{bad}: label values" in caplog.text
@@ -133,27 +125,9 @@ def test_an_evaluation_with_every_image_skipped_fails_naming_the_split(tmp_path)
     base = write_shapes_semseg(root, num_train=1, num_val=2, seed=3)
     for label in (base / "annotations" / "validation").glob("*.png"):
         Image.fromarray(np.full((240, 320), 200, np.uint8)).save(label)  # 200 - 1 is no ADE20K class
-    args = [
-        f"--data.init_args.root={root}",
-        "--data.init_args.num_workers=0",
-        "--data.init_args.on_bad_data=skip",
-    ]
-    with pytest.raises(
-        ValueError, match="No labelled pixel was scored in the test split: every image was skipped"
-    ):
-        main(
-            [
-                "test",
-                "--config",
-                str(RECIPES / "ade20k_semseg.yaml"),
-                "--config",
-                str(_override_file(tmp_path, "ade20k_semseg")),
-                *args,
-                *TRAINER,
-                "--trainer.fast_dev_run=false",
-                f"--trainer.default_root_dir={tmp_path}",
-            ]
-        )
+    message = "No labelled pixel was scored in the test split: every image was skipped"
+    with pytest.raises(ValueError, match=message):
+        _test_ade20k(root, tmp_path, "--data.init_args.on_bad_data=skip", "--trainer.fast_dev_run=false")
 
 
 CAMVID_NAMES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "Sign, symbol", "Fence", "Car"]
