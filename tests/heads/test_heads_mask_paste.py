@@ -130,6 +130,28 @@ def test_boxes_outside_the_image_paste_nothing():
     assert not paste_masks(masks, boxes, (40, 50), threshold=None).any()
 
 
+def test_boxes_with_non_finite_coordinates_paste_nothing():
+    # A diverged model can decode inf or NaN boxes; they paste nothing and leave the other masks alone.
+    inf, nan = float("inf"), float("nan")
+    boxes = torch.tensor(
+        [
+            [-inf, 5.0, 30.0, 30.0],
+            [5.0, -inf, 30.0, 30.0],
+            [5.0, 5.0, inf, 30.0],
+            [-inf, -inf, inf, inf],
+            [nan, 5.0, 30.0, 30.0],
+            [5.0, 5.0, 30.0, nan],
+            [2.0, 3.0, 12.0, 9.0],
+        ]
+    )
+    masks = torch.ones(len(boxes), 1, 28, 28)
+    for threshold in (0.5, None):
+        out = paste_masks(masks, boxes, (40, 50), threshold=threshold)
+        assert not out[:-1].any()
+        assert out[-1].bool().equal(paste_masks(masks[-1:], boxes[-1:], (40, 50))[0])
+        assert out[-1].sum() == 60
+
+
 def test_empty_and_degenerate_sizes():
     out = paste_masks(torch.zeros(0, 1, 28, 28, dtype=torch.bfloat16), torch.zeros(0, 4), (30, 40))
     assert out.shape == (0, 30, 40) and out.dtype == torch.bool

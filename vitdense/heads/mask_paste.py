@@ -30,7 +30,7 @@ def paste_masks(
 
     Probabilities equal `grid_sample(masks, grid, align_corners=False)` with the grid at the pixel centres
     mapped into each box, up to float rounding. Boxes with no pixel centre within half a mask bin of them
-    paste nothing.
+    paste nothing, and so do boxes with an inf or NaN coordinate.
 
     Args:
         masks: (N, 1, M, M) probabilities, any float dtype; bf16 / fp16 are resampled in float32 and rounded
@@ -66,6 +66,8 @@ def paste_masks(
     # Sample positions in float64 (cheap: one per row and column): a pixel centre minus a box edge loses
     # digits in float32 far from the origin, which the bins per pixel of a small box would magnify.
     boxes = boxes.to(torch.float64)
+    # A box with an inf or NaN coordinate (a diverged model's) becomes a zero-size box: it pastes nothing.
+    boxes = boxes.masked_fill(~torch.isfinite(boxes).all(1, keepdim=True), 0)
     # Mask bins per pixel along x and y (a zero-size box gets a huge finite one: it pastes nothing).
     bins_x = size / (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-6)
     bins_y = size / (boxes[:, 3] - boxes[:, 1]).clamp(min=1e-6)
