@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
+from vitdense.argument_parser import VitDenseArgumentParser
 from vitdense.backbones import skip_weights_loading
 from vitdense.datamodules import BadDataError, PredictImages, as_rgb_array, check_data, predict_sample
 from vitdense.inference import Predictor, load_checkpoint
@@ -193,6 +194,8 @@ def check_data_command(args: list[str]) -> int:
                 LightningDataModule,
                 subclass_mode_model=True,
                 subclass_mode_data=True,
+                parser_class=VitDenseArgumentParser,
+                parser_kwargs={"prog": "vitdense check-data"},
                 run=False,
                 save_config_callback=None,
                 args=args,
@@ -456,6 +459,7 @@ def main(args: list[str] | None = None) -> None:
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        parser_class=VitDenseArgumentParser,
         save_config_kwargs={"overwrite": True},
         args=args,
     )
