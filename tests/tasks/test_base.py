@@ -200,3 +200,9 @@ def test_a_run_shorter_than_its_lr_schedule_is_warned_of(scheduler, warning, tmp
     with caplog.at_level(logging.WARNING, logger="vitdense.tasks.base"):
         task.configure_optimizers()
     assert re.search(warning, caplog.text)
+
+
+def test_an_lr_schedule_stepped_by_a_metric_is_refused_with_the_per_step_ones():
+    task = SemanticSegmentationTask(3, _segmenter, lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau)
+    with pytest.raises(ValueError, match=r"ReduceLROnPlateau .* every optimizer step.*WarmupCosineLR"):
+        task.configure_optimizers()

@@ -353,5 +353,12 @@ class VitDenseTask(LightningModule):
         if self.lr_scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.lr_scheduler_factory(optimizer)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            raise ValueError(
+                "the lr_scheduler ReduceLROnPlateau needs a metric, but vitdense steps its lr_scheduler "
+                "every optimizer step, without one: use a per-step schedule such as "
+                "vitdense.tasks.WarmupCosineLR, WarmupMultiStepLR or WarmupPolyLR "
+                "(model.init_args.lr_scheduler in the recipe)"
+            )
         self._check_schedule_length(scheduler)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
