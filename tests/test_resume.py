@@ -99,6 +99,24 @@ def test_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path):
 
 
 @pytest.mark.slow
+def test_resuming_from_a_save_on_an_epochs_last_batch_trains_the_next_epoch_whole(tmp_path):
+    """The periodic save lands on the first epoch's last batch (step 4 of 4 batches per epoch); the run is
+    killed two steps later. Resumed, it must train the whole second epoch: with a DataLoader worker it
+    skipped it (the demo's every_n_train_steps is one epoch)."""
+    main(_args(tmp_path, "straight", workers=0))
+    with pytest.raises(RuntimeError, match="killed at step 6"):
+        main(_args(tmp_path, "killed", workers=1, kill_at=6, save_every=4))
+    killed = _final_state(tmp_path, "killed")
+    assert killed["global_step"] == 4 and killed["epoch"] == 0
+    main([*_args(tmp_path, "killed", workers=1, save_every=4), "--ckpt_path", "last"])
+
+    straight, resumed = _final_state(tmp_path, "straight"), _final_state(tmp_path, "killed")
+    assert resumed["global_step"] == straight["global_step"] == 7
+    assert resumed["epoch"] == straight["epoch"]
+    torch.testing.assert_close(resumed["state_dict"], straight["state_dict"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_a_finished_run_extended_by_an_epoch_trains_that_epoch_as_an_uninterrupted_run(tmp_path):
     """The checkpoint saved at the end of training (here: of max_epochs=2, between periodic saves) resumes
     into the next epoch, with its data, and the continued run keeps writing last.ckpt (no last-v1.ckpt)."""

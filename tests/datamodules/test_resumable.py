@@ -24,8 +24,9 @@ def test_an_epoch_resumed_after_k_samples_yields_the_rest_of_the_same_epoch():
     sampler.resume(epoch=2, consumed=4)
     assert _epoch(sampler, 2) == full[4:]
     assert _epoch(sampler, 2) == full, "the skip applies once"
-    sampler.resume(epoch=1, consumed=4)
-    assert _epoch(sampler, 2) == full, "a skip for another epoch does not apply"
+    sampler.resume(epoch=2, consumed=4)
+    assert _epoch(sampler, 1) == full[4:], "the resumed epoch whatever epoch is set before the iteration"
+    assert _epoch(sampler, 2) == full
     assert _epoch(sampler, 3) != full, "each epoch has its own order"
     assert len({seed for _, seed in full}) == 10, "each position has its own seed"
 
@@ -79,12 +80,14 @@ class BatchRecorder(lightning.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def _fit(tmp_path, ckpt_path=None, **trainer_args) -> tuple[lightning.Trainer, BatchRecorder]:
+def _fit(
+    tmp_path, ckpt_path=None, num_workers: int = 0, **trainer_args
+) -> tuple[lightning.Trainer, BatchRecorder]:
     """Fit a BatchRecorder on 10 shapes images (5 batches per epoch), seeded as every run of a test is."""
     lightning.seed_everything(1)
     datamodule = ShapesSegmentationDataModule(
         str(tmp_path / "shapes"), num_train=10, num_val=2, crop_size=56, scale=(80, 60), batch_size=2,
-        num_workers=0,
+        num_workers=num_workers,
     )  # fmt: skip
     model = BatchRecorder()
     trainer = lightning.Trainer(
@@ -99,11 +102,12 @@ def _fit(tmp_path, ckpt_path=None, **trainer_args) -> tuple[lightning.Trainer, B
     return trainer, model
 
 
+@pytest.mark.parametrize("num_workers", [0, 1])
 @pytest.mark.parametrize(
     ("val_check_interval", "saved_at"), [(3, 3), (1.0, 5)], ids=["mid-epoch", "end-of-epoch"]
 )
 def test_a_run_resumed_from_a_checkpoint_saved_by_validation_sees_the_batches_it_would_have(
-    tmp_path, val_check_interval, saved_at
+    tmp_path, val_check_interval, saved_at, num_workers
 ):
     """ModelCheckpoint saves while fit validates (the recipes' best checkpoints): the data position must be
     in it, and the epoch after an end-of-epoch one must shuffle as in a run that never stopped."""
@@ -111,7 +115,9 @@ def test_a_run_resumed_from_a_checkpoint_saved_by_validation_sees_the_batches_it
     def fit(ckpt_path=None) -> list[tuple[int, float]]:
         saver = ModelCheckpoint(tmp_path / "ckpt", filename="{step}", monitor="val/score", save_top_k=-1)
         schedule = {"max_steps": 2 * saved_at + 2, "val_check_interval": val_check_interval}
-        return _fit(tmp_path, ckpt_path, limit_val_batches=1, callbacks=[saver], **schedule)[1].seen
+        return _fit(tmp_path, ckpt_path, num_workers, limit_val_batches=1, callbacks=[saver], **schedule)[
+            1
+        ].seen
 
     straight = fit()
     resumed = fit(tmp_path / "ckpt" / f"step={saved_at}.ckpt")
@@ -127,3 +133,25 @@ def test_a_checkpoint_saved_after_fit_resumes_into_the_next_epoch(tmp_path):
     trainer.save_checkpoint(tmp_path / "after_fit.ckpt")
     _, resumed = _fit(tmp_path, tmp_path / "after_fit.ckpt", max_epochs=2, **no_checkpoints)
     assert resumed.seen == straight.seen[5:] and len(resumed.seen) == 5
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+@pytest.mark.parametrize("saved_at", [3, 5, 10], ids=["mid-epoch", "last-batch", "last-batch-of-epoch-2"])
+def test_a_run_resumed_from_a_checkpoint_saved_between_steps_sees_the_batches_it_would_have(
+    tmp_path, saved_at, num_workers
+):
+    """Saved every N steps (LatestCheckpoint), also on an epoch's last batch: Lightning then resumes into the
+    next epoch, which must be whole and shuffled as in a run that never stopped. With workers, Lightning
+    iterates the resumed loader before it counts the finished epoch."""
+
+    def fit(ckpt_path=None) -> list[tuple[int, float]]:
+        saver = ModelCheckpoint(
+            tmp_path / "ckpt", filename="{step}", every_n_train_steps=saved_at, save_top_k=-1
+        )
+        return _fit(tmp_path, ckpt_path, num_workers, limit_val_batches=0, callbacks=[saver], max_steps=13)[
+            1
+        ].seen
+
+    straight = fit()
+    resumed = fit(tmp_path / "ckpt" / f"step={saved_at}.ckpt")
+    assert resumed == straight[saved_at:]

@@ -177,8 +177,10 @@ class SplitDataModule(L.LightningDataModule):
         running = trainer is not None and trainer.state.fn == "fit" and trainer.state.status == "running"
         if not running or trainer.sanity_checking:  # after fit, Lightning has counted the next epoch
             return {}
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"train_epoch": trainer.current_epoch, "train_batches_done": done}
+        epoch, done = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if done >= trainer.num_training_batches:  # saved on the epoch's last batch: resume at the next one
+            epoch, done = epoch + 1, 0
+        return {"train_epoch": epoch, "train_batches_done": done}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "train_epoch" in state_dict:

@@ -61,17 +61,20 @@ class ResumableSampler(DistributedSampler):
         self._resume: tuple[int, int] | None = None
 
     def resume(self, epoch: int, consumed: int) -> None:
-        """Make the iteration over ``epoch`` start after its first ``consumed`` indices of this process."""
+        """Make the next iteration be over ``epoch``, starting after its first ``consumed`` indices of this
+        process, whatever epoch is set or asked for then: a resumed DataLoader with workers is iterated before
+        Lightning has counted an epoch that the checkpoint saw end."""
         self._resume = (epoch, consumed)
 
     def __iter__(self) -> Iterator[SeededIndex]:
-        if self.epoch_of is not None:
+        start = 0
+        if self._resume is not None:
+            epoch, start = self._resume
+            self.set_epoch(epoch)
+            self._resume = None
+        elif self.epoch_of is not None:
             self.set_epoch(self.epoch_of())
         indices = list(super().__iter__())
-        start = 0
-        if self._resume is not None and self._resume[0] == self.epoch:
-            start = self._resume[1]
-        self._resume = None
         for position in range(start, len(indices)):
             global_position = position * self.num_replicas + self.rank
             seed = hash((self.seed, self.epoch, global_position)) % 2**32
