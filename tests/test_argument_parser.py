@@ -84,3 +84,13 @@ def test_check_data_names_itself_in_the_tip(capsys, monkeypatch):
         "did you mean 'batch_size' of vitdense.datamodules.ShapesDataModule? ('batch_sise' is not one)",
         "tip: `vitdense check-data --help` lists the accepted options",
     ]
+
+
+def test_the_commands_help_lists_the_commands_beside_lightnings(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["vitdense", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    for command in ["fit", "validate", "test", "predict", "vitdense check-data", "vitdense export"]:
+        assert command in help_text

@@ -1,10 +1,13 @@
-"""The ``vitdense`` command's argument parser: an option error in a few lines, with the closest valid name.
+"""The ``vitdense`` command's argument parsers: an option error in a few lines, with the closest valid name.
 
 jsonargparse prints the subcommand's whole usage (some 50 lines of options) above the one line that says what
 was wrong. :class:`VitDenseArgumentParser` prints that line alone (jsonargparse's message, whole), followed by
-the closest valid name for a misspelt option or constructor argument and the ``--help`` tip.
+the closest valid name for a misspelt option or constructor argument and the ``--help`` tip;
+:class:`CommandArgumentParser` does the same for the argparse commands (``predict`` from a checkpoint,
+``export``), whose own messages already name the closest option.
 """
 
+import argparse
 import difflib
 import importlib
 import inspect
@@ -16,7 +19,7 @@ from typing import Any, NoReturn
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser
 
-__all__ = ["VitDenseArgumentParser", "suggestion"]
+__all__ = ["CommandArgumentParser", "VitDenseArgumentParser", "suggestion"]
 
 # "unrecognized arguments: --trainer.max_epohcs 1" (command line) and
 # "Subcommand 'fit' does not accept option 'trainer.max_epohcs'" (a recipe's key)
@@ -38,11 +41,23 @@ class VitDenseArgumentParser(LightningArgumentParser):
         parser = getattr(ex, "subcommand_parser", None) or self
         hint = suggestion(message, parser)
         prog = parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"error: {message.rstrip()}\n")
-        if hint:
-            sys.stderr.write(f"{hint}\n")
-        sys.stderr.write(f"tip: `{prog} --help` lists the accepted options\n")
-        self.exit(2)
+        _exit_with(self, prog, message, hint)
+
+
+class CommandArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, with :meth:`error` reporting without the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        _exit_with(self, self.prog, message, None)
+
+
+def _exit_with(parser: argparse.ArgumentParser, prog: str, message: str, hint: str | None) -> NoReturn:
+    """Write the error, the hint if any and the ``--help`` tip to stderr, and exit with status 2."""
+    sys.stderr.write(f"error: {message.rstrip()}\n")
+    if hint:
+        sys.stderr.write(f"{hint}\n")
+    sys.stderr.write(f"tip: `{prog} --help` lists the accepted options\n")
+    parser.exit(2)
 
 
 def suggestion(message: str, parser: ArgumentParser) -> str | None:

@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from vitdense.argument_parser import VitDenseArgumentParser
+from vitdense.argument_parser import CommandArgumentParser, VitDenseArgumentParser
 from vitdense.backbones import skip_weights_loading
 from vitdense.datamodules import BadDataError, PredictImages, as_rgb_array, check_data, predict_sample
 from vitdense.inference import Predictor, load_checkpoint
@@ -220,7 +220,7 @@ def predict_checkpoint_command(args: list[str]) -> int:
     those of ``vitdense predict --config <run>/config.yaml`` (:class:`PredictionWriter`). Returns the exit
     status: 0, or 1 when an image cannot be read.
     """
-    parser = argparse.ArgumentParser(
+    parser = CommandArgumentParser(
         prog="vitdense predict",
         description=(
             "Run a checkpoint written by `vitdense fit` on images, with no recipe and no annotation file. "
@@ -364,8 +364,12 @@ def export_command(args: list[str]) -> int:
     and checks its outputs against eager PyTorch on the sample image; a difference beyond the stated
     tolerances fails with exit status 1. Returns the exit status.
     """
-    parser = argparse.ArgumentParser(
-        prog="vitdense export", description=export_command.__doc__.split("\n")[0]
+    parser = CommandArgumentParser(
+        prog="vitdense export",
+        description=(
+            "Write a checkpoint's detector or segmenter with torch.export at a fixed input size, load it "
+            "back and check its outputs against eager PyTorch on a sample image."
+        ),
     )
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by `vitdense fit`")
     parser.add_argument("--output", default=None, help="the .pt2 file (default: beside the checkpoint)")
@@ -441,6 +445,14 @@ def _exported_classes(task: LightningModule) -> dict[str, Any]:
     return {"task": "semantic_segmentation", "classes": classes, "ignore_index": task.ignore_index}
 
 
+_MORE_COMMANDS = (
+    "More commands: `vitdense check-data --config <recipe>` reads every record of a recipe's data and "
+    "reports the bad ones; `vitdense predict --ckpt_path <ckpt> --images <file|folder|glob>` runs a "
+    "checkpoint without its recipe; `vitdense export --ckpt_path <ckpt>` writes its model with "
+    "torch.export. Each has its own --help."
+)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the console script and ``python -m vitdense``.
 
@@ -460,6 +472,7 @@ def main(args: list[str] | None = None) -> None:
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_class=VitDenseArgumentParser,
+        parser_kwargs={"epilog": _MORE_COMMANDS},
         save_config_kwargs={"overwrite": True},
         args=args,
     )
