@@ -283,6 +283,21 @@ FILE_CASES = {
         ),
         "normalised_coordinates",
     ),
+    # Corners [x1, y1, x2, y2] where COCO wants [x, y, w, h]: two of three boxes run past the 56 x 28 image.
+    "corner_boxes": (
+        json.dumps(
+            {
+                "images": [GOOD_IMAGE],
+                "annotations": [
+                    _ann(1, bbox=[30, 10, 50, 25], segmentation=[[30, 10, 50, 10, 50, 25, 30, 25]]),
+                    _ann(2, bbox=[20, 5, 40, 20], segmentation=[[20, 5, 40, 5, 40, 20, 20, 20]]),
+                    _ann(3, bbox=[2, 2, 10, 8], segmentation=[[2, 2, 10, 2, 10, 8, 2, 8]]),
+                ],
+                "categories": [{"id": 1, "name": "a"}],
+            }
+        ),
+        "corner_boxes",
+    ),
 }
 
 

@@ -154,6 +154,41 @@ def _check_pixel_units(coco: COCO, annotation_file: str | Path) -> None:
         )
 
 
+def _check_box_format(coco: COCO, annotation_file: str | Path) -> None:
+    """Raise when the boxes are corners ``[x1, y1, x2, y2]``, not COCO's ``[x, y, width, height]``: every box
+    fits its image as corners (x1 < x2 <= width, y1 < y2 <= height) while at least half of them, read as
+    COCO's, run past the image. Each such box would only be clipped with a note, training and scoring wrong
+    boxes.
+
+    Raises:
+        BadDataError: under every policy: no record of the file can be trusted.
+    """
+    sizes = {
+        img["id"]: (img.get("height"), img.get("width"))
+        for img in coco.dataset["images"]
+        if _is_number(img.get("height")) and _is_number(img.get("width"))
+    }
+    boxes, past, example = 0, 0, None
+    for ann in coco.dataset["annotations"]:
+        bbox, size = ann.get("bbox"), sizes.get(ann.get("image_id"))
+        if size is None or _malformed_box(bbox) is not None:
+            continue
+        (x, y, a, b), (h, w) = bbox, size
+        if not (x < a <= w + 1 and y < b <= h + 1):
+            return  # not a box as corners: the file is COCO's format
+        boxes += 1
+        if x + a > w + 1 or y + b > h + 1:
+            past += 1
+            example = example or f"annotation id {ann['id']}: {bbox} on a {w}x{h} (w x h) image"
+    if boxes and 2 * past >= boxes:
+        message = (
+            f"{annotation_file}: {past} of its {boxes} boxes run past their images read as COCO's [x, y, "
+            f"width, height] (e.g. {example}), while every box fits its image as corners [x1, y1, x2, y2]: "
+            "the file holds corners; convert every bbox to [x1, y1, x2 - x1, y2 - y1]"
+        )
+        raise BadDataError(message, Finding("corner_boxes", message, str(annotation_file), "annotations"))
+
+
 def _check_has_segmentations(coco: COCO, annotation_file: str | Path) -> None:
     """Raise when masks are wanted but no annotation of the file has a segmentation: a boxes-only file
     would otherwise give one error per annotation.
@@ -425,6 +460,7 @@ class CocoDetection(CheckedDataset):
         self.keep_empty_images = keep_empty_images
         self.coco = coco if coco is not None else load_coco(annotation_file)
         _check_pixel_units(self.coco, self.annotation_file)
+        _check_box_format(self.coco, self.annotation_file)
         if masks or evaluation == "segm":
             _check_has_segmentations(self.coco, self.annotation_file)
         file_ids, file_names = categories_of(self.coco, annotation_file, warn=category_ids is None)
