@@ -565,3 +565,30 @@ def test_workers_draw_different_augmentations(shapes: dict[str, Path]) -> None:
     scales = [targets[0]["scale"] for _, targets in loader]
     by_worker = scales[0::2], scales[1::2]
     assert by_worker[0] != by_worker[1]
+
+
+def test_a_box_past_the_border_in_an_evaluation_file_is_noted_as_scored_as_written(
+    make_coco: MakeCoco,
+) -> None:
+    root, ann_file = make_coco([IMG], [_ann(1, [40.0, -6.0, 30.0, 20.0])])
+    ds = CocoDetection(root, ann_file, EvalTransform(56), evaluation="bbox", on_bad_data="error")
+    (finding,) = [f for f in ds.findings if f.kind == "box_clipped"]
+    assert finding.message.endswith("COCOeval scores it as written"), finding.message
+
+
+def test_a_malformed_annotation_is_reported_by_its_wrong_keys_only(make_coco: MakeCoco) -> None:
+    polygon = [[float(v) for v in range(2, 200)]]
+    bad = [
+        _ann(7, [2, 2, 6, 6], segmentation=polygon) | {"image_id": "1"},
+        {k: v for k, v in _ann(8, [2, 2, 6, 6]).items() if k != "category_id"},
+    ]
+    root, ann_file = make_coco([IMG], [_ann(1, [2, 2, 6, 6]), *bad])
+    ds = CocoDetection(root, ann_file, EvalTransform(56), on_bad_data="skip")
+    messages = [f.message for f in ds.findings if f.kind == "malformed_annotation"]
+    assert len(messages) == 2
+    assert (
+        "annotation id 7 has 'image_id': '1' (str); needs integer 'id', 'image_id' and 'category_id'"
+        in messages[0]
+    )
+    assert "annotation id 8 has no 'category_id'; needs integer" in messages[1]
+    assert all("198.0" not in message for message in messages), "the polygon is left out"

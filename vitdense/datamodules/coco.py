@@ -487,9 +487,20 @@ class CocoDetection(CheckedDataset):
             name = "image" if section == "images" else "annotation"
             rid = raw.get("id") if isinstance(raw, dict) else None
             record = f"{name} id {rid!r}" if rid is not None else f"{section}[{position}]"
-            keys = "an integer 'id'" if name == "image" else "integer 'id', 'image_id' and 'category_id'"
+            keys = _INDEX_KEYS[section]
+            if isinstance(raw, dict):
+                wrong = [
+                    f"'{k}': {raw[k]!r} ({type(raw[k]).__name__})" if k in raw else f"no '{k}'"
+                    for k in keys
+                    if not _is_int(raw.get(k))
+                ]
+                problem = f"has {', '.join(wrong)}"
+            else:
+                problem = f"is {str(raw)[:80]!r}, not a record"
+            quoted = [f"'{k}'" for k in keys]
+            needs = " and ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
             kind = "malformed_image_record" if name == "image" else "malformed_annotation"
-            self._bad_record(kind, record, f"{str(raw)[:200]} needs {keys}; fix the record")
+            self._bad_record(kind, record, f"{problem}; needs integer {needs}; fix the record")
         images = self.coco.dataset["images"]
         counts = Counter(img["id"] for img in images)
         records: dict[int, _ImageRecord] = {}
@@ -559,7 +570,8 @@ class CocoDetection(CheckedDataset):
             self._note(
                 "box_clipped",
                 f"{self.annotation_file}: {record} (image id {rec.image_id}) has box {bbox} (xywh) past the "
-                f"{rec.width}x{rec.height} (w x h) image by over 1 px: clipped to it",
+                f"{rec.width}x{rec.height} (w x h) image by over 1 px: "
+                + ("COCOeval scores it as written" if self.evaluation is not None else "clipped to it"),
                 file=self.annotation_file,
                 record=record,
             )
