@@ -120,6 +120,19 @@ def test_an_unused_background_category_is_left_out_a_used_one_kept(
     assert len(warned) == 1, "said once per command, not once per split"
 
 
+def test_categories_sharing_a_name_are_warned_of_once(
+    make_coco: MakeCoco, caplog: pytest.LogCaptureFixture
+) -> None:
+    cats = [{"id": 1, "name": "person"}, {"id": 2, "name": "car"}, {"id": 3, "name": "person"}]
+    root, ann_file = make_coco([IMG], [_ann(1, [1, 1, 5, 5], cid=1), _ann(2, [10, 1, 5, 5], cid=3)], cats)
+    with caplog.at_level(logging.WARNING):
+        dm = CocoDataModule(str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0)
+        dm.setup("fit")
+    assert dm.class_names == ["person", "car", "person"]
+    warned = [r.getMessage() for r in caplog.records if "are all named 'person'" in r.getMessage()]
+    assert len(warned) == 1 and "category ids [1, 3]" in warned[0]
+
+
 def test_validation_split_uses_training_label_mapping(make_coco: MakeCoco, tmp_path: Path) -> None:
     root, train_file = make_coco([IMG], [_ann(1, [1, 1, 5, 5], cid=2)])
     val_file = tmp_path / "val.json"

@@ -246,7 +246,18 @@ def categories_of(
             )
             del cats[category_id]
     ids = sorted(cats)
-    return ids, [cats[i] for i in ids]
+    names = [cats[i] for i in ids]
+    for name, count in Counter(names).items():
+        if count > 1 and warn:
+            same = [i for i in ids if cats[i] == name]
+            logger.warning(
+                "%s: category ids %s are all named %r: they are separate classes, whose predictions and "
+                "per-class AP carry the same name; merge them into one category or rename them",
+                annotation_file,
+                same,
+                name,
+            )
+    return ids, names
 
 
 @dataclass
