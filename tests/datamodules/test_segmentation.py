@@ -154,7 +154,12 @@ def test_ignore_index_inside_the_uint8_range_loads(tmp_path: Path) -> None:
     [
         ("size", "size_mismatch", r"bad\.png is 20x30 \(h x w\) but its image .*bad\.jpg is 20x31"),
         ("rgb", "label_not_indices", r"bad\.png is a mode RGB image"),
-        ("no_label", "missing_label", r"bad\.jpg has no label .*bad\.png"),
+        ("no_label", "missing_label", r"bad\.jpg has no label .*bad\.png; add"),
+        (
+            "jpeg_label",
+            "missing_label",
+            r"bad\.jpg has no label .*bad\.png \(.*lbl/bad\.jpg is not a PNG: labels",
+        ),
         ("no_image", "missing_image", r"bad\.png has no image"),
     ],
 )
@@ -167,6 +172,9 @@ def test_bad_records_found_at_construction(tmp_path: Path, case: str, reason: st
         _write_pair(images, labels, "bad", np.zeros((20, 30, 3), np.uint8))
     elif case == "no_label":
         _write_pair(images, labels, "bad", None, image_hw=(20, 30))
+    elif case == "jpeg_label":
+        _write_pair(images, labels, "bad", None, image_hw=(20, 30))
+        Image.fromarray(_label()).save(labels / "bad.jpg")
     else:
         _write_pair(images, labels, "bad", _label(), write_image=False)
     with pytest.raises(BadDataError, match=match):

@@ -13,6 +13,7 @@ with the image resized to fit ``scale`` and the label at the original resolution
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -288,9 +289,17 @@ class SegmentationFolder(CheckedDataset):
         for key in sorted(images.keys() | labels.keys()):
             found, label = images.get(key, []), labels.get(key, [])
             if not label:
+                wanted = self.labels / f"{key}.png"
+                other = sorted(p for p in wanted.parent.glob(f"{glob.escape(wanted.stem)}.*") if p != wanted)
+                saved_as = (
+                    f" ({other[0]} is not a PNG: labels must be lossless PNGs, as a JPEG's compression "
+                    "changes the class ids along every edge; save it as PNG from its source)"
+                    if other
+                    else ""
+                )
                 self._bad(
                     "missing_label",
-                    f"{found[0]} has no label {self.labels / key}.png; add the label PNG or remove the "
+                    f"{found[0]} has no label {wanted}{saved_as}; add the label PNG or remove the "
                     f"image, {_SKIP_HINT}",
                     file=found[0],
                     record=key,
