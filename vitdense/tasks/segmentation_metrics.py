@@ -39,7 +39,7 @@ def segmentation_scores(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
 def format_class_table(scores: dict[str, torch.Tensor], class_names: list[str]) -> str:
     """A fixed-width per-class IoU / Acc table (percent; ``nan`` where the class never occurs)."""
     width = max([5, *(len(name) for name in class_names)])
-    lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}"]
+    lines = [f"{'class':<{width}}  {'IoU %':>6}  {'Acc %':>6}"]
     for name, iou, accuracy in zip(class_names, scores["IoU"].tolist(), scores["Acc"].tolist(), strict=True):
         lines.append(f"{name:<{width}}  {100 * iou:6.2f}  {100 * accuracy:6.2f}")
     lines.append(
