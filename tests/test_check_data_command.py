@@ -11,7 +11,7 @@ from vitdense.datamodules import write_shapes_coco
 RECIPES = Path(__file__).parents[1] / "recipes"
 
 
-def _check(recipe: str, paths: dict) -> int:
+def _check(recipe: str, paths: dict, *extra: str) -> int:
     with pytest.raises(SystemExit) as exit_info:
         main(
             [
@@ -23,6 +23,7 @@ def _check(recipe: str, paths: dict) -> int:
                 f"--data.init_args.val_images={paths['val_images']}",
                 f"--data.init_args.val_annotations={paths['val_annotations']}",
                 "--data.init_args.num_workers=0",
+                *extra,
             ]
         )
     return exit_info.value.code
@@ -42,6 +43,11 @@ def test_a_gpu_recipe_checks_its_data_on_the_cpu_and_names_bad_records(tmp_path,
     assert _check("coco_mask_rcnn.yaml", paths) == 1
     report = capsys.readouterr().out
     assert missing in report and f"annotation id {bad_id}" in report
+    assert "on_bad_data='skip'" not in report, "the recipe reads its data under skip: the hint is moot"
+    assert _check("coco_mask_rcnn.yaml", paths, "--data.init_args.on_bad_data=error") == 1
+    report = capsys.readouterr().out
+    assert missing in report
+    assert "or pass on_bad_data='skip' to drop it" in report
 
 
 def test_an_unreadable_training_file_is_named(tmp_path, capsys):

@@ -204,7 +204,7 @@ def check_data_command(args: list[str]) -> int:
             print(f"The data check could not start: {error}", file=sys.stderr)
             return 1
     report = check_data(cli.datamodule)
-    print(report.format(), flush=True)
+    print(report.format(skip_hint=cli.datamodule.on_bad_data != "skip"), flush=True)
     return 1 if report.errors else 0
 
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from torch.utils.data import DataLoader, Dataset
 
-from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, Finding, Policy
+from vitdense.datamodules.bad_data import SKIP_HINT, BadDataError, CheckedDataset, Finding, Policy
 
 __all__ = [
     "CheckableDataModule",
@@ -121,12 +121,13 @@ class DataReport:
         """Per split, findings of ``severity`` by kind."""
         return {split.split: split.counts(severity) for split in self.splits}
 
-    def format(self, max_notes_per_kind: int | None = 20) -> str:
+    def format(self, max_notes_per_kind: int | None = 20, skip_hint: bool = True) -> str:
         """The report as text: a summary line, then per split its counts and every finding.
 
         Args:
             max_notes_per_kind: notes listed per kind and split (the rest are counted); None lists all.
                 Errors are always all listed.
+            skip_hint: keep the hint to pass ``on_bad_data='skip'`` (False: the data is read under it).
         """
         lines = [
             f"Data check of {len(self.splits)} split(s): {self.errors} bad record(s), {self.notes} note(s) "
@@ -146,7 +147,8 @@ class DataReport:
                     shown[f.kind] += 1
                     if max_notes_per_kind is not None and shown[f.kind] > max_notes_per_kind:
                         continue
-                lines.append(f"  {f.severity:<5}  {f.kind}: {f.message}")
+                message = f.message if skip_hint else f.message.replace(f", {SKIP_HINT}", "")
+                lines.append(f"  {f.severity:<5}  {f.kind}: {message}")
             for kind, n in sorted(shown.items()):
                 if max_notes_per_kind is not None and n > max_notes_per_kind:
                     lines.append(f"  note   {kind}: ... and {n - max_notes_per_kind} more")

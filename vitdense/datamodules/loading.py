@@ -109,7 +109,7 @@ class SplitDataModule(L.LightningDataModule):
                 )
             raise BadDataError(f"The data check found {why}.\n{report.format()}")
         if report.findings:
-            logger.warning("%s", report.format())
+            logger.warning("%s", report.format(skip_hint=self.on_bad_data != "skip"))
         else:
             logger.info("data check: %s read, no problem found", ", ".join(splits))
         datasets = {}
