@@ -10,12 +10,14 @@ import pytest
 import torch
 import yaml
 from lightning import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import TQDMProgressBar
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from tests.tiny import TINY_CONFIG
 from vitdense.cli import VitDenseCLI, _is_user_error, main, run
 from vitdense.datamodules import resolve_images, write_shapes_coco
+from vitdense.tasks import StepProgressBar
 from vitdense.tasks.base import strict_json
 from vitdense.tasks.coco_evaluator import ap_by_class_name
 
@@ -113,6 +115,49 @@ def test_null_weights_on_the_command_line_build_a_randomly_initialised_backbone(
         args=["--config", str(recipe), *arguments, f"{prefix}.pretrained=null", f"{prefix}.weights=null"],
     )
     assert cli.model.model.backbone.vit.num_blocks == TINY_CONFIG["num_layers"]
+
+
+def test_the_progress_bar_counts_steps_against_max_steps(shapes, tmp_path):
+    """The recipes train to max_steps with max_epochs -1, where Lightning's bar reads "Epoch 3/-2"."""
+    recipe = next(r for r in RECIPES if r.stem == "coco_faster_rcnn")
+    arguments = ["--config", str(recipe), *_tiny_overrides(shapes, tmp_path), "--trainer.fast_dev_run=0"]
+    cli = VitDenseCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        save_config_callback=None,
+        args=arguments,
+    )
+    trainer = cli.trainer
+    bar = trainer.progress_bar_callback
+    assert isinstance(bar, StepProgressBar)
+    bar.setup(trainer, cli.model, stage="fit")
+    trainer.fit_loop.max_epochs = -1  # as fit sets it from the recipe
+    assert bar._get_train_description(3).strip() == "Epoch 3"
+    trainer.fit_loop.max_epochs = 5
+    assert bar._get_train_description(3).strip() == "Epoch 3/4"
+    trainer.training = True
+    assert bar.get_metrics(trainer, cli.model)["step"] == f"0/{trainer.max_steps}"
+
+    # A bar the recipe configures is kept as it is.
+    tqdm = tmp_path / "tqdm.yaml"
+    tqdm.write_text(
+        yaml.safe_dump(
+            {"trainer": {"callbacks": [{"class_path": "lightning.pytorch.callbacks.TQDMProgressBar"}]}}
+        )
+    )
+    cli = VitDenseCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        save_config_callback=None,
+        args=[*arguments, "--config", str(tqdm)],
+    )
+    assert type(cli.trainer.progress_bar_callback) is TQDMProgressBar
 
 
 DETECTION_RECIPES = [r for r in RECIPES if r.stem.startswith("coco") or r.stem == "custom_coco_mask_rcnn"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from lightning import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
@@ -26,7 +26,12 @@ from vitdense.datamodules import BadDataError, PredictImages, as_rgb_array, chec
 from vitdense.inference import Predictor, load_checkpoint
 from vitdense.tasks import DetectionTask
 from vitdense.tasks.base import strict_json
-from vitdense.tasks.callbacks import ThroughputLogger, ValidateFinalStep, ValidationImageLogger
+from vitdense.tasks.callbacks import (
+    StepProgressBar,
+    ThroughputLogger,
+    ValidateFinalStep,
+    ValidationImageLogger,
+)
 from vitdense.tasks.prediction_writer import PredictionWriter
 from vitdense.tasks.segmentation import checked_sliding_window
 
@@ -38,8 +43,9 @@ class VitDenseCLI(LightningCLI):
     from the instantiated datamodule instead of being written twice. Every run also gets, unless its
     recipe configures its own: a CSV logger beside the TensorBoard one, the learning rate and training
     throughput logged, validation images with predictions drawn, the final step validated inside ``fit``
-    (:class:`ValidateFinalStep`); ``predict`` writes its outputs with a
-    :class:`PredictionWriter` (``--writer.output_dir``, ``--writer.score_threshold``).
+    (:class:`ValidateFinalStep`), the step counted in the progress bar (:class:`StepProgressBar`);
+    ``predict`` writes its outputs with a :class:`PredictionWriter` (``--writer.output_dir``,
+    ``--writer.score_threshold``).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -135,6 +141,14 @@ class VitDenseCLI(LightningCLI):
             len(trainer.callbacks),
         )
         trainer.callbacks[position:position] = missing
+        for i, callback in enumerate(trainer.callbacks):
+            if type(callback) is RichProgressBar:  # Lightning's default; a bar of another kind is left alone
+                trainer.callbacks[i] = StepProgressBar(
+                    refresh_rate=callback.refresh_rate,
+                    leave=getattr(callback, "_leave", False),
+                    theme=callback.theme,
+                    console_kwargs=getattr(callback, "_console_kwargs", None),
+                )
 
     def _print_final_metrics(self) -> None:
         """End the output with one JSON line of the last evaluation's metrics, after the progress bar."""

@@ -3,6 +3,7 @@
 from vitdense.tasks.base import VitDenseTask
 from vitdense.tasks.callbacks import (
     LatestCheckpoint,
+    StepProgressBar,
     ThroughputLogger,
     ValidateFinalStep,
     ValidationImageLogger,
@@ -24,6 +25,7 @@ __all__ = [
     "DetectionTask",
     "LatestCheckpoint",
     "SemanticSegmentationTask",
+    "StepProgressBar",
     "ThroughputLogger",
     "ValidateFinalStep",
     "ValidationImageLogger",

@@ -1,5 +1,5 @@
 """Callbacks the CLI adds to every run (throughput, validation images with predictions, a validation of the
-final weights) and the checkpoint of the latest training state."""
+final weights, a progress bar that counts steps) and the checkpoint of the latest training state."""
 
 import glob
 import logging
@@ -9,14 +9,20 @@ from typing import Any
 
 import torch
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from vitdense.tasks.visualization import fit_within
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LatestCheckpoint", "ThroughputLogger", "ValidateFinalStep", "ValidationImageLogger"]
+__all__ = [
+    "LatestCheckpoint",
+    "StepProgressBar",
+    "ThroughputLogger",
+    "ValidateFinalStep",
+    "ValidationImageLogger",
+]
 
 
 class ThroughputLogger(Callback):
@@ -44,6 +50,26 @@ class ThroughputLogger(Callback):
         if trainer.global_step % trainer.log_every_n_steps == 0 and self._images:
             pl_module.log("train/images_per_sec", self._images / (now - self._start), rank_zero_only=True)
             self._start, self._images = now, 0
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, with the run's step among its metrics (``step 1200/20000``).
+
+    The recipes stop on ``max_steps`` with ``max_epochs: -1``, where Lightning's bar would read "Epoch 3/-2"
+    and give no sense of the whole run: the epoch is shown alone and the step against ``max_steps``.
+    """
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs not in (None, -1):
+            return super()._get_train_description(current_epoch)
+        description = f"Epoch {current_epoch}"
+        return f"{description:{len(self.validation_description)}}"  # as wide as "Validation": no flicker
+
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        if trainer.training and trainer.max_steps > 0:
+            metrics = {"step": f"{trainer.global_step}/{trainer.max_steps}", **metrics}
+        return metrics
 
 
 class ValidationImageLogger(Callback):
