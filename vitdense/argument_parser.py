@@ -1,22 +1,20 @@
 """The ``vitdense`` command's argument parsers: an option error in a few lines, with the closest valid name.
 
 jsonargparse prints the subcommand's whole usage (some 50 lines of options) above the one line that says what
-was wrong. :class:`VitDenseArgumentParser` prints that line alone (jsonargparse's message, whole), followed by
-the closest valid name for a misspelt option or constructor argument and the ``--help`` tip;
-:class:`CommandArgumentParser` does the same for the argparse commands (``predict`` from a checkpoint,
-``export``), whose own messages already name the closest option.
+was wrong, and argparse prints the usage too. :class:`VitDenseArgumentParser` (Lightning's commands) and
+:class:`CommandArgumentParser` (``predict`` from a checkpoint, ``export``) print that line alone (the
+message, whole), followed by the closest valid name for a misspelt option or constructor argument and the
+``--help`` tip of the command the error belongs to.
 """
 
 import argparse
 import difflib
-import importlib
 import inspect
 import os
 import re
 import sys
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser
 
 __all__ = ["CommandArgumentParser", "VitDenseArgumentParser", "suggestion"]
@@ -26,76 +24,103 @@ __all__ = ["CommandArgumentParser", "VitDenseArgumentParser", "suggestion"]
 _UNKNOWN_OPTION = re.compile(
     r"unrecognized arguments: --?(?P<key>[^\s=]+)|does not accept option '(?P<nested>[^']+)'"
 )
-# "Option 'num_wrokers' is not accepted", in a message that names the classes it was tried on as
-# "class_path 'X'", "class_path='X'" or "'class_path': 'X'"
-_UNKNOWN_INIT_ARG = re.compile(r"Option '(?P<key>[^']+)' is not accepted")
+# "Option 'num_wrokers' is not accepted", after the class it was given to ("class_path 'X':") or before it
+# (". Got value: Namespace(class_path='X'")
+_UNKNOWN_INIT_ARG = re.compile(
+    r"(?:class_path '(?P<before>[\w.]+)':\s+)?Option '(?P<key>[^']+)' is not accepted"
+    r"(?:\. Got value: Namespace\(class_path='(?P<after>[\w.]+)')?"
+)
+# The classes the message names, as "class_path 'X'", "class_path='X'" or "'class_path': 'X'"
 _CLASS_PATH = re.compile(r"class_path'?[=:]?\s*'(?P<path>[\w.]+)'")
+# "the following arguments are required: fit.data, fit.model": a subcommand's keys, in the main parser's error
+_REQUIRED = re.compile(r"the following arguments are required: (?P<subcommand>[\w-]+)\.")
 
 
 class VitDenseArgumentParser(LightningArgumentParser):
     """Lightning's argument parser, with :meth:`error` reporting without the usage dump."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+        # As jsonargparse reads the variable (get_env_var_bool): only "true" turns debugging on.
+        debug = os.environ.get("JSONARGPARSE_DEBUG", "").lower() == "true"
+        if not self.exit_on_error or debug:
             super().error(message, ex)  # raises: jsonargparse tries alternatives, or shows the traceback
-        parser = getattr(ex, "subcommand_parser", None) or self
-        hint = suggestion(message, parser)
-        prog = parser.prog.replace(" [options]", "")
-        _exit_with(self, prog, message, hint)
+        parser = getattr(ex, "subcommand_parser", None) or self._subcommand_parser(message) or self
+        _exit_with(parser, message)
+
+    def _subcommand_parser(self, message: str) -> argparse.ArgumentParser | None:
+        """The parser of the subcommand whose required keys ``message`` lists, or None."""
+        found = _REQUIRED.match(message)
+        if found is None or self._subcommands_action is None:
+            return None
+        return self._subcommands_action.choices.get(found["subcommand"])
 
 
 class CommandArgumentParser(argparse.ArgumentParser):
     """argparse's parser, with :meth:`error` reporting without the usage."""
 
     def error(self, message: str) -> NoReturn:
-        _exit_with(self, self.prog, message, None)
+        _exit_with(self, message)
 
 
-def _exit_with(parser: argparse.ArgumentParser, prog: str, message: str, hint: str | None) -> NoReturn:
-    """Write the error, the hint if any and the ``--help`` tip to stderr, and exit with status 2."""
+def _exit_with(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """Write the error, the :func:`suggestion` if any and ``parser``'s ``--help`` tip; exit with status 2."""
+    try:
+        hint = suggestion(message, parser)
+    except Exception:  # the hint is an extra: it must not hide the error behind a traceback
+        hint = None
     sys.stderr.write(f"error: {message.rstrip()}\n")
     if hint:
         sys.stderr.write(f"{hint}\n")
-    sys.stderr.write(f"tip: `{prog} --help` lists the accepted options\n")
+    sys.stderr.write(f"tip: `{parser.prog.replace(' [options]', '')} --help` lists the accepted options\n")
     parser.exit(2)
 
 
-def suggestion(message: str, parser: ArgumentParser) -> str | None:
-    """ "did you mean ...?" for the option or constructor argument that ``message`` says is unknown, or None.
+def suggestion(message: str, parser: argparse.ArgumentParser) -> str | None:
+    """A hint for the option or constructor argument that ``message`` says is unknown, or None.
 
-    Options are matched against ``parser``'s own (``--trainer.max_epochs``, ``--ckpt_path``); a constructor
-    argument against the parameters of the classes the message names (the datamodule, the model and its parts,
-    the optimizer), the closest of them all.
+    An option is matched against ``parser``'s own (``--trainer.max_epochs``, ``--ckpt_path``). A constructor
+    argument that another class the message names takes is said to be that class's; otherwise it is matched
+    against the parameters of the class it was given to, then of all the classes the message names (the
+    datamodule, the model and its parts, the optimizer).
     """
     if found := _UNKNOWN_INIT_ARG.search(message):
-        key = found["key"]
-        candidates = [
-            (name, f" of {class_path}")
-            for class_path in dict.fromkeys(m["path"] for m in _CLASS_PATH.finditer(message))
-            for name in _init_parameters(class_path)
-        ]
-    elif found := _UNKNOWN_OPTION.search(message):
+        return _init_arg_hint(found["key"], found["before"] or found["after"], message)
+    if found := _UNKNOWN_OPTION.search(message):
         key = found["key"] or found["nested"]
-        candidates = [
-            (option.lstrip("-"), "")
+        options = [
+            option.lstrip("-")
             for action in parser._actions
             for option in action.option_strings
             if option.startswith("--")
         ]
-    else:
-        return None
-    scored = [(difflib.SequenceMatcher(None, key, name).ratio(), name, where) for name, where in candidates]
-    score, name, where = max(scored, key=lambda item: item[0], default=(0.0, "", ""))
-    if score < 0.6:
-        return None
-    return f"did you mean '{name}'{where}? ('{key}' is not one)"
+        if close := difflib.get_close_matches(key, options, n=1):
+            return f"did you mean '{close[0]}'? ('{key}' is not one)"
+    return None
+
+
+def _init_arg_hint(key: str, given_to: str | None, message: str) -> str | None:
+    """The hint for constructor argument ``key``, given to class ``given_to`` (None: not known)."""
+    parameters = {path: _init_parameters(path) for path in dict.fromkeys(_CLASS_PATH.findall(message))}
+    if owners := [path for path, names in parameters.items() if key in names and path != given_to]:
+        not_of = f", not of {given_to}" if given_to else ""
+        return f"'{key}' is an argument of {' and '.join(owners)}{not_of}"
+    for paths in ([given_to], list(parameters)):
+        # reversed: a name two classes take is attributed to the first the message names
+        names = {name: path for path in reversed(paths) for name in parameters.get(path, [])}
+        if close := difflib.get_close_matches(key, names, n=1):
+            return f"did you mean '{close[0]}' of {names[close[0]]}? ('{key}' is not one)"
+    return None
 
 
 def _init_parameters(class_path: str) -> list[str]:
-    """The constructor parameters of the class named ``class_path``; none where it cannot be imported."""
+    """The constructor parameters of the class named ``class_path``; none where its module is not imported.
+
+    Nothing is imported: jsonargparse has imported every class it validated, and importing one it has not
+    (named in the "Given value" of a message) could fail in any way.
+    """
     module_name, _, name = class_path.rpartition(".")
+    cls = getattr(sys.modules.get(module_name), name, None)
     try:
-        cls: Any = getattr(importlib.import_module(module_name), name)
         return [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
-    except (ImportError, AttributeError, TypeError, ValueError):
+    except (TypeError, ValueError):  # None, or a callable without a signature
         return []
