@@ -329,6 +329,60 @@ def test_box_partly_outside_is_clipped_with_a_note_as_detectron2_clips(make_coco
     ]
 
 
+WIDE = IMG | {"height": 80, "width": 100}
+
+
+@pytest.mark.parametrize(
+    ("anns", "clipped"),
+    [
+        ([_ann(1, [30, 20, 75, 50])], [1]),
+        ([_ann(1, [30, 20, 75, 50]), _ann(2, [5, 5, 10, 10])], [1]),
+        ([_ann(1, [0, 30, 100, 50], iscrowd=1), _ann(2, [10, 15, 95, 30])], [2]),
+    ],
+    ids=["one_box", "two_boxes", "crowd_and_box"],
+)
+def test_a_few_xywh_boxes_that_would_fit_as_corners_are_clipped_with_a_note(
+    make_coco: MakeCoco, anns: list[dict], clipped: list[int]
+) -> None:
+    """A few boxes are no evidence of corners [x1, y1, x2, y2]: the file is read as COCO's."""
+    root, ann_file = make_coco([WIDE], anns)
+    for policy in ("error", "skip"):
+        ds = CocoDetection(root, ann_file, EvalTransform(112), on_bad_data=policy)
+        assert [(f.kind, f.record) for f in ds.findings] == [
+            ("box_clipped", f"annotation id {i}") for i in clipped
+        ]
+
+
+def _images(count: int) -> list[dict]:
+    return [WIDE | {"id": i, "file_name": f"{i}.png"} for i in range(1, count + 1)]
+
+
+def test_a_corner_file_with_one_odd_box_is_refused_under_both_policies(make_coco: MakeCoco) -> None:
+    anns = []
+    for i in range(100):
+        x1, y1 = (50, 40) if i % 3 else (5, 5)  # two in three, read as xywh, run far past the 100 x 80 image
+        anns.append(
+            _ann(i + 1, [x1 + i % 7, y1 + i % 5, x1 + 40 + i % 9, y1 + 30 + i % 11], image_id=i % 10 + 1)
+        )
+    anns.append(_ann(101, [50, 50, 50, 60], image_id=1))  # zero width as corners
+    root, ann_file = make_coco(_images(10), anns)
+    for policy in ("error", "skip"):
+        with pytest.raises(BadDataError, match=r"66 of its 101 boxes .* 100 fit .* x2 - x1") as info:
+            CocoDetection(root, ann_file, EvalTransform(112), on_bad_data=policy)
+        assert info.value.finding.kind == "corner_boxes"
+
+
+def test_an_xywh_file_of_large_objects_overshooting_the_border_is_read_as_xywh(make_coco: MakeCoco) -> None:
+    """Objects filling their images fit as corners too, and tools drag them 2 px past the right and bottom."""
+    anns = [_ann(1, [0, 0, 100, 80], iscrowd=1)]
+    for i in range(2, 41):
+        x, y = 2 + i % 30, 2 + i % 20
+        anns.append(_ann(i, [x, y, 102 - x, 82 - y], image_id=i % 8 + 1))
+    root, ann_file = make_coco(_images(8), anns)
+    ds = CocoDetection(root, ann_file, EvalTransform(112), on_bad_data="error")
+    assert len(ds) == 8 and {f.kind for f in ds.findings} == {"box_clipped"} and len(ds.findings) == 39
+
+
 def test_image_whose_annotations_were_all_bad_is_not_a_negative(make_coco: MakeCoco) -> None:
     root, ann_file = make_coco([IMG], [_ann(1, [1, 1, 0, 0])])
     ds = CocoDetection(root, ann_file, EvalTransform(56), keep_empty_images=True, on_bad_data="skip")

@@ -283,15 +283,18 @@ FILE_CASES = {
         ),
         "normalised_coordinates",
     ),
-    # Corners [x1, y1, x2, y2] where COCO wants [x, y, w, h]: two of three boxes run past the 56 x 28 image.
+    # Corners [x1, y1, x2, y2] where COCO wants [x, y, w, h]: on 5 images of 56 x 28, two of each image's
+    # four boxes run past it (the check needs 20 boxes over 5 images before it judges a whole file).
     "corner_boxes": (
         json.dumps(
             {
-                "images": [GOOD_IMAGE],
+                "images": [{**GOOD_IMAGE, "id": i, "file_name": f"{i}.png"} for i in range(1, 6)],
                 "annotations": [
-                    _ann(1, bbox=[30, 10, 50, 25], segmentation=[[30, 10, 50, 10, 50, 25, 30, 25]]),
-                    _ann(2, bbox=[20, 5, 40, 20], segmentation=[[20, 5, 40, 5, 40, 20, 20, 20]]),
-                    _ann(3, bbox=[2, 2, 10, 8], segmentation=[[2, 2, 10, 2, 10, 8, 2, 8]]),
+                    _ann(4 * i + j, image_id=i, bbox=bbox)
+                    for i in range(1, 6)
+                    for j, bbox in enumerate(
+                        [[30, 10, 50, 25], [20, 5, 40, 20], [34, 12, 54, 26], [2, 2, 10, 8]]
+                    )
                 ],
                 "categories": [{"id": 1, "name": "a"}],
             }
