@@ -56,7 +56,8 @@ def test_two_processes_match_one_on_an_odd_split(recipe, extra, keys, tmp_path):
     schedule += ["--model.init_args.lr_scheduler.init_args.total_steps=40"]
     schedule += ["--model.init_args.lr_scheduler.init_args.warmup_steps=5"]
     _vitdense("fit", recipe, data, tmp_path / "fit", [*extra, *schedule])
-    checkpoint = f"--ckpt_path={next((tmp_path / 'fit').rglob('last.ckpt'))}"
+    last = next((tmp_path / "fit").rglob("last.ckpt"))
+    checkpoint = f"--ckpt_path={last}"
     one = _vitdense("validate", recipe, data, tmp_path / "one", [*extra, checkpoint, "--trainer.devices=1"])
     ddp = ["--trainer.devices=2", "--trainer.strategy=ddp", checkpoint]
     two = _vitdense("validate", recipe, data, tmp_path / "two", [*extra, *ddp])
@@ -64,6 +65,45 @@ def test_two_processes_match_one_on_an_odd_split(recipe, extra, keys, tmp_path):
     for key in keys:
         assert double[key] == pytest.approx(single[key], abs=1e-9), (key, single, double)
     assert any(single[key] > 0 for key in keys), single
+
+    # Fewer images than processes: the process without one runs an empty step and joins the gathering.
+    # (Lightning skips the evaluation of a process without batches; the other would wait for it forever.)
+    lone = tmp_path / "lone"
+    one_image = ["--data.init_args.num_train=2", "--data.init_args.num_val=1", checkpoint]
+    one = _vitdense("validate", recipe, lone, tmp_path / "one1", [*one_image, "--trainer.devices=1"])
+    two = _vitdense("validate", recipe, lone, tmp_path / "two1", [*one_image, *ddp[:2]])
+    assert json.loads(two.strip().splitlines()[-1]) == json.loads(one.strip().splitlines()[-1])
+
+    image = next(path for path in lone.rglob("*.jpg") if path.parent.name in ("val", "validation"))
+    predict = [sys.executable, "-m", "vitdense", "predict", "--ckpt_path", str(last), "--images", str(image)]
+    predict += ["--output_dir", "out", "--accelerator", "cpu", "--devices", "2", "--num_workers", "0"]
+    predict += ["--batch_size", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(predict, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    if "semseg" in recipe:
+        assert [path.name for path in (tmp_path / "out" / "labels").iterdir()] == [f"{image.stem}.png"]
+        return
+    records = json.loads((tmp_path / "out" / "predictions.json").read_text())["images"]
+    assert [Path(record["file_name"]).name for record in records] == [image.name]
+
+    # An unreadable image stops its process; the other keeps the detections it made (they were lost when it
+    # failed to gather them), and says why it stopped without a traceback.
+    folder = tmp_path / "some_bad"
+    folder.mkdir()
+    images = sorted((data / "images" / "val").iterdir())  # 5: processes 0 and 1 take 0, 2, 4 and 1, 3
+    for path in images:
+        (folder / path.name).write_bytes(path.read_bytes()[: 300 if path == images[3] else None])
+    predict[predict.index(str(image))] = str(folder)
+    result = subprocess.run(predict, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 1 and images[3].name in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    kept = {
+        Path(record["file_name"]).name
+        for partial in (tmp_path / "out").glob("predictions.partial.rank*.json")
+        for record in json.loads(partial.read_text())["images"]
+    }
+    assert kept == {images[i].name for i in (0, 1, 2, 4)}
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ from torch.utils.data import DataLoader
 
 from vitdense.argument_parser import CommandArgumentParser, VitDenseArgumentParser
 from vitdense.backbones import skip_weights_loading
-from vitdense.datamodules import BadDataError, PredictImages, as_rgb_array, check_data, predict_sample
+from vitdense.datamodules import (
+    BadDataError,
+    PredictImages,
+    as_rgb_array,
+    check_data,
+    distributed_evaluation,
+    predict_sample,
+)
 from vitdense.inference import Predictor, load_checkpoint
 from vitdense.tasks import DetectionTask
 from vitdense.tasks.base import strict_json
@@ -292,12 +300,7 @@ def predict_checkpoint_command(args: list[str]) -> int:
             predictor.task.sliding_window = checked_sliding_window(options.sliding_window, divisor)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
-    loader = DataLoader(
-        dataset,
-        batch_size=options.batch_size,
-        num_workers=options.num_workers,
-        collate_fn=predictor.collate,
-    )
+    images = _ImagesToPredict(dataset, options.batch_size, options.num_workers, predictor.collate)
     devices = int(options.devices) if options.devices.lstrip("-").isdigit() else options.devices
     writer = PredictionWriter(options.output_dir, options.score_threshold, options.overlays)
     trainer = Trainer(
@@ -311,11 +314,38 @@ def predict_checkpoint_command(args: list[str]) -> int:
         default_root_dir=options.output_dir,
     )
     try:
-        trainer.predict(predictor.task, dataloaders=loader, return_predictions=False)
+        trainer.predict(predictor.task, datamodule=images, return_predictions=False)
     except BadDataError as error:
         print(f"vitdense predict: {_error_message(error)}", file=sys.stderr)
         return 1
     return 0
+
+
+class _ImagesToPredict(LightningDataModule):
+    """The images of ``predict --ckpt_path``, shared among the processes as the kit's datamodules share
+    theirs (:func:`~vitdense.datamodules.distributed_evaluation`): each image once, even when there are
+    fewer images than processes."""
+
+    def __init__(
+        self, dataset: PredictImages, batch_size: int, num_workers: int, collate_fn: Callable[[list], Any]
+    ) -> None:
+        super().__init__()
+        self.dataset, self.batch_size, self.num_workers, self.collate_fn = (
+            dataset,
+            batch_size,
+            num_workers,
+            collate_fn,
+        )
+
+    def predict_dataloader(self) -> DataLoader:
+        dataset, sampler = distributed_evaluation(self.dataset)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+        )
 
 
 def _error_message(error: BaseException) -> str:

@@ -5,6 +5,7 @@ from vitdense.datamodules.coco import CocoDataModule, CocoDetection, CocoFile, l
 from vitdense.datamodules.collate import collate_detection, collate_segmentation
 from vitdense.datamodules.data_check import DataReport, SplitReport, check_data, check_datasets
 from vitdense.datamodules.images import IMAGE_EXTENSIONS, read_image, to_rgb_array
+from vitdense.datamodules.loading import EvaluationSampler, distributed_evaluation
 from vitdense.datamodules.predict_images import PredictImages, as_rgb_array, predict_sample, resolve_images
 from vitdense.datamodules.segmentation import (
     ADE20K_CLASSES,
@@ -55,6 +56,7 @@ __all__ = [
     "CocoDetection",
     "CocoFile",
     "DataReport",
+    "EvaluationSampler",
     "Finding",
     "SplitReport",
     "check_data",
@@ -76,6 +78,7 @@ __all__ = [
     "boxes_from_masks",
     "collate_detection",
     "collate_segmentation",
+    "distributed_evaluation",
     "find_ade20k",
     "load_coco",
     "read_image",

@@ -2,14 +2,13 @@
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
 import torch
 import torch.distributed as dist
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from vitdense.datamodules import data_check
 from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, OnBadData, Policy
@@ -26,17 +25,67 @@ STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
 }
 
 
-def evaluation_sampler(dataset: Dataset) -> Sampler | None:
-    """A sampler that splits ``dataset`` over the processes without repeating any sample, or None alone.
+class PaddingIndex(int):
+    """The index an evaluation process without a sample of its own loads: :class:`PaddedSamples` turns it
+    into a dropped sample (None), so that the process still runs one empty step."""
+
+
+class EvaluationSampler(DistributedSampler):
+    """One process's share of an evaluation dataset: samples ``rank``, ``rank + W``, ... in order, so that
+    the processes together load every sample once.
 
     Lightning's default evaluation sampler pads the last batches by repeating samples so that every process
     runs the same number of steps; a repeated image would then be counted twice in a confusion matrix. Here
     processes may run one batch fewer instead, which is safe in evaluation (no gradient, so DDP syncs no
-    buffers). Lightning keeps a sampler that is already a ``DistributedSampler``.
+    buffers). A process left without any sample (fewer samples than processes) loads one
+    :class:`PaddingIndex`: Lightning skips the whole evaluation of a process without batches, which would then
+    never join the others in gathering the results at the end, and they would wait for it forever.
     """
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return UnrepeatedDistributedSampler(dataset, shuffle=False)
-    return None
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.indices = list(range(rank, len(dataset), num_replicas))  # type: ignore[arg-type]
+        self.num_samples = max(len(self.indices), 1)
+        self.total_size = len(dataset)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices or [PaddingIndex(0)])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class PaddedSamples(Dataset):
+    """``dataset``, except that a :class:`PaddingIndex` loads None: a dropped sample, which the collate
+    functions leave out (a batch of them only is None, which the tasks' steps pass over).
+
+    Other attributes are the dataset's own (e.g. its ``files``, its ``coco``), for callbacks that read
+    them from the DataLoader.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        return None if isinstance(index, PaddingIndex) else self.dataset[index]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (unpickling in a DataLoader worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def distributed_evaluation(dataset: Dataset) -> tuple[Dataset, Sampler | None]:
+    """The dataset to load and the sampler of one process's share of an evaluation (validation, test or
+    prediction) under DDP: an :class:`EvaluationSampler`, which Lightning keeps as it is a
+    ``DistributedSampler``; ``(dataset, None)`` in a single process."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return dataset, None
+    sampler = EvaluationSampler(dataset, dist.get_world_size(), dist.get_rank())
+    return (dataset if sampler.indices else PaddedSamples(dataset)), sampler
 
 
 class SplitDataModule(L.LightningDataModule):
@@ -118,7 +167,7 @@ class SplitDataModule(L.LightningDataModule):
             datasets[split.split] = split.dataset
         return datasets
 
-    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None) -> DataLoader:
+    def _loader(self, dataset: Dataset, sampler: Sampler | None, batch_size: int) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -136,7 +185,7 @@ class SplitDataModule(L.LightningDataModule):
     def _evaluation_loader(self, dataset: Dataset | None, stage: str) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"call setup({stage!r}) before asking for its DataLoader")
-        return self._loader(dataset, self.eval_batch_size, evaluation_sampler(dataset))
+        return self._loader(*distributed_evaluation(dataset), batch_size=self.eval_batch_size)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled by a :class:`ResumableSampler` (seeded by torch's seed, split over the processes), with
@@ -156,7 +205,7 @@ class SplitDataModule(L.LightningDataModule):
             epoch, batches = self._resume_train_at
             sampler.resume(epoch, batches * self.batch_size)
             self._resume_train_at = None
-        return self._loader(SeededSamples(self.train_dataset), self.batch_size, sampler)
+        return self._loader(SeededSamples(self.train_dataset), sampler, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._evaluation_loader(self.val_dataset, "validate")

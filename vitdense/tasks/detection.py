@@ -233,11 +233,13 @@ class DetectionTask(VitDenseTask):
         epochs_done = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs > 0
         return steps_done or epochs_done
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+    def predict_step(self, batch: Batch | None, batch_idx: int) -> list[dict[str, Any]]:
         """Per image: ``boxes`` xyxy in original pixels, ``labels`` (category ids), ``scores``, ``masks``.
 
         Masks are bool (N, H, W) at the original resolution.
         """
+        if batch is None:  # a process with no image of its own under DDP (see EvaluationSampler)
+            return []
         outputs = []
         for target, detection in zip(batch[1], self._detect(batch), strict=True):
             detection = self._paste(detection, target)

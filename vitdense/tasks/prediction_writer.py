@@ -17,7 +17,12 @@ from vitdense.datamodules.instance_masks import encode_masks
 from vitdense.datamodules.predict_images import as_rgb_array
 from vitdense.tasks.visualization import draw_detections, draw_label_map
 
-__all__ = ["PredictionWriter", "detection_record", "output_names"]
+__all__ = ["PeerStoppedError", "PredictionWriter", "detection_record", "output_names"]
+
+
+class PeerStoppedError(RuntimeError):
+    """Another process of a multi-process ``predict`` failed (e.g. on an unreadable image) before the
+    processes gathered their detections; this one keeps its own in ``predictions.partial.rank<N>.json``."""
 
 
 def output_names(files: list[str | Path]) -> dict[str, Path]:
@@ -211,13 +216,19 @@ class PredictionWriter(BasePredictionWriter):
         path.write_text(json.dumps({"categories": categories, "images": records}))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        records, self._records = self._records, []
-        written, self._written = self._written, 0
+        records, written = self._records, self._written
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             gathered: list[tuple[list[dict[str, Any]], int] | None] = [None] * trainer.world_size
-            dist.all_gather_object(gathered, (records, written))
+            try:
+                dist.all_gather_object(gathered, (records, written))
+            except RuntimeError as error:  # this process's records stay for on_exception to save
+                why = str(error).splitlines()[0]
+                raise PeerStoppedError(
+                    f"another process stopped before the end (its error is above): {why}"
+                ) from None
             records = [record for part, _ in gathered for record in part]
             written = sum(count for _, count in gathered)
+        self._records, self._written = [], 0
         if not trainer.is_global_zero:
             return
         if not hasattr(pl_module, "category_ids"):

@@ -243,8 +243,10 @@ class SemanticSegmentationTask(VitDenseTask):
             table = format_class_table(scores, self.class_names)
             print(f"Semantic segmentation, {split} (step {self.trained_steps}):\n{table}", flush=True)
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+    def predict_step(self, batch: Batch | None, batch_idx: int) -> list[dict[str, Any]]:
         """Per image: ``label`` int64 (H0, W0) class indices at original resolution, with its file name."""
+        if batch is None:  # a process with no image of its own under DDP (see EvaluationSampler)
+            return []
         outputs = []
         for target, logits in zip(batch[1], self._original_logits(batch), strict=True):
             output = {"label": logits.argmax(dim=0).cpu()}
