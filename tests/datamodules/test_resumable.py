@@ -80,15 +80,19 @@ class BatchRecorder(lightning.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
+def _shapes(tmp_path, num_workers: int = 0, batch_size: int = 2) -> ShapesSegmentationDataModule:
+    return ShapesSegmentationDataModule(
+        str(tmp_path / "shapes"), num_train=10, num_val=2, crop_size=56, scale=(80, 60),
+        batch_size=batch_size, num_workers=num_workers,
+    )  # fmt: skip
+
+
 def _fit(
-    tmp_path, ckpt_path=None, num_workers: int = 0, **trainer_args
+    tmp_path, ckpt_path=None, num_workers: int = 0, datamodule=None, **trainer_args
 ) -> tuple[lightning.Trainer, BatchRecorder]:
     """Fit a BatchRecorder on 10 shapes images (5 batches per epoch), seeded as every run of a test is."""
     lightning.seed_everything(1)
-    datamodule = ShapesSegmentationDataModule(
-        str(tmp_path / "shapes"), num_train=10, num_val=2, crop_size=56, scale=(80, 60), batch_size=2,
-        num_workers=num_workers,
-    )  # fmt: skip
+    datamodule = datamodule or _shapes(tmp_path, num_workers)
     model = BatchRecorder()
     trainer = lightning.Trainer(
         default_root_dir=tmp_path,
@@ -155,3 +159,59 @@ def test_a_run_resumed_from_a_checkpoint_saved_between_steps_sees_the_batches_it
     straight = fit()
     resumed = fit(tmp_path / "ckpt" / f"step={saved_at}.ckpt")
     assert resumed == straight[saved_at:]
+
+
+class SaveAtTrainEnd(lightning.Callback):
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        trainer.save_checkpoint(self.path)
+
+
+def test_a_checkpoint_saved_at_the_end_of_training_resumes_into_the_next_epoch(tmp_path):
+    """At on_train_end, current_epoch already counts the finished epoch while its batch count is full."""
+    no_checkpoints = {"limit_val_batches": 0, "enable_checkpointing": False}
+    _, straight = _fit(tmp_path, max_epochs=2, **no_checkpoints)
+    _fit(tmp_path, max_epochs=1, callbacks=[SaveAtTrainEnd(tmp_path / "end.ckpt")], **no_checkpoints)
+    _, resumed = _fit(tmp_path, tmp_path / "end.ckpt", max_epochs=2, **no_checkpoints)
+    assert resumed.seen == straight.seen[5:] and len(resumed.seen) == 5
+
+
+def test_an_older_checkpoint_saved_on_an_epochs_last_batch_resumes_into_the_next_epoch(tmp_path):
+    """Checkpoints written before the position of an epoch's end was saved as (next epoch, 0) hold
+    (epoch, batches per epoch)."""
+    saver = ModelCheckpoint(tmp_path / "ckpt", filename="{step}", every_n_train_steps=5, save_top_k=-1)
+    _, straight = _fit(tmp_path, limit_val_batches=0, callbacks=[saver], max_steps=8)
+    checkpoint = torch.load(tmp_path / "ckpt" / "step=5.ckpt", weights_only=False)
+    state = next(value for value in checkpoint.values() if isinstance(value, dict) and "train_epoch" in value)
+    assert (state["train_epoch"], state["train_batches_done"]) == (1, 0)
+    state.clear()
+    state.update({"train_epoch": 0, "train_batches_done": 5})  # as written then
+    torch.save(checkpoint, tmp_path / "older.ckpt")
+    _, resumed = _fit(tmp_path, tmp_path / "older.ckpt", limit_val_batches=0, max_steps=8)
+    assert resumed.seen == straight.seen[5:]
+
+
+def test_validating_a_checkpoint_leaves_a_later_fit_to_start_afresh(tmp_path):
+    saver = ModelCheckpoint(tmp_path / "ckpt", filename="{step}", every_n_train_steps=3, save_top_k=-1)
+    _, straight = _fit(tmp_path, limit_val_batches=1, callbacks=[saver], max_steps=4)
+    datamodule = _shapes(tmp_path)
+    lightning.Trainer(logger=False, enable_progress_bar=False, limit_val_batches=1).validate(
+        BatchRecorder(), datamodule, ckpt_path=tmp_path / "ckpt" / "step=3.ckpt"
+    )
+    _, fresh = _fit(
+        tmp_path, datamodule=datamodule, limit_val_batches=0, enable_checkpointing=False, max_steps=4
+    )
+    assert fresh.seen == straight.seen
+
+
+def test_resuming_with_another_batch_size_says_what_happens_to_the_epoch(tmp_path, caplog):
+    datamodule = _shapes(tmp_path, batch_size=4)
+    state = {"train_epoch": 2, "train_batches_done": 3, "train_batch_size": 2, "train_processes": 1}
+    with caplog.at_level("WARNING"):
+        datamodule.load_state_dict(state)
+    assert "by 1 process(es) of batch 2; resumed by 1 of batch 4" in caplog.text
+    caplog.clear()
+    _shapes(tmp_path).load_state_dict(state)
+    assert not caplog.text

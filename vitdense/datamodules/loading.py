@@ -203,6 +203,10 @@ class SplitDataModule(L.LightningDataModule):
         )
         if self._resume_train_at is not None:
             epoch, batches = self._resume_train_at
+            if batches * self.batch_size >= len(
+                sampler
+            ):  # an epoch's end, as checkpoints before 0.1.1 saved it
+                epoch, batches = epoch + 1, 0
             sampler.resume(epoch, batches * self.batch_size)
             self._resume_train_at = None
         return self._loader(SeededSamples(self.train_dataset), sampler, self.batch_size)
@@ -224,16 +228,46 @@ class SplitDataModule(L.LightningDataModule):
         """
         trainer = self.trainer
         running = trainer is not None and trainer.state.fn == "fit" and trainer.state.status == "running"
-        if not running or trainer.sanity_checking:  # after fit, Lightning has counted the next epoch
+        if not running or trainer.sanity_checking:
             return {}
-        epoch, done = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        if done >= trainer.num_training_batches:  # saved on the epoch's last batch: resume at the next one
-            epoch, done = epoch + 1, 0
-        return {"train_epoch": epoch, "train_batches_done": done}
+        epochs = trainer.fit_loop.epoch_progress.current
+        if (
+            epochs.started == epochs.completed
+        ):  # between epochs (e.g. training's end): the next one from its start
+            epoch, done = epochs.completed, 0
+        else:  # in epoch started - 1 (current_epoch lags behind it from its last batch to its end)
+            epoch, done = epochs.started - 1, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            if (
+                done >= trainer.num_training_batches
+            ):  # saved on the epoch's last batch: resume at the next one
+                epoch, done = epoch + 1, 0
+        return {
+            "train_epoch": epoch,
+            "train_batches_done": done,
+            "train_batch_size": self.batch_size,
+            "train_processes": trainer.world_size,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "train_epoch" in state_dict:
-            # Lightning warns that a DataLoader without its own state cannot resume mid-epoch; this
-            # DataModule restores the position itself (train_dataloader).
-            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
-            self._resume_train_at = (int(state_dict["train_epoch"]), int(state_dict["train_batches_done"]))
+        trainer = self.trainer
+        if "train_epoch" not in state_dict or (trainer is not None and trainer.state.fn != "fit"):
+            return  # e.g. validate --ckpt_path: a later fit of this datamodule starts afresh
+        # Lightning warns that a DataLoader without its own state cannot resume mid-epoch; this DataModule
+        # restores the position itself (train_dataloader).
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+        self._resume_train_at = (int(state_dict["train_epoch"]), int(state_dict["train_batches_done"]))
+        saved = (state_dict.get("train_processes"), state_dict.get("train_batch_size"))
+        now = (trainer.world_size if trainer is not None else 1, self.batch_size)
+        if self._resume_train_at[1] and None not in saved and saved != now:
+            epoch, done = self._resume_train_at
+            logger.warning(
+                "The checkpoint was saved %d batches into epoch %d by %d process(es) of batch %d; resumed by "
+                "%d of batch %d, epoch %d goes on after the first %d batches of each process's new share of "
+                "it: some of its samples are seen twice or not at all. The epochs after it are as planned.",
+                done,
+                epoch,
+                *saved,
+                *now,
+                epoch,
+                done,
+            )
