@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from lightning import LightningDataModule, LightningModule
+from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -346,3 +346,10 @@ def test_errors_from_a_dataloader_worker_are_judged_by_the_workers_traceback():
     assert _is_user_error(raised_in_worker(resolve_images, "/no/such/*.jpg"))
     assert not _is_user_error(raised_in_worker(strict_json, object()))
     assert not _is_user_error(raised_in_worker(ap_by_class_name, None, [1], ["a"]))
+
+
+def test_the_trainer_logs_no_advert_for_lightnings_cloud_logger(caplog):
+    """vitdense.cli, imported above, filters it."""
+    with caplog.at_level("INFO"):
+        Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    assert "GPU available" in caplog.text and "litlogger" not in caplog.text

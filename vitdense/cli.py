@@ -5,6 +5,7 @@ import contextlib
 import importlib
 import json
 import linecache
+import logging
 import os
 import re
 import sys
@@ -42,6 +43,22 @@ from vitdense.tasks.callbacks import (
 )
 from vitdense.tasks.prediction_writer import PredictionWriter
 from vitdense.tasks.segmentation import checked_sliding_window
+
+# Lightning 2.6 builds torch's LeafSpec, deprecated since torch 2.12, to flatten each predicted batch: the
+# warning is Lightning's to fix and says nothing to a user of the command.
+warnings.filterwarnings(
+    "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+)
+
+
+class _WithoutLoggingAdvert(logging.Filter):
+    """Drops the tip to install Lightning's cloud logger that the trainer logs on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip: For seamless cloud logging")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_WithoutLoggingAdvert())
 
 
 class VitDenseCLI(LightningCLI):
