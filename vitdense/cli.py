@@ -347,12 +347,10 @@ class _ImagesToPredict(LightningDataModule):
         self, dataset: PredictImages, batch_size: int, num_workers: int, collate_fn: Callable[[list], Any]
     ) -> None:
         super().__init__()
-        self.dataset, self.batch_size, self.num_workers, self.collate_fn = (
-            dataset,
-            batch_size,
-            num_workers,
-            collate_fn,
-        )
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.collate_fn = collate_fn
 
     def predict_dataloader(self) -> DataLoader:
         dataset, sampler = distributed_evaluation(self.dataset)

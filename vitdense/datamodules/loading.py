@@ -203,9 +203,7 @@ class SplitDataModule(L.LightningDataModule):
         )
         if self._resume_train_at is not None:
             epoch, batches = self._resume_train_at
-            if batches * self.batch_size >= len(
-                sampler
-            ):  # an epoch's end, as checkpoints before 0.1.1 saved it
+            if batches * self.batch_size >= len(sampler):  # an epoch's end, as older checkpoints saved it
                 epoch, batches = epoch + 1, 0
             sampler.resume(epoch, batches * self.batch_size)
             self._resume_train_at = None
@@ -231,15 +229,11 @@ class SplitDataModule(L.LightningDataModule):
         if not running or trainer.sanity_checking:
             return {}
         epochs = trainer.fit_loop.epoch_progress.current
-        if (
-            epochs.started == epochs.completed
-        ):  # between epochs (e.g. training's end): the next one from its start
+        if epochs.started == epochs.completed:  # between epochs (e.g. at training's end): the next one
             epoch, done = epochs.completed, 0
         else:  # in epoch started - 1 (current_epoch lags behind it from its last batch to its end)
             epoch, done = epochs.started - 1, trainer.fit_loop.epoch_loop.batch_progress.current.processed
-            if (
-                done >= trainer.num_training_batches
-            ):  # saved on the epoch's last batch: resume at the next one
+            if done >= trainer.num_training_batches:  # saved on the epoch's last batch: the next one
                 epoch, done = epoch + 1, 0
         return {
             "train_epoch": epoch,
