@@ -215,3 +215,28 @@ def test_resuming_with_another_batch_size_says_what_happens_to_the_epoch(tmp_pat
     caplog.clear()
     _shapes(tmp_path).load_state_dict(state)
     assert not caplog.text
+
+
+class FailingAt(BatchRecorder):
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == self.step:
+            raise RuntimeError("out of memory")  # stands for any failure inside a step
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_checkpoint_saved_on_an_exception_resumes_at_the_batch_that_failed(tmp_path):
+    _, straight = _fit(tmp_path, limit_val_batches=0, enable_checkpointing=False, max_steps=8)
+    saver = ModelCheckpoint(tmp_path / "ckpt", filename="failed", save_on_exception=True, save_top_k=0)
+    lightning.seed_everything(1)
+    trainer = lightning.Trainer(
+        default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[saver], max_steps=8,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainer.fit(FailingAt(3), _shapes(tmp_path))
+    _, resumed = _fit(tmp_path, tmp_path / "ckpt" / "failed.ckpt", limit_val_batches=0, max_steps=8)
+    assert resumed.seen == straight.seen[3:]

@@ -225,8 +225,10 @@ class SplitDataModule(L.LightningDataModule):
         ``val_check_interval``), not only from those saved between training steps.
         """
         trainer = self.trainer
-        running = trainer is not None and trainer.state.fn == "fit" and trainer.state.status == "running"
-        if not running or trainer.sanity_checking:
+        # Interrupted: saved on an exception (ModelCheckpoint's save_on_exception), which resumes at the batch
+        # that failed.
+        in_fit = trainer is not None and trainer.state.fn == "fit"
+        if not in_fit or trainer.state.status not in ("running", "interrupted") or trainer.sanity_checking:
             return {}
         epochs = trainer.fit_loop.epoch_progress.current
         if epochs.started == epochs.completed:  # between epochs (e.g. at training's end): the next one
