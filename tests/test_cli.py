@@ -94,6 +94,19 @@ def _tiny_overrides(shapes: dict, root: Path) -> list[str]:
     ]
 
 
+def _built(args: list[str]) -> VitDenseCLI:
+    """The CLI's model, datamodule and trainer for ``args``, without running a subcommand."""
+    return VitDenseCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        run=False,
+        save_config_callback=None,
+        args=args,
+    )
+
+
 def test_null_weights_on_the_command_line_build_a_randomly_initialised_backbone(shapes, tmp_path):
     """jsonargparse passes a dotted `...pretrained=null` under the detector callable on as "None"."""
     arguments = _tiny_overrides(shapes, tmp_path)
@@ -105,15 +118,7 @@ def test_null_weights_on_the_command_line_build_a_randomly_initialised_backbone(
     Path(arguments[1]).write_text(yaml.safe_dump(overrides))
     prefix = "--model.init_args.detector.init_args.backbone.init_args.vit.init_args"
     recipe = next(r for r in DETECTION_RECIPES if r.stem == "coco_faster_rcnn")  # pretrained: capi
-    cli = VitDenseCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        save_config_callback=None,
-        args=["--config", str(recipe), *arguments, f"{prefix}.pretrained=null", f"{prefix}.weights=null"],
-    )
+    cli = _built(["--config", str(recipe), *arguments, f"{prefix}.pretrained=null", f"{prefix}.weights=null"])
     assert cli.model.model.backbone.vit.num_blocks == TINY_CONFIG["num_layers"]
 
 
@@ -121,15 +126,7 @@ def test_the_progress_bar_counts_steps_against_max_steps(shapes, tmp_path):
     """The recipes train to max_steps with max_epochs -1, where Lightning's bar reads "Epoch 3/-2"."""
     recipe = next(r for r in RECIPES if r.stem == "coco_faster_rcnn")
     arguments = ["--config", str(recipe), *_tiny_overrides(shapes, tmp_path), "--trainer.fast_dev_run=0"]
-    cli = VitDenseCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        save_config_callback=None,
-        args=arguments,
-    )
+    cli = _built(arguments)
     trainer = cli.trainer
     bar = trainer.progress_bar_callback
     assert isinstance(bar, StepProgressBar)
@@ -148,15 +145,7 @@ def test_the_progress_bar_counts_steps_against_max_steps(shapes, tmp_path):
             {"trainer": {"callbacks": [{"class_path": "lightning.pytorch.callbacks.TQDMProgressBar"}]}}
         )
     )
-    cli = VitDenseCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        save_config_callback=None,
-        args=[*arguments, "--config", str(tqdm)],
-    )
+    cli = _built([*arguments, "--config", str(tqdm)])
     assert type(cli.trainer.progress_bar_callback) is TQDMProgressBar
 
 
