@@ -240,3 +240,16 @@ def test_a_checkpoint_saved_on_an_exception_resumes_at_the_batch_that_failed(tmp
         trainer.fit(FailingAt(3), _shapes(tmp_path))
     _, resumed = _fit(tmp_path, tmp_path / "ckpt" / "failed.ckpt", limit_val_batches=0, max_steps=8)
     assert resumed.seen == straight.seen[3:]
+
+
+def test_resuming_with_a_larger_batch_size_goes_on_with_the_next_epochs_as_planned(tmp_path):
+    """4 of 5 batches of 2 done; resumed at batch 4, 16 samples would be past the epoch's 10: that only
+    means the rest of this epoch is skipped (as warned), not that the position is an older checkpoint's
+    epoch end."""
+    saver = ModelCheckpoint(tmp_path / "ckpt", filename="{step}", every_n_train_steps=4, save_top_k=-1)
+    _fit(tmp_path, limit_val_batches=0, callbacks=[saver], max_steps=4)
+    batch_4 = {"limit_val_batches": 0, "enable_checkpointing": False, "max_steps": 10}
+    _, straight = _fit(tmp_path, datamodule=_shapes(tmp_path, batch_size=4), **batch_4)  # 3 batches an epoch
+    resumed_from = tmp_path / "ckpt" / "step=4.ckpt"
+    _, resumed = _fit(tmp_path, resumed_from, datamodule=_shapes(tmp_path, batch_size=4), **batch_4)
+    assert [checksum for _, checksum in resumed.seen] == [checksum for _, checksum in straight.seen[3:9]]

@@ -112,7 +112,7 @@ class SplitDataModule(L.LightningDataModule):
     collate_fn: Callable[[list[Any]], Any]
     on_bad_data: OnBadData = "error"
     check_data: bool = False
-    _resume_train_at: tuple[int, int] | None = None
+    _resume_train_at: tuple[int, int, bool] | None = None  # epoch, batches done, saved by an older version
 
     def split_source(self, split: str) -> tuple[str, ...]:
         """The files of ``split`` (``"train"``, ``"val"`` or ``"test"``), e.g. images and annotations."""
@@ -202,8 +202,8 @@ class SplitDataModule(L.LightningDataModule):
             epoch_of=(lambda: trainer.current_epoch) if trainer is not None else None,
         )
         if self._resume_train_at is not None:
-            epoch, batches = self._resume_train_at
-            if batches * self.batch_size >= len(sampler):  # an epoch's end, as older checkpoints saved it
+            epoch, batches, older = self._resume_train_at
+            if older and batches * self.batch_size >= len(sampler):  # an epoch's end, as they saved it
                 epoch, batches = epoch + 1, 0
             sampler.resume(epoch, batches * self.batch_size)
             self._resume_train_at = None
@@ -251,11 +251,11 @@ class SplitDataModule(L.LightningDataModule):
         # Lightning warns that a DataLoader without its own state cannot resume mid-epoch; this DataModule
         # restores the position itself (train_dataloader).
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
-        self._resume_train_at = (int(state_dict["train_epoch"]), int(state_dict["train_batches_done"]))
+        epoch, done = int(state_dict["train_epoch"]), int(state_dict["train_batches_done"])
         saved = (state_dict.get("train_processes"), state_dict.get("train_batch_size"))
+        self._resume_train_at = (epoch, done, None in saved)
         now = (trainer.world_size if trainer is not None else 1, self.batch_size)
-        if self._resume_train_at[1] and None not in saved and saved != now:
-            epoch, done = self._resume_train_at
+        if done and None not in saved and saved != now:
             logger.warning(
                 "The checkpoint was saved %d batches into epoch %d by %d process(es) of batch %d; resumed by "
                 "%d of batch %d, epoch %d goes on after the first %d batches of each process's new share of "
