@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.tiny import TINY_CONFIG
 from vitdense.cli import _exported_classes, main
+from vitdense.datamodules import BadDataError
 from vitdense.inference import Predictor, load_checkpoint
 from vitdense.tasks import DetectionTask, SemanticSegmentationTask
 from vitdense.tasks.prediction_writer import detection_record, output_names
@@ -232,7 +234,8 @@ def test_predict_from_a_checkpoint_says_what_is_wrong(detection_run, tmp_path, c
         assert exit_status.value.code == 2 and message in error and "usage:" not in error
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
     Image.new("RGB", (60, 40), (200, 30, 30)).save(tmp_path / "a.png")  # read before broken.jpg
-    for workers in (0, 1):  # in a worker, PyTorch puts the worker's traceback into the message
+    Image.new("RGB", (50, 40), (30, 200, 30)).save(tmp_path / "c.png")  # and this one after it
+    for workers in (0, 1):  # the file is found unreadable in a worker, and named by the main process
         out = tmp_path / f"out{workers}"
         with pytest.raises(SystemExit) as exit_status:
             main(
@@ -240,18 +243,17 @@ def test_predict_from_a_checkpoint_says_what_is_wrong(detection_run, tmp_path, c
                 + [f"--output_dir={out}"]
             )
         assert exit_status.value.code == 1
-        error = capsys.readouterr().err.strip().splitlines()[-1]
-        assert error.startswith(f"vitdense predict: {tmp_path / 'broken.jpg'} cannot be decoded"), error
-        # The images done before the failure are not lost.
-        partial = json.loads((out / "predictions.partial.json").read_text())
-        assert [record["file_name"] for record in partial["images"]] == [str(tmp_path / "a.png")]
-        assert not (out / "predictions.json").exists()
-    # Once the bad file is gone, the complete results replace the partial ones.
+        error = capsys.readouterr().err
+        assert "vitdense predict: 1 of 3 images could not be read and have no outputs" in error, error
+        assert f"{tmp_path / 'broken.jpg'} cannot be decoded" in error, error
+        # The other images, before and after it, are predicted.
+        records = json.loads((out / "predictions.json").read_text())["images"]
+        assert [record["file_name"] for record in records] == [str(tmp_path / n) for n in ("a.png", "c.png")]
+        assert sorted(path.name for path in (out / "overlays").iterdir()) == ["a.png", "c.png"]
     (tmp_path / "broken.jpg").unlink()
     with pytest.raises(SystemExit) as exit_status:
         main(["predict", "--ckpt_path", checkpoint, "--images", str(tmp_path), "--output_dir", str(out)])
     assert exit_status.value.code == 0
-    assert (out / "predictions.json").is_file() and not (out / "predictions.partial.json").exists()
 
 
 def test_predict_keeps_the_stored_pixels_when_asked(detection_run, mixed_images, tmp_path):
@@ -326,6 +328,23 @@ def test_segmentation_predict_writes_label_maps_and_python_inference_agrees(
     np.testing.assert_array_equal(
         np.asarray(Image.open(slid / "labels" / "camera.png")),
         predictor(folder / "camera.jpg")["label"].numpy(),
+    )
+
+    # Through the recipe too: an unreadable file is named at the end, after the others' label maps.
+    with_broken = tmp_path / "with_broken"
+    shutil.copytree(folder, with_broken)
+    (with_broken / "broken.png").write_bytes(b"\x89PNG not really")
+    recipe = ["predict", "--config", str(segmentation_run / "config.yaml"), "--ckpt_path", checkpoint]
+    with pytest.raises(BadDataError, match=r"(?s)1 of \d+ images could not be read.*broken.png cannot be"):
+        main(
+            [
+                *recipe,
+                f"--data.init_args.predict_images={with_broken}",
+                f"--writer.output_dir={tmp_path / 'b'}",
+            ]
+        )
+    assert sorted(path.name for path in (tmp_path / "b" / "labels").iterdir()) == sorted(
+        OUTPUT_NAMES.values()
     )
 
 

@@ -41,7 +41,7 @@ from vitdense.tasks.callbacks import (
     ValidateFinalStep,
     ValidationImageLogger,
 )
-from vitdense.tasks.prediction_writer import PredictionWriter
+from vitdense.tasks.prediction_writer import PredictionWriter, unreadable_report
 from vitdense.tasks.segmentation import checked_sliding_window
 
 # Lightning 2.6 builds torch's LeafSpec, deprecated since torch 2.12, to flatten each predicted batch: the
@@ -195,6 +195,13 @@ class VitDenseCLI(LightningCLI):
 
     after_validate = after_test = _print_final_metrics
 
+    def after_predict(self) -> None:
+        """Fail (exit status 1, after every readable image's outputs are written) when some images could not
+        be read, naming each with why."""
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, PredictionWriter) and callback.unreadable and self.trainer.is_global_zero:
+                raise BadDataError(unreadable_report(callback.unreadable, len(callback.images)))
+
 
 def _model_arguments(command_line: list[str]) -> list[str]:
     """Dotted keys below ``model.init_args`` given as ``--model.init_args.<key>[=value]`` options."""
@@ -334,6 +341,9 @@ def predict_checkpoint_command(args: list[str]) -> int:
         trainer.predict(predictor.task, datamodule=images, return_predictions=False)
     except BadDataError as error:
         print(f"vitdense predict: {_error_message(error)}", file=sys.stderr)
+        return 1
+    if writer.unreadable and trainer.is_global_zero:  # the other processes end normally
+        print(f"vitdense predict: {unreadable_report(writer.unreadable, len(dataset))}", file=sys.stderr)
         return 1
     return 0
 

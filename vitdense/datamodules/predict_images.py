@@ -123,7 +123,9 @@ def predict_sample(
 class PredictImages(Dataset):
     """The images of a file, a folder or a glob, prepared as the evaluation transform prepares them.
 
-    An unreadable file raises :class:`BadDataError` naming it (there is no sample to put in its place).
+    An unreadable file loads as None, which the collate functions leave out: the other images are predicted,
+    and :class:`~vitdense.tasks.prediction_writer.PredictionWriter` reports the files without outputs at the
+    end, each with why it cannot be read.
 
     Args:
         source: an image file, a folder (its image files, sorted) or a glob (``**`` recurses).
@@ -147,6 +149,10 @@ class PredictImages(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, index: int) -> Sample | None:
         path = self.files[index]
-        return predict_sample(as_rgb_array(path, self.apply_exif), self.transform, str(path), index)
+        try:
+            image = as_rgb_array(path, self.apply_exif)
+        except BadDataError:
+            return None
+        return predict_sample(image, self.transform, str(path), index)

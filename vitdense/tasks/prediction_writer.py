@@ -13,15 +13,16 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
+from vitdense.datamodules.bad_data import BadDataError
 from vitdense.datamodules.instance_masks import encode_masks
 from vitdense.datamodules.predict_images import as_rgb_array
 from vitdense.tasks.visualization import draw_detections, draw_label_map
 
-__all__ = ["PeerStoppedError", "PredictionWriter", "detection_record", "output_names"]
+__all__ = ["PeerStoppedError", "PredictionWriter", "detection_record", "output_names", "unreadable_report"]
 
 
 class PeerStoppedError(RuntimeError):
-    """Another process of a multi-process ``predict`` failed (e.g. on an unreadable image) before the
+    """Another process of a multi-process ``predict`` failed (e.g. out of memory) before the
     processes gathered their detections; this one keeps its own in ``predictions.partial.rank<N>.json``."""
 
 
@@ -97,6 +98,9 @@ class PredictionWriter(BasePredictionWriter):
     indices 0..K-1 at the original resolution; 16-bit when K > 256) and ``overlays/<image>.png``. Output
     names are those of :func:`output_names`: no image's files overwrite another's.
 
+    Files that cannot be read have no outputs; after the others are written, :attr:`unreadable` lists them
+    (the command then reports them with :func:`unreadable_report` and exits with status 1).
+
     Args:
         output_dir: where to write; default ``<run log dir>/predictions``.
         score_threshold: lowest score drawn on detection overlays (the JSON keeps every detection).
@@ -115,6 +119,9 @@ class PredictionWriter(BasePredictionWriter):
         self._records: list[dict[str, Any]] = []
         self._written = 0
         self._apply_exif = True
+        self.images: list[str] = []
+        self._done: list[str] = []
+        self.unreadable: list[str] = []
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "predict":
@@ -122,12 +129,13 @@ class PredictionWriter(BasePredictionWriter):
         # Trainer.log_dir broadcasts from rank 0: every process asks.
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         self._folder = Path(self.output_dir) if self.output_dir is not None else log_dir / "predictions"
-        self._records, self._written = [], 0
+        self._records, self._written, self._done, self.unreadable = [], 0, [], []
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dataloaders = trainer.predict_dataloaders
         dataset = getattr(dataloaders[0] if isinstance(dataloaders, list) else dataloaders, "dataset", None)
-        self._names = output_names(getattr(dataset, "files", None) or [])
+        self.images = [str(path) for path in getattr(dataset, "files", None) or []]
+        self._names = output_names(self.images)
         self._apply_exif = getattr(dataset, "apply_exif", True)  # overlays drawn on the pixels predicted on
 
     def _output_path(self, kind: str, file_name: str | None, image_id: int) -> Path:
@@ -150,6 +158,8 @@ class PredictionWriter(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         for output in prediction:
+            if output.get("file_name") is not None:
+                self._done.append(str(output["file_name"]))
             if "label" in output:
                 self._write_label_map(pl_module, output)
             else:
@@ -191,20 +201,24 @@ class PredictionWriter(BasePredictionWriter):
             Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(path)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """Keep the detections of the images done before a failure (e.g. an unreadable image) in
+        """Keep the detections of the images done before a failure (e.g. out of memory) in
         ``predictions.partial.json`` (one file per process under DDP, which cannot gather here); label maps
-        and overlays are already written image by image."""
+        and overlays are already written image by image. An earlier run's ``predictions.json`` is removed.
+
+        Under DDP each process saves its own, as far as it gets: Lightning stops all the processes within
+        seconds of one failing.
+        """
         records, self._records = self._records, []
-        if not records or self._folder is None:
-            return
-        suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        path = self._folder / f"predictions.partial{suffix}.json"
-        self._write_records(pl_module, records, path)
-        (self._folder / "predictions.json").unlink(missing_ok=True)  # an earlier run's, not this one's
-        print(
-            f"Predicting stopped: wrote the {len(records)} images' detections done before to {path}",
-            flush=True,
-        )
+        if self._folder is not None:
+            (self._folder / "predictions.json").unlink(missing_ok=True)
+        if records and self._folder is not None:
+            suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+            path = self._folder / f"predictions.partial{suffix}.json"
+            self._write_records(pl_module, records, path)
+            print(
+                f"Predicting stopped: wrote the {len(records)} images' detections done before to {path}",
+                flush=True,
+            )
 
     def _write_records(self, pl_module: LightningModule, records: list[dict[str, Any]], path: Path) -> None:
         categories = [
@@ -216,19 +230,25 @@ class PredictionWriter(BasePredictionWriter):
         path.write_text(json.dumps({"categories": categories, "images": records}))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        records, written = self._records, self._written
+        """Write the gathered detections (or count the label maps) and note in :attr:`unreadable` the files
+        that have no outputs (every process knows them; the command reports them)."""
+        records, written, done = self._records, self._written, self._done
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
-            gathered: list[tuple[list[dict[str, Any]], int] | None] = [None] * trainer.world_size
+            gathered: list[tuple[list[dict[str, Any]], int, list[str]] | None] = [None] * trainer.world_size
             try:
-                dist.all_gather_object(gathered, (records, written))
+                dist.all_gather_object(gathered, (records, written, done))
             except RuntimeError as error:  # this process's records stay for on_exception to save
                 why = str(error).splitlines()[0]
                 raise PeerStoppedError(
-                    f"another process stopped before the end (its error is above): {why}"
-                ) from None
-            records = [record for part, _ in gathered for record in part]
-            written = sum(count for _, count in gathered)
-        self._records, self._written = [], 0
+                    f"gathering the processes' detections failed, most likely because another process "
+                    f"stopped (its error is above): {why}"
+                ) from error
+            records = [record for part, _, _ in gathered for record in part]
+            written = sum(count for _, count, _ in gathered)
+            done = [name for _, _, names in gathered for name in names]
+        self._records, self._written, self._done = [], 0, []
+        finished = set(done)
+        self.unreadable = [name for name in self.images if name not in finished]
         if not trainer.is_global_zero:
             return
         if not hasattr(pl_module, "category_ids"):
@@ -239,3 +259,21 @@ class PredictionWriter(BasePredictionWriter):
         for stale in self._folder.glob("predictions.partial*.json"):  # an earlier failed run's
             stale.unlink()
         print(f"Wrote {len(records)} images' detections to {path}", flush=True)
+
+
+def unreadable_report(files: list[str], total: int) -> str:
+    """The message for ``files`` (of ``total`` images) that have no outputs because they cannot be read:
+    each with why (read again here: the DataLoader workers that found them do not say)."""
+    reasons = []
+    for name in files[:10]:
+        try:
+            as_rgb_array(name)
+            reasons.append(f"{name}: could not be read during the run")  # e.g. replaced since
+        except BadDataError as error:  # names the file, why, and the fix
+            reasons.append(str(error))
+    more = f"\n  ... and {len(files) - 10} more" if len(files) > 10 else ""
+    listed = "\n  ".join(reasons)
+    return (
+        f"{len(files)} of {total} images could not be read and have no outputs (the others do):\n  "
+        f"{listed}{more}"
+    )
