@@ -22,7 +22,9 @@ logger = logging.getLogger(__name__)
 # The evaluation metrics are computed over every process (gathered detections, a summed confusion matrix)
 # before they are logged, the same on each: Lightning's advice to average them over the processes again (a
 # warning per metric under DDP) does not apply.
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test)/")
+warnings.filterwarnings(
+    "ignore", message=r"It is recommended to use `self\.log\('(val|test)/(bbox_|segm_|mIoU'|aAcc'|mAcc')"
+)
 
 
 def _numpy_state_to_tensors(state: tuple) -> tuple:
