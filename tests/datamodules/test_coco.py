@@ -480,7 +480,7 @@ def test_predict_folder_names_images_in_its_sub_folders(
     _write_odd_images(tmp_path / "imgs" / "day1")
     message = (
         r"imgs': the folder holds no image file, but its sub-folders hold images too \(e\.g\. .*day1.*\), "
-        r"which are not read; .* such as '.*imgs/\*\*/\*\."
+        r"which are not read; .* such as '.*imgs/\*\*/\*'"
     )
     with pytest.raises(ValueError, match=message):
         PredictImages(str(tmp_path / "imgs"), EvalTransform(56))
@@ -505,6 +505,10 @@ def test_predict_single_file_and_glob(tmp_path: Path) -> None:
     assert len(single) == 1 and single[0][1]["orig_size"] == (30, 50)
     globbed = PredictImages(str(tmp_path / "**" / "*.png"), EvalTransform(56))
     assert sorted(Path(f).name for f in globbed.files) == ["deep.png", "gray.png", "rgba.png"]
+    everything = PredictImages(str(tmp_path / "**" / "*"), EvalTransform(56))  # notes.txt passed over
+    assert sorted(Path(f).name for f in everything.files) == sorted(
+        p.name for p in (tmp_path / "imgs").glob("*.*g")
+    )
     with pytest.raises(ValueError, match="no image file matches"):
         PredictImages(str(tmp_path / "nothing*.jpg"), EvalTransform(56))
     with pytest.raises(ValueError, match="nothing.jpg', do not exist; check the path"):

@@ -30,7 +30,8 @@ def _is_image(path: Path) -> bool:
 
 
 def resolve_images(source: str | Path) -> list[Path]:
-    """The image files of ``source``: the file itself, a folder's image files (sorted) or a glob's matches.
+    """The image files of ``source``: the file itself, a folder's image files (sorted) or a glob's matching
+    image files (other files, such as notes, are passed over as in a folder).
 
     A folder's sub-folders are not searched (outputs written inside it would be read back); images found
     there are named in a warning, or in the error when the folder holds none itself.
@@ -44,7 +45,7 @@ def resolve_images(source: str | Path) -> list[Path]:
         if nested is not None:
             hint = (
                 f"its sub-folders hold images too (e.g. {nested}), which are not read; to include them give "
-                f"a glob that recurses, such as '{path / '**' / ('*' + nested.suffix)}'"
+                f"a glob that recurses, such as '{path / '**' / '*'}'"
             )
             if not files:
                 raise ValueError(
@@ -59,7 +60,8 @@ def resolve_images(source: str | Path) -> list[Path]:
                 f"({', '.join(IMAGE_EXTENSIONS[:4])}, ...); check the path"
             )
     else:
-        files = sorted(Path(p) for p in glob.glob(str(source), recursive=True) if os.path.isfile(p))
+        matches = [Path(p) for p in glob.glob(str(source), recursive=True) if os.path.isfile(p)]
+        files = sorted(p for p in matches if _is_image(p))
     if not files and not glob.has_magic(str(source)):
         raise ValueError(f"the images to predict, {str(source)!r}, do not exist; check the path")
     if not files:
