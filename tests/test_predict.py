@@ -227,6 +227,10 @@ def test_predict_from_a_checkpoint_says_what_is_wrong(detection_run, tmp_path, c
         ),
         (["--ckpt_path", checkpoint, "--images", str(tmp_path / "*.jpg")], "no image file matches"),
         (["--ckpt_path", checkpoint], "the following arguments are required: --images"),
+        (
+            ["--ckpt_path", checkpoint, "--images", str(tmp_path), "--score_threshold", "2"],
+            "from 0 to 1: got 2",
+        ),
     ]:
         with pytest.raises(SystemExit) as exit_status:
             main(["predict", *arguments])
@@ -292,6 +296,8 @@ def test_segmentation_predict_writes_label_maps_and_python_inference_agrees(
     predictor = Predictor.from_checkpoint(_last_checkpoint(segmentation_run))
     assert isinstance(predictor.task, SemanticSegmentationTask)
     assert sorted(path.name for path in (out / "labels").iterdir()) == sorted(OUTPUT_NAMES.values())
+    classes = json.loads((out / "classes.json").read_text())["classes"]
+    assert [c["name"] for c in classes] == predictor.task.class_names and classes[0]["index"] == 0
     for name, (height, width) in sizes.items():
         saved = np.asarray(Image.open(out / "labels" / OUTPUT_NAMES[name]))
         assert saved.shape == (height, width) and saved.max() < predictor.task.num_classes
@@ -403,7 +409,7 @@ def test_options_given_with_ckpt_path_win_over_the_checkpoints_own(detection_run
             f"--trainer.default_root_dir={tmp_path}",
         ]
     )
-    assert re.search(r"class\s+bbox AP\n", capsys.readouterr().out), "the per-class table is printed"
+    assert re.search(r"class\s+bbox AP %\n", capsys.readouterr().out), "the per-class table is printed"
     (report,) = tmp_path.rglob("test_step4_metrics.json")
     assert set(json.loads(report.read_text())["per_class_AP"]["bbox"]) == {
         "circle",

@@ -315,6 +315,7 @@ def predict_checkpoint_command(args: list[str]) -> int:
     if options.batch_size < 1 or options.num_workers < 0:
         parser.error(f"--batch_size={options.batch_size} must be >= 1, --num_workers >= 0")
     try:
+        writer = PredictionWriter(options.output_dir, options.score_threshold, options.overlays)
         predictor = Predictor(load_checkpoint(options.ckpt_path))
         dataset = PredictImages(options.images, predictor.transform, options.apply_exif)
         if options.sliding_window is not None:
@@ -326,7 +327,6 @@ def predict_checkpoint_command(args: list[str]) -> int:
         parser.error(str(error))
     images = _ImagesToPredict(dataset, options.batch_size, options.num_workers, predictor.collate)
     devices = int(options.devices) if options.devices.lstrip("-").isdigit() else options.devices
-    writer = PredictionWriter(options.output_dir, options.score_threshold, options.overlays)
     trainer = Trainer(
         accelerator=options.accelerator,
         devices=devices,

@@ -221,7 +221,7 @@ class DetectionTask(VitDenseTask):
                 if self.per_class_ap:
                     width = max(len(name) for name in per_class[iou_type])
                     rows = [f"{name:<{width}}  {100 * ap:6.2f}" for name, ap in per_class[iou_type].items()]
-                    print(f"{'class':<{width}}  {iou_type} AP\n" + "\n".join(rows), flush=True)
+                    print(f"{'class':<{width}}  {iou_type} AP %\n" + "\n".join(rows), flush=True)
         self.evaluator.reset()
 
     def _last_evaluation_of_run(self) -> bool:

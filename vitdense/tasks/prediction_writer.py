@@ -95,7 +95,8 @@ class PredictionWriter(BasePredictionWriter):
     every detection the model returns: ``bbox`` COCO xywh in original pixels, ``score``, ``category_id``,
     ``category_name``, RLE ``segmentation`` for Mask R-CNN), and ``overlays/<image>.png`` with the
     detections scoring at least ``score_threshold`` drawn. Segmentation: ``labels/<image>.png`` (class
-    indices 0..K-1 at the original resolution; 16-bit when K > 256) and ``overlays/<image>.png``. Output
+    indices 0..K-1 at the original resolution; 16-bit when K > 256; named in ``classes.json``) and
+    ``overlays/<image>.png``. Output
     names are those of :func:`output_names`: no image's files overwrite another's.
 
     Files that cannot be read have no outputs; after the others are written, :attr:`unreadable` lists them
@@ -111,6 +112,8 @@ class PredictionWriter(BasePredictionWriter):
         self, output_dir: str | None = None, score_threshold: float = 0.5, overlays: bool = True
     ) -> None:
         super().__init__(write_interval="batch")
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold is a detection score, from 0 to 1: got {score_threshold}")
         self.output_dir = output_dir
         self.score_threshold = score_threshold
         self.overlays = overlays
@@ -252,7 +255,13 @@ class PredictionWriter(BasePredictionWriter):
         if not trainer.is_global_zero:
             return
         if not hasattr(pl_module, "category_ids"):
-            print(f"Wrote {written} label maps to {self._folder / 'labels'}", flush=True)
+            classes = [{"index": index, "name": name} for index, name in enumerate(pl_module.class_names)]
+            (self._folder / "classes.json").write_text(json.dumps({"classes": classes}, indent=1))
+            print(
+                f"Wrote {written} label maps to {self._folder / 'labels'} (their class indices: "
+                f"{self._folder / 'classes.json'})",
+                flush=True,
+            )
             return
         path = self._folder / "predictions.json"
         self._write_records(pl_module, records, path)
