@@ -168,6 +168,9 @@ def test_jsonargparse_debug_off_keeps_the_short_error(debug, capsys, monkeypatch
 def test_a_missing_argument_of_a_subcommand_names_it_in_the_tip(capsys, monkeypatch):
     assert _error_lines(["fit"], capsys, monkeypatch) == [
         "error: the following arguments are required: fit.data, fit.model",
+        "give the recipe with --config (e.g. recipes/coco_mask_rcnn.yaml), or a run's own copy of it, "
+        "lightning_logs/version_N/config.yaml in its default_root_dir; `vitdense predict --ckpt_path` needs "
+        "no recipe",
         "tip: `vitdense fit --help` lists the accepted options",
     ]
 

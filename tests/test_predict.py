@@ -494,9 +494,10 @@ def test_export_says_what_is_wrong_with_its_inputs(detection_run, tmp_path, caps
     for arguments, message in [
         (["--ckpt_path", str(tmp_path / "no.ckpt")], "no.ckpt: checkpoint not found"),
         (["--ckpt_path", ckpt, "--sample", str(tmp_path / "no.jpg")], "no.jpg does not exist"),
+        (["--ckpt_path", ckpt, "--output", str(tmp_path / "model")], "--output is a .pt2 file"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
-            main(["export", *arguments, "--output", str(tmp_path / "d.pt2")])
+            main(["export", "--output", str(tmp_path / "d.pt2"), *arguments])
         error = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in error and "usage:" not in error
 

@@ -81,8 +81,15 @@ def suggestion(message: str, parser: argparse.ArgumentParser) -> str | None:
     An option is matched against ``parser``'s own (``--trainer.max_epochs``, ``--ckpt_path``). A constructor
     argument that another class the message names takes is said to be that class's; otherwise it is matched
     against the parameters of the class it was given to, then of all the classes the message names (the
-    datamodule, the model and its parts, the optimizer).
+    datamodule, the model and its parts, the optimizer). A subcommand without its data and model is pointed
+    at the recipe.
     """
+    if _REQUIRED.match(message) and re.search(r"\.(data|model)\b", message):
+        return (
+            "give the recipe with --config (e.g. recipes/coco_mask_rcnn.yaml), or a run's own copy of it, "
+            "lightning_logs/version_N/config.yaml in its default_root_dir; `vitdense predict --ckpt_path` "
+            "needs no recipe"
+        )
     if found := _UNKNOWN_INIT_ARG.search(message):
         return _init_arg_hint(found["key"], found["before"] or found["after"], message)
     if found := _UNKNOWN_OPTION.search(message):

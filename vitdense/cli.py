@@ -454,6 +454,8 @@ def export_command(args: list[str]) -> int:
     )
     parser.add_argument("--onnx", action="store_true", help="also write and check an .onnx file")
     options = parser.parse_args(args)
+    if options.output is not None and Path(options.output).suffix != ".pt2":
+        parser.error(f"--output is a .pt2 file (torch.export's package format): got {options.output}")
     # Imported here: vitdense.export registers a tracing rule for torchvision's nms when imported.
     from vitdense.export import ExportCheckError, export_model
 
