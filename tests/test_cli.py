@@ -259,8 +259,11 @@ def test_demo_recipe_fits_and_tests_one_step(tmp_path, capsys):
     metrics = json.loads(printed.strip().splitlines()[-1])
     assert metrics["split"] == "test" and {"bbox_AP50", "segm_AP50"} <= set(metrics)
 
-    # The written results files, scored by pycocotools alone, give the printed numbers to the last digit.
-    report = json.loads(next(tmp_path.rglob("test_step0_metrics.json")).read_text())
+    # The written results files, in the folder printed, scored by pycocotools alone, give the printed
+    # numbers to the last digit.
+    where, folder = printed.strip().splitlines()[-2].split(": ", 1)
+    assert where == "Metrics, per-class scores and results files"
+    report = json.loads((Path(folder) / "test_step0_metrics.json").read_text())
     assert set(report["per_class_AP"]["segm"]) == {"circle", "rectangle", "triangle", "diamond"}
     ground_truth = COCO(str(tmp_path / "shapes" / "annotations" / "instances_val.json"))
     for iou_type in ("bbox", "segm"):

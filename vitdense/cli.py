@@ -176,10 +176,20 @@ class VitDenseCLI(LightningCLI):
                 )
 
     def _print_final_metrics(self) -> None:
-        """End the output with one JSON line of the last evaluation's metrics, after the progress bar."""
+        """End the output with the folder of the reports and one JSON line of the last evaluation's metrics,
+        after the progress bar."""
         metrics = getattr(self.model, "final_metrics", None)
+        folder = self.trainer.log_dir or self.trainer.default_root_dir  # broadcast: every process asks
         if metrics and self.trainer.is_global_zero:
+            print(f"Metrics, per-class scores and results files: {folder}", flush=True)
             print(strict_json(metrics), flush=True)
+
+    def _quiet_restored_checkpoint_callbacks(self) -> None:
+        """Evaluating or predicting from a checkpoint restores its ModelCheckpoint states, which warn that
+        this run's folder differs from the training run's: true, and of no consequence outside fit."""
+        warnings.filterwarnings("ignore", message="The dirpath has changed from")
+
+    before_validate = before_test = before_predict = _quiet_restored_checkpoint_callbacks
 
     def after_fit(self) -> None:
         """Score the final weights when the last validation of ``fit`` came before the last step, so that
