@@ -218,7 +218,7 @@ def test_predict_from_a_checkpoint_alone_writes_what_the_recipe_writes(
     assert sorted(path.name for path in (out / "overlays").iterdir()) == sorted(OUTPUT_NAMES.values())
 
 
-def test_predict_from_a_checkpoint_says_what_is_wrong(detection_run, tmp_path, capsys):
+def test_predict_from_a_checkpoint_says_what_is_wrong(detection_run, tmp_path, capsys, caplog):
     checkpoint = str(_last_checkpoint(detection_run))
     for arguments, message in [
         (
@@ -258,6 +258,7 @@ def test_predict_from_a_checkpoint_says_what_is_wrong(detection_run, tmp_path, c
     with pytest.raises(SystemExit) as exit_status:
         main(["predict", "--ckpt_path", checkpoint, "--images", str(tmp_path), "--output_dir", str(out)])
     assert exit_status.value.code == 0
+    assert f"{out} holds an earlier run's outputs (predictions.json, overlays)" in caplog.text
 
 
 def test_predict_keeps_the_stored_pixels_when_asked(detection_run, mixed_images, tmp_path):

@@ -1,6 +1,7 @@
 """``vitdense predict``'s files: a COCO-style JSON and overlays (detection), label PNGs (segmentation)."""
 
 import json
+import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,8 @@ from vitdense.datamodules.bad_data import BadDataError
 from vitdense.datamodules.instance_masks import encode_masks
 from vitdense.datamodules.predict_images import as_rgb_array
 from vitdense.tasks.visualization import draw_detections, draw_label_map
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["PeerStoppedError", "PredictionWriter", "detection_record", "output_names", "unreadable_report"]
 
@@ -133,6 +136,16 @@ class PredictionWriter(BasePredictionWriter):
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         self._folder = Path(self.output_dir) if self.output_dir is not None else log_dir / "predictions"
         self._records, self._written, self._done, self.unreadable = [], 0, [], []
+        earlier = [
+            name for name in ("predictions.json", "labels", "overlays") if (self._folder / name).exists()
+        ]
+        if earlier and trainer.is_global_zero:
+            logger.warning(
+                "%s holds an earlier run's outputs (%s): those of the images predicted again are replaced, "
+                "the others stay; give another output folder for this run's alone",
+                self._folder,
+                ", ".join(earlier),
+            )
 
     def on_predict_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dataloaders = trainer.predict_dataloaders
