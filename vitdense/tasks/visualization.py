@@ -3,7 +3,9 @@
 import colorsys
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torch.nn import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
@@ -59,7 +61,25 @@ def draw_detections(
         image = draw_segmentation_masks(image, masks[keep].bool().cpu(), alpha=mask_alpha, colors=colors)
     captions = [f"{class_names[int(label) - 1]} {float(score):.2f}" for label, score in zip(labels, scores)]
     width = max(1, round(max(image.shape[-2:]) / 300))
-    return draw_bounding_boxes(image, boxes, labels=captions, colors=colors, width=width)
+    image = draw_bounding_boxes(image, boxes, colors=colors, width=width)
+    return _draw_captions(image, boxes, captions, colors, max(10, round(max(image.shape[-2:]) / 60)))
+
+
+def _draw_captions(
+    image: Tensor, boxes: Tensor, captions: list[str], colors: list[tuple[int, int, int]], size: int
+) -> Tensor:
+    """Each caption in a box of its colour at the top left of its box, in text ``size`` pixels high, so that
+    it reads on a 12 MP photo as on a thumbnail (torchvision's default font is 10 px at any size)."""
+    canvas = Image.fromarray(image.permute(1, 2, 0).numpy())
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=size)
+    for (x1, y1, _, _), caption, color in zip(boxes.tolist(), captions, colors):
+        left, top, right, bottom = draw.textbbox((x1, y1), caption, font=font)
+        margin = max(1, size // 8)
+        draw.rectangle((left - margin, top - margin, right + margin, bottom + margin), fill=color)
+        dark = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] < 128
+        draw.text((x1, y1), caption, fill=(255, 255, 255) if dark else (0, 0, 0), font=font)
+    return torch.from_numpy(np.array(canvas)).permute(2, 0, 1).contiguous()
 
 
 def draw_label_map(image: Tensor, label_map: Tensor, num_classes: int, *, alpha: float = 0.5) -> Tensor:
