@@ -106,6 +106,7 @@ def test_faster_rcnn_without_detections(tmp_path):
     report = export_model(model, SIZE, tmp_path / "faster_rcnn.pt2", sample=_image(0))
     assert report.output_names == ("boxes", "labels", "scores", "num_detections")
     assert report.num_detections == 0 and "no detections" in report.summary()
+    assert "tolerances: box_px 0.01, score 0.0001\n" in report.summary()  # those checked, no mask
     program = torch.export.load(str(report.program_path))
     with torch.no_grad():
         boxes, labels, scores, count = program.module()(_image(2)[None], torch.tensor(SIZE))
@@ -115,6 +116,7 @@ def test_faster_rcnn_without_detections(tmp_path):
 def test_segmenter_round_trip(segmenter_export):
     model, report = segmenter_export
     assert report.output_names == ("logits",) and report.num_detections is None
+    assert report.summary().endswith("tolerances: logit 0.001, logit_rel 0.0001")
     assert report.differences["logits"] <= Tolerances().logit
     if HAS_ONNX:
         assert report.onnx_differences["logits"] <= Tolerances().logit
