@@ -451,7 +451,11 @@ def export_command(args: list[str]) -> int:
         ),
     )
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by `vitdense fit`")
-    parser.add_argument("--output", default=None, help="the .pt2 file (default: beside the checkpoint)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="the .pt2 file (default: beside the checkpoint, or the one a last.ckpt link points at)",
+    )
     parser.add_argument(
         "--sample", default=None, help="an image to check on (default: synthetic colour blobs)"
     )
@@ -491,7 +495,8 @@ def export_command(args: list[str]) -> int:
             image = torch.from_numpy(sample_rgb.copy()).permute(2, 0, 1)
             sample = torch.nn.functional.interpolate(image[None].float(), size=image_size, mode="bilinear")
             sample = sample[0].round().clamp(0, 255).to(torch.uint8)
-    output = Path(options.output or Path(options.ckpt_path).with_suffix(".pt2"))
+    # Beside the checkpoint a last.ckpt link points at: the link moves on to the next save, the step stays.
+    output = Path(options.output or Path(options.ckpt_path).resolve().with_suffix(".pt2"))
     try:
         report = export_model(
             task, image_size, output, sample=sample, valid_size=valid_size, onnx=options.onnx
