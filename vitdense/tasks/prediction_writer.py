@@ -99,8 +99,8 @@ class PredictionWriter(BasePredictionWriter):
     ``category_name``, RLE ``segmentation`` for Mask R-CNN), and ``overlays/<image>.png`` with the
     detections scoring at least ``score_threshold`` drawn. Segmentation: ``labels/<image>.png`` (class
     indices 0..K-1 at the original resolution; 16-bit when K > 256; named in ``classes.json``) and
-    ``overlays/<image>.png``. Output
-    names are those of :func:`output_names`: no image's files overwrite another's.
+    ``overlays/<image>.png``. Output names are those of :func:`output_names`: no image's files overwrite
+    another's.
 
     Files that cannot be read have no outputs; after the others are written, :attr:`unreadable` lists them
     (the command then reports them with :func:`unreadable_report` and exits with status 1).
@@ -269,6 +269,9 @@ class PredictionWriter(BasePredictionWriter):
             return
         if not hasattr(pl_module, "category_ids"):
             classes = [{"index": index, "name": name} for index, name in enumerate(pl_module.class_names)]
+            self._folder.mkdir(
+                parents=True, exist_ok=True
+            )  # no label map written when no image could be read
             (self._folder / "classes.json").write_text(json.dumps({"classes": classes}, indent=1))
             print(
                 f"Wrote {written} label maps to {self._folder / 'labels'} (their class indices: "
