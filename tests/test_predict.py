@@ -14,7 +14,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.tiny import TINY_CONFIG
-from vitdense.cli import _exported_classes, main
+from vitdense.cli import _exported_classes, _program_path, main
 from vitdense.datamodules import BadDataError
 from vitdense.inference import Predictor, load_checkpoint
 from vitdense.tasks import DetectionTask, SemanticSegmentationTask
@@ -259,6 +259,19 @@ def test_predict_from_a_checkpoint_says_what_is_wrong(detection_run, tmp_path, c
         main(["predict", "--ckpt_path", checkpoint, "--images", str(tmp_path), "--output_dir", str(out)])
     assert exit_status.value.code == 0
     assert f"{out} holds an earlier run's outputs (predictions.json, overlays)" in caplog.text
+    # A glob that takes in the output folder would predict an earlier run's overlays as images.
+    with pytest.raises(ValueError, match=r"2 of the images to predict are in the output folder .*out1"):
+        main(
+            [
+                "predict",
+                "--ckpt_path",
+                checkpoint,
+                "--images",
+                str(tmp_path / "**" / "*"),
+                "--output_dir",
+                str(out),
+            ]
+        )
 
 
 def test_predict_keeps_the_stored_pixels_when_asked(detection_run, mixed_images, tmp_path):
@@ -353,6 +366,10 @@ def test_segmentation_predict_writes_label_maps_and_python_inference_agrees(
     assert sorted(path.name for path in (tmp_path / "b" / "labels").iterdir()) == sorted(
         OUTPUT_NAMES.values()
     )
+    # A run of the first batch only names no image as unreadable.
+    one_batch = ["--trainer.limit_predict_batches=1", f"--writer.output_dir={tmp_path / 'one'}"]
+    main([*recipe, f"--data.init_args.predict_images={folder}", *one_batch])
+    assert len(list((tmp_path / "one" / "labels").iterdir())) >= 1
 
 
 def test_output_names_never_overwrite_one_another():
@@ -501,6 +518,15 @@ def test_export_says_what_is_wrong_with_its_inputs(detection_run, tmp_path, caps
             main(["export", "--output", str(tmp_path / "d.pt2"), *arguments])
         error = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in error and "usage:" not in error
+
+
+def test_export_names_a_program_after_the_step_a_last_link_points_at(tmp_path):
+    (tmp_path / "step100.ckpt").touch()
+    (tmp_path / "last.ckpt").symlink_to("step100.ckpt")
+    (tmp_path / "model.ckpt").symlink_to(tmp_path / "step100.ckpt")  # e.g. a file kept in an annex
+    assert _program_path(tmp_path / "last.ckpt") == tmp_path / "step100.pt2"
+    assert _program_path(tmp_path / "model.ckpt") == tmp_path / "model.pt2"
+    assert _program_path(tmp_path / "step100.ckpt") == tmp_path / "step100.pt2"
 
 
 def test_export_of_a_segmenter_needs_its_size(segmentation_run, tmp_path, capsys):

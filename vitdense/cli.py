@@ -495,8 +495,7 @@ def export_command(args: list[str]) -> int:
             image = torch.from_numpy(sample_rgb.copy()).permute(2, 0, 1)
             sample = torch.nn.functional.interpolate(image[None].float(), size=image_size, mode="bilinear")
             sample = sample[0].round().clamp(0, 255).to(torch.uint8)
-    # Beside the checkpoint a last.ckpt link points at: the link moves on to the next save, the step stays.
-    output = Path(options.output or Path(options.ckpt_path).resolve().with_suffix(".pt2"))
+    output = Path(options.output) if options.output is not None else _program_path(Path(options.ckpt_path))
     try:
         report = export_model(
             task, image_size, output, sample=sample, valid_size=valid_size, onnx=options.onnx
@@ -509,6 +508,14 @@ def export_command(args: list[str]) -> int:
     print(report.summary(), flush=True)
     print(f"{classes}: what the program's outputs mean (class labels, ids and names)", flush=True)
     return 0
+
+
+def _program_path(checkpoint: Path) -> Path:
+    """Where export writes by default: beside the checkpoint, named after it, or for a ``last*.ckpt`` link
+    (which moves on with the next save) after the step's checkpoint it points at."""
+    if checkpoint.is_symlink() and checkpoint.name.startswith("last"):
+        return checkpoint.parent / Path(os.readlink(checkpoint)).with_suffix(".pt2").name
+    return checkpoint.with_suffix(".pt2")
 
 
 def _write_exported_classes(task: LightningModule, program: Path) -> Path:

@@ -505,7 +505,7 @@ def test_predict_single_file_and_glob(tmp_path: Path) -> None:
     assert len(single) == 1 and single[0][1]["orig_size"] == (30, 50)
     globbed = PredictImages(str(tmp_path / "**" / "*.png"), EvalTransform(56))
     assert sorted(Path(f).name for f in globbed.files) == ["deep.png", "gray.png", "rgba.png"]
-    everything = PredictImages(str(tmp_path / "**" / "*"), EvalTransform(56))  # notes.txt passed over
+    everything = PredictImages(str(tmp_path / "**" / "**" / "*"), EvalTransform(56))  # notes.txt passed over
     assert sorted(Path(f).name for f in everything.files) == sorted(
         p.name for p in (tmp_path / "imgs").glob("*.*g")
     )

@@ -21,5 +21,13 @@ def _caption_height(side: int) -> int:
 
 @pytest.mark.parametrize("side", [224, 3000])
 def test_captions_grow_with_the_image(side):
-    # 10 px text on a thumbnail; about a 60th of the long side on a photo (torchvision's font stays 10 px).
-    assert _caption_height(side) >= max(10, side // 60)
+    # 10 px text on a thumbnail; about a 45th of the short side on a photo (torchvision's font stays 10 px).
+    assert _caption_height(side) >= max(10, side // 45)
+
+
+def test_a_caption_stays_inside_the_image():
+    image = torch.zeros(3, 60, 200, dtype=torch.uint8)
+    box = torch.tensor([[150.0, 50.0, 200.0, 60.0]])  # at the bottom right corner
+    drawn = draw_detections(image, box, torch.tensor([1]), torch.tensor([0.9]), ["a_rather_long_name"])
+    drawn_columns = drawn.amax(dim=(0, 1)).nonzero()
+    assert int(drawn_columns.min()) < 150  # moved left so that the whole caption shows

@@ -45,7 +45,7 @@ def resolve_images(source: str | Path) -> list[Path]:
         if nested is not None:
             hint = (
                 f"its sub-folders hold images too (e.g. {nested}), which are not read; to include them give "
-                f"a glob that recurses, such as '{path / '**' / '*'}'"
+                f"a glob that recurses, such as '{Path(glob.escape(str(path))) / '**' / '*'}'"
             )
             if not files:
                 raise ValueError(
@@ -61,7 +61,7 @@ def resolve_images(source: str | Path) -> list[Path]:
             )
     else:
         matches = [Path(p) for p in glob.glob(str(source), recursive=True) if os.path.isfile(p)]
-        files = sorted(p for p in matches if _is_image(p))
+        files = sorted({p for p in matches if _is_image(p)})  # '**/**' matches a file more than once
     if not files and not glob.has_magic(str(source)):
         raise ValueError(f"the images to predict, {str(source)!r}, do not exist; check the path")
     if not files:

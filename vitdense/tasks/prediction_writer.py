@@ -16,6 +16,7 @@ from PIL import Image
 
 from vitdense.datamodules.bad_data import BadDataError
 from vitdense.datamodules.instance_masks import encode_masks
+from vitdense.datamodules.loading import PaddingIndex
 from vitdense.datamodules.predict_images import as_rgb_array
 from vitdense.tasks.visualization import draw_detections, draw_label_map
 
@@ -126,7 +127,8 @@ class PredictionWriter(BasePredictionWriter):
         self._written = 0
         self._apply_exif = True
         self.images: list[str] = []
-        self._done: list[str] = []
+        self._attempted: list[int] = []
+        self._done: set[str] = set()
         self.unreadable: list[str] = []
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -135,14 +137,15 @@ class PredictionWriter(BasePredictionWriter):
         # Trainer.log_dir broadcasts from rank 0: every process asks.
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         self._folder = Path(self.output_dir) if self.output_dir is not None else log_dir / "predictions"
-        self._records, self._written, self._done, self.unreadable = [], 0, [], []
+        self._records, self._written, self._attempted, self._done, self.unreadable = [], 0, [], set(), []
         earlier = [
             name for name in ("predictions.json", "labels", "overlays") if (self._folder / name).exists()
         ]
         if earlier and trainer.is_global_zero:
             logger.warning(
-                "%s holds an earlier run's outputs (%s): those of the images predicted again are replaced, "
-                "the others stay; give another output folder for this run's alone",
+                "%s holds an earlier run's outputs (%s): predictions.json is replaced, and the label maps "
+                "and overlays of the images predicted again; the others stay. Give another output folder for "
+                "this run's alone",
                 self._folder,
                 ", ".join(earlier),
             )
@@ -151,6 +154,15 @@ class PredictionWriter(BasePredictionWriter):
         dataloaders = trainer.predict_dataloaders
         dataset = getattr(dataloaders[0] if isinstance(dataloaders, list) else dataloaders, "dataset", None)
         self.images = [str(path) for path in getattr(dataset, "files", None) or []]
+        if self._folder is not None:
+            folder = self._folder.resolve()
+            inside = [name for name in self.images if Path(name).resolve().is_relative_to(folder)]
+            if inside:
+                raise ValueError(
+                    f"{len(inside)} of the images to predict are in the output folder {self._folder} (e.g. "
+                    f"{inside[0]}): an earlier run's outputs would be predicted as images; leave that folder "
+                    "out of the images, or write elsewhere (--output_dir, --writer.output_dir)"
+                )
         self._names = output_names(self.images)
         self._apply_exif = getattr(dataset, "apply_exif", True)  # overlays drawn on the pixels predicted on
 
@@ -173,9 +185,14 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
+        # The images this batch loaded, read or not (a process without images of its own loads a padding
+        # index, which is none of them)
+        self._attempted += [
+            int(index) for index in batch_indices or [] if not isinstance(index, PaddingIndex)
+        ]
         for output in prediction:
             if output.get("file_name") is not None:
-                self._done.append(str(output["file_name"]))
+                self._done.add(str(output["file_name"]))
             if "label" in output:
                 self._write_label_map(pl_module, output)
             else:
@@ -219,18 +236,17 @@ class PredictionWriter(BasePredictionWriter):
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """Keep the detections of the images done before a failure (e.g. out of memory) in
         ``predictions.partial.json`` (one file per process under DDP, which cannot gather here); label maps
-        and overlays are already written image by image. An earlier run's ``predictions.json`` is removed.
+        and overlays are already written image by image. An earlier run's ``predictions.json`` then goes.
 
         Under DDP each process saves its own, as far as it gets: Lightning stops all the processes within
         seconds of one failing.
         """
         records, self._records = self._records, []
-        if self._folder is not None:
-            (self._folder / "predictions.json").unlink(missing_ok=True)
         if records and self._folder is not None:
             suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
             path = self._folder / f"predictions.partial{suffix}.json"
             self._write_records(pl_module, records, path)
+            (self._folder / "predictions.json").unlink(missing_ok=True)  # an earlier run's, not this one's
             print(
                 f"Predicting stopped: wrote the {len(records)} images' detections done before to {path}",
                 flush=True,
@@ -248,11 +264,13 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Write the gathered detections (or count the label maps) and note in :attr:`unreadable` the files
         that have no outputs (every process knows them; the command reports them)."""
-        records, written, done = self._records, self._written, self._done
+        records, written = self._records, self._written
+        attempted = [self.images[index] for index in self._attempted if index < len(self.images)]
+        unreadable = [name for name in attempted if name not in self._done]  # loaded as None
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             gathered: list[tuple[list[dict[str, Any]], int, list[str]] | None] = [None] * trainer.world_size
             try:
-                dist.all_gather_object(gathered, (records, written, done))
+                dist.all_gather_object(gathered, (records, written, unreadable))
             except RuntimeError as error:  # this process's records stay for on_exception to save
                 why = str(error).splitlines()[0]
                 raise PeerStoppedError(
@@ -261,10 +279,9 @@ class PredictionWriter(BasePredictionWriter):
                 ) from error
             records = [record for part, _, _ in gathered for record in part]
             written = sum(count for _, count, _ in gathered)
-            done = [name for _, _, names in gathered for name in names]
-        self._records, self._written, self._done = [], 0, []
-        finished = set(done)
-        self.unreadable = [name for name in self.images if name not in finished]
+            unreadable = [name for _, _, names in gathered for name in names]
+        self._records, self._written, self._attempted, self._done = [], 0, [], set()
+        self.unreadable = sorted(unreadable)
         if not trainer.is_global_zero:
             return
         if not hasattr(pl_module, "category_ids"):
@@ -298,7 +315,6 @@ def unreadable_report(files: list[str], total: int) -> str:
             reasons.append(str(error))
     more = f"\n  ... and {len(files) - 10} more" if len(files) > 10 else ""
     listed = "\n  ".join(reasons)
-    return (
-        f"{len(files)} of {total} images could not be read and have no outputs (the others do):\n  "
-        f"{listed}{more}"
-    )
+    if len(files) == total:
+        return f"none of the {total} images could be read:\n  {listed}{more}"
+    return f"{len(files)} of {total} images could not be read and have no outputs:\n  {listed}{more}"

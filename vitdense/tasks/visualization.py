@@ -62,23 +62,29 @@ def draw_detections(
     captions = [f"{class_names[int(label) - 1]} {float(score):.2f}" for label, score in zip(labels, scores)]
     width = max(1, round(max(image.shape[-2:]) / 300))
     image = draw_bounding_boxes(image, boxes, colors=colors, width=width)
-    return _draw_captions(image, boxes, captions, colors, max(10, round(max(image.shape[-2:]) / 60)))
+    return _draw_captions(image, boxes, captions, colors, max(10, round(min(image.shape[-2:]) / 45)))
 
 
 def _draw_captions(
     image: Tensor, boxes: Tensor, captions: list[str], colors: list[tuple[int, int, int]], size: int
 ) -> Tensor:
     """Each caption in a box of its colour at the top left of its box, in text ``size`` pixels high, so that
-    it reads on a 12 MP photo as on a thumbnail (torchvision's default font is 10 px at any size)."""
+    it reads on a 12 MP photo as on a thumbnail (torchvision's default font is 10 px at any size). Pillow's
+    own font has Latin letters only: other scripts show as empty boxes, as with torchvision's."""
     canvas = Image.fromarray(image.permute(1, 2, 0).numpy())
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=size)
+    margin = max(1, size // 8)
     for (x1, y1, _, _), caption, color in zip(boxes.tolist(), captions, colors):
-        left, top, right, bottom = draw.textbbox((x1, y1), caption, font=font)
-        margin = max(1, size // 8)
-        draw.rectangle((left - margin, top - margin, right + margin, bottom + margin), fill=color)
+        left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+        # At the box's top left, moved inside the image where the box touches its right or bottom edge.
+        x = max(margin, min(x1, canvas.width - right - margin))
+        y = max(margin - top, min(y1, canvas.height - bottom - margin))
+        draw.rectangle(
+            (x + left - margin, y + top - margin, x + right + margin, y + bottom + margin), fill=color
+        )
         dark = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] < 128
-        draw.text((x1, y1), caption, fill=(255, 255, 255) if dark else (0, 0, 0), font=font)
+        draw.text((x, y), caption, fill=(255, 255, 255) if dark else (0, 0, 0), font=font)
     return torch.from_numpy(np.array(canvas)).permute(2, 0, 1).contiguous()
 
 
