@@ -46,7 +46,6 @@ class EvaluationSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
         self.indices = list(range(rank, len(dataset), num_replicas))  # type: ignore[arg-type]
         self.num_samples = max(len(self.indices), 1)
-        self.total_size = len(dataset)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices or [PaddingIndex(0)])

@@ -127,8 +127,7 @@ class PredictionWriter(BasePredictionWriter):
         self._written = 0
         self._apply_exif = True
         self.images: list[str] = []
-        self._attempted: list[int] = []
-        self._done: set[str] = set()
+        self._unreadable: list[str] = []  # this process's
         self.unreadable: list[str] = []
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -137,7 +136,7 @@ class PredictionWriter(BasePredictionWriter):
         # Trainer.log_dir broadcasts from rank 0: every process asks.
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         self._folder = Path(self.output_dir) if self.output_dir is not None else log_dir / "predictions"
-        self._records, self._written, self._attempted, self._done, self.unreadable = [], 0, [], set(), []
+        self._records, self._written, self._unreadable, self.unreadable = [], 0, [], []
         earlier = [
             name for name in ("predictions.json", "labels", "overlays") if (self._folder / name).exists()
         ]
@@ -185,14 +184,16 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        # The images this batch loaded, read or not (a process without images of its own loads a padding
-        # index, which is none of them)
-        self._attempted += [
-            int(index) for index in batch_indices or [] if not isinstance(index, PaddingIndex)
+        # The images this batch loaded without an output could not be read (a process without images of its
+        # own loads a padding index, which is none of them).
+        done = {str(output["file_name"]) for output in prediction if output.get("file_name") is not None}
+        loaded = [index for index in batch_indices or [] if not isinstance(index, PaddingIndex)]
+        self._unreadable += [
+            self.images[index]
+            for index in loaded
+            if index < len(self.images) and self.images[index] not in done
         ]
         for output in prediction:
-            if output.get("file_name") is not None:
-                self._done.add(str(output["file_name"]))
             if "label" in output:
                 self._write_label_map(pl_module, output)
             else:
@@ -264,9 +265,7 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Write the gathered detections (or count the label maps) and note in :attr:`unreadable` the files
         that have no outputs (every process knows them; the command reports them)."""
-        records, written = self._records, self._written
-        attempted = [self.images[index] for index in self._attempted if index < len(self.images)]
-        unreadable = [name for name in attempted if name not in self._done]  # loaded as None
+        records, written, unreadable = self._records, self._written, self._unreadable
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             gathered: list[tuple[list[dict[str, Any]], int, list[str]] | None] = [None] * trainer.world_size
             try:
@@ -280,7 +279,7 @@ class PredictionWriter(BasePredictionWriter):
             records = [record for part, _, _ in gathered for record in part]
             written = sum(count for _, count, _ in gathered)
             unreadable = [name for _, _, names in gathered for name in names]
-        self._records, self._written, self._attempted, self._done = [], 0, [], set()
+        self._records, self._written, self._unreadable = [], 0, []
         self.unreadable = sorted(unreadable)
         if not trainer.is_global_zero:
             return
