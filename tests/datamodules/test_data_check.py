@@ -11,6 +11,8 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +20,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader
 
 from vitdense.datamodules import (
@@ -31,8 +35,10 @@ from vitdense.datamodules import (
     SegmentationEvalTransform,
     SegmentationFolder,
     SegmentationFolderDataModule,
+    SegmentationTrainTransform,
     ShapesDataModule,
     ShapesSegmentationDataModule,
+    TrainTransform,
     check_data,
     check_datasets,
     collate_detection,
@@ -103,8 +109,22 @@ def _wrong_size(root: Path) -> None:
     _save_noise(root / "b.png", 28, 40)
 
 
+def _multi_page_tiff(path: Path) -> None:
+    with tifffile.TiffWriter(path) as tif:  # a stack: which page is the image?
+        for _ in range(3):
+            tif.write(_noise(28, 56), photometric="rgb")
+
+
+def _five_band_tiff(path: Path) -> None:
+    bands = np.dstack([_noise(28, 56), _noise(28, 56)[..., :2]])  # e.g. B, G, R, NIR, SWIR
+    tifffile.imwrite(path, bands, photometric="minisblack", planarconfig="contig")
+
+
 BAD_B = [BAD_IMAGE]
 A77 = "annotation id 77"
+B = "b.tif"
+B_TIF = [BAD_IMAGE | {"file_name": B, "write": False}]
+FAR, BAD_SEGMENTATION, DEGENERATE = "coordinates_far_outside", "malformed_segmentation", "degenerate_polygon"
 COCO_CASES: dict[str, CocoCase] = {
     "corrupt_image": CocoCase(BAD_B, [_ann(2, 2)], "corrupt_image", "b.png", "image id 2", damage=_garbage),
     "truncated_image": CocoCase(
@@ -195,6 +215,70 @@ COCO_CASES: dict[str, CocoCase] = {
         ANNOTATIONS,
         A77,
     ),
+    # Corrupted coordinates, far enough to be named yet cheap to rasterise should a regression let them
+    # through (at 1e9, pycocotools asks ~20 GB: see test_a_vertex_at_1e9_leaves_the_process_alive_and_named).
+    "polygon_vertex_far_outside": CocoCase(
+        [], [_ann(77, segmentation=[[2, 2, 1e5, 2, 10, 8, 2, 8]])], FAR, ANNOTATIONS, A77
+    ),
+    # A 4-number part is dropped in training, but pycocotools reads it as a box, rasterised as a polygon.
+    "box_like_part_far_outside": CocoCase(
+        [],
+        [_ann(77, segmentation=[[2, 2, 10, 2, 10, 8, 2, 8], [2, 2, 1e5, 8]])],
+        FAR,
+        ANNOTATIONS,
+        A77,
+    ),
+    # Clipped to the image, it would train a box as wide as the image.
+    "box_far_outside": CocoCase([], [_ann(77, bbox=[2, 2, 1e5, 6])], FAR, ANNOTATIONS, A77),
+    # Read by truthiness, each would turn an object into a crowd region, or back, without a word.
+    "iscrowd_string": CocoCase([], [_ann(77, iscrowd="0")], "malformed_annotation", ANNOTATIONS, A77),
+    "iscrowd_2": CocoCase([], [_ann(77, iscrowd=2)], "malformed_annotation", ANNOTATIONS, A77),
+    "iscrowd_true": CocoCase([], [_ann(77, iscrowd=True)], "malformed_annotation", ANNOTATIONS, A77),
+    "iscrowd_null": CocoCase([], [_ann(77, iscrowd=None)], "malformed_annotation", ANNOTATIONS, A77),
+    "polygon_with_nan": CocoCase(
+        [], [_ann(77, segmentation=[[2, 2, float("nan"), 2, 10, 8]])], BAD_SEGMENTATION, ANNOTATIONS, A77
+    ),
+    "segmentation_empty_dict": CocoCase([], [_ann(77, segmentation={})], BAD_SEGMENTATION, ANNOTATIONS, A77),
+    "segmentation_empty_list": CocoCase([], [_ann(77, segmentation=[])], DEGENERATE, ANNOTATIONS, A77),
+    "category_id_float": CocoCase([], [_ann(77, category_id=1.0)], "malformed_annotation", ANNOTATIONS, A77),
+    "image_0x0": CocoCase(
+        [BAD_IMAGE | {"height": 0, "width": 0, "write": False}],
+        [_ann(2, 2)],
+        "malformed_image_record",
+        ANNOTATIONS,
+        "image id 2",
+    ),
+    "image_negative_width": CocoCase(
+        [BAD_IMAGE | {"width": -56, "write": False}],
+        [_ann(2, 2)],
+        "malformed_image_record",
+        ANNOTATIONS,
+        "image id 2",
+    ),
+    # The file exists, outside the folder the DataModule was given: read silently before.
+    "image_outside_folder": CocoCase(
+        [BAD_IMAGE | {"file_name": "../b.png", "write": False}],
+        [_ann(2, 2)],
+        "image_outside_folder",
+        "images/../b.png",
+        "image id 2",
+        damage=lambda root: _save_noise(root.parent / "b.png"),
+    ),
+    # More pixels than Pillow decodes: named at construction, before pycocotools rasterises at that size.
+    "image_too_large": CocoCase(
+        [BAD_IMAGE | {"height": 20000, "width": 20000, "write": False}],
+        [_ann(2, 2)],
+        "image_too_large",
+        "b.png",
+        "image id 2",
+        damage=lambda root: _save_noise(root / "b.png"),
+    ),
+    "multi_page_tiff": CocoCase(
+        B_TIF, [_ann(2, 2)], "corrupt_image", "b.tif", "image id 2", damage=lambda r: _multi_page_tiff(r / B)
+    ),
+    "five_band_tiff": CocoCase(
+        B_TIF, [_ann(2, 2)], "corrupt_image", "b.tif", "image id 2", damage=lambda r: _five_band_tiff(r / B)
+    ),
 }
 
 
@@ -262,6 +346,13 @@ def _write_json(path: Path, text: str) -> Path:
 
 FILE_CASES = {
     "invalid_json": ('{"images": [', "invalid_json"),
+    # Python's parser gives up with a RecursionError, which used to escape as a traceback.
+    "nested_too_deep": ("[" * 100_000 + "]" * 100_000, "invalid_json"),
+    # A hand-merged file: JSON keeps the last 'annotations' list, the first was lost without a word.
+    "duplicate_key": (
+        '{"images": [], "annotations": [{"id": 1}], "annotations": [], "categories": [{"id": 1}]}',
+        "duplicate_key",
+    ),
     "category_without_id": (
         json.dumps({"images": [], "annotations": [], "categories": [{"name": "a"}]}),
         "malformed_json",
@@ -327,6 +418,22 @@ def test_unusable_annotation_file_named_under_both_policies(make_coco: MakeCoco,
             dm.setup("fit")
 
 
+def test_a_json_file_with_a_byte_order_mark_or_in_utf16_loads(make_coco: MakeCoco) -> None:
+    """Windows tools write a BOM, some UTF-16: both are JSON, and read as such."""
+    root, ann_file = make_coco([GOOD_IMAGE], [_ann(1)])
+    text = ann_file.read_text()
+    for encoded in (b"\xef\xbb\xbf" + text.encode(), text.encode("utf-16")):
+        ann_file.write_bytes(encoded)
+        ds = CocoDetection(root, ann_file, EvalTransform(56), masks=True)
+        assert ds.image_ids == [1] and ds[0][1]["labels"].tolist() == [1]
+
+
+def test_an_annotation_file_that_is_a_folder_says_so(make_coco: MakeCoco) -> None:
+    root, _ = make_coco([GOOD_IMAGE], [_ann(1)])
+    with pytest.raises(FileNotFoundError, match="is a folder, not an annotation file"):
+        CocoDetection(root, root, EvalTransform(56))
+
+
 # ------------------------------------------------------------------------------------------------ notes
 
 
@@ -351,6 +458,17 @@ NOTE_CASES: dict[str, tuple[str, Callable[[Path], None], dict[str, int]]] = {
     "palette": ("b.png", lambda r: _write_mode(r, "b.png", _noise(28, 56), "P"), {}),
     "16_bit": ("b.png", lambda r: _write_mode(r, "b.png", np.full((28, 56), 40000, np.uint16)), {}),
     "float_tiff": ("b.tif", lambda r: _write_mode(r, "b.tif", np.random.rand(28, 56).astype(np.float32)), {}),
+    # What GIS tools and scientific cameras write; Pillow refused both as unreadable.
+    "16_bit_rgb_tiff": (
+        "b.tif",
+        lambda r: tifffile.imwrite(r / "b.tif", _noise(28, 56).astype(np.uint16) * 257, photometric="rgb"),
+        {},
+    ),
+    "float_rgb_tiff": (
+        "b.tif",
+        lambda r: tifffile.imwrite(r / "b.tif", np.random.rand(28, 56, 3).astype("f4"), photometric="rgb"),
+        {},
+    ),
     "exif_rotation": ("b.jpg", _exif_rotated, {"height": 56, "width": 28}),
 }
 NOTE_KINDS = {
@@ -359,6 +477,8 @@ NOTE_KINDS = {
     "palette": "mode_palette",
     "16_bit": "mode_high_bit_depth",
     "float_tiff": "mode_float",
+    "16_bit_rgb_tiff": "mode_high_bit_depth",
+    "float_rgb_tiff": "mode_float",
     "exif_rotation": "exif_rotation",
 }
 
@@ -508,6 +628,154 @@ def test_evaluation_fills_missing_area_and_iscrowd_and_reads_segmentations_as_py
 
 
 # ----------------------------------------------------------------------------------------------------
+# Hostile input beyond one record
+# ----------------------------------------------------------------------------------------------------
+
+# Builds the data the way check-data and fit do, under a memory cap of what the process holds after its
+# imports plus 2 GiB: pycocotools asks ~20 GB to rasterise a vertex at 1e9, and a failed allocation in its C
+# code ends the process (exit 139) rather than raising.
+_UNDER_A_MEMORY_CAP = """
+import resource, sys
+from vitdense.datamodules import CocoDataModule, check_data
+with open("/proc/self/status") as status:
+    held = next(int(line.split()[1]) for line in status if line.startswith("VmSize:")) * 1024
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+cap = held + (2 << 30)
+resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+root, annotations = sys.argv[1], sys.argv[2]
+options = dict(image_size=56, num_workers=0, on_bad_data="skip")
+print(check_data(CocoDataModule(root, annotations, root, annotations, **options)).format())
+fit = CocoDataModule(root, annotations, root, annotations, **options)
+fit.setup("fit")
+samples = [fit.train_dataset[i] for i in range(len(fit.train_dataset))]
+print("trained on", [target["image_id"] for _, target in samples], dict(fit.train_dataset.skipped))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the memory cap reads /proc")
+def test_a_vertex_at_1e9_leaves_the_process_alive_and_named(make_coco: MakeCoco) -> None:
+    crowd = _ann(78, iscrowd=1, segmentation=[[2, 2, 10, 2, 1e9, 8, 2, 8]])  # evaluation reads crowd regions
+    root, ann_file = make_coco([GOOD_IMAGE], [_ann(1), _ann(77, segmentation=[[2, 2, 1e9, 2, 10, 8]]), crowd])
+    done = subprocess.run(
+        [sys.executable, "-c", _UNDER_A_MEMORY_CAP, str(root), str(ann_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report, trained = done.stdout.split("trained on")
+    for record in ("annotation id 77 (image id 1)", "annotation id 78 (image id 1)"):
+        found = f"{FAR}: {ann_file}: {record} has a bad segmentation: a polygon reaches 1e+09"
+        assert found in report
+    assert "[1] {'coordinates_far_outside': 1}" in trained, "training keeps the image, without the annotation"
+
+
+def test_far_coordinates_never_reach_pycocotools(
+    make_coco: MakeCoco, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rasterised: list[float] = []
+    real = mask_utils.frPyObjects
+
+    def recording(obj: Any, h: int, w: int) -> Any:
+        if isinstance(obj, list):
+            rasterised.extend(abs(v) for part in obj for v in (part if isinstance(part, list) else []))
+        return real(obj, h, w)
+
+    monkeypatch.setattr(mask_utils, "frPyObjects", recording)  # what pycocotools' COCO.annToRLE calls too
+    far = [[2, 2, 10, 2, 10, 8, 2, 8], [2, 2, 5e4, 8]]  # its 4-number part pycocotools reads as a box
+    root, ann_file = make_coco(
+        [GOOD_IMAGE], [_ann(1), _ann(77, segmentation=far), _ann(78, iscrowd=1, segmentation=far)]
+    )
+    for policy in ("error", "skip"):
+        for evaluation, masks in ((None, True), ("segm", False)):
+            try:
+                ds = CocoDetection(
+                    root, ann_file, EvalTransform(56), masks=masks, evaluation=evaluation, on_bad_data=policy
+                )
+                _load_all(ds)
+            except BadDataError as error:
+                assert policy == "error" and error.finding.kind == "coordinates_far_outside"
+    assert rasterised and max(rasterised) <= 56
+
+
+def test_image_records_sharing_a_file_are_both_named(make_coco: MakeCoco) -> None:
+    """Before, the one image was trained on and scored twice, each time with half its annotations."""
+    shared = [BAD_IMAGE, BAD_IMAGE | {"id": 3, "file_name": "./b.png", "write": False}]
+    root, ann_file = make_coco([GOOD_IMAGE, *shared], [_ann(1), _ann(2, 2), _ann(3, 3, [30, 10, 8, 8])])
+    also = r"b.png \(image id 2, .*\) is also the file of image id 3 \('./b.png'\)"
+    with pytest.raises(BadDataError, match=also):
+        CocoDetection(root, ann_file, EvalTransform(56), on_bad_data="error")
+    ds = CocoDetection(root, ann_file, EvalTransform(56), on_bad_data="skip")
+    assert ds.image_ids == [1] and ds.skipped == {"duplicate_file": 2}
+    assert [f.record for f in ds.findings] == ["image id 2", "image id 3"]
+    dm = CocoDataModule(str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0)
+    assert check_data(dm).counts() == {"train": {"duplicate_file": 2}, "val": {"duplicate_file": 2}}
+
+
+def test_an_image_outside_the_folder_is_read_only_when_allowed(make_coco: MakeCoco, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere" / "b.png"
+    elsewhere.parent.mkdir()
+    _save_noise(elsewhere)
+    record = BAD_IMAGE | {"file_name": str(elsewhere), "write": False}
+    root, ann_file = make_coco([GOOD_IMAGE, record], [_ann(1), _ann(2, 2)])
+    with pytest.raises(BadDataError, match=r"lies outside the images folder .*allow_outside_images=true"):
+        CocoDetection(root, ann_file, EvalTransform(56), on_bad_data="error")
+    allowed = CocoDetection(root, ann_file, EvalTransform(56), allow_outside_images=True)
+    assert [t["image_id"] for t in _load_all(allowed)] == [1, 2]
+    (root / "link.png").symlink_to(elsewhere)  # a link inside the folder may point anywhere
+    root, ann_file = make_coco([GOOD_IMAGE, BAD_IMAGE | {"file_name": "link.png", "write": False}], [_ann(1)])
+    assert CocoDetection(root, ann_file, EvalTransform(56)).image_ids == [1, 2]
+    paths = [str(root), str(ann_file)] * 2
+    dm = CocoDataModule(*paths, image_size=56, num_workers=0, allow_outside_images=True)
+    assert check_data(dm).errors == 0
+
+
+def test_too_many_objects_on_one_image_name_the_count_not_the_image_file(make_coco: MakeCoco) -> None:
+    """100k annotations on one image ended in a MemoryError (a (100000, 1008, 1008) mask array) reported as
+    the image file failing to load."""
+    crowded = [_ann(10 + i, 2, [2 + i, 2, 8, 6]) for i in range(3)]
+    root, ann_file = make_coco([GOOD_IMAGE, BAD_IMAGE], [_ann(1), *crowded])
+    with pytest.raises(BadDataError) as info:
+        CocoDetection(root, ann_file, TrainTransform(56), masks=True, max_objects_per_image=2)
+    message = str(info.value)
+    assert message.startswith(f"{ann_file}: image id 2 (")
+    assert "has 3 objects, more than max_objects_per_image=2" in message
+    assert info.value.finding.file == str(ann_file) and "failed to load" not in message
+    ds = CocoDetection(
+        root, ann_file, TrainTransform(56), masks=True, max_objects_per_image=2, on_bad_data="skip"
+    )
+    assert ds.image_ids == [1] and ds.skipped == {"too_many_objects": 1}
+    assert CocoDetection(root, ann_file, TrainTransform(56), max_objects_per_image=3).image_ids == [1, 2]
+    scored = CocoDetection(root, ann_file, EvalTransform(56), evaluation="bbox", max_objects_per_image=2)
+    assert scored.image_ids == [1, 2], "evaluation scores every object"
+    paths = [str(root), str(ann_file)] * 2
+    dm = CocoDataModule(*paths, image_size=56, num_workers=0, max_objects_per_image=2)
+    assert check_data(dm).counts() == {"train": {"too_many_objects": 1}, "val": {}}
+    with pytest.raises(ValueError, match="max_objects_per_image=0"):
+        CocoDataModule(*paths, image_size=56, max_objects_per_image=0)
+
+
+def test_an_image_whose_only_annotation_has_a_bad_iscrowd_is_no_negative(make_coco: MakeCoco) -> None:
+    root, ann_file = make_coco([GOOD_IMAGE, BAD_IMAGE], [_ann(1), _ann(2, 2, iscrowd="1")])
+    ds = CocoDetection(root, ann_file, TrainTransform(56), on_bad_data="skip", keep_empty_images=True)
+    assert ds.image_ids == [1] and ds.skipped == {"malformed_annotation": 1}
+
+
+def test_a_class_annotated_only_in_validation_is_noted(make_coco: MakeCoco, tmp_path: Path) -> None:
+    """Its AP is 0 whatever the model does: said before training, not found in the results."""
+    root, train_file = make_coco([GOOD_IMAGE], [_ann(1, area=48)])
+    val = json.loads(train_file.read_text())
+    val["annotations"] += [_ann(i, category_id=2, bbox=[10 + 10 * i, 4, 8, 8], area=64) for i in (2, 3)]
+    val_file = _write_json(tmp_path / "val.json", json.dumps(val))
+    dm = CocoDataModule(str(root), str(train_file), str(root), str(val_file), image_size=56, num_workers=0)
+    report = check_data(dm)
+    assert report.errors == 0 and report.counts("note") == {"train": {}, "val": {"class_not_in_training": 1}}
+    (note,) = report.splits[1].findings
+    assert note.record == "category id 2" and note.file == str(val_file)
+    assert "('b') has 2 annotation(s) here but none in the training file" in note.message
+
+
+# ----------------------------------------------------------------------------------------------------
 # Segmentation corpus
 # ----------------------------------------------------------------------------------------------------
 
@@ -568,6 +836,23 @@ def _seg_out_of_range(images: Path, labels: Path) -> None:
     Image.fromarray(np.full((28, 42), 7, np.uint8)).save(labels / "bad.png")
 
 
+def _seg_16_bit_out_of_range(images: Path, labels: Path) -> None:
+    _pair(images, labels, "bad")
+    Image.fromarray(np.full((28, 42), 3000, np.uint16)).save(labels / "bad.png")  # mode I;16
+
+
+def _seg_link_loop(images: Path, labels: Path) -> None:
+    _pair(images, labels, "bad")
+    (images / "bad.png").unlink()
+    (images / "bad.png").symlink_to("bad.png")
+
+
+def _seg_multi_page_tiff(images: Path, labels: Path) -> None:
+    _pair(images, labels, "bad")
+    (images / "bad.png").unlink()
+    _multi_page_tiff(images / "bad.tif")
+
+
 def _seg_too_small(images: Path, labels: Path) -> None:
     _pair(images, labels, "bad", h=10, w=10)
 
@@ -588,6 +873,9 @@ SEG_CASES: dict[str, tuple[Callable[[Path, Path], None], str, str]] = {
     "size_mismatch": (_seg_size_mismatch, "size_mismatch", "lbl/bad.png"),
     "rgb_label": (_seg_rgb_label, "label_not_indices", "lbl/bad.png"),
     "label_out_of_range": (_seg_out_of_range, "label_out_of_range", "lbl/bad.png"),
+    "label_16_bit_out_of_range": (_seg_16_bit_out_of_range, "label_out_of_range", "lbl/bad.png"),
+    "image_link_loop": (_seg_link_loop, "corrupt_image", "img/bad.png"),
+    "multi_page_tiff": (_seg_multi_page_tiff, "corrupt_image", "img/bad.tif"),
     "image_too_small": (_seg_too_small, "image_too_small", "img/bad.png"),
     "duplicate_image": (_seg_duplicate, "duplicate_image", "lbl/bad.png"),
 }
@@ -641,6 +929,34 @@ def test_segmentation_case_reported_by_check_data(tmp_path: Path, name: str) -> 
         (finding,) = split.findings
         assert finding.file.endswith(file) and finding.record == "bad" and file in finding.message
     assert report.errors == 2 and f"{kind}: " in report.format()
+
+
+def test_a_label_with_every_pixel_ignored_is_an_error_in_training_a_note_in_evaluation(
+    tmp_path: Path,
+) -> None:
+    """Training had nothing to learn from it (a batch of its crops only: a non-finite loss, named as
+    'images [None]'); evaluation scores none of its pixels, which is harmless but worth a word."""
+    images, labels = tmp_path / "img", tmp_path / "lbl"
+    _pair(images, labels, "good")
+    _pair(images, labels, "empty")
+    Image.fromarray(np.zeros((28, 42), np.uint8)).save(labels / "empty.png")  # all 0: all 'other'
+    train = SegmentationTrainTransform(28, (64, 48), (1.0, 1.0), 1.0, 255)
+    strict = SegmentationFolder(images, labels, train, num_classes=3, reduce_zero_label=True)
+    with pytest.raises(BadDataError, match=r"empty.png has only the values \{0\}, all mapped to ignore"):
+        _load_all(strict)
+    lenient = SegmentationFolder(
+        images, labels, train, num_classes=3, reduce_zero_label=True, on_bad_data="skip"
+    )
+    assert len(_load_all(lenient)) == 2 and lenient.skipped == {"label_all_ignored": 1}
+    dm = SegmentationFolderDataModule(
+        str(images), str(labels), str(images), str(labels), num_classes=3, reduce_zero_label=True,
+        crop_size=28, scale=(64, 48), num_workers=0,
+    )  # fmt: skip
+    train_report, val_report = check_data(dm).splits
+    assert train_report.counts() == {"label_all_ignored": 1} and train_report.samples == 1
+    (note,) = val_report.findings
+    assert (note.kind, note.severity, note.record) == ("label_all_ignored", "note", "empty")
+    assert "reduce_zero_label maps 0 to it" in note.message and val_report.samples == 2
 
 
 def test_segmentation_image_modes_are_notes(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from vitdense.datamodules.bad_data import (
 )
 from vitdense.datamodules.bad_data import SKIP_HINT as _SKIP_HINT
 from vitdense.datamodules.collate import collate_detection
-from vitdense.datamodules.images import image_conversions, read_image
+from vitdense.datamodules.images import image_conversions, pixel_limit, read_image
 from vitdense.datamodules.instance_masks import InstanceMasks
 from vitdense.datamodules.loading import SplitDataModule
 from vitdense.datamodules.packed import PackedRecords
@@ -78,6 +78,18 @@ class CocoFile(COCO):
 _INDEX_KEYS = {"images": ("id",), "annotations": ("id", "image_id", "category_id")}
 
 
+def _object_noting_repeated_keys(
+    repeated: list[tuple[str, dict[str, Any]]], pairs: list[tuple[str, Any]]
+) -> dict[str, Any]:
+    """A JSON object as a dict; a key given twice is noted in ``repeated`` (``json`` keeps the last value
+    silently: two ``"annotations"`` lists of a hand-merged file would lose the first)."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        key = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+        repeated.append((key, obj))
+    return obj
+
+
 def load_coco(annotation_file: str | Path) -> CocoFile:
     """Parse a COCO annotation file (quietly: pycocotools prints progress to stdout).
 
@@ -85,24 +97,35 @@ def load_coco(annotation_file: str | Path) -> CocoFile:
     crashing the index; the dataset reports them as bad records.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        BadDataError: the file is not valid JSON, lacks ``images`` / ``categories``, or has a category
-            without an integer ``id``.
+        FileNotFoundError: the file does not exist (or is a folder).
+        BadDataError: the file is not valid JSON, has an object with a key given twice, lacks ``images`` /
+            ``categories``, or has a category without an integer ``id``.
     """
     path = Path(annotation_file)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder, not an annotation file; give the COCO JSON file's path")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: annotation file not found; check the *_annotations argument")
 
     def fail(kind: str, message: str) -> BadDataError:
         return BadDataError(message, Finding(kind, message, str(path), "the whole file"))
 
+    repeated: list[tuple[str, dict[str, Any]]] = []
     try:
         with path.open("rb") as f:
-            data = json.load(f)
-    except (ValueError, UnicodeDecodeError) as exc:
+            data = json.load(f, object_pairs_hook=partial(_object_noting_repeated_keys, repeated))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise fail(
             "invalid_json", f"{path}: not valid JSON ({exc}); re-export or re-download the file"
         ) from exc
+    if repeated:
+        key, obj = repeated[0]
+        more = f" (and {len(repeated) - 1} more such objects)" if len(repeated) > 1 else ""
+        message = (
+            f"{path}: an object has the key {key!r} more than once ({str(obj)[:120]}){more}; JSON readers "
+            "keep only the last value, so the others would be lost without a word: merge or rename the keys"
+        )
+        raise fail("duplicate_key", message)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         message = f"{path}: no 'images' list; a COCO file has 'images', 'annotations', 'categories'"
         raise fail("malformed_json", message)
@@ -296,6 +319,13 @@ def _is_size(v: Any) -> bool:
     return _is_int(v) and v > 0
 
 
+def _leaves_folder(file_name: str) -> bool:
+    """Whether ``file_name`` names a file outside the folder it is relative to: an absolute path, or one that
+    climbs out with ``..``. Read from the name alone: a link inside the folder may point anywhere."""
+    norm = os.path.normpath(file_name)
+    return os.path.isabs(norm) or norm == os.pardir or norm.startswith(os.pardir + os.sep)
+
+
 def _clipped_xyxy(bbox: list[float], h: int, w: int) -> tuple[float, float, float, float]:
     """A COCO ``[x, y, w, h]`` box as ``(x1, y1, x2, y2)`` clipped to an ``h x w`` image."""
     x, y, bw, bh = bbox
@@ -314,18 +344,66 @@ def _malformed_box(bbox: Any) -> tuple[str, str] | None:
     return "malformed_box", f"has bbox {bbox!r}, expected [x, y, width, height] numbers; fix the box"
 
 
+# A vertex or box corner dragged past the border lies a few pixels, at most some hundreds, outside its image;
+# one further out than the image's longer side (or than 1000 px, which spares the small images of annotations
+# made on a larger copy) marks no object of this image: the coordinates are corrupt, another image's or in
+# other units. The bound also caps what pycocotools' rasteriser costs: it walks every pixel of a polygon's
+# outline, upsampled 5x, in int32, so its memory grows with how far apart the vertices lie (one vertex at 1e9
+# asks ~20 GB and kills the process under any bad-data policy; beyond 4.3e8 the int32 overflows). Within the
+# bound an edge is at most ~3 image sides long: ~40 bytes per pixel of it.
+_MIN_OUTSIDE_REACH = 1000.0
+
+
+def _far_outside(x1: float, y1: float, x2: float, y2: float, h: int, w: int) -> str | None:
+    """What is wrong when the extent ``[x1, x2] x [y1, y2]`` reaches further outside an ``h x w`` image than a
+    point dragged past its border can (see ``_MIN_OUTSIDE_REACH``), else None."""
+    reach = max(h, w, _MIN_OUTSIDE_REACH)
+    past = max(-x1, -y1, x2 - w, y2 - h)
+    if past <= reach:
+        return None
+    return (
+        f"reaches {past:.6g} px outside the {w}x{h} (w x h) image, further than a point dragged past its "
+        f"border can ({reach:g} px: the image's longer side, at least 1000): the coordinates are corrupt, "
+        "another image's or in other units"
+    )
+
+
+def _far_box(bbox: list[float], h: int, w: int) -> tuple[str, str] | None:
+    """``(kind, what is wrong and the fix)`` for a box (COCO xywh) reaching far outside an ``h x w`` image."""
+    x, y, bw, bh = bbox
+    far = _far_outside(x, y, x + bw, y + bh, h, w)
+    if far is None:
+        return None
+    return "coordinates_far_outside", f"has box {bbox} (xywh), which {far}; fix it or delete the annotation"
+
+
+def _iscrowd_problem(ann: dict[str, Any]) -> tuple[str, str] | None:
+    """``(kind, what is wrong and the fix)`` unless ``iscrowd`` is missing or the integer 0 or 1: a ``"0"``, a
+    2 or a ``null`` would be read by truthiness, turning an object into a crowd region or back."""
+    value = ann.get("iscrowd", 0)
+    if _is_int(value) and value in (0, 1):
+        return None
+    return "malformed_annotation", f"has iscrowd {value!r}, expected 0 or 1; fix the record"
+
+
 def _check_segmentation(seg: Any, h: int, w: int) -> tuple[Any, tuple[str, str] | None]:
     """Return ``(cleaned segmentation, None)`` or ``(None, (kind, what is wrong))``.
 
     Polygon parts with fewer than 3 points or an odd number of coordinates are dropped (detectron2 does
     the same; a 4-number part would otherwise be read by pycocotools as a box); an annotation left without
-    a polygon is ``degenerate_polygon``.
+    a polygon is ``degenerate_polygon``. A polygon reaching far outside the image (any part of it, so that
+    nothing pycocotools rasterises does) is ``coordinates_far_outside``.
     """
     if isinstance(seg, list):
         parts = []
         for part in seg:
             if not isinstance(part, list) or not all(_is_number(v) for v in part):
                 return None, ("malformed_segmentation", "a polygon part is not a list of numbers")
+        xs = [v for part in seg for v in part[0::2]] or [0.0]
+        ys = [v for part in seg for v in part[1::2]] or [0.0]
+        if (far := _far_outside(min(xs), min(ys), max(xs), max(ys), h, w)) is not None:
+            return None, ("coordinates_far_outside", f"a polygon {far}")
+        for part in seg:
             if len(part) >= 6 and len(part) % 2 == 0:
                 parts.append(part)
         if not parts:
@@ -428,10 +506,13 @@ class CocoDetection(CheckedDataset):
     appear in targets; they stay in ``.coco`` for evaluation.
 
     Bad records found at construction: malformed image or annotation records, duplicate image or
-    annotation ids, missing images, images smaller than one 14 px patch, annotations of unknown images or
-    categories, malformed / zero-area / negative / outside boxes and (with ``masks``) malformed
-    segmentations, polygons without 3 points and RLE of another size than the image; on an evaluation split
-    also what COCOeval could not score (``evaluation``). When loaded: an
+    annotation ids, missing images, images outside ``images_root`` (unless ``allow_outside_images``), image
+    records sharing one file, images smaller than one 14 px patch or larger than Pillow decodes, images with
+    more than ``max_objects_per_image`` objects (training), annotations of unknown images or categories, an
+    ``iscrowd`` other than 0 or 1, malformed / zero-area / negative / outside boxes, boxes and polygons
+    reaching far outside the image (corrupt coordinates, which could also exhaust pycocotools' memory) and
+    (with ``masks``) malformed segmentations, polygons without 3 points and RLE of another size than the
+    image; on an evaluation split also what COCOeval could not score (``evaluation``). When loaded: an
     image that does not decode or whose size differs from its record. Under ``on_bad_data="error"`` they
     raise :class:`BadDataError` naming the file and the record; under ``"skip"`` they are dropped, logged
     once each and counted in ``skipped`` by kind, and a record that fails to load is replaced by the next
@@ -453,6 +534,12 @@ class CocoDetection(CheckedDataset):
             against ``.coco``: every annotation, crowd regions included, is also checked as pycocotools reads
             it (see :meth:`_check_ground_truth`), and annotations dropped as bad leave ``.coco`` too.
         on_bad_data: ``"error"``, ``"skip"`` or ``"collect"`` (see :class:`CheckedDataset`).
+        allow_outside_images: read a ``file_name`` that leaves ``images_root`` (an absolute path, or one
+            climbing out with ``..``); by default such a record is bad, as it reads files the folder argument
+            does not name. A link inside the folder that points elsewhere is always read.
+        max_objects_per_image: a training image with more objects (non-crowd annotations) is bad: each costs
+            its sample a mask of the whole canvas and the RPN an anchor-matching row (100k objects on one
+            image ask ~100 GB). Evaluation splits are not limited.
     """
 
     def __init__(
@@ -467,11 +554,17 @@ class CocoDetection(CheckedDataset):
         keep_empty_images: bool = True,
         evaluation: Literal["bbox", "segm"] | None = None,
         on_bad_data: Policy = "error",
+        allow_outside_images: bool = False,
+        max_objects_per_image: int = 1000,
     ) -> None:
         super().__init__(on_bad_data)
         if evaluation not in (None, "bbox", "segm"):
             raise ValueError(f"evaluation={evaluation!r}; use None, 'bbox' or 'segm'")
+        if max_objects_per_image < 1:
+            raise ValueError(f"max_objects_per_image={max_objects_per_image}; it must be >= 1")
         self.evaluation = evaluation
+        self.allow_outside_images = allow_outside_images
+        self.max_objects_per_image = max_objects_per_image
         self.replace_bad = evaluation is None  # an evaluated replacement would be scored twice
         self.images_root = Path(images_root)
         self.annotation_file = Path(annotation_file)
@@ -545,11 +638,23 @@ class CocoDetection(CheckedDataset):
                 self._bad_record("malformed_image_record", record, f"{problem}; fix the record")
                 continue
             path = os.path.join(self.images_root, name)
+            if not self.allow_outside_images and _leaves_folder(name):
+                self._bad(
+                    "image_outside_folder",
+                    f"{path} ({record}, listed in {self.annotation_file}) lies outside the images folder "
+                    f"{self.images_root}: its file_name {name!r} is absolute or climbs out with '..'; give "
+                    "it relative to the folder, or pass allow_outside_images=true if the images live there, "
+                    f"{_SKIP_HINT}",
+                    file=path,
+                    record=record,
+                )
+                continue
             if not os.path.isfile(path):
+                windows = " (write its file_name with '/', not Windows' '\\')" if "\\" in name else ""
                 self._bad(
                     "missing_image",
-                    f"{path} ({record}, listed in {self.annotation_file}) does not exist; check the images "
-                    f"folder argument, restore the file or remove the image record, {_SKIP_HINT}",
+                    f"{path} ({record}, listed in {self.annotation_file}) does not exist{windows}; check the "
+                    f"images folder argument, restore the file or remove the image record, {_SKIP_HINT}",
                     file=path,
                     record=record,
                 )
@@ -563,7 +668,41 @@ class CocoDetection(CheckedDataset):
                     record=record,
                 )
                 continue
+            limit = pixel_limit()
+            if limit is not None and h * w > limit:
+                self._bad(
+                    "image_too_large",
+                    f"{path} ({record}) is {h}x{w} (h x w) per {self.annotation_file}: {h * w} pixels, more "
+                    f"than the {limit} Pillow decodes (its guard against decompression bombs: twice "
+                    "PIL.Image.MAX_IMAGE_PIXELS); fix the record's height and width, or split the image into "
+                    f"tiles, {_SKIP_HINT}",
+                    file=path,
+                    record=record,
+                )
+                continue
             records[iid] = _ImageRecord(iid, name, path, h, w)
+        return self._without_shared_files(records)
+
+    def _without_shared_files(self, records: dict[int, _ImageRecord]) -> dict[int, _ImageRecord]:
+        """``records`` less those whose file another record names too (all of them: each would be trained on
+        and scored as an image of its own, and which one's annotations are right is unknown)."""
+        by_file: dict[str, list[_ImageRecord]] = {}
+        for rec in records.values():
+            by_file.setdefault(os.path.normpath(rec.path), []).append(rec)
+        for shared in (group for group in by_file.values() if len(group) > 1):
+            for rec in shared:
+                others = ", ".join(
+                    f"image id {other.image_id} ({other.file_name!r})" for other in shared if other is not rec
+                )
+                self._bad(
+                    "duplicate_file",
+                    f"{rec.path} (image id {rec.image_id}, listed in {self.annotation_file}) is also the "
+                    f"file of {others}: one image would be trained on and scored as {len(shared)}; keep "
+                    f"one record and give it all their annotations, {_SKIP_HINT}",
+                    file=rec.path,
+                    record=f"image id {rec.image_id}",
+                )
+                del records[rec.image_id]
         return records
 
     def _instance(self, ann: dict[str, Any], rec: _ImageRecord, label: int) -> _Instance | tuple[str, str]:
@@ -577,6 +716,8 @@ class CocoDetection(CheckedDataset):
                 f"has a zero-area or negative box {bbox} (COCO xywh); fix its width/height or delete "
                 "the annotation"
             )
+        if (problem := _far_box(bbox, rec.height, rec.width)) is not None:
+            return problem
         # Clipped to the image, as detectron2 does (COCO itself has boxes ~1 px past the border, from
         # rounding; annotation tools let boxes be dragged past it): dropping the object would teach it as
         # background. Only a box with nothing inside the image is bad.
@@ -600,10 +741,10 @@ class CocoDetection(CheckedDataset):
         if self.masks:
             seg, problem = _check_segmentation(ann.get("segmentation"), rec.height, rec.width)
             if problem is not None:
-                return problem[0], (
-                    f"has a bad segmentation: {problem[1]}; give polygons [[x1, y1, x2, y2, x3, y3, ...]] "
-                    "or RLE {'size': [h, w], 'counts': ...}"
-                )
+                fix = "give polygons [[x1, y1, x2, y2, x3, y3, ...]] or RLE {'size': [h, w], 'counts': ...}"
+                if problem[0] == "coordinates_far_outside":
+                    fix = "fix it or delete the annotation"
+                return problem[0], f"has a bad segmentation: {problem[1]}; {fix}"
             # Training boxes come from the masks: a segmentation elsewhere than its box would silently move
             # or erase the object (polygons exported in 0-1 units are the usual cause).
             off = _segmentation_off_its_box(seg, (x1, y1, x2, y2), rec.height, rec.width)
@@ -629,10 +770,12 @@ class CocoDetection(CheckedDataset):
         if "iscrowd" not in ann:
             ann["iscrowd"] = 0
             note("iscrowd_missing", "has no 'iscrowd': evaluated as 0 (an object, not a crowd region)")
-        elif ann["iscrowd"] not in (0, 1):
-            return "malformed_annotation", f"has iscrowd {ann['iscrowd']!r}, expected 0 or 1; fix the record"
+        elif (problem := _iscrowd_problem(ann)) is not None:
+            return problem
         bbox = ann.get("bbox")
         if (problem := _malformed_box(bbox)) is not None:
+            return problem
+        if (problem := _far_box(bbox, rec.height, rec.width)) is not None:
             return problem
         area_ok = _is_number(ann.get("area")) and ann["area"] >= 0
         rle = None
@@ -710,6 +853,10 @@ class CocoDetection(CheckedDataset):
                 continue
             if iid not in records:
                 continue  # a bad image, already reported
+            if self.evaluation is None and (problem := _iscrowd_problem(ann)) is not None:
+                had_instances.add(iid)  # an object or a crowd region: the image is no negative either way
+                reject(ann, *problem)
+                continue
             if not ann.get("iscrowd", 0):
                 had_instances.add(iid)
             if self.evaluation is not None:
@@ -751,7 +898,9 @@ class CocoDetection(CheckedDataset):
             return list(records.values())  # evaluation covers every image of the file
         kept = []
         for rec in records.values():
-            if rec.instances:
+            if len(rec.instances) > self.max_objects_per_image:
+                self._too_many_objects(rec)
+            elif rec.instances:
                 kept.append(rec)
             elif rec.image_id in had_instances:
                 # All its objects were dropped as bad: it is not a true negative, so never train on it as one.
@@ -762,6 +911,19 @@ class CocoDetection(CheckedDataset):
             elif self.keep_empty_images:
                 kept.append(rec)
         return kept
+
+    def _too_many_objects(self, rec: _ImageRecord) -> None:
+        """Report a training image with more objects than ``max_objects_per_image`` (the caller drops it)."""
+        cost = "a mask of the whole canvas and " if self.masks else ""
+        self._bad_record(
+            "too_many_objects",
+            f"image id {rec.image_id}",
+            f"has {len(rec.instances)} objects, more than max_objects_per_image="
+            f"{self.max_objects_per_image}: each costs a training sample {cost}a row of the RPN's anchor "
+            "matching, which would exhaust the memory; split the image into tiles with fewer objects each, "
+            "or raise max_objects_per_image",
+            f" ({rec.path})",
+        )
 
     def _prepare_ground_truth(self, dropped: list[dict[str, Any]]) -> None:
         """Make ``.coco`` the ground truth COCOeval scores against: without the annotations skipped as bad,
@@ -781,6 +943,34 @@ class CocoDetection(CheckedDataset):
         if dropped or renumber:
             with contextlib.redirect_stdout(io.StringIO()):
                 self.coco.createIndex()
+
+    def note_untrained_classes(self, trained_category_ids: set[int], training_file: str | Path) -> None:
+        """Note each class this split annotates (crowd regions aside) that no training annotation has.
+
+        A note, not an error: the split is sound and scored as written, and there is no record to drop; but
+        the model cannot learn such a class, so its AP is 0 and lowers the mean, which is better heard
+        before training than read in the results.
+
+        Args:
+            trained_category_ids: the category ids of the training file's non-crowd annotations.
+            training_file: the training annotation file, for the message.
+        """
+        annotations = self.coco.dataset["annotations"]
+        counts = Counter(ann["category_id"] for ann in annotations if not ann.get("iscrowd"))
+        names = dict(zip(self.category_ids, self.class_names, strict=True))
+        for category_id in sorted(counts.keys() - trained_category_ids):
+            if category_id not in names:
+                continue  # not a training category: an error of its own (unknown_category)
+            record = f"category id {category_id}"
+            self._note(
+                "class_not_in_training",
+                f"{self.annotation_file}: {record} ({names[category_id]!r}) has {counts[category_id]} "
+                f"annotation(s) here but none in the training file {training_file}: the model cannot "
+                "learn it, so its AP is 0 and lowers the mean AP; annotate it in the training data, or leave "
+                "it out of this split",
+                file=self.annotation_file,
+                record=record,
+            )
 
     def __len__(self) -> int:
         return len(self._records)
@@ -912,6 +1102,10 @@ class CocoDataModule(SplitDataModule):
             report, ``"skip"`` logs it and trains without the bad records.
         keep_background_category: keep a never-annotated background-named category (labelme's
             ``_background_``) as a class, as checkpoints trained with it as a class need.
+        allow_outside_images: read image records whose ``file_name`` leaves the split's images folder (an
+            absolute path, or one climbing out with ``..``); by default each is a bad record.
+        max_objects_per_image: a training image with more objects is a bad record (each object costs the
+            sample a full-canvas mask and the RPN a row of anchor matching); tile such images, or raise it.
     """
 
     def __init__(
@@ -936,6 +1130,8 @@ class CocoDataModule(SplitDataModule):
         check_data: bool = False,
         keep_background_category: bool = False,
         predict_apply_exif: bool = True,
+        allow_outside_images: bool = False,
+        max_objects_per_image: int = 1000,
     ) -> None:
         super().__init__()
         _check_image_size(image_size, size_divisibility)
@@ -948,6 +1144,8 @@ class CocoDataModule(SplitDataModule):
             )
         if on_bad_data not in ("error", "skip"):
             raise ValueError(f"on_bad_data={on_bad_data!r}; use 'error' or 'skip'")
+        if max_objects_per_image < 1:
+            raise ValueError(f"max_objects_per_image={max_objects_per_image}; it must be >= 1")
         self.save_hyperparameters()
         self.train_images = train_images
         self.train_annotations = train_annotations
@@ -969,12 +1167,16 @@ class CocoDataModule(SplitDataModule):
         self.on_bad_data = on_bad_data
         self.check_data = check_data
         self.predict_apply_exif = predict_apply_exif
+        self.allow_outside_images = allow_outside_images
+        self.max_objects_per_image = max_objects_per_image
 
         # Parsed once: the training file can be ~450 MB (COCO train2017); the train dataset reuses it.
         self._train_coco: COCO | None = load_coco(train_annotations)
         self._category_ids, self._class_names = categories_of(
             self._train_coco, train_annotations, keep_background_category
         )
+        annotations = self._train_coco.dataset["annotations"]
+        self._trained_category_ids = {ann["category_id"] for ann in annotations if not ann.get("iscrowd")}
         self.train_dataset: CocoDetection | None = None
         self.val_dataset: CocoDetection | None = None
         self.test_dataset: CocoDetection | None = None
@@ -1016,10 +1218,12 @@ class CocoDataModule(SplitDataModule):
                 masks=self.masks,
                 keep_empty_images=self.keep_empty_images,
                 on_bad_data=on_bad_data,
+                allow_outside_images=self.allow_outside_images,
+                max_objects_per_image=self.max_objects_per_image,
             )
         coco = load_coco(annotations)
         self._check_categories(coco, annotations, split)
-        return CocoDetection(
+        dataset = CocoDetection(
             images,
             annotations,
             EvalTransform(self.image_size),
@@ -1029,7 +1233,10 @@ class CocoDataModule(SplitDataModule):
             keep_empty_images=True,  # evaluation covers every image of the file
             evaluation="segm" if self.masks else "bbox",
             on_bad_data=on_bad_data,
+            allow_outside_images=self.allow_outside_images,
         )
+        dataset.note_untrained_classes(self._trained_category_ids, self.train_annotations)
+        return dataset
 
     def _check_categories(self, coco: COCO, annotation_file: str, split: str) -> None:
         """Raise when ``split``'s file gives a training category id another name, or leaves out one its

@@ -35,7 +35,7 @@ from vitdense.datamodules.bad_data import (
 )
 from vitdense.datamodules.bad_data import SKIP_HINT as _SKIP_HINT
 from vitdense.datamodules.collate import collate_segmentation
-from vitdense.datamodules.images import IMAGE_EXTENSIONS, image_conversions, read_image
+from vitdense.datamodules.images import IMAGE_EXTENSIONS, image_conversions, image_sizes, read_image
 from vitdense.datamodules.loading import SplitDataModule
 from vitdense.datamodules.predict_images import PredictImages
 from vitdense.datamodules.segmentation_transforms import SegmentationEvalTransform, SegmentationTrainTransform
@@ -74,7 +74,6 @@ ADE20K_CLASSES: list[str] = [
 
 # PIL modes whose pixels are class indices. "P" is read through its indices, never its palette.
 _INDEX_MODES = ("L", "P", "I;16", "I;16L", "I;16B", "I", "1")
-_ORIENTATION_TAG = 0x0112
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -205,16 +204,6 @@ def _index_folder(folder: Path, suffixes: tuple[str, ...], argument: str) -> dic
     return index
 
 
-def _image_sizes(path: str) -> set[tuple[int, int]]:
-    """``(h, w)`` of the stored pixels and, when EXIF rotates by 90 degrees, of the oriented image."""
-    with Image.open(path) as image:
-        w, h = image.size
-        sizes = {(h, w)}
-        if image.getexif().get(_ORIENTATION_TAG, 1) in (5, 6, 7, 8):
-            sizes.add((w, h))
-    return sizes
-
-
 class SegmentationFolder(CheckedDataset):
     """One split: images and label PNGs matched by stem, checked cheaply (file headers) at construction.
 
@@ -227,10 +216,11 @@ class SegmentationFolder(CheckedDataset):
     Bad records: at construction, an image without a label PNG or a label without an image, two images
     with the same stem, a label that is not single-channel, an unreadable header, an image smaller than
     one 14 px patch and image/label sizes that differ (read from the headers; an EXIF rotation of the
-    image is allowed for); at load time, out-of-range label values, sizes that differ, and undecodable
-    files. Under ``on_bad_data="error"`` they raise :class:`BadDataError` naming the file and the pair's
-    stem; under ``"skip"`` they are logged and counted in ``skipped`` by kind, and a bad sample found at
-    load time is replaced by the next good one in training, and in evaluation yields None, which
+    image is allowed for); at load time, out-of-range label values, sizes that differ, undecodable
+    files and (training) a label whose every pixel is ``ignore_index``, which has nothing to learn. Under
+    ``on_bad_data="error"`` they raise :class:`BadDataError` naming the file and the pair's stem; under
+    ``"skip"`` they are logged and counted in ``skipped`` by kind, and a bad sample found at load time is
+    replaced by the next good one in training, and in evaluation yields None, which
     :func:`collate_segmentation` drops (a replacement would be scored twice; counts made in DataLoader
     workers stay in those processes). Images of other modes (grayscale, alpha, palette, 16-bit, float) and
     EXIF orientations are converted on load.
@@ -348,7 +338,7 @@ class SegmentationFolder(CheckedDataset):
         if problem is not None:
             return "label_not_indices", pair.label, problem
         try:
-            sizes = _image_sizes(pair.image)
+            sizes = image_sizes(pair.image)
         except _DECODE_ERRORS as exc:
             return "corrupt_image", pair.image, unreadable.format(type(exc).__name__, exc)
         ih, iw = min(sizes)
@@ -397,6 +387,12 @@ class SegmentationFolder(CheckedDataset):
             fix = "check num_classes / reduce_zero_label / ignore_index or fix the file"
             message = f"{pair.label}: {exc}; {fix}, {_SKIP_HINT}"
             raise self._error("label_out_of_range", message, pair.label, pair.key) from exc
+        if self.train and self._all_ignored(label):
+            message = (
+                f"{pair.label} {self._all_ignored_problem(raw)}: it has nothing to learn (and a batch of "
+                f"such crops no loss); fix the file or the label settings, or remove the pair, {_SKIP_HINT}"
+            )
+            raise self._error("label_all_ignored", message, pair.label, pair.key)
         try:
             image = read_image(pair.image, expected_hw=label.shape[:2])
         except _DECODE_ERRORS as exc:
@@ -410,14 +406,36 @@ class SegmentationFolder(CheckedDataset):
             raise bad("size_mismatch", pair.label, problem)
         return image, label
 
+    def _all_ignored(self, label: np.ndarray) -> bool:
+        """Whether every pixel of a mapped label is ``ignore_index``."""
+        return bool((label == self.mapping.ignore_index).all())
+
+    def _all_ignored_problem(self, raw: np.ndarray) -> str:
+        """What is wrong with a label whose every pixel maps to ``ignore_index`` (``raw``: as stored)."""
+        stored = np.unique(raw)
+        values = ", ".join(str(int(v)) for v in stored[:10])
+        zero = (
+            " (reduce_zero_label maps 0 to it: is 0 a class of this data set, not 'other'?)"
+            if self.mapping.reduce_zero_label and stored[0] == 0
+            else ""
+        )
+        ignore = self.mapping.ignore_index
+        return f"has only the values {{{values}}}, all mapped to ignore_index={ignore}{zero}"
+
     def _notes(self, index: int) -> list[Finding]:
         pair = self._pairs[index]
         with Image.open(pair.label) as label:  # the header only: loading orients the image to fit the label
             expected_hw = (label.height, label.width)
-        return [
+        notes = [
             Finding(kind, f"{pair.image} {what}", pair.image, pair.key, severity="note")
             for kind, what in image_conversions(pair.image, expected_hw=expected_hw)
         ]
+        if not self.train:  # training refuses such a pair when loading it; evaluation scores no pixel of it
+            raw = read_label(pair.label)
+            if self._all_ignored(self.mapping(raw)):
+                message = f"{pair.label} {self._all_ignored_problem(raw)}: no pixel of it is scored"
+                notes.append(Finding("label_all_ignored", message, pair.label, pair.key, severity="note"))
+        return notes
 
     def _sample(self, index: int, data: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, dict[str, Any]]:
         image, label = data
