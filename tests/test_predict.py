@@ -544,3 +544,28 @@ def test_export_of_a_segmenter_needs_its_size(segmentation_run, tmp_path, capsys
     # Named after the step's checkpoint that last.ckpt links to, not after the link, which moves on.
     assert Path(ckpt).is_symlink() and not Path(ckpt).with_suffix(".pt2").exists()
     assert exit_info.value.code == 0 and Path(ckpt).resolve().with_suffix(".pt2").is_file()
+
+
+def test_predict_names_the_files_it_passes_over_and_fails(detection_run, tmp_path, capsys):
+    """A folder's HEIC photos, notes and dangling links were left out without a word, with exit status 0."""
+    checkpoint = str(_last_checkpoint(detection_run))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (60, 40), (200, 30, 30)).save(photos / "a.png")
+    (photos / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (photos / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_status:
+        main(["predict", "--ckpt_path", checkpoint, "--images", str(photos), f"--output_dir={out}"])
+    assert exit_status.value.code == 1
+    error = capsys.readouterr().err
+    assert "vitdense predict: 2 file(s) found with the images were not predicted:" in error, error
+    assert f"{photos / 'phone.heic'}: a HEIC image, which this Pillow has no decoder for" in error
+    assert f"{photos / 'gone.jpg'}: a link that cannot be followed" in error
+    records = json.loads((out / "predictions.json").read_text())["images"]
+    assert [record["file_name"] for record in records] == [str(photos / "a.png")]
+    # Through the recipe too.
+    recipe = ["predict", "--config", str(detection_run / "config.yaml"), "--ckpt_path", checkpoint]
+    with pytest.raises(BadDataError, match=r"(?s)^2 file\(s\) found with the images were not predicted"):
+        main([*recipe, f"--data.init_args.predict_images={photos}", f"--writer.output_dir={tmp_path / 'b'}"])
+    assert (tmp_path / "b" / "overlays" / "a.png").is_file()

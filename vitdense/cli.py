@@ -207,10 +207,12 @@ class VitDenseCLI(LightningCLI):
 
     def after_predict(self) -> None:
         """Fail (exit status 1, after every readable image's outputs are written) when some images could not
-        be read, naming each with why."""
+        be read or files found with them were passed over, naming each with why."""
         for callback in self.trainer.callbacks:
-            if isinstance(callback, PredictionWriter) and callback.unreadable and self.trainer.is_global_zero:
-                raise BadDataError(unreadable_report(callback.unreadable, len(callback.images)))
+            missed = isinstance(callback, PredictionWriter) and (callback.unreadable or callback.passed_over)
+            if missed and self.trainer.is_global_zero:
+                report = unreadable_report(callback.unreadable, len(callback.images), callback.passed_over)
+                raise BadDataError(report)
 
 
 def _model_arguments(command_line: list[str]) -> list[str]:
@@ -352,8 +354,9 @@ def predict_checkpoint_command(args: list[str]) -> int:
     except BadDataError as error:
         print(f"vitdense predict: {_error_message(error)}", file=sys.stderr)
         return 1
-    if writer.unreadable and trainer.is_global_zero:  # the other processes end normally
-        print(f"vitdense predict: {unreadable_report(writer.unreadable, len(dataset))}", file=sys.stderr)
+    if (writer.unreadable or dataset.passed_over) and trainer.is_global_zero:  # the others end normally
+        report = unreadable_report(writer.unreadable, len(dataset), dataset.passed_over)
+        print(f"vitdense predict: {report}", file=sys.stderr)
         return 1
     return 0
 

@@ -6,7 +6,13 @@ from vitdense.datamodules.collate import collate_detection, collate_segmentation
 from vitdense.datamodules.data_check import DataReport, SplitReport, check_data, check_datasets
 from vitdense.datamodules.images import IMAGE_EXTENSIONS, read_image, to_rgb_array
 from vitdense.datamodules.loading import EvaluationSampler, distributed_evaluation
-from vitdense.datamodules.predict_images import PredictImages, as_rgb_array, predict_sample, resolve_images
+from vitdense.datamodules.predict_images import (
+    PredictImages,
+    as_rgb_array,
+    find_images,
+    predict_sample,
+    resolve_images,
+)
 from vitdense.datamodules.segmentation import (
     ADE20K_CLASSES,
     ADE20KDataModule,
@@ -43,6 +49,7 @@ from vitdense.datamodules.transforms import (
 __all__ = [
     "IMAGE_EXTENSIONS",
     "as_rgb_array",
+    "find_images",
     "predict_sample",
     "resolve_images",
     "ADE20K_CLASSES",

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from PIL import Image
 from vitdense.datamodules.bad_data import BadDataError
 from vitdense.datamodules.instance_masks import encode_masks
 from vitdense.datamodules.loading import PaddingIndex
-from vitdense.datamodules.predict_images import as_rgb_array
+from vitdense.datamodules.predict_images import as_rgb_array, passed_over_report
 from vitdense.tasks.visualization import draw_detections, draw_label_map
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class PredictionWriter(BasePredictionWriter):
         self.images: list[str] = []
         self._unreadable: list[str] = []  # this process's
         self.unreadable: list[str] = []
+        self.passed_over: list[tuple[str, str]] = []  # files found with the images, not predicted
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "predict":
@@ -153,6 +155,7 @@ class PredictionWriter(BasePredictionWriter):
         dataloaders = trainer.predict_dataloaders
         dataset = getattr(dataloaders[0] if isinstance(dataloaders, list) else dataloaders, "dataset", None)
         self.images = [str(path) for path in getattr(dataset, "files", None) or []]
+        self.passed_over = list(getattr(dataset, "passed_over", None) or [])
         if self._folder is not None:
             folder = self._folder.resolve()
             inside = [name for name in self.images if Path(name).resolve().is_relative_to(folder)]
@@ -302,9 +305,12 @@ class PredictionWriter(BasePredictionWriter):
         print(f"Wrote {len(records)} images' detections to {path}", flush=True)
 
 
-def unreadable_report(files: list[str], total: int) -> str:
+def unreadable_report(files: list[str], total: int, passed_over: Sequence[tuple[str, str]] = ()) -> str:
     """The message for ``files`` (of ``total`` images) that have no outputs because they cannot be read:
-    each with why (read again here: the DataLoader workers that found them do not say)."""
+    each with why (read again here: the DataLoader workers that found them do not say); then the files
+    found with the images and ``passed_over`` (``PredictImages.passed_over``)."""
+    if not files:
+        return passed_over_report(passed_over)
     reasons = []
     for name in files[:10]:
         try:
@@ -315,5 +321,7 @@ def unreadable_report(files: list[str], total: int) -> str:
     more = f"\n  ... and {len(files) - 10} more" if len(files) > 10 else ""
     listed = "\n  ".join(reasons)
     if len(files) == total:
-        return f"none of the {total} images could be read:\n  {listed}{more}"
-    return f"{len(files)} of {total} images could not be read and have no outputs:\n  {listed}{more}"
+        report = f"none of the {total} images could be read:\n  {listed}{more}"
+    else:
+        report = f"{len(files)} of {total} images could not be read and have no outputs:\n  {listed}{more}"
+    return "\n".join(part for part in (report, passed_over_report(passed_over)) if part)
