@@ -15,6 +15,7 @@ from lightning import LightningModule
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from vitdense.atomic_write import write_atomically
 from vitdense.tasks.optim import apply_lr_scale, layer_decay_param_groups
 
 logger = logging.getLogger(__name__)
@@ -282,16 +283,14 @@ class VitDenseTask(LightningModule):
                 del self.hparams[name]
 
     def write_report(self, name: str, content: Any) -> Path | None:
-        """Write ``content`` (JSON, NaN as null; or a str as is) to the log directory, on rank 0 only."""
+        """Write ``content`` (JSON, NaN as null; or a str as is) to the log directory, on rank 0 only, whole
+        or not at all (:func:`~vitdense.atomic_write.write_atomically`)."""
         # Trainer.log_dir broadcasts from rank 0: every process must ask for it, before any returns.
         folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if not self.trainer.is_global_zero:
             return None
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / name
         text = content if isinstance(content, str) else strict_json(content, indent=1)
-        path.write_text(text)
-        return path
+        return write_atomically(folder / name, text)
 
     def evaluation_metrics(self) -> list[str]:
         """The names evaluation logs after ``val/`` and ``test/`` (none: monitors are not checked)."""
