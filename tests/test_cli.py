@@ -14,10 +14,11 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from tests.test_checkpoint_trust import _one_line_error
 from tests.tiny import TINY_CONFIG
 from vitdense.cli import VitDenseCLI, _is_user_error, main, run
 from vitdense.datamodules import resolve_images, write_shapes_coco
-from vitdense.tasks import StepProgressBar
+from vitdense.tasks import SafeCheckpointIO, StepProgressBar
 from vitdense.tasks.base import strict_json
 from vitdense.tasks.coco_evaluator import ap_by_class_name
 
@@ -345,3 +346,11 @@ def test_the_trainer_logs_no_advert_for_lightnings_cloud_logger(caplog):
     with caplog.at_level("INFO"):
         Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     assert "GPU available" in caplog.text and "litlogger" not in caplog.text
+
+
+def test_the_cli_gives_every_trainer_a_checkpoint_io_that_writes_whole_files_and_reads_weights_only(
+    shapes, tmp_path
+):
+    recipe = next(r for r in DETECTION_RECIPES if r.stem == "coco_faster_rcnn")
+    cli = _built(["--config", str(recipe), *_tiny_overrides(shapes, tmp_path)])
+    assert isinstance(cli.trainer.strategy.checkpoint_io, SafeCheckpointIO)
