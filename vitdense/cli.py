@@ -43,6 +43,7 @@ from vitdense.tasks.callbacks import (
     ThroughputLogger,
     ValidateFinalStep,
     ValidationImageLogger,
+    resumable_checkpoints,
 )
 from vitdense.tasks.checkpoint_io import SafeCheckpointIO
 from vitdense.tasks.prediction_writer import PredictionWriter, unreadable_report
@@ -147,14 +148,19 @@ class VitDenseCLI(LightningCLI):
             return False
         if self.subcommand == "fit" and ckpt_path == "last":
             # Resumes when a last checkpoint exists; the first run of a script that always passes it starts
-            # from the initial weights.
+            # from the initial weights, but only where no checkpoint is found at all.
             return bool(self._last_checkpoints())
         return self.subcommand != "fit" or Path(ckpt_path).is_file()
 
     def _last_checkpoints(self) -> list[Path]:
         """The ``last*.ckpt`` files ``--ckpt_path last`` can find before the trainer exists: in the folders
         of the checkpoint callbacks that name one, and in ``<default_root_dir>/checkpoints``, where
-        :class:`~vitdense.tasks.LatestCheckpoint` keeps it by default."""
+        :class:`~vitdense.tasks.LatestCheckpoint` keeps it by default.
+
+        Raises:
+            MissingCheckpointError: a folder's ``last.ckpt`` leads nowhere, or it holds step checkpoints
+                without one (:func:`~vitdense.tasks.callbacks.resumable_checkpoints`).
+        """
         trainer = self.config[self.subcommand].trainer
         folders = {Path(trainer.get("default_root_dir") or ".") / "checkpoints"}
         callbacks = trainer.get("callbacks") or []
@@ -162,7 +168,7 @@ class VitDenseCLI(LightningCLI):
             init_args = callback.get("init_args") if hasattr(callback, "get") else None
             if init_args is not None and init_args.get("dirpath"):
                 folders.add(Path(init_args.dirpath))
-        return [path for folder in folders for path in sorted(folder.glob("last*.ckpt"))]
+        return [path for folder in sorted(folders) for path in resumable_checkpoints(folder)]
 
     def instantiate_classes(self) -> None:
         with skip_weights_loading() if self._restores_checkpoint() else nullcontext():
