@@ -14,10 +14,11 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from tests.test_checkpoint_trust import _one_line_error
 from tests.tiny import TINY_CONFIG
 from vitdense.cli import VitDenseCLI, _is_user_error, main, run
 from vitdense.datamodules import resolve_images, write_shapes_coco
-from vitdense.tasks import StepProgressBar
+from vitdense.tasks import SafeCheckpointIO, StepProgressBar
 from vitdense.tasks.base import strict_json
 from vitdense.tasks.coco_evaluator import ap_by_class_name
 
@@ -345,3 +346,45 @@ def test_the_trainer_logs_no_advert_for_lightnings_cloud_logger(caplog):
     with caplog.at_level("INFO"):
         Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     assert "GPU available" in caplog.text and "litlogger" not in caplog.text
+
+
+def test_fit_resumes_from_last_or_from_nothing_and_stops_on_anything_between(
+    shapes, tmp_path, monkeypatch, capsys
+):
+    recipe = next(r for r in DETECTION_RECIPES if r.stem == "coco_faster_rcnn")
+    fit = ["fit", "--config", str(recipe), *_tiny_overrides(shapes, tmp_path), "--ckpt_path", "last"]
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "step3.ckpt").write_bytes(b"an earlier run's state")
+    (folder / "last.ckpt").symlink_to("step5.ckpt")  # its newest step was lost
+    for fix in (None, lambda: (folder / "last.ckpt").unlink()):
+        if fix is not None:
+            fix()
+        error = _one_line_error(fit, monkeypatch, capsys)
+        assert error.startswith("vitdense fit: --ckpt_path last: ")
+        assert f"{folder} holds step3.ckpt. Pass --ckpt_path {folder / 'step3.ckpt'}" in error
+        assert (folder / "step3.ckpt").read_bytes() == b"an earlier run's state"
+        assert not (tmp_path / "lightning_logs").exists(), "stopped before building anything"
+    (folder / "step3.ckpt").unlink()
+    main(fit)  # no checkpoint at all: the first run of a script that always resumes starts afresh
+    assert (tmp_path / "val_step1_metrics.json").is_file(), "trained its first step"
+
+
+def test_a_checkpoint_folder_that_cannot_be_written_stops_fit_in_one_line(
+    shapes, tmp_path, monkeypatch, capsys
+):
+    recipe = next(r for r in DETECTION_RECIPES if r.stem == "coco_faster_rcnn")
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.write_text("a file where the run keeps its checkpoints")
+    fit = ["fit", "--config", str(recipe), *_tiny_overrides(shapes, tmp_path)]
+    error = _one_line_error(fit, monkeypatch, capsys)
+    not_a_folder = f"{checkpoints} is a file, not a folder; write elsewhere"
+    assert error == f"vitdense fit: cannot write into {checkpoints}: {not_a_folder}"
+
+
+def test_the_cli_gives_every_trainer_a_checkpoint_io_that_writes_whole_files_and_reads_weights_only(
+    shapes, tmp_path
+):
+    recipe = next(r for r in DETECTION_RECIPES if r.stem == "coco_faster_rcnn")
+    cli = _built(["--config", str(recipe), *_tiny_overrides(shapes, tmp_path)])
+    assert isinstance(cli.trainer.strategy.checkpoint_io, SafeCheckpointIO)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.tasks.test_run_lock import _holder
+
 RECIPES = Path(__file__).parents[1] / "recipes"
 
 
@@ -128,3 +130,30 @@ def test_two_processes_resumed_mid_epoch_end_with_the_uninterrupted_weights(tmp_
     )
     assert resumed["global_step"] == straight["global_step"] == 5
     torch.testing.assert_close(resumed["state_dict"], straight["state_dict"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_in_a_folder_another_run_holds_stop_together_naming_it(tmp_path):
+    """Rank 0 finds the checkpoint folder locked; every process stops with its message, none waits."""
+    run_root = tmp_path / "run"
+    holder = _holder(run_root / "checkpoints")
+    extra = ["--data.init_args.num_train=4", "--data.init_args.num_val=2", "--trainer.max_steps=2"]
+    command = [
+        *(sys.executable, "-m", "vitdense", "fit", "--config", str(RECIPES / "demo_shapes_mask_rcnn.yaml")),
+        f"--data.init_args.root={tmp_path / 'data'}",
+        "--data.init_args.num_workers=0",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        f"--trainer.default_root_dir={run_root}",
+        *extra,
+    ]
+    try:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"{run_root / 'checkpoints'} is in use by another training run (pid {holder.pid} on " in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert not list((run_root / "checkpoints").glob("*.ckpt"))

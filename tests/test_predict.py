@@ -13,6 +13,8 @@ import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.full_disk import fill_disk_after
+from tests.test_checkpoint_trust import _one_line_error
 from tests.tiny import TINY_CONFIG
 from vitdense.cli import _exported_classes, _program_path, main
 from vitdense.datamodules import BadDataError
@@ -569,3 +571,54 @@ def test_predict_names_the_files_it_passes_over_and_fails(detection_run, tmp_pat
     with pytest.raises(BadDataError, match=r"(?s)^2 file\(s\) found with the images were not predicted"):
         main([*recipe, f"--data.init_args.predict_images={photos}", f"--writer.output_dir={tmp_path / 'b'}"])
     assert (tmp_path / "b" / "overlays" / "a.png").is_file()
+
+
+def test_predict_writes_only_inside_its_output_folder(detection_run, tmp_path):
+    """A glob may climb out of the folders it names: the outputs still go below the output folder."""
+    for sub in ("x", "y"):
+        (tmp_path / "deep" / "photos" / sub).mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    for name, colour in (("1.png", (200, 30, 30)), ("2.png", (30, 200, 30))):
+        Image.new("RGB", (60, 40), colour).save(tmp_path / "b" / name)
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    out = tmp_path / "deep" / "out"
+    images = tmp_path / "deep" / "photos" / "*" / ".." / ".." / ".." / "b" / "*.png"
+    checkpoint = str(_last_checkpoint(detection_run))
+    predict = ["predict", "--ckpt_path", checkpoint, "--images", str(images), f"--output_dir={out}"]
+    with pytest.raises(SystemExit) as exit_status:
+        main([*predict, "--num_workers=0"])
+    assert exit_status.value.code == 0
+    after = {
+        path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and out not in path.parents
+    }
+    assert after == before, "nothing written or changed outside the output folder"
+    assert sorted(path.name for path in (out / "overlays").iterdir()) == [
+        "1.png-1.png",
+        "1.png.png",
+        "2.png-1.png",
+        "2.png.png",
+    ]
+
+
+def test_predict_and_export_name_an_output_folder_they_cannot_write(
+    detection_run, tmp_path, monkeypatch, capsys
+):
+    checkpoint = str(_last_checkpoint(detection_run))
+    image = tmp_path / "a.png"
+    Image.new("RGB", (60, 40), (200, 30, 30)).save(image)
+    taken = tmp_path / "taken"
+    taken.write_text("a file where the outputs should go")
+    predict = ["predict", "--ckpt_path", checkpoint, "--images", str(image), "--num_workers=0"]
+    not_a_folder = f"cannot write into {taken}: {taken} is a file, not a folder; write elsewhere"
+    error = _one_line_error([*predict, f"--output_dir={taken}"], monkeypatch, capsys)
+    assert error == f"vitdense predict: {not_a_folder}"
+    with pytest.raises(SystemExit) as exit_status:
+        main(["export", "--ckpt_path", checkpoint, "--output", str(taken / "model.pt2")])
+    assert exit_status.value.code == 2
+    assert capsys.readouterr().err.splitlines()[0] == f"error: {not_a_folder}"
+
+    fill_disk_after(monkeypatch, 50)  # the disk fills while the first overlay is written
+    out = tmp_path / "out"
+    error = _one_line_error([*predict, f"--output_dir={out}"], monkeypatch, capsys)
+    assert error.startswith(f"vitdense predict: cannot write a.png into {out / 'overlays'}: its disk is full")
+    assert list((out / "overlays").iterdir()) == [] and not (out / "predictions.partial.json").exists()

@@ -20,10 +20,13 @@ from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 from torch.utils.data import DataLoader
 
 from vitdense.argument_parser import CommandArgumentParser, VitDenseArgumentParser
+from vitdense.atomic_write import OutputWriteError, check_writable_folder, write_atomically
 from vitdense.backbones import skip_weights_loading
+from vitdense.checkpoint_trust import check_checkpoint_classes, class_paths, read_checkpoint
 from vitdense.datamodules import (
     BadDataError,
     PredictImages,
@@ -34,13 +37,15 @@ from vitdense.datamodules import (
 )
 from vitdense.inference import Predictor, load_checkpoint
 from vitdense.tasks import DetectionTask
-from vitdense.tasks.base import strict_json
+from vitdense.tasks.base import check_checkpoint_task, strict_json
 from vitdense.tasks.callbacks import (
     StepProgressBar,
     ThroughputLogger,
     ValidateFinalStep,
     ValidationImageLogger,
+    resumable_checkpoints,
 )
+from vitdense.tasks.checkpoint_io import SafeCheckpointIO
 from vitdense.tasks.prediction_writer import PredictionWriter, unreadable_report
 from vitdense.tasks.segmentation import checked_sliding_window
 
@@ -97,9 +102,12 @@ class VitDenseCLI(LightningCLI):
 
         Lightning builds the model that the checkpoint was trained as (its saved init args win over the
         recipe), but that also silently drops a test-time ``--model.init_args.per_class_ap=true``,
-        ``sliding_window`` or ``mask_threshold``: those are put back.
+        ``sliding_window`` or ``mask_threshold``: those are put back. The checkpoint's classes are checked
+        first (:meth:`_check_checkpoint`).
         """
         before = self.config.clone() if self.config.get("subcommand") else None
+        if before is not None:
+            self._check_checkpoint()
         super()._parse_ckpt_path()
         if before is None:
             return
@@ -108,6 +116,31 @@ class VitDenseCLI(LightningCLI):
             with contextlib.suppress(KeyError):  # a key the checkpoint's model does not have stays as parsed
                 self.config[f"{model}.{key}"] = before[f"{model}.{key}"]
 
+    def _check_checkpoint(self) -> None:
+        """Refuse a ``--ckpt_path`` file that needs more than weights-only loading, whose config names a class
+        outside the kit's trusted modules, or that is of another task than this run's model, before Lightning
+        merges its config into this run's: jsonargparse would import and build every class it names, and
+        build the checkpoint's task whatever the recipe says.
+
+        The classes this run's own config names (the recipe and the options given) are trusted as well: the
+        user runs them anyway, and a run evaluated with its own ``config.yaml`` needs no further option. The
+        files behind ``last`` and a missing file are left to the trainer, whose :class:`SafeCheckpointIO`
+        reads weights-only and says what is missing; they are not merged into the config.
+        """
+        config = self.config[self.config.subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path or not (Path(ckpt_path).exists() or Path(ckpt_path).is_symlink()):
+            return
+        checkpoint = read_checkpoint(ckpt_path, mmap=True)
+        allow = "name {0} in this run's config (the recipe given with --config, or an option)"
+        check_checkpoint_classes(checkpoint, ckpt_path, class_paths(config.as_dict()), allow=allow)
+        task = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+        model = config.get("model")
+        module_name, _, class_name = str(model.get("class_path") if model else "").rpartition(".")
+        ours = getattr(sys.modules.get(module_name), class_name, None)  # imported by jsonargparse to parse it
+        if isinstance(task, str) and isinstance(ours, type):
+            check_checkpoint_task(task, ours, f"checkpoint {ckpt_path}")
+
     def _restores_checkpoint(self) -> bool:
         """Whether the run's weights come from a checkpoint, so the backbone need not load its own."""
         ckpt_path = self.config.get(self.subcommand, {}).get("ckpt_path") if self.subcommand else None
@@ -115,14 +148,19 @@ class VitDenseCLI(LightningCLI):
             return False
         if self.subcommand == "fit" and ckpt_path == "last":
             # Resumes when a last checkpoint exists; the first run of a script that always passes it starts
-            # from the initial weights.
+            # from the initial weights, but only where no checkpoint is found at all.
             return bool(self._last_checkpoints())
         return self.subcommand != "fit" or Path(ckpt_path).is_file()
 
     def _last_checkpoints(self) -> list[Path]:
         """The ``last*.ckpt`` files ``--ckpt_path last`` can find before the trainer exists: in the folders
         of the checkpoint callbacks that name one, and in ``<default_root_dir>/checkpoints``, where
-        :class:`~vitdense.tasks.LatestCheckpoint` keeps it by default."""
+        :class:`~vitdense.tasks.LatestCheckpoint` keeps it by default.
+
+        Raises:
+            MissingCheckpointError: a folder's ``last.ckpt`` leads nowhere, or it holds step checkpoints
+                without one (:func:`~vitdense.tasks.callbacks.resumable_checkpoints`).
+        """
         trainer = self.config[self.subcommand].trainer
         folders = {Path(trainer.get("default_root_dir") or ".") / "checkpoints"}
         callbacks = trainer.get("callbacks") or []
@@ -130,7 +168,7 @@ class VitDenseCLI(LightningCLI):
             init_args = callback.get("init_args") if hasattr(callback, "get") else None
             if init_args is not None and init_args.get("dirpath"):
                 folders.add(Path(init_args.dirpath))
-        return [path for folder in folders for path in sorted(folder.glob("last*.ckpt"))]
+        return [path for folder in sorted(folders) for path in resumable_checkpoints(folder)]
 
     def instantiate_classes(self) -> None:
         with skip_weights_loading() if self._restores_checkpoint() else nullcontext():
@@ -144,6 +182,16 @@ class VitDenseCLI(LightningCLI):
                     raise error.__cause__ from None
                 raise
         self._add_default_loggers_and_callbacks()
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Lightning's trainer, with a :class:`SafeCheckpointIO` (atomic saves, weights-only loads) unless the
+        config names a checkpoint IO plugin of its own."""
+        config = self.config_init.get(str(self.subcommand), self.config_init).get("trainer", {})
+        plugins = kwargs.pop("plugins", config.get("plugins"))
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            plugins.append(SafeCheckpointIO())
+        return super().instantiate_trainer(plugins=plugins, **kwargs)
 
     def _add_default_loggers_and_callbacks(self) -> None:
         trainer = self.trainer
@@ -316,6 +364,7 @@ def predict_checkpoint_command(args: list[str]) -> int:
             "evaluated, its config's sliding_window or the whole image)"
         ),
     )
+    _add_trust_class_option(parser)
     parser.add_argument("--batch_size", type=int, default=1, help="images per batch (default: 1)")
     parser.add_argument("--num_workers", type=int, default=2, help="DataLoader workers (default: 2)")
     parser.add_argument("--accelerator", default="auto", help="Lightning's accelerator (default: auto)")
@@ -328,7 +377,7 @@ def predict_checkpoint_command(args: list[str]) -> int:
         parser.error(f"--batch_size={options.batch_size} must be >= 1, --num_workers >= 0")
     try:
         writer = PredictionWriter(options.output_dir, options.score_threshold, options.overlays)
-        predictor = Predictor(load_checkpoint(options.ckpt_path))
+        predictor = Predictor(load_checkpoint(options.ckpt_path, trusted_classes=options.trust_class))
         dataset = PredictImages(options.images, predictor.transform, options.apply_exif)
         if options.sliding_window is not None:
             if isinstance(predictor.task, DetectionTask):
@@ -359,6 +408,20 @@ def predict_checkpoint_command(args: list[str]) -> int:
         print(f"vitdense predict: {report}", file=sys.stderr)
         return 1
     return 0
+
+
+def _add_trust_class_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust_class",
+        action="append",
+        default=[],
+        metavar="MODULE.CLASS",
+        help=(
+            "a class outside vitdense's trusted modules (vitdense., torch.optim., torch.nn.) that the "
+            "checkpoint's config may name, e.g. your own backbone; repeat for several. Only for checkpoints "
+            "you trust: building a class can run any code"
+        ),
+    )
 
 
 class _ImagesToPredict(LightningDataModule):
@@ -470,16 +533,19 @@ def export_command(args: list[str]) -> int:
         help="input size (default for detection: the evaluation canvas; required for segmentation)",
     )
     parser.add_argument("--onnx", action="store_true", help="also write and check an .onnx file")
+    _add_trust_class_option(parser)
     options = parser.parse_args(args)
     if options.output is not None and Path(options.output).suffix != ".pt2":
         parser.error(f"--output is a .pt2 file (torch.export's package format): got {options.output}")
     # Imported here: vitdense.export registers a tracing rule for torchvision's nms when imported.
     from vitdense.export import ExportCheckError, export_model
 
+    output = Path(options.output) if options.output is not None else _program_path(Path(options.ckpt_path))
     try:
-        task = load_checkpoint(options.ckpt_path)
+        task = load_checkpoint(options.ckpt_path, trusted_classes=options.trust_class)
+        check_writable_folder(output.parent)  # before the minutes of export, not after
         sample_rgb = as_rgb_array(options.sample) if options.sample is not None else None
-    except (FileNotFoundError, ValueError) as error:  # BadDataError is a ValueError
+    except (FileNotFoundError, ValueError, OutputWriteError) as error:  # BadDataError is a ValueError
         parser.error(str(error))
     predictor = Predictor(task)
     sample, valid_size = None, None
@@ -498,7 +564,6 @@ def export_command(args: list[str]) -> int:
             image = torch.from_numpy(sample_rgb.copy()).permute(2, 0, 1)
             sample = torch.nn.functional.interpolate(image[None].float(), size=image_size, mode="bilinear")
             sample = sample[0].round().clamp(0, 255).to(torch.uint8)
-    output = Path(options.output) if options.output is not None else _program_path(Path(options.ckpt_path))
     try:
         report = export_model(
             task, image_size, output, sample=sample, valid_size=valid_size, onnx=options.onnx
@@ -523,9 +588,8 @@ def _program_path(checkpoint: Path) -> Path:
 
 def _write_exported_classes(task: LightningModule, program: Path) -> Path:
     """Write :func:`_exported_classes` as ``<name>.classes.json`` beside ``<name>.pt2``; return its path."""
-    path = program.with_suffix(".classes.json")
-    path.write_text(json.dumps(_exported_classes(task), indent=1))
-    return path
+    classes = json.dumps(_exported_classes(task), indent=1)
+    return write_atomically(program.with_suffix(".classes.json"), classes)
 
 
 def _exported_classes(task: LightningModule) -> dict[str, Any]:

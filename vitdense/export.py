@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 
+from vitdense.atomic_write import atomic_file, atomic_path
 from vitdense.heads.detector import RCNNDetector
 from vitdense.heads.segmenter import Segmenter
 
@@ -565,9 +566,9 @@ def export_model(
     """Export a detector or segmenter at a fixed input size, reload it and check it against eager PyTorch.
 
     Writes ``path`` with ``torch.export.save`` (name it ``*.pt2``) and, with ``onnx``, the same program as
-    ``path.with_suffix(".onnx")`` (``torch.onnx.export(..., dynamo=True)``, weights inside the file). Each
-    file is loaded back and compared with the eager model on ``sample`` (:func:`check_export`). The model is
-    left in the mode it came in.
+    ``path.with_suffix(".onnx")`` (``torch.onnx.export(..., dynamo=True)``, weights inside the file), each
+    whole or not at all (:mod:`vitdense.atomic_write`). Each file is loaded back and compared with the eager
+    model on ``sample`` (:func:`check_export`). The model is left in the mode it came in.
 
     Args:
         model: an :class:`RCNNDetector`, a :class:`Segmenter`, or a task holding one as ``.model`` (e.g. a
@@ -602,19 +603,20 @@ def export_model(
             raise ValueError("ONNX is exported and checked on the CPU: move the model to the CPU first")
         with torch.no_grad():
             program = torch.export.export(wrapper, inputs, strict=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.export.save(program, str(path))
+        with atomic_file(path) as file:
+            torch.export.save(program, file)
         onnx_path = path.with_suffix(".onnx") if onnx else None
         if onnx_path is not None:
-            torch.onnx.export(
-                program,
-                f=str(onnx_path),
-                dynamo=True,
-                input_names=list(wrapper.input_names),
-                output_names=list(wrapper.output_names),
-                external_data=False,
-                verbose=False,
-            )
+            with atomic_path(onnx_path) as temporary:
+                torch.onnx.export(
+                    program,
+                    f=str(temporary),
+                    dynamo=True,
+                    input_names=list(wrapper.input_names),
+                    output_names=list(wrapper.output_names),
+                    external_data=False,
+                    verbose=False,
+                )
         check = check_export(path, inner, image_size, inputs[0], valid_size=valid_size, tolerances=tolerances)
         onnx_check = None
         if onnx_path is not None:

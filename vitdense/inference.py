@@ -10,6 +10,7 @@ conversion and evaluation transform), and the result is the task's own ``predict
 """
 
 import importlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from vitdense.backbones import skip_weights_loading
+from vitdense.checkpoint_trust import check_checkpoint_classes, read_checkpoint
 from vitdense.datamodules.collate import collate_detection, collate_segmentation
 from vitdense.datamodules.predict_images import as_rgb_array, predict_sample
 from vitdense.datamodules.segmentation_transforms import SegmentationEvalTransform
@@ -29,35 +31,45 @@ __all__ = ["Predictor", "load_checkpoint"]
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> VitDenseTask:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", trusted_classes: Iterable[str] = ()
+) -> VitDenseTask:
     """The task saved in a checkpoint written by ``vitdense fit``, rebuilt from the config it holds.
 
     Nothing is downloaded and no weights file is read: the checkpoint holds every weight and the
-    normalisation statistics.
+    normalisation statistics. Nothing in the file is run either: it is loaded weights-only, and its config's
+    class paths are checked before any is imported
+    (:func:`~vitdense.checkpoint_trust.check_checkpoint_classes`).
+
+    Args:
+        path: the checkpoint.
+        map_location: where its tensors go.
+        trusted_classes: class paths outside the kit's trusted modules that its config may name (your own
+            task subclass or backbone, say); only for checkpoints you trust.
 
     Raises:
         FileNotFoundError: no such file.
+        UntrustedCheckpointError: the file needs more than weights-only loading, or names a class not trusted.
         ValueError: the file is not a checkpoint written by the ``vitdense`` CLI.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found; runs keep them in <run>/checkpoints/*.ckpt")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as error:  # torch.load raises many types for non-checkpoint files
-        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error})") from error
-    class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
-    if class_path is None:
+    checkpoint = read_checkpoint(path, mmap=True)  # its config only: the weights are read below
+    hyper_parameters = checkpoint.get("hyper_parameters")
+    class_path = hyper_parameters.get("_class_path") if isinstance(hyper_parameters, Mapping) else None
+    if not isinstance(class_path, str):
         raise ValueError(
             f"{path} does not hold the config of its model (it was not written by `vitdense fit`); rebuild "
             "the task in Python and pass its parts: DetectionTask.load_from_checkpoint(path, detector=...)"
         )
+    allow = "trusted_classes=['{0}'] in Python, --trust_class {0} for vitdense predict and export"
+    check_checkpoint_classes(checkpoint, path, trusted_classes, allow=allow)
+    del checkpoint
     module_name, _, class_name = class_path.rpartition(".")
     task_class = getattr(importlib.import_module(module_name), class_name, None) if module_name else None
     if not (isinstance(task_class, type) and issubclass(task_class, VitDenseTask)):
         raise ValueError(f"{path} holds a {class_path}, not a vitdense task")
     with skip_weights_loading():
-        task = task_class.load_from_checkpoint(path, map_location=map_location)
+        task = task_class.load_from_checkpoint(path, map_location=map_location, weights_only=True)
     return task.eval()
 
 
@@ -90,9 +102,12 @@ class Predictor:
         self.task = task.eval() if device is None else task.to(device).eval()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "Predictor":
-        """A predictor for the task in a ``vitdense fit`` checkpoint (see :func:`load_checkpoint`)."""
-        return cls(load_checkpoint(path, map_location=device))
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "cpu", trusted_classes: Iterable[str] = ()
+    ) -> "Predictor":
+        """A predictor for the task in a ``vitdense fit`` checkpoint (see :func:`load_checkpoint`, which
+        also says what ``trusted_classes`` allows)."""
+        return cls(load_checkpoint(path, map_location=device, trusted_classes=trusted_classes))
 
     @property
     def class_names(self) -> list[str]:

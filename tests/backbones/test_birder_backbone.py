@@ -96,6 +96,32 @@ def test_missing_and_corrupt_weights_files_are_named(tmp_path):
         BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, weights=str(corrupt))
 
 
+class _Payload:
+    """Unpickled, it creates the file ``marker``: what a hostile weights file runs when loaded with pickle."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_weights_file_that_needs_more_than_weights_only_loading_runs_nothing(tmp_path, monkeypatch):
+    """birder reads .pt files weights-only: a file with code in it is refused, in one line, unrun."""
+    _, _, path = _write_birder_weights(tmp_path, monkeypatch)
+    weights = torch.load(path, weights_only=True)
+    weights["signature"] = _Payload(tmp_path / "ran")
+    torch.save(weights, path)
+    with pytest.raises(WeightsFileError) as error:
+        BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, weights=str(path))
+    assert str(error.value) == (
+        f"Weights file {path} cannot be loaded weights-only: it holds pickled Python objects (io.open) that "
+        "loading would import and call, and vitdense loads only tensors and plain data. Nothing in it was "
+        "run. Use a weights file written by birder (its hub, or fs_ops.checkpoint_model)"
+    )
+    assert not (tmp_path / "ran").exists()
+
+
 def test_pretrained_offline_says_which_file_to_fetch_and_where(monkeypatch):
     import birder
 

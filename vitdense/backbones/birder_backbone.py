@@ -4,6 +4,7 @@ import difflib
 import functools
 import inspect
 import logging
+import pickle
 import re
 import types
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from birder.data.transforms.classification import get_rgb_stats
 from birder.model_registry import registry
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from vitdense.checkpoint_trust import weights_only_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -290,6 +293,11 @@ def _load_weights_file(network: str, path: Path, config: dict[str, Any]) -> tupl
             inference=False,
             st=path.suffix == ".safetensors",
         )
+    except pickle.UnpicklingError as error:  # birder loads weights-only: torch refused without running it
+        raise WeightsFileError(
+            f"Weights file {path} cannot be loaded weights-only: {weights_only_refusal(path)}. Nothing in it "
+            "was run. Use a weights file written by birder (its hub, or fs_ops.checkpoint_model)"
+        ) from error
     except Exception as error:
         if isinstance(error, RuntimeError) and "state_dict" in str(error):
             # load_state_dict lists the missing, unexpected and mis-shaped keys; keep them and name the file.

@@ -8,6 +8,7 @@ from vitdense.tasks.callbacks import (
     ValidateFinalStep,
     ValidationImageLogger,
 )
+from vitdense.tasks.checkpoint_io import SafeCheckpointIO
 from vitdense.tasks.coco_evaluator import CocoEvaluator
 from vitdense.tasks.detection import DetectionTask
 from vitdense.tasks.optim import (
@@ -24,6 +25,7 @@ __all__ = [
     "CocoEvaluator",
     "DetectionTask",
     "LatestCheckpoint",
+    "SafeCheckpointIO",
     "SemanticSegmentationTask",
     "StepProgressBar",
     "ThroughputLogger",

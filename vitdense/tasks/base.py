@@ -1,10 +1,10 @@
 """What every vitdense task shares: injected optimizer and scheduler, layer-wise lr decay, final metrics."""
 
-import importlib
 import json
 import logging
 import math
 import random
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from lightning import LightningModule
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from vitdense.atomic_write import write_atomically
 from vitdense.tasks.optim import apply_lr_scale, layer_decay_param_groups
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,27 @@ def strict_json(content: Any, **kwargs: Any) -> str:
     """``content`` as standard JSON: a NaN or infinite number (e.g. the AP of a class without any ground
     truth) becomes ``null``, where ``json.dumps`` would write a bare ``NaN`` that JSON readers reject."""
     return json.dumps(_finite(content), allow_nan=False, **kwargs)
+
+
+def check_checkpoint_task(class_path: str, ours: type, checkpoint: str) -> None:
+    """Refuse a checkpoint of task ``class_path`` (its ``_class_path``) for a run whose model is ``ours``,
+    unless one is the other or a subclass of it.
+
+    The saved class is looked up among the modules already imported, never imported: a checkpoint's class path
+    is not run (:mod:`vitdense.checkpoint_trust`). One not imported is compared by name.
+
+    Raises:
+        ValueError: naming ``checkpoint`` (a path, or "the checkpoint"), both tasks and the fix.
+    """
+    module_name, _, class_name = class_path.rpartition(".")
+    saved = getattr(sys.modules.get(module_name), class_name, None)
+    same = isinstance(saved, type) and (issubclass(ours, saved) or issubclass(saved, ours))
+    if not same and class_name != ours.__name__:
+        raise ValueError(
+            f"{checkpoint} is a {class_name} checkpoint, but this run's model is a {ours.__name__}: pass a "
+            f"checkpoint of a {ours.__name__} run, or the checkpoint's own run config (--config <its "
+            "run>/config.yaml)"
+        )
 
 
 class VitDenseTask(LightningModule):
@@ -158,21 +180,8 @@ class VitDenseTask(LightningModule):
         """Fail at once on a checkpoint of another task (a detector's for a segmentation run, or the
         reverse), which would otherwise load part of its weights or fail later on the data's shapes."""
         class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
-        if not isinstance(class_path, str):
-            return
-        module_name, _, class_name = class_path.rpartition(".")
-        try:
-            saved = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError, ValueError):
-            saved = None
-        ours = type(self)
-        same = isinstance(saved, type) and (issubclass(ours, saved) or issubclass(saved, ours))
-        if not same and class_name != ours.__name__:
-            raise ValueError(
-                f"{self._checkpoint_name()} is a {class_name} checkpoint, but this run's model is a "
-                f"{ours.__name__}: pass a checkpoint of a {ours.__name__} run, or the checkpoint's own run "
-                "config (--config <its run>/config.yaml)"
-            )
+        if isinstance(class_path, str):
+            check_checkpoint_task(class_path, type(self), self._checkpoint_name())
 
     def _check_checkpoint_shapes(self, checkpoint: dict[str, Any]) -> None:
         """Fail with what differs, rather than with PyTorch's list of size mismatches, when the checkpoint's
@@ -282,16 +291,14 @@ class VitDenseTask(LightningModule):
                 del self.hparams[name]
 
     def write_report(self, name: str, content: Any) -> Path | None:
-        """Write ``content`` (JSON, NaN as null; or a str as is) to the log directory, on rank 0 only."""
+        """Write ``content`` (JSON, NaN as null; or a str as is) to the log directory, on rank 0 only, whole
+        or not at all (:func:`~vitdense.atomic_write.write_atomically`)."""
         # Trainer.log_dir broadcasts from rank 0: every process must ask for it, before any returns.
         folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if not self.trainer.is_global_zero:
             return None
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / name
         text = content if isinstance(content, str) else strict_json(content, indent=1)
-        path.write_text(text)
-        return path
+        return write_atomically(folder / name, text)
 
     def evaluation_metrics(self) -> list[str]:
         """The names evaluation logs after ``val/`` and ``test/`` (none: monitors are not checked)."""

@@ -4,7 +4,9 @@ final weights, a progress bar that counts steps) and the checkpoint of the lates
 import glob
 import logging
 import os
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,16 +14,20 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from vitdense.atomic_write import OutputWriteError
+from vitdense.tasks.run_lock import FolderInUseError, RunLock
 from vitdense.tasks.visualization import fit_within
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "LatestCheckpoint",
+    "MissingCheckpointError",
     "StepProgressBar",
     "ThroughputLogger",
     "ValidateFinalStep",
     "ValidationImageLogger",
+    "resumable_checkpoints",
 ]
 
 
@@ -179,6 +185,11 @@ class LatestCheckpoint(ModelCheckpoint):
     ``last-v1.ckpt`` beside an older one). (A ``ModelCheckpoint`` that monitors a metric only refreshes its
     ``last.ckpt`` when the metric improves; use this one beside it for resuming.)
 
+    A run holds the folder for as long as it trains (:class:`~vitdense.tasks.run_lock.RunLock`): a second run
+    started there meanwhile stops at once, on every process, before it writes anything. ``ckpt_path="last"``
+    resumes from ``last.ckpt``, starts afresh only from a folder without any checkpoint, and stops on a
+    ``last.ckpt`` that leads nowhere or on step checkpoints without one (:func:`resumable_checkpoints`).
+
     The last step is saved when it is taken (``max_steps`` reached, the last epoch's last batch, or a
     requested stop), not when training has ended, by which time Lightning has counted one more epoch: a run
     resumed from it to train longer would skip an epoch.
@@ -198,6 +209,7 @@ class LatestCheckpoint(ModelCheckpoint):
             save_last="link",
             enable_version_counter=False,
         )
+        self._lock: RunLock | None = None
 
     def _resolve_dirpath(self, trainer: Trainer) -> None:
         if self.dirpath is None:
@@ -206,6 +218,35 @@ class LatestCheckpoint(ModelCheckpoint):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._resolve_dirpath(trainer)
         super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._lock_folder(trainer)
+
+    def _lock_folder(self, trainer: Trainer) -> None:
+        """Rank 0 locks the folder for this run; when it cannot, every process stops with its error (none
+        waits for a process that has stopped)."""
+        refusal: Exception | None = None
+        if trainer.is_global_zero:
+            self._lock = RunLock(str(self.dirpath))
+            try:
+                self._lock.acquire()
+            except (FolderInUseError, OutputWriteError) as error:
+                refusal = error
+        refusal = trainer.strategy.broadcast(refusal, src=0)
+        if refusal is not None:
+            raise refusal
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        self._release()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)  # may save the state at the failure first
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Here the checkpoint to resume from, if any, is known under every strategy.
@@ -232,6 +273,7 @@ class LatestCheckpoint(ModelCheckpoint):
 
     def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
         self._resolve_dirpath(trainer)  # `--ckpt_path last` looks before setup
+        resumable_checkpoints(Path(self.dirpath))  # stops on a state that cannot be resumed
         return super()._find_last_checkpoints(trainer)
 
     def on_train_batch_end(
@@ -252,3 +294,49 @@ class LatestCheckpoint(ModelCheckpoint):
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
+
+
+class MissingCheckpointError(FileNotFoundError):
+    """``ckpt_path="last"`` finds checkpoints, but no ``last.ckpt`` that leads to one of them."""
+
+
+def _step_number(path: Path) -> float:
+    digits = re.search(r"\d+", path.name)
+    return int(digits.group()) if digits else float("inf")
+
+
+def _why_not_a_file(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return f"{path} links to {os.readlink(path)}, which leads to no file (missing, or a link loop)"
+    if path.is_dir():
+        return f"{path} is a folder, not a checkpoint"
+    return f"{path} is not a regular file"
+
+
+def resumable_checkpoints(folder: Path) -> list[Path]:
+    """The ``last*.ckpt`` files in ``folder`` that ``ckpt_path="last"`` can resume from.
+
+    None in a folder without any checkpoint state (no ``last*.ckpt``, no ``step*.ckpt``): the first run of a
+    script that always resumes starts from the initial weights.
+
+    Raises:
+        MissingCheckpointError: a ``last*.ckpt`` leads to no file (a dangling link, a link loop, a folder), or
+            the folder holds ``step*.ckpt`` files without a ``last*.ckpt``. Training from the initial weights
+            would then overwrite them; the message names the step checkpoints found and how to go on.
+    """
+    lasts = sorted(folder.glob("last*.ckpt"))
+    steps = sorted(folder.glob("step*.ckpt"), key=_step_number)
+    broken = [path for path in lasts if not path.is_file()]
+    if not broken and (lasts or not steps):
+        return lasts
+    if steps:
+        found = f"{folder} holds {', '.join(path.name for path in steps)}"
+        fix = (
+            f"--ckpt_path {steps[-1]} to resume from the latest step, or another trainer.default_root_dir to "
+            "start afresh (this run would overwrite them)"
+        )
+    else:
+        found = f"{folder} holds no step*.ckpt either"
+        fix = "--ckpt_path <a checkpoint> to resume from one, or remove the link to start afresh"
+    why = _why_not_a_file(broken[0]) if broken else "no last.ckpt links to the latest step"
+    raise MissingCheckpointError(f"--ckpt_path last: {why}; {found}. Pass {fix}")

@@ -15,6 +15,7 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
+from vitdense.atomic_write import OutputWriteError, atomic_file, check_writable_folder, write_atomically
 from vitdense.datamodules.bad_data import BadDataError
 from vitdense.datamodules.instance_masks import encode_masks
 from vitdense.datamodules.loading import PaddingIndex
@@ -32,7 +33,8 @@ class PeerStoppedError(RuntimeError):
 
 
 def output_names(files: list[str | Path]) -> dict[str, Path]:
-    """Each image's output name: its path relative to the images' common folder, with a ``.png`` suffix.
+    """Each image's output name: its path relative to the images' common folder, with a ``.png`` suffix;
+    always below the output folder (no ``..``, whatever the paths hold).
 
     Images that would share a name (``photo.jpg`` and ``photo.png``; compared case-insensitively, as macOS
     and Windows file systems do) keep their whole file name instead (``photo.jpg.png``, ``photo.png.png``),
@@ -40,8 +42,11 @@ def output_names(files: list[str | Path]) -> dict[str, Path]:
     """
     if not files:
         return {}
-    root = Path(os.path.commonpath([Path(f).parent for f in files]))
-    relative = {str(f): Path(os.path.relpath(f, root)) for f in files}
+    # Normalised first: the common folder of 'a/x/../../b/1.jpg' and 'a/y/../../b/2.jpg' is not 'a', below
+    # which they would be '../b/1.jpg', outside the output folder.
+    absolute = {str(f): os.path.abspath(f) for f in files}
+    root = os.path.commonpath([os.path.dirname(path) for path in absolute.values()])
+    relative = {file: Path(os.path.relpath(path, root)) for file, path in absolute.items()}
     users = Counter(str(path.with_suffix(".png")).lower() for path in relative.values())
     names, taken = {}, set()
     for file, path in relative.items():
@@ -102,7 +107,8 @@ class PredictionWriter(BasePredictionWriter):
     detections scoring at least ``score_threshold`` drawn. Segmentation: ``labels/<image>.png`` (class
     indices 0..K-1 at the original resolution; 16-bit when K > 256; named in ``classes.json``) and
     ``overlays/<image>.png``. Output names are those of :func:`output_names`: no image's files overwrite
-    another's.
+    another's, and all stay inside ``output_dir``. Every file is written whole or not at all
+    (:mod:`vitdense.atomic_write`), and a folder that cannot be written stops the run before it predicts.
 
     Files that cannot be read have no outputs; after the others are written, :attr:`unreadable` lists them
     (the command then reports them with :func:`unreadable_report` and exits with status 1).
@@ -139,6 +145,16 @@ class PredictionWriter(BasePredictionWriter):
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         self._folder = Path(self.output_dir) if self.output_dir is not None else log_dir / "predictions"
         self._records, self._written, self._unreadable, self.unreadable = [], 0, [], []
+        # A folder that cannot take the outputs stops the run before it predicts, on every process.
+        refusal = None
+        if trainer.is_global_zero:
+            try:
+                check_writable_folder(self._folder)
+            except OutputWriteError as error:
+                refusal = error
+        refusal = trainer.strategy.broadcast(refusal, src=0)
+        if refusal is not None:
+            raise refusal
         earlier = [
             name for name in ("predictions.json", "labels", "overlays") if (self._folder / name).exists()
         ]
@@ -173,9 +189,7 @@ class PredictionWriter(BasePredictionWriter):
             relative = Path(f"image_{image_id:06d}.png")
         else:
             relative = self._names.get(str(file_name)) or Path(Path(file_name).name).with_suffix(".png")
-        path = self._folder / kind / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        return self._folder / kind / relative
 
     def write_on_batch_end(
         self,
@@ -219,7 +233,7 @@ class PredictionWriter(BasePredictionWriter):
             score_threshold=self.score_threshold,
         )
         path = self._output_path("overlays", output["file_name"], output.get("image_id", 0))
-        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(path)
+        _save_png(drawn.permute(1, 2, 0).numpy(), path)
 
     def _original_image(self, file_name: str) -> torch.Tensor:
         """The image predicted on, uint8 (3, H, W), as the dataset read it (EXIF orientation included)."""
@@ -229,13 +243,13 @@ class PredictionWriter(BasePredictionWriter):
         label_map = output["label"]
         dtype = np.uint8 if pl_module.num_classes <= 256 else np.uint16
         path = self._output_path("labels", output.get("file_name"), output.get("image_id", 0))
-        Image.fromarray(label_map.numpy().astype(dtype)).save(path)
+        _save_png(label_map.numpy().astype(dtype), path)
         self._written += 1
         if self.overlays and output.get("file_name") is not None:
             image = self._original_image(output["file_name"])
             drawn = draw_label_map(image, label_map, pl_module.num_classes)
             path = self._output_path("overlays", output["file_name"], output.get("image_id", 0))
-            Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(path)
+            _save_png(drawn.permute(1, 2, 0).numpy(), path)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """Keep the detections of the images done before a failure (e.g. out of memory) in
@@ -249,7 +263,11 @@ class PredictionWriter(BasePredictionWriter):
         if records and self._folder is not None:
             suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
             path = self._folder / f"predictions.partial{suffix}.json"
-            self._write_records(pl_module, records, path)
+            try:
+                self._write_records(pl_module, records, path)
+            except OutputWriteError as error:  # e.g. the full disk that stopped the run: its error stays
+                logger.warning("Predicting stopped, and its detections could not be kept: %s", error)
+                return
             (self._folder / "predictions.json").unlink(missing_ok=True)  # an earlier run's, not this one's
             print(
                 f"Predicting stopped: wrote the {len(records)} images' detections done before to {path}",
@@ -262,8 +280,7 @@ class PredictionWriter(BasePredictionWriter):
             for category_id, name in zip(pl_module.category_ids, pl_module.class_names, strict=True)
         ]
         records = sorted(records, key=lambda record: str(record["file_name"]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"categories": categories, "images": records}))
+        write_atomically(path, json.dumps({"categories": categories, "images": records}))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Write the gathered detections (or count the label maps) and note in :attr:`unreadable` the files
@@ -288,10 +305,7 @@ class PredictionWriter(BasePredictionWriter):
             return
         if not hasattr(pl_module, "category_ids"):
             classes = [{"index": index, "name": name} for index, name in enumerate(pl_module.class_names)]
-            self._folder.mkdir(
-                parents=True, exist_ok=True
-            )  # no label map written when no image could be read
-            (self._folder / "classes.json").write_text(json.dumps({"classes": classes}, indent=1))
+            write_atomically(self._folder / "classes.json", json.dumps({"classes": classes}, indent=1))
             print(
                 f"Wrote {written} label maps to {self._folder / 'labels'} (their class indices: "
                 f"{self._folder / 'classes.json'})",
@@ -303,6 +317,12 @@ class PredictionWriter(BasePredictionWriter):
         for stale in self._folder.glob("predictions.partial*.json"):  # an earlier failed run's
             stale.unlink()
         print(f"Wrote {len(records)} images' detections to {path}", flush=True)
+
+
+def _save_png(pixels: np.ndarray, path: Path) -> None:
+    """Write an (H, W) or (H, W, 3) array as a PNG file, whole or not at all."""
+    with atomic_file(path) as file:
+        Image.fromarray(pixels).save(file, format="PNG")
 
 
 def unreadable_report(files: list[str], total: int, passed_over: Sequence[tuple[str, str]] = ()) -> str:
