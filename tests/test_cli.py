@@ -40,6 +40,7 @@ def test_every_recipe_is_listed():
     } <= names
 
 
+@pytest.mark.oldest
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
 def test_recipe_prints_its_full_config(recipe, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -239,6 +240,7 @@ def test_detection_in_half_precision_weights_is_refused_with_the_fix(shapes, tmp
         main(["fit", "--config", str(recipe), *args])
 
 
+@pytest.mark.oldest
 def test_demo_recipe_fits_and_tests_one_step(tmp_path, capsys):
     demo = Path(__file__).parents[1] / "recipes" / "demo_shapes_mask_rcnn.yaml"
     common = [
@@ -285,6 +287,7 @@ def test_console_script_and_module_entry_point():
         assert "fit" in result.stdout and "predict" in result.stdout
 
 
+@pytest.mark.oldest
 def test_the_console_script_reports_a_users_mistake_in_one_line(shapes, tmp_path, monkeypatch, capsys):
     recipe = Path(__file__).parents[1] / "recipes" / "custom_coco_mask_rcnn.yaml"
     missing = tmp_path / "instances_train.json"

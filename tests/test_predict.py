@@ -121,6 +121,7 @@ OUTPUT_NAMES = {
 }
 
 
+@pytest.mark.oldest
 def test_a_run_leaves_reports_logs_images_and_checkpoints(detection_run):
     assert (detection_run / "val_step4_metrics.json").is_file()
     assert {path.name for path in detection_run.glob("*_results.json")} == {
@@ -186,6 +187,7 @@ def test_predict_writes_json_and_overlays_in_original_orientation_and_size(
         assert from_pil["names"] == [d["category_name"] for d in record["detections"]]
 
 
+@pytest.mark.oldest
 def test_predict_from_a_checkpoint_alone_writes_what_the_recipe_writes(
     detection_run, mixed_images, tmp_path, monkeypatch
 ):
@@ -388,6 +390,7 @@ def test_output_names_never_overwrite_one_another():
     assert {str(name) for name in output_names(["/photos/one.jpg"]).values()} == {"one.png"}
 
 
+@pytest.mark.oldest
 def test_checkpoints_restore_without_their_weights_file(detection_run, tmp_path, capsys):
     # The recipe's backbone weights file has moved since training: the checkpoint holds every weight.
     missing = {"init_args": {"backbone": {"init_args": {"vit": {"init_args": {"weights": "/gone/vit.pt"}}}}}}
@@ -414,6 +417,7 @@ def test_checkpoints_restore_without_their_weights_file(detection_run, tmp_path,
     torch.testing.assert_close(task.state_dict(), saved)
 
 
+@pytest.mark.oldest
 def test_options_given_with_ckpt_path_win_over_the_checkpoints_own(detection_run, tmp_path, capsys):
     """Lightning builds the model from the checkpoint's init args; those on the command line still count."""
     main(
@@ -485,6 +489,7 @@ def test_load_checkpoint_says_what_is_wrong(tmp_path):
         load_checkpoint(tmp_path / "bare.ckpt")
 
 
+@pytest.mark.oldest
 def test_export_round_trips_the_trained_detector_with_its_check(
     detection_run, mixed_images, tmp_path, capsys
 ):

@@ -60,6 +60,7 @@ def _final_state(tmp_path, run: str) -> dict:
     return torch.load(last, weights_only=False)
 
 
+@pytest.mark.oldest
 @pytest.mark.slow
 def test_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path):
     main(_args(tmp_path, "straight", workers=0))

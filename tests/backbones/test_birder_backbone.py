@@ -29,6 +29,7 @@ def _write_birder_weights(tmp_path, monkeypatch, rgb_mode="imagenet", safetensor
     return net.eval(), rgb_stats, path
 
 
+@pytest.mark.oldest
 @pytest.mark.parametrize("safetensors", [False, True])
 def test_weights_file_reproduces_birder_detection_features(tmp_path, monkeypatch, safetensors):
     net, rgb_stats, path = _write_birder_weights(tmp_path, monkeypatch, safetensors=safetensors)

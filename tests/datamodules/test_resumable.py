@@ -228,6 +228,7 @@ class FailingAt(BatchRecorder):
         return super().training_step(batch, batch_idx)
 
 
+@pytest.mark.oldest
 def test_a_checkpoint_saved_on_an_exception_resumes_at_the_batch_that_failed(tmp_path):
     _, straight = _fit(tmp_path, limit_val_batches=0, enable_checkpointing=False, max_steps=8)
     saver = ModelCheckpoint(tmp_path / "ckpt", filename="failed", save_on_exception=True, save_top_k=0)
