@@ -9,6 +9,8 @@ from birder.model_registry import registry
 
 from tests.tiny import TINY_CONFIG, TINY_NETWORK
 from vitdense.backbones import BirderBackbone, WeightsFileError, skip_weights_loading
+from vitdense.backbones.birder_backbone import _config_keys_read
+from vitdense.backbones.checkpointed_block import CheckpointedBlock
 
 
 def _write_birder_weights(tmp_path, monkeypatch, rgb_mode="imagenet", safetensors=False):
@@ -198,34 +200,53 @@ def test_attention_runs_as_one_fused_kernel_per_block():
     assert "_softmax" not in ops.names and "bmm" not in ops.names
 
 
-def test_grad_checkpointing_of_the_first_blocks_recomputes_only_them_with_the_same_gradients():
-    torch.manual_seed(0)
-    plain = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG)
-    partial = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, grad_checkpointing=1)
-    partial.load_state_dict(plain.state_dict())
-    assert list(partial.state_dict()) == list(plain.state_dict())
-    block_type = type(partial.net.encoder.block[0])
-    calls = []
+def _block_forwards(backbone, images, monkeypatch):
+    """The birder blocks whose forward ran in one training step (in call order), and the gradients."""
+    block_type = type(registry.net_factory(TINY_NETWORK, 0, config=TINY_CONFIG).encoder.block[0])
     forward = block_type.forward
+    calls = []
 
     def counting(self, *args, **kwargs):
         calls.append(self)
         return forward(self, *args, **kwargs)
 
+    with monkeypatch.context() as patch:
+        patch.setattr(block_type, "forward", counting)
+        backbone(images).square().sum().backward()
+    return calls, {name: param.grad for name, param in backbone.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    ("grad_checkpointing", "out_indices", "forwards_per_block"),
+    [(1, None, [2, 1]), (True, None, [2, 2]), (True, [0, -1], [2, 2]), (1, [0, -1], [2, 1])],
+)
+def test_grad_checkpointing_recomputes_exactly_the_chosen_blocks_with_the_same_gradients(
+    grad_checkpointing, out_indices, forwards_per_block, monkeypatch
+):
+    """Also with out_indices, where birder's own set_grad_checkpointing would recompute nothing."""
+    torch.manual_seed(0)
+    plain = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, out_indices=out_indices)
+    checkpointed = BirderBackbone(
+        TINY_NETWORK, config=TINY_CONFIG, out_indices=out_indices, grad_checkpointing=grad_checkpointing
+    )
+    checkpointed.load_state_dict(plain.state_dict())
+    assert list(checkpointed.state_dict()) == list(plain.state_dict())
+    assert [name for name, _ in checkpointed.named_parameters()] == [name for name, _ in plain.named_parameters()]
+
     images = torch.rand(2, 3, 56, 56)
-    plain(images).square().sum().backward()
-    block_type.forward = counting
-    try:
-        partial(images).square().sum().backward()
-    finally:
-        block_type.forward = forward
-    first, second = partial.net.encoder.block
-    assert [block is first for block in calls].count(True) == 2  # forward, then again in backward
-    assert [block is second for block in calls].count(True) == 1
-    for (name, a), (_, b) in zip(partial.named_parameters(), plain.named_parameters()):
-        torch.testing.assert_close(a.grad, b.grad, msg=name)
-    copied = copy.deepcopy(partial)
-    assert copied.net.encoder.block[0].forward.__self__ is copied.net.encoder.block[0]
+    _, expected = _block_forwards(plain, images, monkeypatch)
+    calls, grads = _block_forwards(checkpointed, images, monkeypatch)
+    blocks = [b.block if isinstance(b, CheckpointedBlock) else b for b in checkpointed.net.encoder.block]
+    assert [sum(call is block for call in calls) for block in blocks] == forwards_per_block
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], msg=name)
+
+
+def test_grad_checkpointing_survives_a_deep_copy_and_bad_values_are_refused():
+    partial = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, grad_checkpointing=1)
+    copied = copy.deepcopy(partial).net.encoder.block[0]
+    # The copy runs the copied block, on the copy's own parameters.
+    assert copied.block.attn is copied.attn and copied.attn is not partial.net.encoder.block[0].attn
     with pytest.raises(ValueError, match="grad_checkpointing"):
         BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, grad_checkpointing=3)
 
@@ -245,3 +266,21 @@ def test_none_as_a_string_means_no_weights():
         backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, weights=value, pretrained=value)
         assert backbone.pixel_mean.flatten().tolist() == pytest.approx(get_rgb_stats("birder")["mean"])
         BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, pretrained=value)
+
+
+def test_config_keys_that_no_registered_config_sets_are_accepted():
+    config = {**TINY_CONFIG, "attention_dropout": 0.1, "rope_temperature": 50.0, "pos_embed_antialias": True}
+    backbone = BirderBackbone(TINY_NETWORK, config=config)
+    assert backbone.net.config["rope_temperature"] == 50.0
+
+
+def test_config_keys_are_not_checked_when_the_network_hides_its_reads():
+    class CopiesItsConfig(torch.nn.Module):
+        config = {"hidden_dim": 8}
+
+        def __init__(self, input_channels, num_classes, *, config=None):
+            super().__init__()
+            self.config = {**type(self).config, **(config or {})}
+            self.hidden_dim = self.config["hidden_dim"]
+
+    assert _config_keys_read(CopiesItsConfig, {"hiden_dim": 8}) is None

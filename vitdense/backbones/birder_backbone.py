@@ -1,17 +1,15 @@
 """birder's plain ViT as a single-map dense feature extractor."""
 
 import difflib
-import functools
-import inspect
 import logging
 import re
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
+import birder
 import torch
 from birder.common import fs_ops
 from birder.common.lib import get_pretrained_model_url
@@ -19,7 +17,8 @@ from birder.conf import settings
 from birder.data.transforms.classification import get_rgb_stats
 from birder.model_registry import registry
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+
+from vitdense.backbones.checkpointed_block import CheckpointedBlock
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +27,6 @@ DEFAULT_NETWORK = "rope_vit_reg8_so150m_p14_swiglu_rms_avg"
 # Tokens and embeddings that carry no weight decay, besides every 1-d tensor (norm scales, biases).
 _NO_DECAY_NAMES = ("pos_embedding", "reg_tokens", "class_token")
 _BLOCK_PATTERN = re.compile(r"^net\.encoder\.block\.(\d+)\.")
-# How birder's networks read their config: self.config.get("key", ...) or self.config["key"].
-_CONFIG_READ = re.compile(r"config(?:\.get\(\s*|\[\s*)[\"'](\w+)[\"']")
 
 
 _skipping_weights: ContextVar[bool] = ContextVar("_skipping_weights", default=False)
@@ -64,7 +61,8 @@ class BirderBackbone(nn.Module):
 
     Args:
         network: birder network name.
-        config: overrides merged into the registered config (e.g. ``{"hidden_dim": 64, "num_layers": 2}``).
+        config: overrides merged into the registered config (e.g. ``{"hidden_dim": 64, "num_layers": 2}``); a key
+            the network does not read is refused (birder would silently ignore it).
         weights: a local ``.pt`` or ``.safetensors`` file written by birder. Its ``rgb_stats`` become the
             normalisation statistics. ``"None"`` and ``"null"`` mean None, for ``pretrained`` too.
         pretrained: a birder weights tag (``"capi"``) to download from birder's hub when not cached in
@@ -105,13 +103,13 @@ class BirderBackbone(nn.Module):
             pretrained = None
 
         config = dict(config or {})
-        _check_config_keys(network, config)
         if drop_path_rate is not None:
             config["drop_path_rate"] = drop_path_rate
         if out_indices is not None:
             if not out_indices:
                 raise ValueError("out_indices must name at least one block, or be null for the last one")
             config["out_indices"] = list(out_indices)
+        _check_config_keys(network, config)
 
         if weights is not None:
             net, rgb_stats = _load_weights_file(network, Path(weights), config)
@@ -148,29 +146,29 @@ class BirderBackbone(nn.Module):
 
         self._set_grad_checkpointing(grad_checkpointing)
 
-        self.frozen_blocks = self._parse_freeze(freeze)
+        self.frozen_depth = self._parse_freeze(freeze)
         for name, param in self.named_parameters():
             if self._is_frozen(name):
                 param.requires_grad_(False)
 
     def _set_grad_checkpointing(self, setting: bool | int) -> None:
-        if setting is True:
-            self.net.set_grad_checkpointing(True)  # birder's: every block
-            return
+        # Not birder's set_grad_checkpointing: it checkpoints all blocks or none, and only when the encoder
+        # runs as a whole, which detection_features skips for out_indices (nothing would be recomputed).
         if setting is False or setting == 0:
             return
+        if setting is True:
+            setting = self.num_blocks
         if not isinstance(setting, int) or not 0 < setting <= self.num_blocks:
             raise ValueError(
                 f"grad_checkpointing must be true, false or a number of blocks in [0, {self.num_blocks}], "
                 f"got {setting!r}"
             )
-        for block in self.net.encoder.block[:setting]:
-            # A bound method (not a closure) so that a deep copy of the model rebinds it to the copied block;
-            # parameter names and checkpoints are unchanged.
-            block.forward = types.MethodType(_checkpointed_forward, block)
+        blocks = self.net.encoder.block
+        for index in range(setting):
+            blocks[index] = CheckpointedBlock(blocks[index])
 
     def _parse_freeze(self, freeze: Literal["none", "all"] | int) -> int:
-        """Number of blocks frozen, with -1 for nothing frozen at all (embeddings trainable too)."""
+        """Depth (see :meth:`block_index`) up to which parameters are frozen; -1 for nothing at all."""
         if freeze == "none":
             return -1
         if freeze == "all":
@@ -180,7 +178,7 @@ class BirderBackbone(nn.Module):
         raise ValueError(f"freeze must be 'none', 'all' or an int in [0, {self.num_blocks}], got {freeze!r}")
 
     def _is_frozen(self, param_name: str) -> bool:
-        return self.frozen_blocks >= 0 and self.block_index(param_name) <= self.frozen_blocks
+        return self.block_index(param_name) <= self.frozen_depth
 
     def block_index(self, param_name: str) -> int:
         """Depth of a parameter for layer-wise lr decay: 0 for embeddings and tokens, i + 1 for block i."""
@@ -202,10 +200,10 @@ class BirderBackbone(nn.Module):
     def train(self, mode: bool = True) -> "BirderBackbone":
         """Switch modes, keeping frozen parts in eval mode (no dropout or drop-path where nothing trains)."""
         super().train(mode)
-        if mode and self.frozen_blocks >= 0:
+        if mode and self.frozen_depth >= 0:
             for module in (self.net.conv_proj, self.net.patch_embed):
                 module.eval()
-            for block in self.net.encoder.block[: self.frozen_blocks]:
+            for block in self.net.encoder.block[: self.frozen_depth]:
                 block.eval()
         return self
 
@@ -231,26 +229,54 @@ class BirderBackbone(nn.Module):
         return stages[0] if len(stages) == 1 else torch.cat(stages, dim=1)
 
 
-@functools.cache
-def _config_keys(net_type: type) -> frozenset[str]:
-    """The config keys birder's network class reads (in its and its bases' source) or registers; empty when
-    the source cannot be read."""
-    keys: set[str] = set()
-    for cls in net_type.__mro__:
-        if cls.__module__.startswith("birder"):
-            try:
-                keys.update(_CONFIG_READ.findall(inspect.getsource(cls)))
-            except (OSError, TypeError):  # a class made at registration has no source of its own
-                continue
-    return frozenset(keys | set(getattr(net_type, "config", None) or {})) if keys else frozenset()
+class _KeyReadRecorder(dict):
+    """A config dict that remembers which keys are looked up."""
+
+    def __init__(self, items: dict[str, Any]) -> None:
+        super().__init__(items)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+
+def _config_keys_read(net_type: type[nn.Module], config: dict[str, Any]) -> frozenset[str] | None:
+    """The config keys a birder network type reads when built with ``config``; None when that cannot be seen.
+
+    A registered birder network is a subclass of its architecture whose class attribute ``config`` holds the
+    registered config (``registry.register_model_config``); building it merges ``config`` into a copy of that.
+    The probe is a subclass of ``net_type`` whose registered config records the keys looked up, built on the
+    meta device (no memory, no initialisation compute) and never registered.
+    """
+    registered = _KeyReadRecorder(getattr(net_type, "config", None) or {})
+    probe_type = type(net_type.__name__, (net_type,), {"config": registered, "auto_register": False})
+    with torch.device("meta"):
+        probe = probe_type(settings.DEFAULT_NUM_CHANNELS, 0, config=config or None)
+    # birder builds from a deep copy of the registered config, which keeps the recorder's type.
+    if not isinstance(probe.config, _KeyReadRecorder) or not probe.config.read:
+        return None
+    return frozenset(probe.config.read)
 
 
 def _check_config_keys(network: str, config: dict[str, Any]) -> None:
     """Refuse ``config`` keys that birder's ``network`` never reads: birder would silently ignore them."""
     name = network.lower()
     net_type = registry.all_nets.get(registry.name_aliases.get(name, name))
-    valid = _config_keys(net_type) if net_type is not None else frozenset()
-    unknown = sorted(set(config) - valid) if valid else []
+    if net_type is None or not config:
+        return  # an unknown name is birder's to report, when the network is built
+    valid = _config_keys_read(net_type, config)
+    if valid is None:
+        logger.warning(
+            f"Cannot tell which config keys birder {birder.__version__}'s {network} reads; config keys are not "
+            "checked (a misspelt key would be ignored)"
+        )
+        return
+    unknown = sorted(set(config) - valid)
     if unknown:
         guesses = [
             f"{key!r} -> {match[0]!r}"
@@ -262,14 +288,6 @@ def _check_config_keys(network: str, config: dict[str, Any]) -> None:
             f"BirderBackbone config keys {unknown} are not read by birder's {network}, which would silently "
             f"ignore them{hint}; fix or remove them. Valid keys: {', '.join(sorted(valid))}"
         )
-
-
-def _checkpointed_forward(block: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """The block's own forward, recomputed in the backward pass when gradients are being recorded."""
-    forward = functools.partial(type(block).forward, block)
-    if not torch.is_grad_enabled():
-        return forward(*args, **kwargs)
-    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 def _load_weights_file(network: str, path: Path, config: dict[str, Any]) -> tuple[nn.Module, dict]:
@@ -316,8 +334,6 @@ def _load_pretrained(network: str, tag: str, config: dict[str, Any]) -> tuple[nn
 
     local = settings.MODELS_DIR.joinpath(model_file)
     try:
-        import birder
-
         net, info = birder.load_pretrained_model(
             weights_name, inference=False, custom_config=config or None, progress_bar=False
         )
