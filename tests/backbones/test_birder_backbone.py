@@ -17,6 +17,8 @@ def _write_birder_weights(tmp_path, monkeypatch, rgb_mode="imagenet", safetensor
     """A tiny network saved by birder's own writers, as a user's weights file would be."""
     torch.manual_seed(0)
     net = registry.net_factory(TINY_NETWORK, 10, config=TINY_CONFIG)
+    with torch.no_grad():
+        net.norm.weight.uniform_(0.5, 1.5)  # a final norm that is not the identity, so that loading it shows
     rgb_stats = get_rgb_stats(rgb_mode)
     signature = {"inputs": [{"data_shape": [0, 3, 224, 224]}], "outputs": [{"data_shape": [0, 10]}]}
     monkeypatch.setattr(settings, "MODELS_DIR", tmp_path)
@@ -284,3 +286,59 @@ def test_config_keys_are_not_checked_when_the_network_hides_its_reads():
             self.hidden_dim = self.config["hidden_dim"]
 
     assert _config_keys_read(CopiesItsConfig, {"hiden_dim": 8}) is None
+
+
+def test_final_norm_gives_birders_normed_tokens_from_the_weights_file(tmp_path, monkeypatch):
+    net, rgb_stats, path = _write_birder_weights(tmp_path, monkeypatch)
+    backbone = BirderBackbone(
+        TINY_NETWORK, config=TINY_CONFIG, weights=str(path), out_indices=[0, -1], final_norm=True
+    ).eval()
+    # birder's key for the norm, under the backbone's `net.`: the same as in birder's weights files.
+    assert "norm.weight" in net.state_dict()
+    torch.testing.assert_close(backbone.state_dict()["net.norm.weight"], net.norm.weight)
+
+    images = torch.rand(2, 3, 224, 224)
+    mean = torch.tensor(rgb_stats["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(rgb_stats["std"]).view(1, 3, 1, 1)
+    normalized = (images - mean) / std
+    both_blocks = registry.net_factory(TINY_NETWORK, 0, config={**TINY_CONFIG, "out_indices": [0, 1]})
+    both_blocks.load_state_dict(net.state_dict(), strict=False)
+    with torch.no_grad():
+        features = backbone(images)
+        tokens = net.forward_features(normalized)[:, net.num_special_tokens :]  # birder's own: final norm on
+        first_block = both_blocks.detection_features(normalized)["stage1"]
+    assert features.shape == (2, 128, 16, 16)
+    torch.testing.assert_close(features[:, 64:], tokens.transpose(1, 2).reshape(2, 64, 16, 16))
+    first_block_normed = net.norm(first_block.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(features[:, :64], first_block_normed)
+
+
+@pytest.mark.parametrize(("freeze", "norm_trains"), [("none", True), (2, True), ("all", False)])
+def test_the_final_norm_is_frozen_with_everything_else_only(freeze, norm_trains):
+    backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, final_norm=True, freeze=freeze)
+    assert backbone.net.norm.weight.requires_grad is norm_trains
+    assert backbone.block_index("net.norm.weight") == TINY_CONFIG["num_layers"] + 1  # lr decay: the heads' depth
+    assert "net.norm.weight" in backbone.no_weight_decay()
+
+
+def test_final_norm_without_a_final_norm_is_refused():
+    with pytest.raises(ValueError, match="final_norm: .* has no final norm"):
+        BirderBackbone(TINY_NETWORK, config={**TINY_CONFIG, "post_norm": False}, final_norm=True)
+    assert "net.norm.weight" not in BirderBackbone(TINY_NETWORK, config=TINY_CONFIG).state_dict()
+
+
+def test_the_pretraining_grid_keeps_224px_features_and_maps_larger_inputs():
+    torch.manual_seed(0)
+    extrapolated = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG).eval()
+    mapped = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, pt_grid_size=[16, 16]).eval()
+    with torch.no_grad():
+        for block in extrapolated.net.encoder.block:
+            block.attn.qkv.weight.mul_(10)  # at initialisation attention is almost uniform: positions hardly matter
+    mapped.load_state_dict(extrapolated.state_dict())
+    with torch.no_grad():
+        at_224 = torch.rand(1, 3, 224, 224)
+        assert torch.equal(mapped(at_224), extrapolated(at_224))  # bit for bit: the same positions
+        at_448 = torch.rand(1, 3, 448, 448)
+        assert not torch.allclose(mapped(at_448), extrapolated(at_448), atol=0.1)
+    with pytest.raises(ValueError, match=r"pt_grid_size must be .*\[16, 16\]"):
+        BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, pt_grid_size=[16])

@@ -56,8 +56,9 @@ class BirderBackbone(nn.Module):
 
     The network is built by name through birder's registry (``config`` overrides sizes, which is how
     tests get a tiny member of the same family), then optionally loaded from a local weights file or,
-    only when ``pretrained`` is given, from birder's hub. The classification head and final norm are
-    removed: the simple feature pyramid normalises each level itself, as in ViTDet.
+    only when ``pretrained`` is given, from birder's hub. The classification head is removed, and so is the
+    final norm unless ``final_norm`` keeps it: the simple feature pyramid normalises each level itself, as in
+    ViTDet.
 
     Args:
         network: birder network name.
@@ -67,14 +68,26 @@ class BirderBackbone(nn.Module):
             normalisation statistics. ``"None"`` and ``"null"`` mean None, for ``pretrained`` too.
         pretrained: a birder weights tag (``"capi"``) to download from birder's hub when not cached in
             birder's models directory (``./models``). Ignored when ``weights`` is given.
-        freeze: ``"none"``; ``"all"``; or an int K that freezes the patch embedding, position embedding,
-            register tokens and the first K blocks. Frozen parts stay in eval mode with no gradients.
+        freeze: ``"none"``; ``"all"`` (the final norm included); or an int K that freezes the patch embedding,
+            position embedding, register tokens and the first K blocks. Frozen parts stay in eval mode with no
+            gradients.
         drop_path_rate: overrides the config's stochastic depth rate (linearly increasing over blocks).
         grad_checkpointing: recompute block activations in the backward pass instead of keeping them: true for
             every block (about a third more ViT compute), or an int K for the first K blocks only (each block
             holds about 1 / num_blocks of the ViT's activation memory, and costs that share of recompute).
         out_indices: blocks whose outputs are concatenated on channels (negative counts from the end), as in
             DINOv2's multi-layer linear probe; default: the last block only.
+        final_norm: pass every token of every selected block's output through the ViT's final norm (birder's
+            ``norm``, loaded from the weights file with the rest and frozen with it by ``freeze: all``), as
+            DINOv2's linear probes do. The norm rescales each token by its own statistics, which a probe's
+            BatchNorm (one statistic per channel over the batch) cannot do. Off: the blocks' raw residual
+            stream, for heads that normalise each level themselves (the simple feature pyramid).
+        pt_grid_size: the pretraining grid in patches, ``(height, width)``: ``(16, 16)`` for 224 px at patch 14.
+            RoPE then places the patches of an ``h x w`` grid at positions ``(i * 16 / h, j * 16 / w)``, inside
+            the pretraining range, at any input size. Default (birder's): positions ``(i, j)``, which go past
+            the pretraining range on inputs larger than 224 px (extrapolation). At the pretraining size both
+            give the same features, bit for bit. The absolute position embedding is interpolated from the
+            network's own 224 px grid either way.
     """
 
     def __init__(
@@ -87,6 +100,8 @@ class BirderBackbone(nn.Module):
         drop_path_rate: float | None = None,
         grad_checkpointing: bool | int = False,
         out_indices: list[int] | None = None,
+        final_norm: bool = False,
+        pt_grid_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         # `...pretrained=null` on the command line, over a recipe's value inside the detector callable,
@@ -109,6 +124,13 @@ class BirderBackbone(nn.Module):
             if not out_indices:
                 raise ValueError("out_indices must name at least one block, or be null for the last one")
             config["out_indices"] = list(out_indices)
+        if pt_grid_size is not None:
+            if len(pt_grid_size) != 2 or not all(isinstance(n, int) and n > 0 for n in pt_grid_size):
+                raise ValueError(
+                    f"pt_grid_size must be the pretraining grid in patches, [height, width] (e.g. [16, 16] for "
+                    f"224 px at patch 14), got {pt_grid_size!r}"
+                )
+            config["pt_grid_size"] = tuple(pt_grid_size)
         _check_config_keys(network, config)
 
         if weights is not None:
@@ -124,13 +146,23 @@ class BirderBackbone(nn.Module):
                 f"out_indices name blocks {net.out_indices} of {net.num_layers}: list "
                 "each block once, in increasing order (their outputs are concatenated in block order)"
             )
+        norm = net.norm
         net.strip_for_detection_features()
+        if final_norm:
+            if isinstance(norm, nn.Identity):
+                raise ValueError(
+                    f"final_norm: {network} has no final norm over its tokens (its config sets post_norm false, "
+                    "or norm_after_pool true, which norms the pooled embedding only); set final_norm: false"
+                )
+            # Under birder's own name, so that its weights (net.norm.*) load and save as in birder's files.
+            net.norm = norm
         net.set_dynamic_size(True)
         if getattr(net, "class_token", None) is not None:
             raise ValueError(f"{network} has a class token; vitdense expects a ViT without one (e.g. *_avg)")
 
         self.net = net
         self.network = network
+        self.final_norm = final_norm
         self.out_indices: list[int] | None = net.out_indices
         self.out_channels: int = net.embedding_size * (len(net.out_indices) if net.out_indices else 1)
         self.stride: int = net.patch_size
@@ -172,7 +204,7 @@ class BirderBackbone(nn.Module):
         if freeze == "none":
             return -1
         if freeze == "all":
-            return self.num_blocks
+            return self.num_blocks + 1
         if isinstance(freeze, int) and not isinstance(freeze, bool) and 0 <= freeze <= self.num_blocks:
             return freeze
         raise ValueError(f"freeze must be 'none', 'all' or an int in [0, {self.num_blocks}], got {freeze!r}")
@@ -181,12 +213,15 @@ class BirderBackbone(nn.Module):
         return self.block_index(param_name) <= self.frozen_depth
 
     def block_index(self, param_name: str) -> int:
-        """Depth of a parameter for layer-wise lr decay: 0 for embeddings and tokens, i + 1 for block i."""
+        """Depth of a parameter for layer-wise lr decay: 0 for embeddings and tokens, i + 1 for block i,
+        num_blocks + 1 for the final norm (after the last block, at the heads' depth)."""
         match = _BLOCK_PATTERN.match(param_name)
         if match is not None:
             return int(match.group(1)) + 1
         if param_name.startswith("net.encoder.block."):
             raise ValueError(f"Cannot read the block index of {param_name}")
+        if param_name.startswith("net.norm."):
+            return self.num_blocks + 1
         return 0
 
     def no_weight_decay(self) -> set[str]:
@@ -215,7 +250,7 @@ class BirderBackbone(nn.Module):
 
         Returns:
             (B, out_channels, H / 14, W / 14) patch features of the last block, or of the ``out_indices``
-            blocks concatenated on channels (no final norm).
+            blocks concatenated on channels; each token passed through the final norm when ``final_norm``.
         """
         height, width = images.shape[-2:]
         if height % self.stride or width % self.stride:
@@ -226,6 +261,9 @@ class BirderBackbone(nn.Module):
             )
         images = (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
         stages = list(self.net.detection_features(images).values())
+        if self.final_norm:
+            # The norm acts on the channels of each token: move them last and back.
+            stages = [self.net.norm(stage.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for stage in stages]
         return stages[0] if len(stages) == 1 else torch.cat(stages, dim=1)
 
 
