@@ -233,7 +233,8 @@ def test_grad_checkpointing_recomputes_exactly_the_chosen_blocks_with_the_same_g
     )
     checkpointed.load_state_dict(plain.state_dict())
     assert list(checkpointed.state_dict()) == list(plain.state_dict())
-    assert [name for name, _ in checkpointed.named_parameters()] == [name for name, _ in plain.named_parameters()]
+    names = [name for name, _ in checkpointed.named_parameters()]
+    assert names == [name for name, _ in plain.named_parameters()]
 
     images = torch.rand(2, 3, 56, 56)
     _, expected = _block_forwards(plain, images, monkeypatch)
@@ -317,7 +318,8 @@ def test_final_norm_gives_birders_normed_tokens_from_the_weights_file(tmp_path, 
 def test_the_final_norm_is_frozen_with_everything_else_only(freeze, norm_trains):
     backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, final_norm=True, freeze=freeze)
     assert backbone.net.norm.weight.requires_grad is norm_trains
-    assert backbone.block_index("net.norm.weight") == TINY_CONFIG["num_layers"] + 1  # lr decay: the heads' depth
+    # Layer decay: after the last block, at the heads' depth.
+    assert backbone.block_index("net.norm.weight") == TINY_CONFIG["num_layers"] + 1
     assert "net.norm.weight" in backbone.no_weight_decay()
 
 
@@ -333,7 +335,8 @@ def test_the_pretraining_grid_keeps_224px_features_and_maps_larger_inputs():
     mapped = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, pt_grid_size=[16, 16]).eval()
     with torch.no_grad():
         for block in extrapolated.net.encoder.block:
-            block.attn.qkv.weight.mul_(10)  # at initialisation attention is almost uniform: positions hardly matter
+            # At initialisation attention is almost uniform: positions would hardly matter.
+            block.attn.qkv.weight.mul_(10)
     mapped.load_state_dict(extrapolated.state_dict())
     with torch.no_grad():
         at_224 = torch.rand(1, 3, 224, 224)

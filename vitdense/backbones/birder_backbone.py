@@ -62,8 +62,8 @@ class BirderBackbone(nn.Module):
 
     Args:
         network: birder network name.
-        config: overrides merged into the registered config (e.g. ``{"hidden_dim": 64, "num_layers": 2}``); a key
-            the network does not read is refused (birder would silently ignore it).
+        config: overrides merged into the registered config (e.g. ``{"hidden_dim": 64, "num_layers": 2}``);
+            a key the network does not read is refused (birder would silently ignore it).
         weights: a local ``.pt`` or ``.safetensors`` file written by birder. Its ``rgb_stats`` become the
             normalisation statistics. ``"None"`` and ``"null"`` mean None, for ``pretrained`` too.
         pretrained: a birder weights tag (``"capi"``) to download from birder's hub when not cached in
@@ -82,12 +82,12 @@ class BirderBackbone(nn.Module):
             DINOv2's linear probes do. The norm rescales each token by its own statistics, which a probe's
             BatchNorm (one statistic per channel over the batch) cannot do. Off: the blocks' raw residual
             stream, for heads that normalise each level themselves (the simple feature pyramid).
-        pt_grid_size: the pretraining grid in patches, ``(height, width)``: ``(16, 16)`` for 224 px at patch 14.
-            RoPE then places the patches of an ``h x w`` grid at positions ``(i * 16 / h, j * 16 / w)``, inside
-            the pretraining range, at any input size. Default (birder's): positions ``(i, j)``, which go past
-            the pretraining range on inputs larger than 224 px (extrapolation). At the pretraining size both
-            give the same features, bit for bit. The absolute position embedding is interpolated from the
-            network's own 224 px grid either way.
+        pt_grid_size: the pretraining grid in patches, ``(height, width)``: ``(16, 16)`` for 224 px at patch
+            14. RoPE then places the patches of an ``h x w`` grid at positions ``(i * 16 / h, j * 16 / w)``,
+            inside the pretraining range, at any input size. Default (birder's): positions ``(i, j)``, which
+            go past the pretraining range on inputs larger than 224 px (extrapolation). At the pretraining
+            size both give the same features, bit for bit. The absolute position embedding is interpolated
+            from the network's own 224 px grid either way.
     """
 
     def __init__(
@@ -127,8 +127,8 @@ class BirderBackbone(nn.Module):
         if pt_grid_size is not None:
             if len(pt_grid_size) != 2 or not all(isinstance(n, int) and n > 0 for n in pt_grid_size):
                 raise ValueError(
-                    f"pt_grid_size must be the pretraining grid in patches, [height, width] (e.g. [16, 16] for "
-                    f"224 px at patch 14), got {pt_grid_size!r}"
+                    "pt_grid_size must be the pretraining grid in patches, [height, width] (e.g. [16, 16] "
+                    f"for 224 px at patch 14), got {pt_grid_size!r}"
                 )
             config["pt_grid_size"] = tuple(pt_grid_size)
         _check_config_keys(network, config)
@@ -151,8 +151,9 @@ class BirderBackbone(nn.Module):
         if final_norm:
             if isinstance(norm, nn.Identity):
                 raise ValueError(
-                    f"final_norm: {network} has no final norm over its tokens (its config sets post_norm false, "
-                    "or norm_after_pool true, which norms the pooled embedding only); set final_norm: false"
+                    f"final_norm: {network} has no final norm over its tokens (its config sets post_norm "
+                    "false, or norm_after_pool true, which norms the pooled embedding only); set "
+                    "final_norm: false"
                 )
             # Under birder's own name, so that its weights (net.norm.*) load and save as in birder's files.
             net.norm = norm
@@ -310,8 +311,8 @@ def _check_config_keys(network: str, config: dict[str, Any]) -> None:
     valid = _config_keys_read(net_type, config)
     if valid is None:
         logger.warning(
-            f"Cannot tell which config keys birder {birder.__version__}'s {network} reads; config keys are not "
-            "checked (a misspelt key would be ignored)"
+            f"Cannot tell which config keys birder {birder.__version__}'s {network} reads; config keys are "
+            "not checked (a misspelt key would be ignored)"
         )
         return
     unknown = sorted(set(config) - valid)

@@ -24,10 +24,12 @@ class CheckpointedBlock(nn.Module):
 
     def __init__(self, block: nn.Module) -> None:
         super().__init__()
-        if any(True for _ in block.parameters(recurse=False)) or any(True for _ in block.buffers(recurse=False)):
+        own = [*block.parameters(recurse=False), *block.buffers(recurse=False)]
+        if own:
             raise ValueError(
-                f"{type(block).__name__} holds parameters or buffers outside its sub-modules; CheckpointedBlock "
-                "would drop them from the module tree. Checkpoint its parent or its sub-modules instead."
+                f"{type(block).__name__} holds parameters or buffers outside its sub-modules; "
+                "CheckpointedBlock would drop them from the module tree. Checkpoint its parent or its "
+                "sub-modules instead."
             )
         for name, child in block.named_children():
             self.add_module(name, child)
