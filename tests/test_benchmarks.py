@@ -13,15 +13,19 @@ from vitdense.heads import MaskRCNN, paste_detections
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _host_syncs():
+def _benchmark(name):
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        spec = importlib.util.spec_from_file_location("host_syncs", BENCHMARKS / "host_syncs.py")
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+def _host_syncs():
+    return _benchmark("host_syncs")
 
 
 def _model_and_batch():
@@ -73,3 +77,18 @@ def test_inference_with_mask_pasting_synchronises_a_few_times_per_image():
         step()
     # torchvision's pasting alone made ~14 per mask: 2800 here.
     assert sum(counter.counts.values()) <= 20 * 2
+
+
+def test_the_frozen_probe_scores_its_four_variants_on_tiny_data(capsys):
+    frozen_probe = _benchmark("frozen_probe")
+    options = ["--size", "238", "--steps", "10", "--num-train", "4", "--num-val", "2", "--batch-size", "4"]
+    rows = frozen_probe.main(["--tiny", *options])
+    assert [(row["positions"], row["final_norm"]) for row in rows] == [
+        ("extrapolated", False),
+        ("mapped", False),
+        ("extrapolated", True),
+        ("mapped", True),
+    ]
+    assert all(0.0 <= row[name] <= 1.0 for row in rows for name in ("mIoU", "aAcc", "mAcc"))
+    assert rows[0]["mIoU"] != rows[2]["mIoU"]  # the final norm reaches the features the head is fitted on
+    assert capsys.readouterr().out.count("| mapped | True |") == 1

@@ -9,12 +9,16 @@ from birder.model_registry import registry
 
 from tests.tiny import TINY_CONFIG, TINY_NETWORK
 from vitdense.backbones import BirderBackbone, WeightsFileError, skip_weights_loading
+from vitdense.backbones.birder_backbone import _config_keys_read
+from vitdense.backbones.checkpointed_block import CheckpointedBlock
 
 
 def _write_birder_weights(tmp_path, monkeypatch, rgb_mode="imagenet", safetensors=False):
     """A tiny network saved by birder's own writers, as a user's weights file would be."""
     torch.manual_seed(0)
     net = registry.net_factory(TINY_NETWORK, 10, config=TINY_CONFIG)
+    with torch.no_grad():
+        net.norm.weight.uniform_(0.5, 1.5)  # a final norm that is not the identity, so that loading it shows
     rgb_stats = get_rgb_stats(rgb_mode)
     signature = {"inputs": [{"data_shape": [0, 3, 224, 224]}], "outputs": [{"data_shape": [0, 10]}]}
     monkeypatch.setattr(settings, "MODELS_DIR", tmp_path)
@@ -225,34 +229,54 @@ def test_attention_runs_as_one_fused_kernel_per_block():
     assert "_softmax" not in ops.names and "bmm" not in ops.names
 
 
-def test_grad_checkpointing_of_the_first_blocks_recomputes_only_them_with_the_same_gradients():
-    torch.manual_seed(0)
-    plain = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG)
-    partial = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, grad_checkpointing=1)
-    partial.load_state_dict(plain.state_dict())
-    assert list(partial.state_dict()) == list(plain.state_dict())
-    block_type = type(partial.net.encoder.block[0])
-    calls = []
+def _block_forwards(backbone, images, monkeypatch):
+    """The birder blocks whose forward ran in one training step (in call order), and the gradients."""
+    block_type = type(registry.net_factory(TINY_NETWORK, 0, config=TINY_CONFIG).encoder.block[0])
     forward = block_type.forward
+    calls = []
 
     def counting(self, *args, **kwargs):
         calls.append(self)
         return forward(self, *args, **kwargs)
 
+    with monkeypatch.context() as patch:
+        patch.setattr(block_type, "forward", counting)
+        backbone(images).square().sum().backward()
+    return calls, {name: param.grad for name, param in backbone.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    ("grad_checkpointing", "out_indices", "forwards_per_block"),
+    [(1, None, [2, 1]), (True, None, [2, 2]), (True, [0, -1], [2, 2]), (1, [0, -1], [2, 1])],
+)
+def test_grad_checkpointing_recomputes_exactly_the_chosen_blocks_with_the_same_gradients(
+    grad_checkpointing, out_indices, forwards_per_block, monkeypatch
+):
+    """Also with out_indices, where birder's own set_grad_checkpointing would recompute nothing."""
+    torch.manual_seed(0)
+    plain = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, out_indices=out_indices)
+    checkpointed = BirderBackbone(
+        TINY_NETWORK, config=TINY_CONFIG, out_indices=out_indices, grad_checkpointing=grad_checkpointing
+    )
+    checkpointed.load_state_dict(plain.state_dict())
+    assert list(checkpointed.state_dict()) == list(plain.state_dict())
+    names = [name for name, _ in checkpointed.named_parameters()]
+    assert names == [name for name, _ in plain.named_parameters()]
+
     images = torch.rand(2, 3, 56, 56)
-    plain(images).square().sum().backward()
-    block_type.forward = counting
-    try:
-        partial(images).square().sum().backward()
-    finally:
-        block_type.forward = forward
-    first, second = partial.net.encoder.block
-    assert [block is first for block in calls].count(True) == 2  # forward, then again in backward
-    assert [block is second for block in calls].count(True) == 1
-    for (name, a), (_, b) in zip(partial.named_parameters(), plain.named_parameters()):
-        torch.testing.assert_close(a.grad, b.grad, msg=name)
-    copied = copy.deepcopy(partial)
-    assert copied.net.encoder.block[0].forward.__self__ is copied.net.encoder.block[0]
+    _, expected = _block_forwards(plain, images, monkeypatch)
+    calls, grads = _block_forwards(checkpointed, images, monkeypatch)
+    blocks = [b.block if isinstance(b, CheckpointedBlock) else b for b in checkpointed.net.encoder.block]
+    assert [sum(call is block for call in calls) for block in blocks] == forwards_per_block
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], msg=name)
+
+
+def test_grad_checkpointing_survives_a_deep_copy_and_bad_values_are_refused():
+    partial = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, grad_checkpointing=1)
+    copied = copy.deepcopy(partial).net.encoder.block[0]
+    # The copy runs the copied block, on the copy's own parameters.
+    assert copied.block.attn is copied.attn and copied.attn is not partial.net.encoder.block[0].attn
     with pytest.raises(ValueError, match="grad_checkpointing"):
         BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, grad_checkpointing=3)
 
@@ -272,3 +296,79 @@ def test_none_as_a_string_means_no_weights():
         backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, weights=value, pretrained=value)
         assert backbone.pixel_mean.flatten().tolist() == pytest.approx(get_rgb_stats("birder")["mean"])
         BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, pretrained=value)
+
+
+def test_config_keys_that_no_registered_config_sets_are_accepted():
+    config = {**TINY_CONFIG, "attention_dropout": 0.1, "rope_temperature": 50.0, "pos_embed_antialias": True}
+    backbone = BirderBackbone(TINY_NETWORK, config=config)
+    assert backbone.net.config["rope_temperature"] == 50.0
+
+
+def test_config_keys_are_not_checked_when_the_network_hides_its_reads():
+    class CopiesItsConfig(torch.nn.Module):
+        config = {"hidden_dim": 8}
+
+        def __init__(self, input_channels, num_classes, *, config=None):
+            super().__init__()
+            self.config = {**type(self).config, **(config or {})}
+            self.hidden_dim = self.config["hidden_dim"]
+
+    assert _config_keys_read(CopiesItsConfig, {"hiden_dim": 8}) is None
+
+
+def test_final_norm_gives_birders_normed_tokens_from_the_weights_file(tmp_path, monkeypatch):
+    net, rgb_stats, path = _write_birder_weights(tmp_path, monkeypatch)
+    backbone = BirderBackbone(
+        TINY_NETWORK, config=TINY_CONFIG, weights=str(path), out_indices=[0, -1], final_norm=True
+    ).eval()
+    # birder's key for the norm, under the backbone's `net.`: the same as in birder's weights files.
+    assert "norm.weight" in net.state_dict()
+    torch.testing.assert_close(backbone.state_dict()["net.norm.weight"], net.norm.weight)
+
+    images = torch.rand(2, 3, 224, 224)
+    mean = torch.tensor(rgb_stats["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(rgb_stats["std"]).view(1, 3, 1, 1)
+    normalized = (images - mean) / std
+    both_blocks = registry.net_factory(TINY_NETWORK, 0, config={**TINY_CONFIG, "out_indices": [0, 1]})
+    both_blocks.load_state_dict(net.state_dict(), strict=False)
+    with torch.no_grad():
+        features = backbone(images)
+        tokens = net.forward_features(normalized)[:, net.num_special_tokens :]  # birder's own: final norm on
+        first_block = both_blocks.detection_features(normalized)["stage1"]
+    assert features.shape == (2, 128, 16, 16)
+    torch.testing.assert_close(features[:, 64:], tokens.transpose(1, 2).reshape(2, 64, 16, 16))
+    first_block_normed = net.norm(first_block.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(features[:, :64], first_block_normed)
+
+
+@pytest.mark.parametrize(("freeze", "norm_trains"), [("none", True), (2, True), ("all", False)])
+def test_the_final_norm_is_frozen_with_everything_else_only(freeze, norm_trains):
+    backbone = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, final_norm=True, freeze=freeze)
+    assert backbone.net.norm.weight.requires_grad is norm_trains
+    # Layer decay: after the last block, at the heads' depth.
+    assert backbone.block_index("net.norm.weight") == TINY_CONFIG["num_layers"] + 1
+    assert "net.norm.weight" in backbone.no_weight_decay()
+
+
+def test_final_norm_without_a_final_norm_is_refused():
+    with pytest.raises(ValueError, match="final_norm: .* has no final norm"):
+        BirderBackbone(TINY_NETWORK, config={**TINY_CONFIG, "post_norm": False}, final_norm=True)
+    assert "net.norm.weight" not in BirderBackbone(TINY_NETWORK, config=TINY_CONFIG).state_dict()
+
+
+def test_the_pretraining_grid_keeps_224px_features_and_maps_larger_inputs():
+    torch.manual_seed(0)
+    extrapolated = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG).eval()
+    mapped = BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, pt_grid_size=[16, 16]).eval()
+    with torch.no_grad():
+        for block in extrapolated.net.encoder.block:
+            # At initialisation attention is almost uniform: positions would hardly matter.
+            block.attn.qkv.weight.mul_(10)
+    mapped.load_state_dict(extrapolated.state_dict())
+    with torch.no_grad():
+        at_224 = torch.rand(1, 3, 224, 224)
+        assert torch.equal(mapped(at_224), extrapolated(at_224))  # bit for bit: the same positions
+        at_448 = torch.rand(1, 3, 448, 448)
+        assert not torch.allclose(mapped(at_448), extrapolated(at_448), atol=0.1)
+    with pytest.raises(ValueError, match=r"pt_grid_size must be .*\[16, 16\]"):
+        BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, pt_grid_size=[16])

@@ -1,18 +1,16 @@
 """birder's plain ViT as a single-map dense feature extractor."""
 
 import difflib
-import functools
-import inspect
 import logging
 import pickle
 import re
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
+import birder
 import torch
 from birder.common import fs_ops
 from birder.common.lib import get_pretrained_model_url
@@ -20,7 +18,8 @@ from birder.conf import settings
 from birder.data.transforms.classification import get_rgb_stats
 from birder.model_registry import registry
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+
+from vitdense.backbones.checkpointed_block import CheckpointedBlock
 
 from vitdense.checkpoint_trust import weights_only_refusal
 
@@ -31,8 +30,6 @@ DEFAULT_NETWORK = "rope_vit_reg8_so150m_p14_swiglu_rms_avg"
 # Tokens and embeddings that carry no weight decay, besides every 1-d tensor (norm scales, biases).
 _NO_DECAY_NAMES = ("pos_embedding", "reg_tokens", "class_token")
 _BLOCK_PATTERN = re.compile(r"^net\.encoder\.block\.(\d+)\.")
-# How birder's networks read their config: self.config.get("key", ...) or self.config["key"].
-_CONFIG_READ = re.compile(r"config(?:\.get\(\s*|\[\s*)[\"'](\w+)[\"']")
 
 
 _skipping_weights: ContextVar[bool] = ContextVar("_skipping_weights", default=False)
@@ -62,24 +59,38 @@ class BirderBackbone(nn.Module):
 
     The network is built by name through birder's registry (``config`` overrides sizes, which is how
     tests get a tiny member of the same family), then optionally loaded from a local weights file or,
-    only when ``pretrained`` is given, from birder's hub. The classification head and final norm are
-    removed: the simple feature pyramid normalises each level itself, as in ViTDet.
+    only when ``pretrained`` is given, from birder's hub. The classification head is removed, and so is the
+    final norm unless ``final_norm`` keeps it: the simple feature pyramid normalises each level itself, as in
+    ViTDet.
 
     Args:
         network: birder network name.
-        config: overrides merged into the registered config (e.g. ``{"hidden_dim": 64, "num_layers": 2}``).
+        config: overrides merged into the registered config (e.g. ``{"hidden_dim": 64, "num_layers": 2}``);
+            a key the network does not read is refused (birder would silently ignore it).
         weights: a local ``.pt`` or ``.safetensors`` file written by birder. Its ``rgb_stats`` become the
             normalisation statistics. ``"None"`` and ``"null"`` mean None, for ``pretrained`` too.
         pretrained: a birder weights tag (``"capi"``) to download from birder's hub when not cached in
             birder's models directory (``./models``). Ignored when ``weights`` is given.
-        freeze: ``"none"``; ``"all"``; or an int K that freezes the patch embedding, position embedding,
-            register tokens and the first K blocks. Frozen parts stay in eval mode with no gradients.
+        freeze: ``"none"``; ``"all"`` (the final norm included); or an int K that freezes the patch embedding,
+            position embedding, register tokens and the first K blocks. Frozen parts stay in eval mode with no
+            gradients.
         drop_path_rate: overrides the config's stochastic depth rate (linearly increasing over blocks).
         grad_checkpointing: recompute block activations in the backward pass instead of keeping them: true for
             every block (about a third more ViT compute), or an int K for the first K blocks only (each block
             holds about 1 / num_blocks of the ViT's activation memory, and costs that share of recompute).
         out_indices: blocks whose outputs are concatenated on channels (negative counts from the end), as in
             DINOv2's multi-layer linear probe; default: the last block only.
+        final_norm: pass every token of every selected block's output through the ViT's final norm (birder's
+            ``norm``, loaded from the weights file with the rest and frozen with it by ``freeze: all``), as
+            DINOv2's linear probes do. The norm rescales each token by its own statistics, which a probe's
+            BatchNorm (one statistic per channel over the batch) cannot do. Off: the blocks' raw residual
+            stream, for heads that normalise each level themselves (the simple feature pyramid).
+        pt_grid_size: the pretraining grid in patches, ``(height, width)``: ``(16, 16)`` for 224 px at patch
+            14. RoPE then places the patches of an ``h x w`` grid at positions ``(i * 16 / h, j * 16 / w)``,
+            inside the pretraining range, at any input size. Default (birder's): positions ``(i, j)``, which
+            go past the pretraining range on inputs larger than 224 px (extrapolation). At the pretraining
+            size both give the same features, bit for bit. The absolute position embedding is interpolated
+            from the network's own 224 px grid either way.
     """
 
     def __init__(
@@ -92,6 +103,8 @@ class BirderBackbone(nn.Module):
         drop_path_rate: float | None = None,
         grad_checkpointing: bool | int = False,
         out_indices: list[int] | None = None,
+        final_norm: bool = False,
+        pt_grid_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         # `...pretrained=null` on the command line, over a recipe's value inside the detector callable,
@@ -108,13 +121,20 @@ class BirderBackbone(nn.Module):
             pretrained = None
 
         config = dict(config or {})
-        _check_config_keys(network, config)
         if drop_path_rate is not None:
             config["drop_path_rate"] = drop_path_rate
         if out_indices is not None:
             if not out_indices:
                 raise ValueError("out_indices must name at least one block, or be null for the last one")
             config["out_indices"] = list(out_indices)
+        if pt_grid_size is not None:
+            if len(pt_grid_size) != 2 or not all(isinstance(n, int) and n > 0 for n in pt_grid_size):
+                raise ValueError(
+                    "pt_grid_size must be the pretraining grid in patches, [height, width] (e.g. [16, 16] "
+                    f"for 224 px at patch 14), got {pt_grid_size!r}"
+                )
+            config["pt_grid_size"] = tuple(pt_grid_size)
+        _check_config_keys(network, config)
 
         if weights is not None:
             net, rgb_stats = _load_weights_file(network, Path(weights), config)
@@ -129,13 +149,24 @@ class BirderBackbone(nn.Module):
                 f"out_indices name blocks {net.out_indices} of {net.num_layers}: list "
                 "each block once, in increasing order (their outputs are concatenated in block order)"
             )
+        norm = net.norm
         net.strip_for_detection_features()
+        if final_norm:
+            if isinstance(norm, nn.Identity):
+                raise ValueError(
+                    f"final_norm: {network} has no final norm over its tokens (its config sets post_norm "
+                    "false, or norm_after_pool true, which norms the pooled embedding only); set "
+                    "final_norm: false"
+                )
+            # Under birder's own name, so that its weights (net.norm.*) load and save as in birder's files.
+            net.norm = norm
         net.set_dynamic_size(True)
         if getattr(net, "class_token", None) is not None:
             raise ValueError(f"{network} has a class token; vitdense expects a ViT without one (e.g. *_avg)")
 
         self.net = net
         self.network = network
+        self.final_norm = final_norm
         self.out_indices: list[int] | None = net.out_indices
         self.out_channels: int = net.embedding_size * (len(net.out_indices) if net.out_indices else 1)
         self.stride: int = net.patch_size
@@ -151,47 +182,50 @@ class BirderBackbone(nn.Module):
 
         self._set_grad_checkpointing(grad_checkpointing)
 
-        self.frozen_blocks = self._parse_freeze(freeze)
+        self.frozen_depth = self._parse_freeze(freeze)
         for name, param in self.named_parameters():
             if self._is_frozen(name):
                 param.requires_grad_(False)
 
     def _set_grad_checkpointing(self, setting: bool | int) -> None:
-        if setting is True:
-            self.net.set_grad_checkpointing(True)  # birder's: every block
-            return
+        # Not birder's set_grad_checkpointing: it checkpoints all blocks or none, and only when the encoder
+        # runs as a whole, which detection_features skips for out_indices (nothing would be recomputed).
         if setting is False or setting == 0:
             return
+        if setting is True:
+            setting = self.num_blocks
         if not isinstance(setting, int) or not 0 < setting <= self.num_blocks:
             raise ValueError(
                 f"grad_checkpointing must be true, false or a number of blocks in [0, {self.num_blocks}], "
                 f"got {setting!r}"
             )
-        for block in self.net.encoder.block[:setting]:
-            # A bound method (not a closure) so that a deep copy of the model rebinds it to the copied block;
-            # parameter names and checkpoints are unchanged.
-            block.forward = types.MethodType(_checkpointed_forward, block)
+        blocks = self.net.encoder.block
+        for index in range(setting):
+            blocks[index] = CheckpointedBlock(blocks[index])
 
     def _parse_freeze(self, freeze: Literal["none", "all"] | int) -> int:
-        """Number of blocks frozen, with -1 for nothing frozen at all (embeddings trainable too)."""
+        """Depth (see :meth:`block_index`) up to which parameters are frozen; -1 for nothing at all."""
         if freeze == "none":
             return -1
         if freeze == "all":
-            return self.num_blocks
+            return self.num_blocks + 1
         if isinstance(freeze, int) and not isinstance(freeze, bool) and 0 <= freeze <= self.num_blocks:
             return freeze
         raise ValueError(f"freeze must be 'none', 'all' or an int in [0, {self.num_blocks}], got {freeze!r}")
 
     def _is_frozen(self, param_name: str) -> bool:
-        return self.frozen_blocks >= 0 and self.block_index(param_name) <= self.frozen_blocks
+        return self.block_index(param_name) <= self.frozen_depth
 
     def block_index(self, param_name: str) -> int:
-        """Depth of a parameter for layer-wise lr decay: 0 for embeddings and tokens, i + 1 for block i."""
+        """Depth of a parameter for layer-wise lr decay: 0 for embeddings and tokens, i + 1 for block i,
+        num_blocks + 1 for the final norm (after the last block, at the heads' depth)."""
         match = _BLOCK_PATTERN.match(param_name)
         if match is not None:
             return int(match.group(1)) + 1
         if param_name.startswith("net.encoder.block."):
             raise ValueError(f"Cannot read the block index of {param_name}")
+        if param_name.startswith("net.norm."):
+            return self.num_blocks + 1
         return 0
 
     def no_weight_decay(self) -> set[str]:
@@ -205,10 +239,10 @@ class BirderBackbone(nn.Module):
     def train(self, mode: bool = True) -> "BirderBackbone":
         """Switch modes, keeping frozen parts in eval mode (no dropout or drop-path where nothing trains)."""
         super().train(mode)
-        if mode and self.frozen_blocks >= 0:
+        if mode and self.frozen_depth >= 0:
             for module in (self.net.conv_proj, self.net.patch_embed):
                 module.eval()
-            for block in self.net.encoder.block[: self.frozen_blocks]:
+            for block in self.net.encoder.block[: self.frozen_depth]:
                 block.eval()
         return self
 
@@ -220,7 +254,7 @@ class BirderBackbone(nn.Module):
 
         Returns:
             (B, out_channels, H / 14, W / 14) patch features of the last block, or of the ``out_indices``
-            blocks concatenated on channels (no final norm).
+            blocks concatenated on channels; each token passed through the final norm when ``final_norm``.
         """
         height, width = images.shape[-2:]
         if height % self.stride or width % self.stride:
@@ -231,29 +265,60 @@ class BirderBackbone(nn.Module):
             )
         images = (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
         stages = list(self.net.detection_features(images).values())
+        if self.final_norm:
+            # The norm acts on the channels of each token: move them last and back.
+            stages = [self.net.norm(stage.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for stage in stages]
         return stages[0] if len(stages) == 1 else torch.cat(stages, dim=1)
 
 
-@functools.cache
-def _config_keys(net_type: type) -> frozenset[str]:
-    """The config keys birder's network class reads (in its and its bases' source) or registers; empty when
-    the source cannot be read."""
-    keys: set[str] = set()
-    for cls in net_type.__mro__:
-        if cls.__module__.startswith("birder"):
-            try:
-                keys.update(_CONFIG_READ.findall(inspect.getsource(cls)))
-            except (OSError, TypeError):  # a class made at registration has no source of its own
-                continue
-    return frozenset(keys | set(getattr(net_type, "config", None) or {})) if keys else frozenset()
+class _KeyReadRecorder(dict):
+    """A config dict that remembers which keys are looked up."""
+
+    def __init__(self, items: dict[str, Any]) -> None:
+        super().__init__(items)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+
+def _config_keys_read(net_type: type[nn.Module], config: dict[str, Any]) -> frozenset[str] | None:
+    """The config keys a birder network type reads when built with ``config``; None when that cannot be seen.
+
+    A registered birder network is a subclass of its architecture whose class attribute ``config`` holds the
+    registered config (``registry.register_model_config``); building it merges ``config`` into a copy of that.
+    The probe is a subclass of ``net_type`` whose registered config records the keys looked up, built on the
+    meta device (no memory, no initialisation compute) and never registered.
+    """
+    registered = _KeyReadRecorder(getattr(net_type, "config", None) or {})
+    probe_type = type(net_type.__name__, (net_type,), {"config": registered, "auto_register": False})
+    with torch.device("meta"):
+        probe = probe_type(settings.DEFAULT_NUM_CHANNELS, 0, config=config or None)
+    # birder builds from a deep copy of the registered config, which keeps the recorder's type.
+    if not isinstance(probe.config, _KeyReadRecorder) or not probe.config.read:
+        return None
+    return frozenset(probe.config.read)
 
 
 def _check_config_keys(network: str, config: dict[str, Any]) -> None:
     """Refuse ``config`` keys that birder's ``network`` never reads: birder would silently ignore them."""
     name = network.lower()
     net_type = registry.all_nets.get(registry.name_aliases.get(name, name))
-    valid = _config_keys(net_type) if net_type is not None else frozenset()
-    unknown = sorted(set(config) - valid) if valid else []
+    if net_type is None or not config:
+        return  # an unknown name is birder's to report, when the network is built
+    valid = _config_keys_read(net_type, config)
+    if valid is None:
+        logger.warning(
+            f"Cannot tell which config keys birder {birder.__version__}'s {network} reads; config keys are "
+            "not checked (a misspelt key would be ignored)"
+        )
+        return
+    unknown = sorted(set(config) - valid)
     if unknown:
         guesses = [
             f"{key!r} -> {match[0]!r}"
@@ -265,14 +330,6 @@ def _check_config_keys(network: str, config: dict[str, Any]) -> None:
             f"BirderBackbone config keys {unknown} are not read by birder's {network}, which would silently "
             f"ignore them{hint}; fix or remove them. Valid keys: {', '.join(sorted(valid))}"
         )
-
-
-def _checkpointed_forward(block: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """The block's own forward, recomputed in the backward pass when gradients are being recorded."""
-    forward = functools.partial(type(block).forward, block)
-    if not torch.is_grad_enabled():
-        return forward(*args, **kwargs)
-    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 def _load_weights_file(network: str, path: Path, config: dict[str, Any]) -> tuple[nn.Module, dict]:
@@ -324,8 +381,6 @@ def _load_pretrained(network: str, tag: str, config: dict[str, Any]) -> tuple[nn
 
     local = settings.MODELS_DIR.joinpath(model_file)
     try:
-        import birder
-
         net, info = birder.load_pretrained_model(
             weights_name, inference=False, custom_config=config or None, progress_bar=False
         )
