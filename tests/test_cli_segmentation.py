@@ -29,6 +29,11 @@ def _override_file(root: Path, recipe: str) -> Path:
     vit = {"config": TINY_CONFIG, "pretrained": None, "weights": None}
     if "linear" in recipe:
         segmenter = {"backbone": {"init_args": {**vit, "out_indices": [0, 1]}}}
+    elif "upernet" in recipe:
+        # One block per pyramid level; 64 channels give GroupNorm(32) two per group on the 1 x 1 pooled map.
+        blocks = {**vit, "config": {**TINY_CONFIG, "num_layers": 4}, "out_indices": [0, 1, 2, 3]}
+        backbone = {"vit": {"init_args": blocks}}
+        segmenter = {"channels": 64, "aux_channels": 32, "backbone": {"init_args": backbone}}
     else:
         backbone = {"out_channels": 32, "vit": {"init_args": vit}}
         segmenter = {"channels": 32, "aux_channels": 32, "backbone": {"init_args": backbone}}
@@ -47,7 +52,12 @@ def ade_root(tmp_path_factory):
 
 @pytest.mark.parametrize(
     ("recipe", "precision"),
-    [("ade20k_semseg", "32-true"), ("ade20k_semseg", "bf16-mixed"), ("ade20k_linear_frozen", "32-true")],
+    [
+        ("ade20k_semseg", "32-true"),
+        ("ade20k_semseg", "bf16-mixed"),
+        ("ade20k_linear_frozen", "32-true"),
+        ("ade20k_upernet", "32-true"),
+    ],
 )
 def test_ade20k_recipes_fit_and_evaluate_on_ade_layout(recipe, precision, ade_root, tmp_path, capsys):
     """Also at the recipes' own bf16-mixed precision, on the CPU's autocast."""

@@ -17,11 +17,13 @@ from torch.nn import functional as F
 from vitdense.heads.fcn_head import FCNHead
 from vitdense.heads.linear_head import LinearHead
 from vitdense.heads.semantic_fpn_head import SemanticFPNHead, group_norm_32
+from vitdense.heads.upernet_head import UperNetHead
 
 __all__ = [
     "LinearSegmenter",
     "PyramidSegmenter",
     "Segmenter",
+    "UperNetSegmenter",
     "slide_inference",
     "sliding_windows",
     "whole_inference",
@@ -147,6 +149,73 @@ class PyramidSegmenter(Segmenter):
             backbone.strides,
             in_features=in_features,
             channels=channels,
+            dropout=dropout,
+            norm_layer=norm_layer,
+        )
+        aux_head = None
+        if aux_channels is not None:
+            if aux_feature not in backbone.strides:
+                raise ValueError(
+                    f"aux_feature {aux_feature!r} is not a backbone level; "
+                    f"levels are {list(backbone.strides)}"
+                )
+            aux_head = FCNHead(
+                num_classes,
+                backbone.out_channels,
+                in_feature=aux_feature,
+                channels=aux_channels,
+                dropout=dropout,
+                norm_layer=norm_layer,
+            )
+        super().__init__(backbone, head, aux_head)
+
+
+class UperNetSegmenter(Segmenter):
+    """UperNet on a multi-level pyramid, with mmseg's one-conv FCN auxiliary head on ``p4``: the BEiT / MAE
+    ADE20K model.
+
+    With :class:`vitdense.backbones.MultiBlockPyramid` on four ViT blocks this is the model of the published
+    UperNet rows (e.g. MAE ViT-B, 48.1 mIoU); any pyramid with the contract below works (ViTDet's
+    :class:`vitdense.backbones.SimpleFeaturePyramid` too). ``num_classes`` comes first as for
+    :class:`PyramidSegmenter`; both heads are wired from the backbone's declared ``out_channels`` and
+    ``strides``.
+
+    Args:
+        num_classes: number of classes K.
+        backbone: pyramid (``out_channels``, ``strides``, ``size_divisibility``) returning at least the
+            ``in_features`` levels.
+        in_features: levels fused by the UperNet head, finest first, strides doubling; the last gets the
+            pyramid pooling module.
+        channels: channels of the UperNet head's convs (mmseg: 512; BEiT / MAE: the ViT's width).
+        pool_scales: grid sides of the pyramid pooling branches.
+        dropout: dropout before both classifiers.
+        norm_layer: norm after every conv of both heads, built as ``norm_layer(channels)`` (default
+            GroupNorm(32); mmseg uses SyncBN, see :class:`UperNetHead`).
+        aux_channels: channels of the auxiliary head's conv; None for no auxiliary head.
+        aux_feature: level the auxiliary head reads (mmseg: the third of four, ``in_index=2``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: nn.Module,
+        *,
+        in_features: Sequence[str] = ("p2", "p3", "p4", "p5"),
+        channels: int = 512,
+        pool_scales: Sequence[int] = (1, 2, 3, 6),
+        dropout: float = 0.1,
+        norm_layer: Callable[[int], nn.Module] = group_norm_32,
+        aux_channels: int | None = 256,
+        aux_feature: str = "p4",
+    ) -> None:
+        _require(backbone, type(self).__name__, ("out_channels", "strides", "size_divisibility"))
+        head = UperNetHead(
+            num_classes,
+            backbone.out_channels,
+            backbone.strides,
+            in_features=in_features,
+            channels=channels,
+            pool_scales=pool_scales,
             dropout=dropout,
             norm_layer=norm_layer,
         )
@@ -351,3 +420,4 @@ def slide_inference(
         assert logits_sum is not None
         results.append(_to_original(logits_sum / count, orig))
     return results
+
