@@ -1,7 +1,7 @@
 """Heads for simple-feature-pyramid ViTs.
 
 Detection: exact-stride anchors and RoIAlign, Faster / Mask R-CNN. Semantic segmentation: Semantic FPN,
-UperNet, linear probe, FCN auxiliary head, and whole / sliding-window inference.
+UperNet, linear probe, FCN auxiliary head, and whole / sliding-window / multi-scale + flip inference.
 """
 
 from vitdense.heads.anchor_generator import StrideAnchorGenerator, default_anchor_sizes
@@ -26,7 +26,9 @@ from vitdense.heads.segmenter import (
     LinearSegmenter,
     PyramidSegmenter,
     Segmenter,
+    SingleScaleInference,
     UperNetSegmenter,
+    multi_scale_flip_inference,
     slide_inference,
     sliding_windows,
     whole_inference,
@@ -48,6 +50,7 @@ __all__ = [
     "RCNNDetector",
     "Segmenter",
     "SemanticFPNHead",
+    "SingleScaleInference",
     "StrideAnchorGenerator",
     "SyncFreeMatcher",
     "SyncFreeSampler",
@@ -58,6 +61,7 @@ __all__ = [
     "default_anchor_sizes",
     "group_norm_32",
     "layer_norm_2d",
+    "multi_scale_flip_inference",
     "paste_detections",
     "paste_masks",
     "roi_align",

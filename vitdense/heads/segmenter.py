@@ -4,7 +4,8 @@ As for detection, there is no transform inside the model: the data pipeline resi
 the batch bottom/right to a canvas whose sides are multiples of the model's ``size_divisibility``. The
 inference helpers crop each image's valid region from the model's canvas-size logits and resize them to the
 original image, either from one pass over the padded batch (:func:`whole_inference`) or from overlapping
-crop-size windows (:func:`slide_inference`, mmseg's "slide" mode).
+crop-size windows (:func:`slide_inference`, mmseg's "slide" mode); :func:`multi_scale_flip_inference` averages
+either over resized and mirrored copies of the images (mmseg's aug-test).
 """
 
 import math
@@ -23,7 +24,9 @@ __all__ = [
     "LinearSegmenter",
     "PyramidSegmenter",
     "Segmenter",
+    "SingleScaleInference",
     "UperNetSegmenter",
+    "multi_scale_flip_inference",
     "slide_inference",
     "sliding_windows",
     "whole_inference",
@@ -421,3 +424,94 @@ def slide_inference(
         results.append(_to_original(logits_sum / count, orig))
     return results
 
+
+SingleScaleInference = Callable[[Tensor, Sequence[tuple[int, int]], Sequence[tuple[int, int]]], list[Tensor]]
+"""``(images, image_sizes, orig_sizes) -> per-image float (K, H0, W0) logits``, as :func:`whole_inference` and
+:func:`slide_inference` with their model (and window) bound, e.g. by ``functools.partial``."""
+
+
+def _resized_canvas(
+    images: Tensor, image_sizes: Sequence[tuple[int, int]], sizes: Sequence[tuple[int, int]]
+) -> Tensor:
+    """Each image's valid region resized (bilinear) to its new size, top-left on a zero canvas."""
+    canvas = images.new_zeros((*images.shape[:2], max(h for h, _ in sizes), max(w for _, w in sizes)))
+    for index, ((h, w), (new_h, new_w)) in enumerate(zip(image_sizes, sizes, strict=True)):
+        region = images[index, :, :h, :w]
+        if (new_h, new_w) != (h, w):
+            source = region[None] if images.is_floating_point() else region[None].float()
+            resized = F.interpolate(source, size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
+            # uint8 stays uint8, as an image resized by the data pipeline (mmseg: cv2 on uint8).
+            region = resized if images.is_floating_point() else resized.round().to(images.dtype)
+        canvas[index, :, :new_h, :new_w] = region
+    return canvas
+
+
+def _flipped(canvas: Tensor, sizes: Sequence[tuple[int, int]]) -> Tensor:
+    """Each image's valid region mirrored left-right in place of itself; the padding stays bottom/right."""
+    flipped = canvas.clone()
+    for index, (h, w) in enumerate(sizes):
+        flipped[index, :, :h, :w] = canvas[index, :, :h, :w].flip(-1)
+    return flipped
+
+
+@torch.no_grad()
+def multi_scale_flip_inference(
+    infer: SingleScaleInference,
+    images: Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    orig_sizes: Sequence[tuple[int, int]],
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> list[Tensor]:
+    """Class probabilities of every image at its original resolution, averaged over scales and flips.
+
+    mmseg's aug-test (``MultiScaleFlipAug`` with ``img_ratios``, behind the BEiT / MAE "ms" rows; DINOv2's
+    "+ms" rows use the same mechanism with their own ratios): for each scale, each image's valid region (the
+    image at the evaluation resize) is resized bilinearly by that factor (sides ``int(side * scale + 0.5)``)
+    and, with ``flip``, also mirrored left-right; each pass runs ``infer`` (whole-image or sliding-window
+    inference at that scale) and gets its logits resized to the original image; mirrored passes are mirrored
+    back. The result is the mean of the passes' softmax probabilities, which is what mmseg averages (0.x
+    ``EncoderDecoder.aug_test`` sums the softmax outputs of ``inference``, 1.x ``SegTTAModel.merge_preds``
+    sums ``seg_logits.softmax``), not the mean of the logits: their argmax can differ.
+
+    One difference from mmseg, which resizes the original image to ``scale x`` the evaluation scale: here
+    the image already at the evaluation scale is resized again (the data pipeline is not re-run), so a side
+    may differ by a pixel, and scales above 1 add no detail that the evaluation resize removed.
+
+    With ``scales=(1.0,)`` and no flip this is ``softmax(infer(images, image_sizes, orig_sizes))`` exactly.
+
+    Args:
+        infer: single-scale inference with the model bound (see :data:`SingleScaleInference`).
+        images: (B, 3, H, W) canvas, uint8 or float in [0, 1], zero-padded bottom/right.
+        image_sizes: per image, (h, w) of the valid region at the canvas' top-left.
+        orig_sizes: per image, (H0, W0) of the original image the valid region was resized from.
+        scales: resize factors of the valid region (mmseg's ADE20K aug-test: 0.5, 0.75, 1.0, 1.25, 1.5,
+            1.75).
+        flip: also run every scale mirrored left-right (doubles the passes).
+
+    Returns:
+        Per image, float32 (K, H0, W0) class probabilities, each pixel's summing to 1 (argmax over K gives
+        the label map).
+    """
+    _check_batch(images, image_sizes, orig_sizes)
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be positive resize factors, e.g. [0.5, 0.75, 1.0], got {list(scales)}")
+    image_sizes = [(int(h), int(w)) for h, w in image_sizes]
+    totals: list[Tensor] | None = None
+    passes = 0
+    for scale in scales:
+        sizes = [(max(int(h * scale + 0.5), 1), max(int(w * scale + 0.5), 1)) for h, w in image_sizes]
+        canvas = _resized_canvas(images, image_sizes, sizes)
+        for mirrored in (False, True) if flip else (False,):
+            outputs = infer(_flipped(canvas, sizes) if mirrored else canvas, sizes, orig_sizes)
+            probabilities = [logits.float().softmax(dim=0) for logits in outputs]
+            if mirrored:
+                probabilities = [image_probabilities.flip(-1) for image_probabilities in probabilities]
+            if totals is None:
+                totals = probabilities
+            else:
+                for total, image_probabilities in zip(totals, probabilities, strict=True):
+                    total.add_(image_probabilities)
+            passes += 1
+    assert totals is not None
+    return [total / passes for total in totals]
