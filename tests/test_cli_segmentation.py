@@ -12,6 +12,7 @@ from PIL import Image
 from tests.tiny import TINY_CONFIG
 from vitdense.cli import main
 from vitdense.datamodules import write_shapes_semseg
+from vitdense.heads import multi_scale_flip_inference
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 TRAINER = [
@@ -29,6 +30,11 @@ def _override_file(root: Path, recipe: str) -> Path:
     vit = {"config": TINY_CONFIG, "pretrained": None, "weights": None}
     if "linear" in recipe:
         segmenter = {"backbone": {"init_args": {**vit, "out_indices": [0, 1]}}}
+    elif "upernet" in recipe:
+        # One block per pyramid level; 64 channels give GroupNorm(32) two per group on the 1 x 1 pooled map.
+        blocks = {**vit, "config": {**TINY_CONFIG, "num_layers": 4}, "out_indices": [0, 1, 2, 3]}
+        backbone = {"vit": {"init_args": blocks}}
+        segmenter = {"channels": 64, "aux_channels": 32, "backbone": {"init_args": backbone}}
     else:
         backbone = {"out_channels": 32, "vit": {"init_args": vit}}
         segmenter = {"channels": 32, "aux_channels": 32, "backbone": {"init_args": backbone}}
@@ -47,7 +53,12 @@ def ade_root(tmp_path_factory):
 
 @pytest.mark.parametrize(
     ("recipe", "precision"),
-    [("ade20k_semseg", "32-true"), ("ade20k_semseg", "bf16-mixed"), ("ade20k_linear_frozen", "32-true")],
+    [
+        ("ade20k_semseg", "32-true"),
+        ("ade20k_semseg", "bf16-mixed"),
+        ("ade20k_linear_frozen", "32-true"),
+        ("ade20k_upernet", "32-true"),
+    ],
 )
 def test_ade20k_recipes_fit_and_evaluate_on_ade_layout(recipe, precision, ade_root, tmp_path, capsys):
     """Also at the recipes' own bf16-mixed precision, on the CPU's autocast."""
@@ -75,15 +86,15 @@ def test_ade20k_recipes_fit_and_evaluate_on_ade_layout(recipe, precision, ade_ro
     assert "IoU" in printed and "wall" in printed  # the per-class table names ADE20K's classes
 
 
-def _test_ade20k(root: Path, tmp_path: Path, *options: str) -> None:
-    """``vitdense test`` of the ADE20K recipe, tiny, on ``root``."""
+def _test_ade20k(root: Path, tmp_path: Path, *options: str, recipe: str = "ade20k_semseg") -> None:
+    """``vitdense test`` of an ADE20K recipe, tiny, on ``root``."""
     main(
         [
             "test",
             "--config",
-            str(RECIPES / "ade20k_semseg.yaml"),
+            str(RECIPES / f"{recipe}.yaml"),
             "--config",
-            str(_override_file(tmp_path, "ade20k_semseg")),
+            str(_override_file(tmp_path, recipe)),
             f"--data.init_args.root={root}",
             "--data.init_args.num_workers=0",
             *TRAINER,
@@ -103,6 +114,38 @@ def test_ade20k_test_subcommand_prints_table_and_metrics(ade_root, tmp_path, cap
     assert table[0] == "class,IoU,Acc" and len(table) == 151 and table[1].startswith("wall,")
     report = json.loads(next(tmp_path.rglob("test_step0_metrics.json")).read_text())
     assert report["mIoU"] == metrics["mIoU"] and len(report["per_class"]) == 150
+
+
+def test_one_test_scale_without_flip_scores_as_single_scale_evaluation(ade_root, tmp_path, capsys):
+    """test_scales=[1.0] averages one softmax: the same label maps, so the same scores, to the last digit."""
+    runs = {}
+    for name, options in {"single": [], "one_scale": ["--model.init_args.test_scales=[1.0]"]}.items():
+        (tmp_path / name).mkdir()
+        _test_ade20k(ade_root, tmp_path / name, *options, "--data.init_args.scale=[320, 240]")
+        runs[name] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        runs[name]["per_class"] = next((tmp_path / name).rglob("test_step0_per_class.csv")).read_text()
+    assert runs["one_scale"] == runs["single"]
+
+
+def test_multi_scale_flip_evaluation_from_the_command_line(ade_root, tmp_path, capsys, monkeypatch):
+    """The UperNet recipe with mmseg's aug-test options: every evaluation batch goes through all passes."""
+    calls = []
+
+    def recording(infer, images, image_sizes, orig_sizes, scales, flip):
+        calls.append((list(scales), flip))
+        return multi_scale_flip_inference(infer, images, image_sizes, orig_sizes, scales, flip)
+
+    monkeypatch.setattr("vitdense.tasks.segmentation.multi_scale_flip_inference", recording)
+    options = ["--model.init_args.test_scales=[0.5,1.25]", "--model.init_args.test_flip=true"]
+    _test_ade20k(ade_root, tmp_path, *options, "--data.init_args.scale=[320, 240]", recipe="ade20k_upernet")
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["split"] == "test" and np.isfinite(metrics["mIoU"])
+    assert calls == [([0.5, 1.25], True)]  # fast_dev_run: one batch
+
+
+def test_test_scales_are_checked_when_the_task_is_built(ade_root, tmp_path):
+    with pytest.raises(ValueError, match=r"test_scales=\[0.0\]: give positive factors"):
+        _test_ade20k(ade_root, tmp_path, "--model.init_args.test_scales=[0.0]")
 
 
 def test_test_subcommand_leaves_out_a_bad_image_under_skip(tmp_path, capsys, caplog):

@@ -1,7 +1,7 @@
 """Heads for simple-feature-pyramid ViTs.
 
-Detection: exact-stride anchors and RoIAlign, Faster / Mask R-CNN. Semantic segmentation: Semantic FPN, linear
-probe, FCN auxiliary head, and whole / sliding-window inference.
+Detection: exact-stride anchors and RoIAlign, Faster / Mask R-CNN. Semantic segmentation: Semantic FPN,
+UperNet, linear probe, FCN auxiliary head, and whole / sliding-window / multi-scale + flip inference.
 """
 
 from vitdense.heads.anchor_generator import StrideAnchorGenerator, default_anchor_sizes
@@ -18,6 +18,7 @@ from vitdense.heads.fcn_head import FCNHead
 from vitdense.heads.linear_head import LinearHead
 from vitdense.heads.mask_paste import paste_masks
 from vitdense.heads.matcher import SyncFreeMatcher
+from vitdense.heads.pyramid_pooling import PyramidPoolingModule
 from vitdense.heads.roi_align import ExactMultiScaleRoIAlign, roi_align, roi_align_gather
 from vitdense.heads.roi_heads import AlignedRoIHeads
 from vitdense.heads.sampler import SyncFreeSampler
@@ -25,11 +26,15 @@ from vitdense.heads.segmenter import (
     LinearSegmenter,
     PyramidSegmenter,
     Segmenter,
+    SingleScaleInference,
+    UperNetSegmenter,
+    multi_scale_flip_inference,
     slide_inference,
     sliding_windows,
     whole_inference,
 )
 from vitdense.heads.semantic_fpn_head import SemanticFPNHead, group_norm_32
+from vitdense.heads.upernet_head import UperNetHead
 
 __all__ = [
     "AlignedRoIHeads",
@@ -40,18 +45,23 @@ __all__ = [
     "LinearHead",
     "LinearSegmenter",
     "MaskRCNN",
+    "PyramidPoolingModule",
     "PyramidSegmenter",
     "RCNNDetector",
     "Segmenter",
     "SemanticFPNHead",
+    "SingleScaleInference",
     "StrideAnchorGenerator",
     "SyncFreeMatcher",
     "SyncFreeSampler",
+    "UperNetHead",
+    "UperNetSegmenter",
     "build_roi_heads",
     "build_rpn",
     "default_anchor_sizes",
     "group_norm_32",
     "layer_norm_2d",
+    "multi_scale_flip_inference",
     "paste_detections",
     "paste_masks",
     "roi_align",

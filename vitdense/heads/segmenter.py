@@ -4,7 +4,8 @@ As for detection, there is no transform inside the model: the data pipeline resi
 the batch bottom/right to a canvas whose sides are multiples of the model's ``size_divisibility``. The
 inference helpers crop each image's valid region from the model's canvas-size logits and resize them to the
 original image, either from one pass over the padded batch (:func:`whole_inference`) or from overlapping
-crop-size windows (:func:`slide_inference`, mmseg's "slide" mode).
+crop-size windows (:func:`slide_inference`, mmseg's "slide" mode); :func:`multi_scale_flip_inference` averages
+either over resized and mirrored copies of the images (mmseg's aug-test).
 """
 
 import math
@@ -17,11 +18,15 @@ from torch.nn import functional as F
 from vitdense.heads.fcn_head import FCNHead
 from vitdense.heads.linear_head import LinearHead
 from vitdense.heads.semantic_fpn_head import SemanticFPNHead, group_norm_32
+from vitdense.heads.upernet_head import UperNetHead
 
 __all__ = [
     "LinearSegmenter",
     "PyramidSegmenter",
     "Segmenter",
+    "SingleScaleInference",
+    "UperNetSegmenter",
+    "multi_scale_flip_inference",
     "slide_inference",
     "sliding_windows",
     "whole_inference",
@@ -147,6 +152,73 @@ class PyramidSegmenter(Segmenter):
             backbone.strides,
             in_features=in_features,
             channels=channels,
+            dropout=dropout,
+            norm_layer=norm_layer,
+        )
+        aux_head = None
+        if aux_channels is not None:
+            if aux_feature not in backbone.strides:
+                raise ValueError(
+                    f"aux_feature {aux_feature!r} is not a backbone level; "
+                    f"levels are {list(backbone.strides)}"
+                )
+            aux_head = FCNHead(
+                num_classes,
+                backbone.out_channels,
+                in_feature=aux_feature,
+                channels=aux_channels,
+                dropout=dropout,
+                norm_layer=norm_layer,
+            )
+        super().__init__(backbone, head, aux_head)
+
+
+class UperNetSegmenter(Segmenter):
+    """UperNet on a multi-level pyramid, with mmseg's one-conv FCN auxiliary head on ``p4``: the BEiT / MAE
+    ADE20K model.
+
+    With :class:`vitdense.backbones.MultiBlockPyramid` on four ViT blocks this is the model of the published
+    UperNet rows (e.g. MAE ViT-B, 48.1 mIoU); any pyramid with the contract below works (ViTDet's
+    :class:`vitdense.backbones.SimpleFeaturePyramid` too). ``num_classes`` comes first as for
+    :class:`PyramidSegmenter`; both heads are wired from the backbone's declared ``out_channels`` and
+    ``strides``.
+
+    Args:
+        num_classes: number of classes K.
+        backbone: pyramid (``out_channels``, ``strides``, ``size_divisibility``) returning at least the
+            ``in_features`` levels.
+        in_features: levels fused by the UperNet head, finest first, strides doubling; the last gets the
+            pyramid pooling module.
+        channels: channels of the UperNet head's convs (mmseg: 512; BEiT / MAE: the ViT's width).
+        pool_scales: grid sides of the pyramid pooling branches.
+        dropout: dropout before both classifiers.
+        norm_layer: norm after every conv of both heads, built as ``norm_layer(channels)`` (default
+            GroupNorm(32); mmseg uses SyncBN, see :class:`UperNetHead`).
+        aux_channels: channels of the auxiliary head's conv; None for no auxiliary head.
+        aux_feature: level the auxiliary head reads (mmseg: the third of four, ``in_index=2``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: nn.Module,
+        *,
+        in_features: Sequence[str] = ("p2", "p3", "p4", "p5"),
+        channels: int = 512,
+        pool_scales: Sequence[int] = (1, 2, 3, 6),
+        dropout: float = 0.1,
+        norm_layer: Callable[[int], nn.Module] = group_norm_32,
+        aux_channels: int | None = 256,
+        aux_feature: str = "p4",
+    ) -> None:
+        _require(backbone, type(self).__name__, ("out_channels", "strides", "size_divisibility"))
+        head = UperNetHead(
+            num_classes,
+            backbone.out_channels,
+            backbone.strides,
+            in_features=in_features,
+            channels=channels,
+            pool_scales=pool_scales,
             dropout=dropout,
             norm_layer=norm_layer,
         )
@@ -351,3 +423,95 @@ def slide_inference(
         assert logits_sum is not None
         results.append(_to_original(logits_sum / count, orig))
     return results
+
+
+SingleScaleInference = Callable[[Tensor, Sequence[tuple[int, int]], Sequence[tuple[int, int]]], list[Tensor]]
+"""``(images, image_sizes, orig_sizes) -> per-image float (K, H0, W0) logits``, as :func:`whole_inference` and
+:func:`slide_inference` with their model (and window) bound, e.g. by ``functools.partial``."""
+
+
+def _resized_canvas(
+    images: Tensor, image_sizes: Sequence[tuple[int, int]], sizes: Sequence[tuple[int, int]]
+) -> Tensor:
+    """Each image's valid region resized (bilinear) to its new size, top-left on a zero canvas."""
+    canvas = images.new_zeros((*images.shape[:2], max(h for h, _ in sizes), max(w for _, w in sizes)))
+    for index, ((h, w), (new_h, new_w)) in enumerate(zip(image_sizes, sizes, strict=True)):
+        region = images[index, :, :h, :w]
+        if (new_h, new_w) != (h, w):
+            source = region[None] if images.is_floating_point() else region[None].float()
+            resized = F.interpolate(source, size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
+            # uint8 stays uint8, as an image resized by the data pipeline (mmseg: cv2 on uint8).
+            region = resized if images.is_floating_point() else resized.round().to(images.dtype)
+        canvas[index, :, :new_h, :new_w] = region
+    return canvas
+
+
+def _flipped(canvas: Tensor, sizes: Sequence[tuple[int, int]]) -> Tensor:
+    """Each image's valid region mirrored left-right in place of itself; the padding stays bottom/right."""
+    flipped = canvas.clone()
+    for index, (h, w) in enumerate(sizes):
+        flipped[index, :, :h, :w] = canvas[index, :, :h, :w].flip(-1)
+    return flipped
+
+
+@torch.no_grad()
+def multi_scale_flip_inference(
+    infer: SingleScaleInference,
+    images: Tensor,
+    image_sizes: Sequence[tuple[int, int]],
+    orig_sizes: Sequence[tuple[int, int]],
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> list[Tensor]:
+    """Class probabilities of every image at its original resolution, averaged over scales and flips.
+
+    mmseg's aug-test (``MultiScaleFlipAug`` with ``img_ratios``, behind the BEiT / MAE "ms" rows; DINOv2's
+    "+ms" rows use the same mechanism with their own ratios): for each scale, each image's valid region (the
+    image at the evaluation resize) is resized bilinearly by that factor (sides ``int(side * scale + 0.5)``)
+    and, with ``flip``, also mirrored left-right; each pass runs ``infer`` (whole-image or sliding-window
+    inference at that scale) and gets its logits resized to the original image; mirrored passes are mirrored
+    back. The result is the mean of the passes' softmax probabilities, which is what mmseg averages (0.x
+    ``EncoderDecoder.aug_test`` sums the softmax outputs of ``inference``, 1.x ``SegTTAModel.merge_preds``
+    sums ``seg_logits.softmax``), not the mean of the logits: their argmax can differ.
+
+    One difference from mmseg, which resizes the original image to ``scale x`` the evaluation scale: here
+    the image already at the evaluation scale is resized again (the data pipeline is not re-run), so a side
+    may differ by a pixel, and scales above 1 add no detail that the evaluation resize removed.
+
+    With ``scales=(1.0,)`` and no flip this is ``softmax(infer(images, image_sizes, orig_sizes))`` exactly.
+
+    Args:
+        infer: single-scale inference with the model bound (see :data:`SingleScaleInference`).
+        images: (B, 3, H, W) canvas, uint8 or float in [0, 1], zero-padded bottom/right.
+        image_sizes: per image, (h, w) of the valid region at the canvas' top-left.
+        orig_sizes: per image, (H0, W0) of the original image the valid region was resized from.
+        scales: resize factors of the valid region (mmseg's ADE20K aug-test: 0.5, 0.75, 1.0, 1.25, 1.5,
+            1.75).
+        flip: also run every scale mirrored left-right (doubles the passes).
+
+    Returns:
+        Per image, float32 (K, H0, W0) class probabilities, each pixel's summing to 1 (argmax over K gives
+        the label map).
+    """
+    _check_batch(images, image_sizes, orig_sizes)
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be positive resize factors, e.g. [0.5, 0.75, 1.0], got {list(scales)}")
+    image_sizes = [(int(h), int(w)) for h, w in image_sizes]
+    totals: list[Tensor] | None = None
+    passes = 0
+    for scale in scales:
+        sizes = [(max(int(h * scale + 0.5), 1), max(int(w * scale + 0.5), 1)) for h, w in image_sizes]
+        canvas = _resized_canvas(images, image_sizes, sizes)
+        for mirrored in (False, True) if flip else (False,):
+            outputs = infer(_flipped(canvas, sizes) if mirrored else canvas, sizes, orig_sizes)
+            probabilities = [logits.float().softmax(dim=0) for logits in outputs]
+            if mirrored:
+                probabilities = [image_probabilities.flip(-1) for image_probabilities in probabilities]
+            if totals is None:
+                totals = probabilities
+            else:
+                for total, image_probabilities in zip(totals, probabilities, strict=True):
+                    total.add_(image_probabilities)
+            passes += 1
+    assert totals is not None
+    return [total / passes for total in totals]

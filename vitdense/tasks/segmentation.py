@@ -11,7 +11,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from vitdense.heads import Segmenter, slide_inference, whole_inference
+from vitdense.heads import Segmenter, multi_scale_flip_inference, slide_inference, whole_inference
 from vitdense.tasks.base import VitDenseTask, warn_if_classes_differ
 from vitdense.tasks.segmentation_metrics import format_class_table, segmentation_scores
 from vitdense.tasks.visualization import draw_label_map, valid_region_at_original
@@ -50,9 +50,10 @@ class SemanticSegmentationTask(VitDenseTask):
     per-image dicts. Training targets hold ``label`` int64 (H, W) at the crop; evaluation targets hold the
     ``label`` at the image's original resolution with ``orig_size`` and ``image_size`` (the valid region of
     the resized image in the padded batch). Predictions are made at the original resolution, either from the
-    whole image or by a sliding window whose overlapping logits are averaged, and accumulated in one
-    confusion matrix over the split (summed across processes under DDP): mIoU, aAcc, mAcc and per-class IoU,
-    printed and written to the run's log directory as ``{split}_step{N}_metrics.json`` and ``_per_class.csv``.
+    whole image or by a sliding window whose overlapping logits are averaged (optionally also over scales and
+    a left-right flip: ``test_scales``, ``test_flip``), and accumulated in one confusion matrix over the split
+    (summed across processes under DDP): mIoU, aAcc, mAcc and per-class IoU, printed and written to the run's
+    log directory as ``{split}_step{N}_metrics.json`` and ``_per_class.csv``.
 
     Args:
         num_classes: number of classes K (linked from the datamodule by the CLI).
@@ -62,6 +63,14 @@ class SemanticSegmentationTask(VitDenseTask):
         layer_decay: layer-wise lr decay over the ViT blocks (1.0: off).
         aux_weight: weight of the auxiliary head's loss, when the model has one.
         sliding_window: ``(crop, stride)`` in pixels for sliding-window evaluation; None: whole image.
+        test_scales: multi-scale evaluation (mmseg's aug-test) in validation, test and predict: each image
+            (at the evaluation resize) is also resized by these factors, e.g. ``[0.5, 0.75, 1.0, 1.25, 1.5,
+            1.75]``, and run whole or by sliding window at each scale; the softmax probabilities of all
+            passes, resized to the original image, are averaged (as mmseg; see
+            :func:`vitdense.heads.multi_scale_flip_inference`). None: the evaluation resize only.
+        test_flip: also run every scale mirrored left-right and average it in (doubles the passes). From
+            the command line: ``--model.init_args.test_scales=[0.5,0.75,1.0,1.25,1.5,1.75]
+            --model.init_args.test_flip=true``.
         max_nonfinite_in_a_row: a non-finite loss skips its step (warned, counted); this many in a row abort.
         torch_compile: compile the whole segmenter (backbone, heads, upsampling) with ``torch.compile``
             (static shapes) for speed on a GPU; training crops and sliding windows run compiled, whole-image
@@ -77,6 +86,8 @@ class SemanticSegmentationTask(VitDenseTask):
         layer_decay: float = 1.0,
         aux_weight: float = 0.4,
         sliding_window: tuple[int, int] | None = None,
+        test_scales: list[float] | None = None,
+        test_flip: bool = False,
         max_nonfinite_in_a_row: int = 10,
         torch_compile: bool = False,
     ) -> None:
@@ -87,6 +98,10 @@ class SemanticSegmentationTask(VitDenseTask):
         self.num_classes = num_classes
         self.aux_weight = aux_weight
         self.sliding_window = checked_sliding_window(sliding_window, self.model.size_divisibility)
+        if test_scales is not None and (not test_scales or min(test_scales) <= 0):
+            raise ValueError(f"test_scales={test_scales}: give positive factors, e.g. [0.75, 1.0, 1.25]")
+        self.test_scales = list(test_scales) if test_scales is not None else None
+        self.test_flip = test_flip
         # Taken from the datamodule at setup and saved in checkpoints.
         self.ignore_index = 255
         self.class_names = [str(index) for index in range(num_classes)]
@@ -159,9 +174,21 @@ class SemanticSegmentationTask(VitDenseTask):
         return self.finite_or_skip(loss, losses, targets)
 
     def _original_logits(self, batch: Batch) -> list[torch.Tensor]:
+        """Per image, float32 (K, H0, W0) class scores at the original resolution: logits, or the averaged
+        probabilities of the ``test_scales`` / ``test_flip`` passes; their argmax is the label map."""
         images, targets = batch
         image_sizes = [tuple(target["image_size"]) for target in targets]
         orig_sizes = [tuple(target["orig_size"]) for target in targets]
+        if self.test_scales is None and not self.test_flip:
+            return self._single_scale_logits(images, image_sizes, orig_sizes)
+        scales = self.test_scales or [1.0]
+        return multi_scale_flip_inference(
+            self._single_scale_logits, images, image_sizes, orig_sizes, scales, self.test_flip
+        )
+
+    def _single_scale_logits(
+        self, images: torch.Tensor, image_sizes: list[tuple[int, int]], orig_sizes: list[tuple[int, int]]
+    ) -> list[torch.Tensor]:
         if self.sliding_window is None:
             # Every image runs at its own size: a static-shape compile would recompile for each one.
             with torch.compiler.set_stance("force_eager"):
