@@ -1,17 +1,25 @@
 """Heads for simple-feature-pyramid ViTs.
 
-Detection: exact-stride anchors and RoIAlign, Faster / Mask R-CNN. Semantic segmentation: Semantic FPN, linear
-probe, FCN auxiliary head, and whole / sliding-window inference.
+Detection: exact-stride anchors and RoIAlign, Faster / Mask R-CNN, Cascade Mask R-CNN. Semantic segmentation:
+Semantic FPN, linear probe, FCN auxiliary head, and whole / sliding-window inference.
 """
 
 from vitdense.heads.anchor_generator import StrideAnchorGenerator, default_anchor_sizes
 from vitdense.heads.box_coder import DeviceBoxCoder
 from vitdense.heads.builders import (
+    CascadeMaskRCNN,
     FasterRCNN,
     MaskRCNN,
+    build_cascade_roi_heads,
     build_roi_heads,
     build_rpn,
     layer_norm_2d,
+)
+from vitdense.heads.cascade_roi_heads import (
+    CascadeRoIHeads,
+    CascadeStage,
+    ClassAgnosticBoxPredictor,
+    StageOutput,
 )
 from vitdense.heads.detector import RCNNDetector, paste_detections
 from vitdense.heads.fcn_head import FCNHead
@@ -33,6 +41,10 @@ from vitdense.heads.semantic_fpn_head import SemanticFPNHead, group_norm_32
 
 __all__ = [
     "AlignedRoIHeads",
+    "CascadeMaskRCNN",
+    "CascadeRoIHeads",
+    "CascadeStage",
+    "ClassAgnosticBoxPredictor",
     "DeviceBoxCoder",
     "ExactMultiScaleRoIAlign",
     "FCNHead",
@@ -44,9 +56,11 @@ __all__ = [
     "RCNNDetector",
     "Segmenter",
     "SemanticFPNHead",
+    "StageOutput",
     "StrideAnchorGenerator",
     "SyncFreeMatcher",
     "SyncFreeSampler",
+    "build_cascade_roi_heads",
     "build_roi_heads",
     "build_rpn",
     "default_anchor_sizes",
