@@ -232,6 +232,10 @@ def build_cascade_roi_heads(
         score_thresh: eval: drop detections whose mean score is at or below this.
         nms_thresh: eval: per-class NMS IoU threshold.
         detections_per_img: eval: keep at most this many detections per image.
+
+    Returns:
+        `CascadeRoIHeads` whose stages match without low-quality matches and whose RoIs are all labelled
+        (no ignored band), as detectron2's `Matcher([iou], [0, 1])`.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes counts foreground classes and must be >= 1, got {num_classes}")
