@@ -31,6 +31,7 @@ def test_every_recipe_is_listed():
         "demo_shapes_mask_rcnn.yaml",
         "coco_faster_rcnn.yaml",
         "coco_mask_rcnn.yaml",
+        "coco_cascade_mask_rcnn.yaml",
         "coco_mask_rcnn_frozen.yaml",
         "custom_coco_mask_rcnn.yaml",
         "ade20k_semseg.yaml",

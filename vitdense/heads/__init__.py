@@ -1,17 +1,26 @@
 """Heads for simple-feature-pyramid ViTs.
 
-Detection: exact-stride anchors and RoIAlign, Faster / Mask R-CNN. Semantic segmentation: Semantic FPN,
-UperNet, linear probe, FCN auxiliary head, and whole / sliding-window / multi-scale + flip inference.
+Detection: exact-stride anchors and RoIAlign, Faster / Mask R-CNN, Cascade Mask R-CNN. Semantic segmentation:
+Semantic FPN, UperNet, linear probe, FCN auxiliary head, and whole / sliding-window / multi-scale + flip
+inference.
 """
 
 from vitdense.heads.anchor_generator import StrideAnchorGenerator, default_anchor_sizes
 from vitdense.heads.box_coder import DeviceBoxCoder
 from vitdense.heads.builders import (
+    CascadeMaskRCNN,
     FasterRCNN,
     MaskRCNN,
+    build_cascade_roi_heads,
     build_roi_heads,
     build_rpn,
     layer_norm_2d,
+)
+from vitdense.heads.cascade_roi_heads import (
+    CascadeRoIHeads,
+    CascadeStage,
+    ClassAgnosticBoxPredictor,
+    StageOutput,
 )
 from vitdense.heads.detector import RCNNDetector, paste_detections
 from vitdense.heads.fcn_head import FCNHead
@@ -38,6 +47,10 @@ from vitdense.heads.upernet_head import UperNetHead
 
 __all__ = [
     "AlignedRoIHeads",
+    "CascadeMaskRCNN",
+    "CascadeRoIHeads",
+    "CascadeStage",
+    "ClassAgnosticBoxPredictor",
     "DeviceBoxCoder",
     "ExactMultiScaleRoIAlign",
     "FCNHead",
@@ -51,11 +64,13 @@ __all__ = [
     "Segmenter",
     "SemanticFPNHead",
     "SingleScaleInference",
+    "StageOutput",
     "StrideAnchorGenerator",
     "SyncFreeMatcher",
     "SyncFreeSampler",
     "UperNetHead",
     "UperNetSegmenter",
+    "build_cascade_roi_heads",
     "build_roi_heads",
     "build_rpn",
     "default_anchor_sizes",
