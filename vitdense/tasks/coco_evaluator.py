@@ -24,6 +24,7 @@ import contextlib
 import io
 import json
 import math
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -69,7 +70,7 @@ class ImageResults:
         scores: float32 (N,).
         category_ids: int64 (N,) dataset category ids.
         mask_size: ``(height, width)`` of the masks' frame; None without masks.
-        mask_counts: each mask's compressed COCO RLE counts (ASCII); None without masks.
+        mask_counts: each mask's compressed COCO RLE counts (ASCII bytes); None without masks.
         mask_areas: int64 (N,) foreground pixels of each mask (pycocotools' ``area``); None without masks.
     """
 
@@ -77,8 +78,72 @@ class ImageResults:
     scores: np.ndarray
     category_ids: np.ndarray
     mask_size: tuple[int, int] | None = None
-    mask_counts: tuple[str, ...] | None = None
+    mask_counts: tuple[bytes, ...] | None = None
     mask_areas: np.ndarray | None = None
+
+
+class DetectionStore:
+    """The detections of many images, appended to a few growing buffers, read back as :class:`ImageResults`.
+
+    No object per detection, and none per image on the allocator's heap: small arrays kept for every image
+    sit between the large blocks that come and go with each image (its full-size masks) and stop the
+    allocator from reusing their space; kept so, a COCO val2017-sized evaluation grew by 6.7 MB per image.
+    An image added again replaces its earlier entry.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, int] = {}  # image id -> index of its latest entry
+        self._detection_ends = array("q", [0])  # per entry
+        self._mask_sizes = array("q")  # height, width per entry (0, 0 without masks)
+        self._boxes = array("f")  # x, y, w, h per detection
+        self._scores = array("f")
+        self._category_ids = array("q")
+        self._mask_areas = array("q")
+        self._count_ends = array("q", [0])  # per detection with a mask
+        self._counts = bytearray()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._entries
+
+    def image_ids(self) -> list[int]:
+        return sorted(self._entries)
+
+    def add(self, image_id: int, results: ImageResults) -> None:
+        self._entries[image_id] = len(self._detection_ends) - 1
+        self._detection_ends.append(self._detection_ends[-1] + len(results.scores))
+        self._boxes.frombytes(np.ascontiguousarray(results.boxes, np.float32).tobytes())
+        self._scores.frombytes(np.ascontiguousarray(results.scores, np.float32).tobytes())
+        self._category_ids.frombytes(np.ascontiguousarray(results.category_ids, np.int64).tobytes())
+        self._mask_sizes.extend(results.mask_size or (0, 0))
+        if results.mask_counts is not None and results.mask_areas is not None:
+            self._mask_areas.frombytes(np.ascontiguousarray(results.mask_areas, np.int64).tobytes())
+            lengths = np.cumsum([len(counts) for counts in results.mask_counts], dtype=np.int64)
+            self._count_ends.frombytes((lengths + self._count_ends[-1]).tobytes())
+            self._counts += b"".join(results.mask_counts)
+
+    def extend(self, other: "DetectionStore") -> None:
+        for image_id in other.image_ids():
+            self.add(image_id, other[image_id])
+
+    def __getitem__(self, image_id: int) -> ImageResults:
+        entry = self._entries[image_id]
+        start, end = self._detection_ends[entry], self._detection_ends[entry + 1]
+        height, width = self._mask_sizes[2 * entry], self._mask_sizes[2 * entry + 1]
+        masks: dict[str, Any] = {}
+        if len(self._count_ends) > 1:  # detections with masks were added
+            ends = self._count_ends[start : end + 1]
+            counts = tuple(bytes(self._counts[a:b]) for a, b in zip(ends[:-1], ends[1:]))
+            areas = np.array(self._mask_areas[start:end], np.int64)
+            masks = {"mask_size": (height, width), "mask_counts": counts, "mask_areas": areas}
+        return ImageResults(
+            boxes=np.array(self._boxes[4 * start : 4 * end], np.float32).reshape(-1, 4),
+            scores=np.array(self._scores[start:end], np.float32),
+            category_ids=np.array(self._category_ids[start:end], np.int64),
+            **masks,
+        )
 
 
 @dataclass(frozen=True)
@@ -118,7 +183,7 @@ class CocoEvaluator:
 
     def reset(self) -> None:
         # This process's detections; after compute(), on process 0 those of every process.
-        self.results: dict[int, ImageResults] = {}
+        self.results = DetectionStore()
         # Filled by compute() on every process: per IoU type, COCOeval's 12 stats, its printed summary and
         # the AP of each category id.
         self.stats: dict[str, list[float]] = {}
@@ -144,15 +209,12 @@ class CocoEvaluator:
             rles = encode_masks(frame.detach())
             masks = {
                 "mask_size": (int(frame.shape[-2]), int(frame.shape[-1])),
-                "mask_counts": tuple(rle["counts"].decode("ascii") for rle in rles),
-                "mask_areas": mask_utils.area(rles).astype(np.int64) if rles else np.zeros(0, np.int64),
+                "mask_counts": tuple(rle["counts"] for rle in rles),
+                "mask_areas": mask_utils.area(rles) if rles else np.zeros(0, np.int64),
             }
-        self.results[image_id] = ImageResults(
-            boxes=boxes.numpy(),
-            scores=detection["scores"].detach().float().cpu().numpy().copy(),
-            category_ids=np.asarray(category_ids, np.int64)[labels - 1],
-            **masks,
-        )
+        scores = detection["scores"].detach().float().cpu().numpy()
+        category_ids = np.asarray(category_ids, np.int64)[labels - 1]
+        self.results.add(image_id, ImageResults(boxes.numpy(), scores, category_ids, **masks))
 
     def compute(self, coco_gt: COCO) -> dict[str, float]:
         """Score the gathered results on the images that were evaluated (on process 0; every process
@@ -186,24 +248,25 @@ class CocoEvaluator:
         self.summaries = {iou_type: summary_text(stats) for iou_type, stats in outcome.stats.items()}
         return outcome.metrics
 
-    def _gather(self) -> dict[int, ImageResults] | None:
+    def _gather(self) -> DetectionStore | None:
         """Every process's results, one entry per image, on process 0; None on the others."""
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return self.results
-        rank = dist.get_rank()
-        parts: list[dict[int, ImageResults] | None] | None = None
-        if rank == 0:
+        parts: list[DetectionStore | None] | None = None
+        if dist.get_rank() == 0:
             parts = [None] * dist.get_world_size()
         dist.gather_object(self.results, parts, dst=0)
-        self.results = {}
+        self.results = DetectionStore()
         if parts is None:
             return None
-        for part in parts:
-            self.results.update(part or {})
+        self.results, parts[0] = parts[0] or DetectionStore(), None
+        for index in range(1, len(parts)):
+            part, parts[index] = parts[index], None  # each part freed once merged
+            self.results.extend(part or DetectionStore())
         return self.results
 
-    def _score(self, coco_gt: COCO, per_image: dict[int, ImageResults]) -> _Scores:
-        image_ids = sorted(per_image)
+    def _score(self, coco_gt: COCO, per_image: DetectionStore) -> _Scores:
+        image_ids = per_image.image_ids()
         if not image_ids:
             raise ValueError("No image was evaluated")
         metrics: dict[str, float] = {}
@@ -234,7 +297,7 @@ class CocoEvaluator:
             else:
                 assert result.mask_counts is not None and result.mask_areas is not None and result.mask_size
                 size = list(result.mask_size)
-                fields = [{"size": size, "counts": counts} for counts in result.mask_counts]
+                fields = [{"size": size, "counts": counts.decode("ascii")} for counts in result.mask_counts]
                 areas = result.mask_areas.tolist()
             for index, (field, category, score) in enumerate(zip(fields, categories, scores, strict=True)):
                 if iou_type == "bbox":
