@@ -1,9 +1,11 @@
 """The benchmark tools that run on the CPU: what they report must stay true."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tests.tiny import TINY_CONFIG, TINY_NETWORK
@@ -92,3 +94,42 @@ def test_the_frozen_probe_scores_its_four_variants_on_tiny_data(capsys):
     assert all(0.0 <= row[name] <= 1.0 for row in rows for name in ("mIoU", "aAcc", "mAcc"))
     assert rows[0]["mIoU"] != rows[2]["mIoU"]  # the final norm reaches the features the head is fitted on
     assert capsys.readouterr().out.count("| mapped | True |") == 1
+
+
+def test_the_synthetic_val_split_gives_the_evaluator_what_the_results_files_hold(tmp_path):
+    synthetic = _benchmark("coco_synthetic")
+    synthetic.write_val(tmp_path, images=4, detections=7)
+    gt = json.loads((tmp_path / "annotations" / "instances_val.json").read_text())
+    bbox = json.loads((tmp_path / "results" / "bbox_results.json").read_text())
+    segm = json.loads((tmp_path / "results" / "segm_results.json").read_text())
+    arrays = np.load(tmp_path / "results" / "detections.npz")
+    assert len(gt["images"]) == 4 and len(bbox) == len(segm) == len(arrays["score"]) == 28
+    xyxy = arrays["boxes_xyxy"]
+    widths = (xyxy[:, 2:] - xyxy[:, :2]).tolist()  # float32, as CocoEvaluator.update computes them
+    assert [r["bbox"] for r in bbox] == [[*a[:2], *w] for a, w in zip(xyxy.tolist(), widths)]
+    sizes = {image["id"]: [image["height"], image["width"]] for image in gt["images"]}
+    assert all(r["segmentation"]["size"] == sizes[r["image_id"]] for r in segm)
+    assert {a["category_id"] for a in gt["annotations"]} <= set(synthetic.COCO_CATEGORY_IDS)
+
+
+def test_the_coco_evaluation_benchmark_reports_every_tool_with_pycocotools_numbers(tmp_path, capsys):
+    evaluation = _benchmark("coco_evaluation")
+    evaluation.main(["--tiny", "--data", str(tmp_path)])
+    printed = capsys.readouterr().out.splitlines()
+    rows = [json.loads(line) for line in printed if line.startswith("{")]
+    assert [row["tool"] for row in rows] == list(evaluation.TOOLS)
+    for row in rows:
+        assert row["compute_s"] > 0 and len(row["stats"]["bbox"]) == len(row["stats"]["segm"]) == 12
+    kit = [row for row in rows if row["tool"].startswith("evaluator")]
+    assert all(row["update_ms_per_image"] > 0 and row["compute_peak_gb"] > 0 for row in kit)
+    table = {line.split(" | ")[0][2:]: line for line in printed if line.startswith("| ")}
+    assert table.keys() >= set(evaluation.TOOLS)
+    for tool in ("pycocotools", "evaluator", "evaluator-pycocotools"):
+        assert table[tool].endswith("| identical |"), table[tool]
+
+
+def test_the_coco_setup_benchmark_reports_time_and_memory(tmp_path, capsys):
+    _benchmark("coco_setup").main(["--tiny", "--data", str(tmp_path)])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["train_images"] > 0 and report["val_images"] == 20
+    assert report["total_s"] > 0 and report["rss_after_setup_gb"] > 0 and report["peak_rss_gb"] > 0

@@ -287,7 +287,7 @@ def test_any_valid_coco_set_parses_and_round_trips_category_ids(
     for image_id, detection in zip(ds.image_ids, detections, strict=True):
         evaluator.update(image_id, detection, ds.category_ids)
         expected_ids = [a["category_id"] for a in _non_crowd(coco, image_id)]
-        assert [r["category_id"] for r in evaluator.results[image_id]] == expected_ids
+        assert evaluator.results[image_id].category_ids.tolist() == expected_ids
     if ds.image_ids:
         # ... which pycocotools scores perfectly for every category whose boxes survive float32.
         evaluator.compute(ds.coco)

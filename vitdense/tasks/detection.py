@@ -213,7 +213,9 @@ class DetectionTask(VitDenseTask):
         prefix = f"{split}_step{self.trained_steps}"
         self.write_report(f"{prefix}_metrics.json", {**self.final_metrics, "per_class_AP": per_class})
         if self._last_evaluation_of_run():  # results files of a whole split are large: not every val epoch
-            for iou_type, results in self.evaluator.scored_results.items():
+            for iou_type in self.evaluator.iou_types:
+                # Only process 0 holds every process's results; write_report is called on all (log_dir).
+                results = self.evaluator.results_json(iou_type) if self.trainer.is_global_zero else ""
                 self.write_report(f"{prefix}_{iou_type}_results.json", results)
         if self.trainer.is_global_zero:
             for iou_type, summary in self.evaluator.summaries.items():
