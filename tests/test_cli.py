@@ -16,7 +16,8 @@ from pycocotools.cocoeval import COCOeval
 
 from tests.test_checkpoint_trust import _one_line_error
 from tests.tiny import TINY_CONFIG
-from vitdense.cli import VitDenseCLI, _is_user_error, main, run
+from vitdense.cli import VitDenseCLI, main, run
+from vitdense.cli.errors import is_user_error
 from vitdense.datamodules import resolve_images, write_shapes_coco
 from vitdense.tasks import SafeCheckpointIO, StepProgressBar
 from vitdense.tasks.base import strict_json
@@ -312,9 +313,9 @@ def test_only_errors_vitdense_raises_itself_lose_their_traceback():
             return error
         raise AssertionError("expected an error")
 
-    assert _is_user_error(raised(resolve_images, "/no/such/*.jpg"))  # a `raise` in vitdense
-    assert not _is_user_error(raised(strict_json, object()))  # raised in the json module
-    assert not _is_user_error(
+    assert is_user_error(raised(resolve_images, "/no/such/*.jpg"))  # a `raise` in vitdense
+    assert not is_user_error(raised(strict_json, object()))  # raised in the json module
+    assert not is_user_error(
         raised(ap_by_class_name, None, [1], ["a"])
     )  # a bug's AttributeError in vitdense
 
@@ -340,9 +341,9 @@ def test_errors_from_a_dataloader_worker_are_judged_by_the_workers_traceback():
             return error
         raise AssertionError("expected an error")
 
-    assert _is_user_error(raised_in_worker(resolve_images, "/no/such/*.jpg"))
-    assert not _is_user_error(raised_in_worker(strict_json, object()))
-    assert not _is_user_error(raised_in_worker(ap_by_class_name, None, [1], ["a"]))
+    assert is_user_error(raised_in_worker(resolve_images, "/no/such/*.jpg"))
+    assert not is_user_error(raised_in_worker(strict_json, object()))
+    assert not is_user_error(raised_in_worker(ap_by_class_name, None, [1], ["a"]))
 
 
 def test_the_trainer_logs_no_advert_for_lightnings_cloud_logger(caplog):
