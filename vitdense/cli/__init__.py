@@ -1,7 +1,10 @@
-"""The ``vitdense`` command (console script and ``python -m vitdense``): Lightning's subcommands over the
-kit's tasks and datamodules (:mod:`~vitdense.cli.lightning_cli`), plus ``check-data``
-(:mod:`~vitdense.cli.check_data`), ``predict`` from a checkpoint alone (:mod:`~vitdense.cli.predict_checkpoint`)
-and ``export`` (:mod:`~vitdense.cli.export_checkpoint`); errors reported by :mod:`~vitdense.cli.errors`."""
+"""The ``vitdense`` command (console script and ``python -m vitdense``).
+
+Lightning's subcommands over the kit's tasks and datamodules (:mod:`~vitdense.cli.lightning_cli`), plus
+``check-data`` (:mod:`~vitdense.cli.check_data`), ``predict`` from a checkpoint alone
+(:mod:`~vitdense.cli.predict_checkpoint`) and ``export`` (:mod:`~vitdense.cli.export_checkpoint`); a user's
+mistake is reported in one line (:mod:`~vitdense.cli.errors`).
+"""
 
 import os
 import sys
@@ -13,6 +16,7 @@ from vitdense.cli.check_data import DataCheckCLI, check_data_command
 from vitdense.cli.errors import error_message, is_user_error
 from vitdense.cli.export_checkpoint import export_command
 from vitdense.cli.lightning_cli import VitDenseCLI
+from vitdense.cli.output_filters import command_output_filters
 from vitdense.cli.predict_checkpoint import RECIPE_OPTIONS, predict_checkpoint_command
 
 __all__ = [
@@ -55,19 +59,20 @@ def main(args: list[str] | None = None) -> None:
     ``predict`` without a recipe's options runs a checkpoint alone (:func:`predict_checkpoint_command`).
     """
     command = sys.argv[1:] if args is None else list(args)
-    if command[:1] == ["predict"] and not any(arg.startswith(RECIPE_OPTIONS) for arg in command[1:]):
-        raise SystemExit(predict_checkpoint_command(command[1:]))
-    if command[:1] == ["check-data"]:
-        raise SystemExit(check_data_command(command[1:]))
-    if command[:1] == ["export"]:
-        raise SystemExit(export_command(command[1:]))
-    VitDenseCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        parser_class=VitDenseArgumentParser,
-        parser_kwargs={"epilog": _MORE_COMMANDS},
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    with command_output_filters():
+        if command[:1] == ["predict"] and not any(arg.startswith(RECIPE_OPTIONS) for arg in command[1:]):
+            raise SystemExit(predict_checkpoint_command(command[1:]))
+        if command[:1] == ["check-data"]:
+            raise SystemExit(check_data_command(command[1:]))
+        if command[:1] == ["export"]:
+            raise SystemExit(export_command(command[1:]))
+        VitDenseCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            parser_class=VitDenseArgumentParser,
+            parser_kwargs={"epilog": _MORE_COMMANDS},
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )

@@ -1,7 +1,6 @@
 """Lightning's CLI over the kit's tasks and datamodules: ``vitdense fit|validate|test|predict --config``."""
 
 import contextlib
-import logging
 import sys
 import warnings
 from contextlib import nullcontext
@@ -10,12 +9,13 @@ from typing import Any
 
 from lightning import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from vitdense.backbones import skip_weights_loading
 from vitdense.checkpoint_trust import check_checkpoint_classes, class_paths, read_checkpoint
+from vitdense.compat.lightning import LightningCLIWithSubcommandHook, rich_progress_bar_arguments
 from vitdense.datamodules import BadDataError
 from vitdense.tasks.base import check_checkpoint_task, strict_json
 from vitdense.tasks.callbacks import (
@@ -28,24 +28,7 @@ from vitdense.tasks.callbacks import (
 from vitdense.tasks.checkpoint_io import SafeCheckpointIO
 from vitdense.tasks.prediction_writer import PredictionWriter, unreadable_report
 
-# Lightning 2.6 builds torch's LeafSpec, deprecated since torch 2.12, to flatten each predicted batch: the
-# warning is Lightning's to fix and says nothing to a user of the command.
-warnings.filterwarnings(
-    "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
-)
-
-
-class _WithoutLoggingAdvert(logging.Filter):
-    """Drops the tip to install Lightning's cloud logger that the trainer logs on every run."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip: For seamless cloud logging")
-
-
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_WithoutLoggingAdvert())
-
-
-class VitDenseCLI(LightningCLI):
+class VitDenseCLI(LightningCLIWithSubcommandHook):
     """``fit``, ``validate``, ``test`` and ``predict`` from one flat YAML recipe.
 
     The datamodule reads its classes from the annotation files, so the model's ``num_classes`` is linked
@@ -60,38 +43,35 @@ class VitDenseCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
-    def _prepare_subcommand_parser(
-        self, klass: type, subcommand: str, **kwargs: Any
-    ) -> LightningArgumentParser:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+    def add_arguments_to_subcommand_parser(self, parser: LightningArgumentParser, subcommand: str) -> None:
         if subcommand == "predict":
             parser.add_lightning_class_args(PredictionWriter, "writer")
             # The writer saves every batch; keeping all full-resolution masks in memory as well is not needed.
             parser.set_defaults(return_predictions=False)
-        return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check ``--ckpt_path``'s checkpoint (:meth:`_check_checkpoint`) before Lightning merges
+        its model's init args into the config (:meth:`before_instantiate_classes`)."""
         self._command_line = (
             list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
         )
         super().parse_arguments(parser, args)
-
-    def _parse_ckpt_path(self) -> None:
-        """The model's init args from ``--ckpt_path``'s checkpoint, except those given on the command line.
-
-        Lightning builds the model that the checkpoint was trained as (its saved init args win over the
-        recipe), but that also silently drops a test-time ``--model.init_args.per_class_ap=true``,
-        ``sliding_window`` or ``mask_threshold``: those are put back. The checkpoint's classes are checked
-        first (:meth:`_check_checkpoint`).
-        """
-        before = self.config.clone() if self.config.get("subcommand") else None
-        if before is not None:
+        self._parsed_config = self.config.clone() if self.config.get("subcommand") else None
+        if self._parsed_config is not None:
             self._check_checkpoint()
-        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        """Put back the model's init args given on the command line.
+
+        Lightning builds the model that ``--ckpt_path``'s checkpoint was trained as (after
+        :meth:`parse_arguments`, its saved init args win over the recipe), but that also silently drops a
+        test-time ``--model.init_args.per_class_ap=true``, ``sliding_window`` or ``mask_threshold``.
+        """
+        before = self._parsed_config
         if before is None:
             return
         model = f"{self.config.subcommand}.model.init_args"
-        for key in _model_arguments(getattr(self, "_command_line", [])):
+        for key in _model_arguments(self._command_line):
             with contextlib.suppress(KeyError):  # a key the checkpoint's model does not have stays as parsed
                 self.config[f"{model}.{key}"] = before[f"{model}.{key}"]
 
@@ -178,6 +158,7 @@ class VitDenseCLI(LightningCLI):
         if len(loggers) == 1 and isinstance(loggers[0], TensorBoardLogger):
             # The same folder as TensorBoard's events: metrics.csv beside the reports and checkpoints.
             # CSVLogger warns about a non-empty folder (TensorBoard's) but only replaces its own metrics.csv.
+            # (Filters set while the command runs are undone when it ends: command_output_filters.)
             warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
             tensorboard = loggers[0]
             csv = CSVLogger(tensorboard.save_dir, name=tensorboard.name, version=tensorboard.version)
@@ -195,12 +176,7 @@ class VitDenseCLI(LightningCLI):
         trainer.callbacks[position:position] = missing
         for i, callback in enumerate(trainer.callbacks):
             if type(callback) is RichProgressBar:  # Lightning's default; a bar of another kind is left alone
-                trainer.callbacks[i] = StepProgressBar(
-                    refresh_rate=callback.refresh_rate,
-                    leave=getattr(callback, "_leave", False),
-                    theme=callback.theme,
-                    console_kwargs=getattr(callback, "_console_kwargs", None),
-                )
+                trainer.callbacks[i] = StepProgressBar(**rich_progress_bar_arguments(callback))
 
     def _print_final_metrics(self) -> None:
         """End the output with the folder of the reports and one JSON line of the last evaluation's metrics,
@@ -213,7 +189,8 @@ class VitDenseCLI(LightningCLI):
 
     def _quiet_restored_checkpoint_callbacks(self) -> None:
         """Evaluating or predicting from a checkpoint restores its ModelCheckpoint states, which warn that
-        this run's folder differs from the training run's: true, and of no consequence outside fit."""
+        this run's folder differs from the training run's: true, and of no consequence outside fit. (Until
+        the command ends: :func:`~vitdense.cli.output_filters.command_output_filters`.)"""
         warnings.filterwarnings("ignore", message="The dirpath has changed from")
 
     before_validate = before_test = before_predict = _quiet_restored_checkpoint_callbacks
