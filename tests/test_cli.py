@@ -284,7 +284,7 @@ def test_demo_recipe_fits_and_tests_one_step(tmp_path, capsys):
 
 
 def test_console_script_and_module_entry_point(capsys, monkeypatch):
-    """Both run in this process: the script's entry point as installed, the module as ``python -m`` runs it."""
+    """In this process: the script's entry point as installed, the module as ``python -m`` runs it."""
     (script,) = entry_points(group="console_scripts", name="vitdense")
     assert Path(sys.executable).with_name("vitdense").is_file()
     for start in (script.load(), lambda: runpy.run_module("vitdense", run_name="__main__")):
