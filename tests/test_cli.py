@@ -1,8 +1,9 @@
 """The real CLI on the real recipes: every recipe parses, and fits one step under tiny overrides."""
 
 import json
-import subprocess
+import runpy
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,9 @@ from pycocotools.cocoeval import COCOeval
 
 from tests.test_checkpoint_trust import _one_line_error
 from tests.tiny import TINY_CONFIG
-from vitdense.cli import VitDenseCLI, _is_user_error, main, run
+from vitdense.cli import VitDenseCLI, main, run
+from vitdense.cli.errors import is_user_error
+from vitdense.cli.output_filters import command_output_filters
 from vitdense.datamodules import resolve_images, write_shapes_coco
 from vitdense.tasks import SafeCheckpointIO, StepProgressBar
 from vitdense.tasks.base import strict_json
@@ -280,12 +283,17 @@ def test_demo_recipe_fits_and_tests_one_step(tmp_path, capsys):
             assert metrics[f"{iou_type}_{name}"] == evaluation.stats[index], (iou_type, name)
 
 
-def test_console_script_and_module_entry_point():
-    script = Path(sys.executable).with_name("vitdense")
-    for command in ([sys.executable, "-m", "vitdense", "--help"], [str(script), "--help"]):
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stderr
-        assert "fit" in result.stdout and "predict" in result.stdout
+def test_console_script_and_module_entry_point(capsys, monkeypatch):
+    """In this process: the script's entry point as installed, the module as ``python -m`` runs it."""
+    (script,) = entry_points(group="console_scripts", name="vitdense")
+    assert Path(sys.executable).with_name("vitdense").is_file()
+    for start in (script.load(), lambda: runpy.run_module("vitdense", run_name="__main__")):
+        monkeypatch.setattr(sys, "argv", ["vitdense", "--help"])
+        with pytest.raises(SystemExit) as exit_info:
+            start()
+        result = capsys.readouterr()
+        assert exit_info.value.code == 0, result.err
+        assert "fit" in result.out and "predict" in result.out
 
 
 @pytest.mark.oldest
@@ -312,9 +320,9 @@ def test_only_errors_vitdense_raises_itself_lose_their_traceback():
             return error
         raise AssertionError("expected an error")
 
-    assert _is_user_error(raised(resolve_images, "/no/such/*.jpg"))  # a `raise` in vitdense
-    assert not _is_user_error(raised(strict_json, object()))  # raised in the json module
-    assert not _is_user_error(
+    assert is_user_error(raised(resolve_images, "/no/such/*.jpg"))  # a `raise` in vitdense
+    assert not is_user_error(raised(strict_json, object()))  # raised in the json module
+    assert not is_user_error(
         raised(ap_by_class_name, None, [1], ["a"])
     )  # a bug's AttributeError in vitdense
 
@@ -340,14 +348,14 @@ def test_errors_from_a_dataloader_worker_are_judged_by_the_workers_traceback():
             return error
         raise AssertionError("expected an error")
 
-    assert _is_user_error(raised_in_worker(resolve_images, "/no/such/*.jpg"))
-    assert not _is_user_error(raised_in_worker(strict_json, object()))
-    assert not _is_user_error(raised_in_worker(ap_by_class_name, None, [1], ["a"]))
+    assert is_user_error(raised_in_worker(resolve_images, "/no/such/*.jpg"))
+    assert not is_user_error(raised_in_worker(strict_json, object()))
+    assert not is_user_error(raised_in_worker(ap_by_class_name, None, [1], ["a"]))
 
 
 def test_the_trainer_logs_no_advert_for_lightnings_cloud_logger(caplog):
-    """vitdense.cli, imported above, filters it."""
-    with caplog.at_level("INFO"):
+    """The commands filter it while they run."""
+    with caplog.at_level("INFO"), command_output_filters():
         Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     assert "GPU available" in caplog.text and "litlogger" not in caplog.text
 

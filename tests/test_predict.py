@@ -16,7 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.full_disk import fill_disk_after
 from tests.test_checkpoint_trust import _one_line_error
 from tests.tiny import TINY_CONFIG
-from vitdense.cli import _exported_classes, _program_path, main
+from vitdense.cli import main
+from vitdense.cli.export_checkpoint import _exported_classes, _program_path
 from vitdense.datamodules import BadDataError
 from vitdense.inference import Predictor, load_checkpoint
 from vitdense.tasks import DetectionTask, SemanticSegmentationTask

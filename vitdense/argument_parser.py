@@ -17,23 +17,16 @@ from typing import NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-__all__ = ["CommandArgumentParser", "VitDenseArgumentParser", "suggestion"]
+from vitdense.compat.argparse import long_options
+from vitdense.compat.jsonargparse import (
+    CLASS_PATH,
+    REQUIRED,
+    UNKNOWN_INIT_ARG,
+    UNKNOWN_OPTION,
+    subcommand_parser,
+)
 
-# "unrecognized arguments: --trainer.max_epohcs 1" (command line) and
-# "Subcommand 'fit' does not accept option 'trainer.max_epohcs'" (a recipe's key)
-_UNKNOWN_OPTION = re.compile(
-    r"unrecognized arguments: --?(?P<key>[^\s=]+)|does not accept option '(?P<nested>[^']+)'"
-)
-# "Option 'num_wrokers' is not accepted", after the class it was given to ("class_path 'X':") or before it
-# (". Got value: Namespace(class_path='X'")
-_UNKNOWN_INIT_ARG = re.compile(
-    r"(?:class_path '(?P<before>[\w.]+)':\s+)?Option '(?P<key>[^']+)' is not accepted"
-    r"(?:\. Got value: Namespace\(class_path='(?P<after>[\w.]+)')?"
-)
-# The classes the message names, as "class_path 'X'", "class_path='X'" or "'class_path': 'X'"
-_CLASS_PATH = re.compile(r"class_path'?[=:]?\s*'(?P<path>[\w.]+)'")
-# "the following arguments are required: fit.data, fit.model": a subcommand's keys, in the main parser's error
-_REQUIRED = re.compile(r"the following arguments are required: (?P<subcommand>[\w-]+)\.")
+__all__ = ["CommandArgumentParser", "VitDenseArgumentParser", "suggestion"]
 
 
 class VitDenseArgumentParser(LightningArgumentParser):
@@ -49,10 +42,8 @@ class VitDenseArgumentParser(LightningArgumentParser):
 
     def _subcommand_parser(self, message: str) -> argparse.ArgumentParser | None:
         """The parser of the subcommand whose required keys ``message`` lists, or None."""
-        found = _REQUIRED.match(message)
-        if found is None or self._subcommands_action is None:
-            return None
-        return self._subcommands_action.choices.get(found["subcommand"])
+        found = REQUIRED.match(message)
+        return None if found is None else subcommand_parser(self, found["subcommand"])
 
 
 class CommandArgumentParser(argparse.ArgumentParser):
@@ -84,30 +75,24 @@ def suggestion(message: str, parser: argparse.ArgumentParser) -> str | None:
     datamodule, the model and its parts, the optimizer). A subcommand without its data and model is pointed
     at the recipe.
     """
-    if _REQUIRED.match(message) and re.search(r"\.(data|model)\b", message):
+    if REQUIRED.match(message) and re.search(r"\.(data|model)\b", message):
         return (
             "give the recipe with --config (e.g. recipes/coco_mask_rcnn.yaml), or a run's own copy of it, "
             "lightning_logs/version_N/config.yaml in its default_root_dir; `vitdense predict --ckpt_path` "
             "needs no recipe"
         )
-    if found := _UNKNOWN_INIT_ARG.search(message):
+    if found := UNKNOWN_INIT_ARG.search(message):
         return _init_arg_hint(found["key"], found["before"] or found["after"], message)
-    if found := _UNKNOWN_OPTION.search(message):
+    if found := UNKNOWN_OPTION.search(message):
         key = found["key"] or found["nested"]
-        options = [
-            option.lstrip("-")
-            for action in parser._actions
-            for option in action.option_strings
-            if option.startswith("--")
-        ]
-        if close := difflib.get_close_matches(key, options, n=1):
+        if close := difflib.get_close_matches(key, long_options(parser), n=1):
             return f"did you mean '{close[0]}'? ('{key}' is not one)"
     return None
 
 
 def _init_arg_hint(key: str, given_to: str | None, message: str) -> str | None:
     """The hint for constructor argument ``key``, given to class ``given_to`` (None: not known)."""
-    parameters = {path: _init_parameters(path) for path in dict.fromkeys(_CLASS_PATH.findall(message))}
+    parameters = {path: _init_parameters(path) for path in dict.fromkeys(CLASS_PATH.findall(message))}
     if owners := [path for path, names in parameters.items() if key in names and path != given_to]:
         not_of = f", not of {given_to}" if given_to else ""
         return f"'{key}' is an argument of {' and '.join(owners)}{not_of}"

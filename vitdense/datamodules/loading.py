@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from vitdense.compat.lightning import training_position
 from vitdense.datamodules import data_check
 from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, OnBadData, Policy
 from vitdense.datamodules.resumable import ResumableSampler, SeededSamples
@@ -229,11 +230,11 @@ class SplitDataModule(L.LightningDataModule):
         in_fit = trainer is not None and trainer.state.fn == "fit"
         if not in_fit or trainer.state.status not in ("running", "interrupted") or trainer.sanity_checking:
             return {}
-        epochs = trainer.fit_loop.epoch_progress.current
-        if epochs.started == epochs.completed:  # between epochs (e.g. at training's end): the next one
-            epoch, done = epochs.completed, 0
+        started, completed, processed = training_position(trainer)
+        if started == completed:  # between epochs (e.g. at training's end): the next one
+            epoch, done = completed, 0
         else:  # in epoch started - 1 (current_epoch lags behind it from its last batch to its end)
-            epoch, done = epochs.started - 1, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            epoch, done = started - 1, processed
             if done >= trainer.num_training_batches:  # saved on the epoch's last batch: the next one
                 epoch, done = epoch + 1, 0
         return {

@@ -2,7 +2,8 @@
 
 import torch
 from torch import Tensor
-from torchvision.models.detection._utils import BoxCoder, encode_boxes
+
+from vitdense.compat.torchvision import BoxCoder, encode_boxes
 
 
 class DeviceBoxCoder(BoxCoder):

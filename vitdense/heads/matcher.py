@@ -2,7 +2,8 @@
 
 import torch
 from torch import Tensor
-from torchvision.models.detection._utils import Matcher
+
+from vitdense.compat.torchvision import Matcher
 
 
 class SyncFreeMatcher(Matcher):

@@ -3,7 +3,8 @@
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
-from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
+
+from vitdense.compat.torchvision import BalancedPositiveNegativeSampler
 
 
 class SyncFreeSampler(BalancedPositiveNegativeSampler):

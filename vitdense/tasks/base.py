@@ -5,7 +5,6 @@ import logging
 import math
 import random
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,6 @@ from vitdense.atomic_write import write_atomically
 from vitdense.tasks.optim import apply_lr_scale, layer_decay_param_groups
 
 logger = logging.getLogger(__name__)
-
-# The evaluation metrics are computed over every process (gathered detections, a summed confusion matrix)
-# before they are logged, the same on each: Lightning's advice to average them over the processes again (a
-# warning per metric under DDP) does not apply.
-warnings.filterwarnings(
-    "ignore", message=r"It is recommended to use `self\.log\('(val|test)/(bbox_|segm_|mIoU'|aAcc'|mAcc')"
-)
 
 
 def _numpy_state_to_tensors(state: tuple) -> tuple:

@@ -11,11 +11,17 @@ from typing import Any
 
 import torch
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from vitdense.atomic_write import OutputWriteError
+from vitdense.compat.lightning import (
+    CheckpointSaving,
+    RichProgressBarWithTrainDescription,
+    can_stop_early,
+    is_last_batch,
+)
 from vitdense.tasks.run_lock import FolderInUseError, RunLock
+from vitdense.tasks.training_end import training_ends
 from vitdense.tasks.visualization import fit_within
 
 logger = logging.getLogger(__name__)
@@ -58,16 +64,16 @@ class ThroughputLogger(Callback):
             self._start, self._images = now, 0
 
 
-class StepProgressBar(RichProgressBar):
+class StepProgressBar(RichProgressBarWithTrainDescription):
     """Lightning's rich progress bar, with the run's step among its metrics (``step 1200/20000``).
 
     The recipes stop on ``max_steps`` with ``max_epochs: -1``, where Lightning's bar would read "Epoch 3/-2"
     and give no sense of the whole run: the epoch is shown alone and the step against ``max_steps``.
     """
 
-    def _get_train_description(self, current_epoch: int) -> str:
+    def train_description(self, current_epoch: int) -> str:
         if self.trainer.max_epochs not in (None, -1):
-            return super()._get_train_description(current_epoch)
+            return super().train_description(current_epoch)
         description = f"Epoch {current_epoch}"
         return f"{description:{len(self.validation_description)}}"  # as wide as "Validation": no flicker
 
@@ -146,13 +152,7 @@ class ValidateFinalStep(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if 0 < trainer.max_steps <= trainer.global_step:
-            trainer.should_stop = True
-        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
-        # The last epoch's last batch (Lightning's flag: also right in an epoch resumed mid-way).
-        last_batch = 0 < max_epochs <= trainer.current_epoch + 1
-        last_batch = last_batch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        if last_batch:
+        if training_ends(trainer, at_epoch_end=is_last_batch(trainer)):
             trainer.should_stop = True
         every = trainer.check_val_every_n_epoch
         if _stopping(trainer) and every is not None and every > 1:
@@ -173,10 +173,10 @@ class ValidateFinalStep(Callback):
 def _stopping(trainer: Trainer) -> bool:
     """Whether a requested stop (e.g. EarlyStopping) ends training now: before ``min_steps`` / ``min_epochs``
     Lightning trains on with ``should_stop`` set."""
-    return trainer.should_stop and getattr(trainer.fit_loop, "_can_stop_early", True)
+    return trainer.should_stop and can_stop_early(trainer)
 
 
-class LatestCheckpoint(ModelCheckpoint):
+class LatestCheckpoint(CheckpointSaving):
     """The latest training state, every ``every_n_train_steps`` steps and at the last step of training.
 
     Kept as one ``step{N}.ckpt`` with ``last.ckpt`` linking to it, in ``<default_root_dir>/checkpoints`` by
@@ -271,29 +271,23 @@ class LatestCheckpoint(ModelCheckpoint):
             target,
         )
 
-    def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
+    def find_last_checkpoints(self, trainer: Trainer) -> set[str]:
         self._resolve_dirpath(trainer)  # `--ckpt_path last` looks before setup
         resumable_checkpoints(Path(self.dirpath))  # stops on a state that cannot be resumed
-        return super()._find_last_checkpoints(trainer)
+        return super().find_last_checkpoints(trainer)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if 0 < trainer.max_steps <= trainer.global_step or _stopping(trainer):
-            self._save_now(trainer)
+        if training_ends(trainer, at_epoch_end=False) or _stopping(trainer):
+            self.save_now(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1
-        if 0 < max_epochs <= trainer.current_epoch + 1 or _stopping(trainer):
-            self._save_now(trainer)
-
-    def _save_now(self, trainer: Trainer) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is already saved
-            candidates = self._monitor_candidates(trainer)
-            self._save_topk_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
+        # A run that reached max_steps was saved at that batch's end: save_now skips a step saved already.
+        if training_ends(trainer, at_epoch_end=True) or _stopping(trainer):
+            self.save_now(trainer)
 
 
 class MissingCheckpointError(FileNotFoundError):

@@ -9,6 +9,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from vitdense.heads import RCNNDetector, paste_detections
 from vitdense.tasks.base import VitDenseTask, warn_if_classes_differ
 from vitdense.tasks.coco_evaluator import STAT_NAMES, CocoEvaluator, ap_by_class_name
+from vitdense.tasks.training_end import training_ends
 from vitdense.tasks.visualization import draw_detections, valid_region_at_original
 
 Batch = tuple[torch.Tensor, list[dict[str, Any]]]
@@ -231,9 +232,7 @@ class DetectionTask(VitDenseTask):
         trainer = self.trainer
         if trainer.state.fn != "fit":
             return True
-        steps_done = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
-        epochs_done = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs > 0
-        return steps_done or epochs_done
+        return training_ends(trainer, at_epoch_end=True)  # any validation of the last epoch
 
     def predict_step(self, batch: Batch | None, batch_idx: int) -> list[dict[str, Any]]:
         """Per image: ``boxes`` xyxy in original pixels, ``labels`` (category ids), ``scores``, ``masks``.
