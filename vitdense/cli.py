@@ -46,6 +46,7 @@ from vitdense.tasks.callbacks import (
     resumable_checkpoints,
 )
 from vitdense.tasks.checkpoint_io import SafeCheckpointIO
+from vitdense.tasks.gradient_norm import GradientNormLogger
 from vitdense.tasks.prediction_writer import PredictionWriter, unreadable_report
 from vitdense.tasks.segmentation import checked_sliding_window
 
@@ -204,6 +205,7 @@ class VitDenseCLI(LightningCLI):
             csv = CSVLogger(tensorboard.save_dir, name=tensorboard.name, version=tensorboard.version)
             trainer.loggers = [tensorboard, csv]
         defaults: list[Callback] = [ThroughputLogger(), ValidationImageLogger(), ValidateFinalStep()]
+        defaults.append(GradientNormLogger())  # train/grad_norm: whether gradient clipping acts
         if trainer.loggers:
             defaults.append(LearningRateMonitor(logging_interval="step"))
         present = {type(callback) for callback in trainer.callbacks}
