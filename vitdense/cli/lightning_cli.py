@@ -26,6 +26,7 @@ from vitdense.tasks.callbacks import (
     resumable_checkpoints,
 )
 from vitdense.tasks.checkpoint_io import SafeCheckpointIO
+from vitdense.tasks.gradient_norm import GradientNormLogger
 from vitdense.tasks.prediction_writer import PredictionWriter, unreadable_report
 
 class VitDenseCLI(LightningCLIWithSubcommandHook):
@@ -163,7 +164,13 @@ class VitDenseCLI(LightningCLIWithSubcommandHook):
             tensorboard = loggers[0]
             csv = CSVLogger(tensorboard.save_dir, name=tensorboard.name, version=tensorboard.version)
             trainer.loggers = [tensorboard, csv]
-        defaults: list[Callback] = [ThroughputLogger(), ValidationImageLogger(), ValidateFinalStep()]
+        # GradientNormLogger: train/grad_norm, the norm before clipping, shows whether clipping acts.
+        defaults: list[Callback] = [
+            ThroughputLogger(),
+            ValidationImageLogger(),
+            ValidateFinalStep(),
+            GradientNormLogger(),
+        ]
         if trainer.loggers:
             defaults.append(LearningRateMonitor(logging_interval="step"))
         present = {type(callback) for callback in trainer.callbacks}
