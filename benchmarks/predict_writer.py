@@ -70,13 +70,8 @@ def fixed_detections(height: int, width: int, count: int, seed: int = 0) -> dict
     boxes = torch.from_numpy(np.stack([x1, y1, x2, y2], 1)).float()
     rows = torch.arange(height, dtype=torch.float32)[None, :, None]
     cols = torch.arange(width, dtype=torch.float32)[None, None, :]
-    centre_x, centre_y = ((boxes[:, 0] + boxes[:, 2]) / 2)[:, None, None], ((boxes[:, 1] + boxes[:, 3]) / 2)[
-        :, None, None
-    ]
-    half_w, half_h = ((boxes[:, 2] - boxes[:, 0]) / 2)[:, None, None], ((boxes[:, 3] - boxes[:, 1]) / 2)[
-        :, None, None
-    ]
-    masks = ((cols - centre_x) / half_w) ** 2 + ((rows - centre_y) / half_h) ** 2 <= 1
+    x1, y1, x2, y2 = (boxes[:, index, None, None] for index in range(4))
+    masks = ((2 * cols - x1 - x2) / (x2 - x1)) ** 2 + ((2 * rows - y1 - y2) / (y2 - y1)) ** 2 <= 1
     return {
         "boxes": boxes,
         "labels": torch.from_numpy(rng.choice(CATEGORY_IDS, count)).long(),
@@ -153,14 +148,21 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=50)
     parser.add_argument("--size", type=int, nargs=2, default=(864, 1152), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--detections", type=int, default=100)
     parser.add_argument("--model", choices=("cpu", "wait"), default="cpu")
     parser.add_argument("--model_ms", type=float, default=180.0, help="the model's time per image, alone")
-    parser.add_argument("--writer_option", action="append", default=[], metavar="NAME=JSON",
-                        help="a PredictionWriter option for the overlays run, e.g. overlay_format='\"jpeg\"'")
+    parser.add_argument(
+        "--writer_option",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a PredictionWriter option for the overlays run, e.g. overlay_format='\"jpeg\"'",
+    )
     parser.add_argument("--out", type=Path, help="where to write (default: a temporary folder, removed)")
     parser.add_argument("--tiny", action="store_true", help="3 images of 96 x 128, 5 detections, 1 ms model")
     options = parser.parse_args(argv)
@@ -175,9 +177,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         model = _Model(options.model, options.model_ms)
         rows = []
         for overlays in (False, True):
-            row = run(files, detections, folder / f"overlays_{overlays}", model, overlays=overlays,
-                      **(extra if overlays else {}))
-            row = {"overlays": overlays, "model": options.model, **row, **(extra if overlays else {})}
+            options_here = extra if overlays else {}
+            out = folder / f"overlays_{overlays}"
+            row = run(files, detections, out, model, overlays=overlays, **options_here)
+            row = {"overlays": overlays, "model": options.model, **row, **options_here}
             print(json.dumps(row), flush=True)
             rows.append(row)
         same = [(folder / f"overlays_{o}" / "predictions.json").read_bytes() for o in (False, True)]

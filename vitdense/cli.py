@@ -349,7 +349,7 @@ def predict_checkpoint_command(args: list[str]) -> int:
         "--overlay_format",
         choices=("png", "jpeg"),
         default="png",
-        help="overlays as PNGs, the drawn pixels exactly (default), or JPEGs: ~10x faster to save, ~3x smaller",
+        help="overlays as PNGs, exact (default), or JPEGs (~10x faster to save, ~3x smaller)",
     )
     parser.add_argument(
         "--apply_exif",

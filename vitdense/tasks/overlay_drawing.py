@@ -174,7 +174,9 @@ def draw_label_map(image: Tensor, label_map: Tensor, num_classes: int, *, alpha:
     return torch.from_numpy(drawn).permute(2, 0, 1).contiguous()
 
 
-def label_map_overlay(pixels: np.ndarray, label_map: Tensor, num_classes: int, *, alpha: float = 0.5) -> np.ndarray:
+def label_map_overlay(
+    pixels: np.ndarray, label_map: Tensor, num_classes: int, *, alpha: float = 0.5
+) -> np.ndarray:
     """:func:`draw_label_map` on uint8 (H, W, 3) ``pixels``; returns a new uint8 (H, W, 3) array."""
     labels = label_map.cpu().numpy()
     covered = (labels >= 0) & (labels < num_classes)

@@ -104,13 +104,13 @@ class PredictionWriter(BasePredictionWriter):
 
     Detection: ``predictions.json`` (``categories`` and, per image, ``file_name``, ``height``, ``width`` and
     every detection the model returns: ``bbox`` COCO xywh in original pixels, ``score``, ``category_id``,
-    ``category_name``, RLE ``segmentation`` for Mask R-CNN), and ``overlays/<image>.png`` (``.jpg`` with
-    ``overlay_format="jpeg"``) with the detections scoring at least ``score_threshold`` drawn. Segmentation: ``labels/<image>.png`` (class
+    ``category_name``, RLE ``segmentation`` for Mask R-CNN), and ``overlays/<image>.png`` with the
+    detections scoring at least ``score_threshold`` drawn. Segmentation: ``labels/<image>.png`` (class
     indices 0..K-1 at the original resolution; 16-bit when K > 256; named in ``classes.json``) and
-    ``overlays/<image>.png``. Output names are those of :func:`output_names`: no image's files overwrite
-    another's, and all stay inside ``output_dir``. Overlays are drawn and saved in background threads
-    (:class:`~vitdense.tasks.overlay_writer.OverlayWriter`), all written before ``predict`` ends or stops.
-    Every file is written whole or not at all
+    ``overlays/<image>.png`` (``.jpg`` with ``overlay_format="jpeg"``). Output names are those of
+    :func:`output_names`: no image's files overwrite another's, and all stay inside ``output_dir``. Overlays
+    are drawn and saved in background threads (:class:`~vitdense.tasks.overlay_writer.OverlayWriter`), all
+    written before ``predict`` ends or stops. Every file is written whole or not at all
     (:mod:`vitdense.atomic_write`), and a folder that cannot be written stops the run before it predicts.
 
     Files that cannot be read have no outputs; after the others are written, :attr:`unreadable` lists them
