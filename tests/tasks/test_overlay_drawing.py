@@ -26,7 +26,8 @@ def _torchvision_detections(image, boxes, labels, scores, class_names, masks, sc
         left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
         x = max(margin, min(x1, canvas.width - right - margin))
         y = max(margin - top, min(y1, canvas.height - bottom - margin))
-        draw.rectangle((x + left - margin, y + top - margin, x + right + margin, y + bottom + margin), fill=color)
+        corners = (x + left - margin, y + top - margin, x + right + margin, y + bottom + margin)
+        draw.rectangle(corners, fill=color)
         dark = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] < 128
         draw.text((x, y), caption, fill=(255, 255, 255) if dark else (0, 0, 0), font=font)
     return torch.from_numpy(np.array(canvas)).permute(2, 0, 1)
@@ -57,7 +58,8 @@ def test_detection_overlays_match_torchvisions_drawing_pixel_for_pixel():
         assert drawn.shape == (3, 90, 130) and drawn.dtype == torch.uint8
         assert torch.equal(drawn, expected)
     no_masks = draw_detections(image, boxes, labels, scores, names, score_threshold=0.5)
-    assert torch.equal(no_masks, _torchvision_detections(image, boxes, labels, scores, names, masks & False, 0.5))
+    without = _torchvision_detections(image, boxes, labels, scores, names, masks & False, 0.5)
+    assert torch.equal(no_masks, without)
     assert torch.equal(draw_detections(image, boxes, labels, scores, names, score_threshold=1.1), image)
 
 
