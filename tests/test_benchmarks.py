@@ -133,3 +133,11 @@ def test_the_coco_setup_benchmark_reports_time_and_memory(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["train_images"] > 0 and report["val_images"] == 20
     assert report["total_s"] > 0 and report["rss_after_setup_gb"] > 0 and report["peak_rss_gb"] > 0
+
+
+def test_the_predict_writer_benchmark_times_model_and_writer_with_and_without_overlays(capsys):
+    rows = _benchmark("predict_writer").main(["--tiny", "--writer_option", 'overlay_format="jpeg"'])
+    assert [(row["overlays"], row.get("overlay_format")) for row in rows] == [(False, None), (True, "jpeg")]
+    assert all(row["images"] == 3 and row["model_ms"] > 0 and row["writer_ms"] > 0 for row in rows)
+    assert all(row["total_ms"] >= row["model_ms"] for row in rows)
+    assert "predictions.json identical with and without overlays: True" in capsys.readouterr().out

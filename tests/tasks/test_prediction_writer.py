@@ -2,12 +2,17 @@
 truncated file, and writes inside its output folder only."""
 
 import json
+import threading
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from tests.full_disk import fill_disk_after
 from vitdense.tasks import prediction_writer
+from vitdense.tasks.overlay_drawing import draw_detections
 from vitdense.tasks.prediction_writer import PeerStoppedError, PredictionWriter, output_names
 
 
@@ -66,3 +71,78 @@ def test_outputs_stay_inside_the_output_folder_whatever_the_paths_hold():
     assert names == {files[0]: "1.png", files[1]: "2.png", files[2]: "sub/3.png"}
     same = ["d/x/../b/1.jpg", "d/y/../b/1.jpg"]  # one image by two paths: two names, neither above the folder
     assert sorted(str(name) for name in output_names(same).values()) == ["1.jpg-1.png", "1.jpg.png"]
+
+
+def _predict(writer, folder, files, detections):
+    """Drive ``writer`` as Lightning's predict does, one image per batch, with the same ``detections``."""
+    dataset = SimpleNamespace(files=[str(f) for f in files], passed_over=[], apply_exif=True)
+    trainer = SimpleNamespace(
+        log_dir=str(folder),
+        default_root_dir=str(folder),
+        is_global_zero=True,
+        world_size=1,
+        global_rank=0,
+        strategy=SimpleNamespace(broadcast=lambda value, src=0: value),
+        predict_dataloaders=[SimpleNamespace(dataset=dataset)],
+    )
+    module = SimpleNamespace(category_ids=[3, 7], class_names=["circle", "square"])
+    writer.setup(trainer, module, "predict")
+    writer.on_predict_epoch_start(trainer, module)
+    for index, file in enumerate(files):
+        output = {**detections, "file_name": str(file), "image_id": index, "orig_size": (30, 40)}
+        writer.write_on_batch_end(trainer, module, [output], [index], None, index, 0)
+    return trainer, module
+
+
+def _photos_and_detections(tmp_path):
+    rng = np.random.default_rng(0)
+    files = []
+    for index in range(3):
+        files.append(tmp_path / "photos" / f"{index}.png")
+        files[-1].parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(files[-1])
+    masks = torch.zeros(3, 30, 40, dtype=torch.bool)
+    masks[0, 2:20, 3:30], masks[1, 10:25, 20:38], masks[2, 0:5, 0:5] = True, True, True
+    detections = {
+        "boxes": torch.tensor([[3.0, 2.0, 30.0, 20.0], [20.0, 10.0, 38.0, 25.0], [0.0, 0.0, 5.0, 5.0]]),
+        "labels": torch.tensor([3, 7, 3]),
+        "scores": torch.tensor([0.9, 0.6, 0.2]),
+        "masks": masks,
+    }
+    return files, detections
+
+
+def test_background_overlays_leave_predictions_json_byte_identical_and_draw_the_same_pixels(tmp_path):
+    files, detections = _photos_and_detections(tmp_path)
+    written = {}
+    for overlays, overlay_format in ((False, "png"), (True, "png"), (True, "jpeg")):
+        out = tmp_path / f"{overlays}-{overlay_format}"
+        writer = PredictionWriter(str(out), overlays=overlays, overlay_format=overlay_format)
+        writer.on_predict_epoch_end(*_predict(writer, out, files, detections))
+        written[overlays, overlay_format] = (out / "predictions.json").read_bytes()
+    assert len(set(written.values())) == 1
+    assert not (tmp_path / "False-png" / "overlays").exists()
+    jpegs = sorted(p.name for p in (tmp_path / "True-jpeg" / "overlays").iterdir())
+    assert jpegs == ["0.jpg", "1.jpg", "2.jpg"]
+    for file in files:
+        image = torch.from_numpy(np.array(Image.open(file))).permute(2, 0, 1)
+        labels = torch.tensor([1, 2, 1])  # category ids 3, 7 -> labels 1, 2
+        boxes, scores, masks = detections["boxes"], detections["scores"], detections["masks"]
+        expected = draw_detections(image, boxes, labels, scores, ["circle", "square"], masks=masks)
+        overlay = np.asarray(Image.open(tmp_path / "True-png" / "overlays" / f"{file.stem}.png"))
+        assert np.array_equal(overlay, expected.permute(1, 2, 0).numpy())
+
+
+def test_a_stopped_predict_keeps_the_overlays_of_the_images_it_predicted(tmp_path, monkeypatch):
+    files, detections = _photos_and_detections(tmp_path)
+    release = threading.Event()
+    drawing = prediction_writer.detection_overlay
+    late = lambda *args, **kwargs: release.wait(10) and drawing(*args, **kwargs)  # noqa: E731
+    monkeypatch.setattr(prediction_writer, "detection_overlay", late)
+    writer = PredictionWriter(str(tmp_path / "out"), overlay_format="jpeg")
+    trainer, module = _predict(writer, tmp_path / "out", files[:2], detections)
+    assert list((tmp_path / "out").glob("overlays/*.jpg")) == []  # submitted, still drawing
+    threading.Timer(0.2, release.set).start()
+    writer.on_exception(trainer, module, KeyboardInterrupt())
+    assert sorted(p.name for p in (tmp_path / "out" / "overlays").iterdir()) == ["0.jpg", "1.jpg"]
+    assert len(json.loads((tmp_path / "out" / "predictions.partial.json").read_text())["images"]) == 2

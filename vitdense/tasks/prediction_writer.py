@@ -20,7 +20,8 @@ from vitdense.datamodules.bad_data import BadDataError
 from vitdense.datamodules.instance_masks import encode_masks
 from vitdense.datamodules.loading import PaddingIndex
 from vitdense.datamodules.predict_images import as_rgb_array, passed_over_report
-from vitdense.tasks.visualization import draw_detections, draw_label_map
+from vitdense.tasks.overlay_drawing import detection_overlay, label_map_overlay
+from vitdense.tasks.overlay_writer import OVERLAY_FORMATS, OverlayFormat, OverlayWriter
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +107,10 @@ class PredictionWriter(BasePredictionWriter):
     ``category_name``, RLE ``segmentation`` for Mask R-CNN), and ``overlays/<image>.png`` with the
     detections scoring at least ``score_threshold`` drawn. Segmentation: ``labels/<image>.png`` (class
     indices 0..K-1 at the original resolution; 16-bit when K > 256; named in ``classes.json``) and
-    ``overlays/<image>.png``. Output names are those of :func:`output_names`: no image's files overwrite
-    another's, and all stay inside ``output_dir``. Every file is written whole or not at all
+    ``overlays/<image>.png`` (``.jpg`` with ``overlay_format="jpeg"``). Output names are those of
+    :func:`output_names`: no image's files overwrite another's, and all stay inside ``output_dir``. Overlays
+    are drawn and saved in background threads (:class:`~vitdense.tasks.overlay_writer.OverlayWriter`), all
+    written before ``predict`` ends or stops. Every file is written whole or not at all
     (:mod:`vitdense.atomic_write`), and a folder that cannot be written stops the run before it predicts.
 
     Files that cannot be read have no outputs; after the others are written, :attr:`unreadable` lists them
@@ -116,11 +119,17 @@ class PredictionWriter(BasePredictionWriter):
     Args:
         output_dir: where to write; default ``<run log dir>/predictions``.
         score_threshold: lowest score drawn on detection overlays (the JSON keeps every detection).
-        overlays: also write overlay PNGs.
+        overlays: also write overlays.
+        overlay_format: ``"png"`` (default: the drawn pixels exactly, at zlib's fast level 1) or ``"jpeg"``
+            (quality 90: ~10x faster to save and ~3x smaller, not exact).
     """
 
     def __init__(
-        self, output_dir: str | None = None, score_threshold: float = 0.5, overlays: bool = True
+        self,
+        output_dir: str | None = None,
+        score_threshold: float = 0.5,
+        overlays: bool = True,
+        overlay_format: OverlayFormat = "png",
     ) -> None:
         super().__init__(write_interval="batch")
         if not 0.0 <= score_threshold <= 1.0:
@@ -128,6 +137,10 @@ class PredictionWriter(BasePredictionWriter):
         self.output_dir = output_dir
         self.score_threshold = score_threshold
         self.overlays = overlays
+        if overlay_format not in OVERLAY_FORMATS:
+            raise ValueError(f"overlay_format is one of {', '.join(OVERLAY_FORMATS)}: got {overlay_format!r}")
+        self.overlay_format = overlay_format
+        self._overlay_writer = OverlayWriter(overlay_format)  # threads started at the first overlay
         self._folder: Path | None = None
         self._names: dict[str, Path] = {}
         self._records: list[dict[str, Any]] = []
@@ -222,22 +235,24 @@ class PredictionWriter(BasePredictionWriter):
         if not self.overlays:
             return
         label_of = {category_id: label for label, category_id in enumerate(pl_module.category_ids, start=1)}
-        image = self._original_image(output["file_name"])
-        drawn = draw_detections(
-            image,
-            output["boxes"],
-            torch.tensor([label_of[int(c)] for c in output["labels"]], dtype=torch.int64),
-            output["scores"],
-            pl_module.class_names,
-            masks=output.get("masks"),
-            score_threshold=self.score_threshold,
+        labels = torch.tensor([label_of[int(c)] for c in output["labels"]], dtype=torch.int64)
+        file_name, apply_exif, class_names = output["file_name"], self._apply_exif, pl_module.class_names
+        self._overlay_writer.submit(
+            lambda: detection_overlay(
+                as_rgb_array(file_name, apply_exif),  # the pixels predicted on (EXIF orientation included)
+                output["boxes"],
+                labels,
+                output["scores"],
+                class_names,
+                masks=output.get("masks"),
+                score_threshold=self.score_threshold,
+            ),
+            self._overlay_path(output),
         )
-        path = self._output_path("overlays", output["file_name"], output.get("image_id", 0))
-        _save_png(drawn.permute(1, 2, 0).numpy(), path)
 
-    def _original_image(self, file_name: str) -> torch.Tensor:
-        """The image predicted on, uint8 (3, H, W), as the dataset read it (EXIF orientation included)."""
-        return torch.from_numpy(as_rgb_array(file_name, self._apply_exif).copy()).permute(2, 0, 1)
+    def _overlay_path(self, output: dict[str, Any]) -> Path:
+        path = self._output_path("overlays", output["file_name"], output.get("image_id", 0))
+        return path.with_suffix(self._overlay_writer.suffix)
 
     def _write_label_map(self, pl_module: LightningModule, output: dict[str, Any]) -> None:
         label_map = output["label"]
@@ -246,10 +261,11 @@ class PredictionWriter(BasePredictionWriter):
         _save_png(label_map.numpy().astype(dtype), path)
         self._written += 1
         if self.overlays and output.get("file_name") is not None:
-            image = self._original_image(output["file_name"])
-            drawn = draw_label_map(image, label_map, pl_module.num_classes)
-            path = self._output_path("overlays", output["file_name"], output.get("image_id", 0))
-            _save_png(drawn.permute(1, 2, 0).numpy(), path)
+            file_name, apply_exif, num_classes = output["file_name"], self._apply_exif, pl_module.num_classes
+            self._overlay_writer.submit(
+                lambda: label_map_overlay(as_rgb_array(file_name, apply_exif), label_map, num_classes),
+                self._overlay_path(output),
+            )
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """Keep the detections of the images done before a failure (e.g. out of memory) in
@@ -259,6 +275,7 @@ class PredictionWriter(BasePredictionWriter):
         Under DDP each process saves its own, as far as it gets: Lightning stops all the processes within
         seconds of one failing.
         """
+        self._overlay_writer.close()
         records, self._records = self._records, []
         if records and self._folder is not None:
             suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
@@ -274,6 +291,9 @@ class PredictionWriter(BasePredictionWriter):
                 flush=True,
             )
 
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._overlay_writer.close()
+
     def _write_records(self, pl_module: LightningModule, records: list[dict[str, Any]], path: Path) -> None:
         categories = [
             {"id": category_id, "name": name}
@@ -285,6 +305,7 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Write the gathered detections (or count the label maps) and note in :attr:`unreadable` the files
         that have no outputs (every process knows them; the command reports them)."""
+        self._overlay_writer.drain()  # an overlay that failed stops the run here, before predictions.json
         records, written, unreadable = self._records, self._written, self._unreadable
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             gathered: list[tuple[list[dict[str, Any]], int, list[str]] | None] = [None] * trainer.world_size
