@@ -19,7 +19,7 @@ from tests.tiny import TINY_CONFIG
 from vitdense.cli import _exported_classes, _program_path, main
 from vitdense.datamodules import BadDataError
 from vitdense.inference import Predictor, load_checkpoint
-from vitdense.tasks import DetectionTask, SemanticSegmentationTask
+from vitdense.tasks import DetectionTask, LabelSpace, SemanticSegmentationTask
 from vitdense.tasks.prediction_writer import detection_record, output_names
 
 RECIPES = Path(__file__).parents[1] / "recipes"
@@ -456,8 +456,8 @@ def test_a_checkpoint_for_other_classes_says_so(detection_run, segmentation_run)
     with pytest.raises(ValueError, match=rf"was trained for 4 classes, but this data has 3 {only}") as error:
         other.on_load_checkpoint(checkpoint)
     assert "_background_" not in str(error.value)  # the hint is for checkpoints trained with that class
-    checkpoint["class_names"] = ["_background_", "circle", "rectangle", "triangle"]
-    other.class_names = ["circle", "rectangle", "triangle"]
+    checkpoint["label_space"]["class_names"] = ["_background_", "circle", "rectangle", "triangle"]
+    other.label_space = LabelSpace.of(["circle", "rectangle", "triangle"], [1, 2, 3])
     with pytest.raises(ValueError, match="'_background_' category returns with keep_background_category"):
         other.on_load_checkpoint(checkpoint)
 
@@ -472,7 +472,7 @@ def test_a_checkpoint_for_other_classes_says_so(detection_run, segmentation_run)
 
     # Evaluating on a datamodule, its label space governs, not the checkpoint's.
     names = [f"class {index}" for index in range(task.num_classes)]
-    task._set_label_space(11, names)
+    task._set_label_space(LabelSpace.of(names, range(len(names)), 11))
     task._label_space_from_data = True
     task.on_load_checkpoint(checkpoint)
     assert task.ignore_index == task.confmat.ignore_index == 11 and task.class_names == names

@@ -15,7 +15,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -33,10 +32,8 @@ from vitdense.datamodules import (
     as_rgb_array,
     check_data,
     distributed_evaluation,
-    predict_sample,
 )
 from vitdense.inference import Predictor, load_checkpoint
-from vitdense.tasks import DetectionTask
 from vitdense.tasks.base import check_checkpoint_task, strict_json
 from vitdense.tasks.callbacks import (
     StepProgressBar,
@@ -47,7 +44,6 @@ from vitdense.tasks.callbacks import (
 )
 from vitdense.tasks.checkpoint_io import SafeCheckpointIO
 from vitdense.tasks.prediction_writer import PredictionWriter, unreadable_report
-from vitdense.tasks.segmentation import checked_sliding_window
 
 # Lightning 2.6 builds torch's LeafSpec, deprecated since torch 2.12, to flatten each predicted batch: the
 # warning is Lightning's to fix and says nothing to a user of the command.
@@ -380,10 +376,7 @@ def predict_checkpoint_command(args: list[str]) -> int:
         predictor = Predictor(load_checkpoint(options.ckpt_path, trusted_classes=options.trust_class))
         dataset = PredictImages(options.images, predictor.transform, options.apply_exif)
         if options.sliding_window is not None:
-            if isinstance(predictor.task, DetectionTask):
-                raise ValueError("--sliding_window is for segmenters; a detector predicts on the whole image")
-            divisor = predictor.task.model.size_divisibility
-            predictor.task.sliding_window = checked_sliding_window(options.sliding_window, divisor)
+            predictor.task.predict_by_sliding_window(tuple(options.sliding_window))
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     images = _ImagesToPredict(dataset, options.batch_size, options.num_workers, predictor.collate)
@@ -547,23 +540,10 @@ def export_command(args: list[str]) -> int:
         sample_rgb = as_rgb_array(options.sample) if options.sample is not None else None
     except (FileNotFoundError, ValueError, OutputWriteError) as error:  # BadDataError is a ValueError
         parser.error(str(error))
-    predictor = Predictor(task)
-    sample, valid_size = None, None
-    if isinstance(task, DetectionTask):
-        image_size = tuple(options.image_size or (task.image_size, task.image_size))
-        if sample_rgb is not None:
-            if image_size != (task.image_size, task.image_size):
-                parser.error("--sample is prepared on the evaluation canvas; leave --image_size out")
-            image, target = predict_sample(sample_rgb, predictor.transform, options.sample, 0)
-            sample, valid_size = image, tuple(target["image_size"])
-    else:
-        if options.image_size is None:
-            parser.error("a segmenter needs --image_size H W (multiples of its size divisibility)")
-        image_size = tuple(options.image_size)
-        if sample_rgb is not None:
-            image = torch.from_numpy(sample_rgb.copy()).permute(2, 0, 1)
-            sample = torch.nn.functional.interpolate(image[None].float(), size=image_size, mode="bilinear")
-            sample = sample[0].round().clamp(0, 255).to(torch.uint8)
+    try:
+        image_size, sample, valid_size = task.export_inputs(options.image_size, sample_rgb, options.sample)
+    except ValueError as error:
+        parser.error(str(error))
     try:
         report = export_model(
             task, image_size, output, sample=sample, valid_size=valid_size, onnx=options.onnx
@@ -595,14 +575,7 @@ def _write_exported_classes(task: LightningModule, program: Path) -> Path:
 def _exported_classes(task: LightningModule) -> dict[str, Any]:
     """The class table written beside an exported program: a detector's ``labels`` are 1..K, not the
     dataset's category ids; a segmenter's class indices are 0..K-1."""
-    if isinstance(task, DetectionTask):
-        labels = [
-            {"label": label, "category_id": category_id, "name": name}
-            for label, (category_id, name) in enumerate(zip(task.category_ids, task.class_names), start=1)
-        ]
-        return {"task": "detection", "labels": labels}
-    classes = [{"index": index, "name": name} for index, name in enumerate(task.class_names)]
-    return {"task": "semantic_segmentation", "classes": classes, "ignore_index": task.ignore_index}
+    return task.class_table()
 
 
 _MORE_COMMANDS = (
