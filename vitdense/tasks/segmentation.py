@@ -50,6 +50,23 @@ def checked_sliding_window(window: Sequence[int] | None, divisor: int) -> tuple[
     return crop, stride
 
 
+def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Mean cross-entropy over the pixels whose label is not ``ignore_index``.
+
+    Args:
+        logits: float (B, K, H, W).
+        labels: int64 (B, H, W) class indices 0..K-1 or ``ignore_index``.
+
+    Returns:
+        A scalar. Without any labelled pixel (a crop of unlabelled area), zero rather than PyTorch's 0 / 0 =
+        NaN, still computed from ``logits``: its backward gives every parameter a zero gradient, so the step
+        is not skipped as non-finite and DDP finds the gradients of every process.
+    """
+    if bool((labels != ignore_index).any()):
+        return F.cross_entropy(logits, labels, ignore_index=ignore_index)
+    return logits.sum() * 0.0
+
+
 class SemanticSegmentationTask(VitDenseTask):
     """Fine-tunes a :class:`Segmenter` with cross-entropy and scores it as the ADE20K benchmark does.
 
@@ -176,9 +193,9 @@ class SemanticSegmentationTask(VitDenseTask):
         images, targets = batch
         labels = torch.stack([target["label"] for target in targets])
         outputs = self.model(images)
-        losses = {"loss_ce": F.cross_entropy(outputs["out"], labels, ignore_index=self.ignore_index)}
+        losses = {"loss_ce": labelled_cross_entropy(outputs["out"], labels, self.ignore_index)}
         if "aux" in outputs:
-            aux = F.cross_entropy(outputs["aux"], labels, ignore_index=self.ignore_index)
+            aux = labelled_cross_entropy(outputs["aux"], labels, self.ignore_index)
             losses["loss_aux"] = self.aux_weight * aux
         loss = sum(losses.values())
         batch_size = images.shape[0]
