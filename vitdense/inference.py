@@ -88,8 +88,8 @@ class Predictor:
     def __init__(self, task: VitDenseTask, device: str | torch.device | None = None) -> None:
         if not isinstance(task, DenseTask):
             raise TypeError(
-                f"expected a task that provides vitdense.tasks.task_contract.DenseTask (e.g. a DetectionTask or "
-                f"SemanticSegmentationTask), got {type(task).__name__}"
+                "expected a task that provides vitdense.tasks.task_contract.DenseTask (e.g. a DetectionTask "
+                f"or SemanticSegmentationTask), got {type(task).__name__}"
             )
         self.transform = task.eval_transform()
         self.collate = task.eval_collate()

@@ -99,7 +99,7 @@ def test_a_checkpoint_saved_before_label_spaces_loads_its_classes(shapes):
     restored.on_load_checkpoint(legacy)
     assert restored.label_space == LabelSpace(("a", "b", "c", "d"), (5, 9, 11, 40))
     assert restored.image_size == 224
-    with pytest.raises(ValueError, match="the checkpoint has a malformed 'label_space' entry: .*one category id"):
+    with pytest.raises(ValueError, match="the checkpoint has a malformed 'label_space' entry: .*category id"):
         restored.on_load_checkpoint({"label_space": {"class_names": ["a"], "category_ids": [1, 2]}})
 
 

@@ -57,7 +57,9 @@ class LabelSpace:
         }
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Mapping[str, Any], default: "LabelSpace", where: str) -> "LabelSpace":
+    def from_checkpoint(
+        cls, checkpoint: Mapping[str, Any], default: "LabelSpace", where: str
+    ) -> "LabelSpace":
         """The label space saved in ``checkpoint`` (by :meth:`to_checkpoint`).
 
         A checkpoint written before label spaces were saved as one entry holds ``class_names`` and
@@ -69,9 +71,13 @@ class LabelSpace:
         """
         saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is None:
-            saved = {key: checkpoint[key] for key in ("class_names", "category_ids", "ignore_index") if key in checkpoint}
+            legacy_keys = ("class_names", "category_ids", "ignore_index")
+            saved = {key: checkpoint[key] for key in legacy_keys if key in checkpoint}
         if not isinstance(saved, Mapping):
-            raise ValueError(f"{where} has a malformed {CHECKPOINT_KEY!r} entry ({type(saved).__name__}); save it again with this version of vitdense")
+            raise ValueError(
+                f"{where} has a malformed {CHECKPOINT_KEY!r} entry ({type(saved).__name__}): save the "
+                "checkpoint again with vitdense, or rebuild the task and set its label_space"
+            )
         try:
             return cls.of(
                 saved.get("class_names", default.class_names),

@@ -127,7 +127,8 @@ class SemanticSegmentationTask(VitDenseTask):
         self.test_scales = list(test_scales) if test_scales is not None else None
         self.test_flip = test_flip
         # Taken from the datamodule at setup and saved in checkpoints.
-        self.label_space = LabelSpace.of([str(index) for index in range(num_classes)], range(num_classes), 255)
+        names = [str(index) for index in range(num_classes)]
+        self.label_space = LabelSpace.of(names, range(num_classes), ignore_index=255)
         # The evaluation resize's (long, short) reference, so that vitdense.inference prepares images as
         # `vitdense predict` does.
         self.eval_scale: tuple[int, int] | None = None
@@ -179,7 +180,8 @@ class SemanticSegmentationTask(VitDenseTask):
             return
         eval_scale = checkpoint.get("eval_scale")
         self.eval_scale = tuple(eval_scale) if eval_scale is not None else self.eval_scale
-        self._set_label_space(LabelSpace.from_checkpoint(checkpoint, self.label_space, self.checkpoint_name()))
+        saved = LabelSpace.from_checkpoint(checkpoint, self.label_space, self.checkpoint_name())
+        self._set_label_space(saved)
 
     def compiled_part(self) -> torch.nn.Module:
         """The whole segmenter: every shape in it follows from the crop's."""
