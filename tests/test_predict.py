@@ -20,7 +20,7 @@ from vitdense.cli import main
 from vitdense.cli.export_checkpoint import _exported_classes, _program_path
 from vitdense.datamodules import BadDataError
 from vitdense.inference import Predictor, load_checkpoint
-from vitdense.tasks import DetectionTask, SemanticSegmentationTask
+from vitdense.tasks import DetectionTask, LabelSpace, SemanticSegmentationTask
 from vitdense.tasks.prediction_writer import detection_record, output_names
 
 RECIPES = Path(__file__).parents[1] / "recipes"
@@ -457,8 +457,8 @@ def test_a_checkpoint_for_other_classes_says_so(detection_run, segmentation_run)
     with pytest.raises(ValueError, match=rf"was trained for 4 classes, but this data has 3 {only}") as error:
         other.on_load_checkpoint(checkpoint)
     assert "_background_" not in str(error.value)  # the hint is for checkpoints trained with that class
-    checkpoint["class_names"] = ["_background_", "circle", "rectangle", "triangle"]
-    other.class_names = ["circle", "rectangle", "triangle"]
+    checkpoint["label_space"]["class_names"] = ["_background_", "circle", "rectangle", "triangle"]
+    other.label_space = LabelSpace.of(["circle", "rectangle", "triangle"], [1, 2, 3])
     with pytest.raises(ValueError, match="'_background_' category returns with keep_background_category"):
         other.on_load_checkpoint(checkpoint)
 
@@ -473,7 +473,7 @@ def test_a_checkpoint_for_other_classes_says_so(detection_run, segmentation_run)
 
     # Evaluating on a datamodule, its label space governs, not the checkpoint's.
     names = [f"class {index}" for index in range(task.num_classes)]
-    task._set_label_space(11, names)
+    task._set_label_space(LabelSpace.of(names, range(len(names)), 11))
     task._label_space_from_data = True
     task.on_load_checkpoint(checkpoint)
     assert task.ignore_index == task.confmat.ignore_index == 11 and task.class_names == names
@@ -624,3 +624,52 @@ def test_predict_and_export_name_an_output_folder_they_cannot_write(
     error = _one_line_error([*predict, f"--output_dir={out}"], monkeypatch, capsys)
     assert error.startswith(f"vitdense predict: cannot write a.png into {out / 'overlays'}: its disk is full")
     assert list((out / "overlays").iterdir()) == [] and not (out / "predictions.partial.json").exists()
+
+
+def test_a_cascade_mask_rcnn_checkpoint_predicts_a_folder(tmp_path):
+    """Cascade Mask R-CNN (recipes/coco_cascade_mask_rcnn.yaml) through `vitdense predict --ckpt_path`."""
+    backbone = {"init_args": {"out_channels": 32, "vit": _tiny_vit()}}
+    detector = {
+        "class_path": "vitdense.heads.CascadeMaskRCNN",
+        "init_args": {
+            "head_dim": 32,
+            "fc_dim": 64,
+            "roi_batch_size_per_image": 32,
+            "score_thresh": 0.0,  # a model trained for 4 steps: detections to write all the same
+            "detections_per_img": 3,
+            "backbone": backbone,
+        },
+    }
+    data = [
+        f"--data.init_args.root={tmp_path / 'shapes'}",
+        "--data.init_args.num_train=4",
+        "--data.init_args.num_val=2",
+    ]
+    log_dir = _fit(tmp_path, "demo_shapes_mask_rcnn.yaml", {"detector": detector}, data)
+    images = tmp_path / "photos"
+    images.mkdir()
+    for name, colour in (("red.png", (200, 30, 30)), ("green.jpg", (30, 200, 30))):
+        canvas = np.zeros((70, 90, 3), np.uint8)
+        canvas[10:50, 20:70] = colour
+        Image.fromarray(canvas).save(images / name)
+    out = tmp_path / "out"
+    checkpoint = _last_checkpoint(log_dir)
+    assert torch.load(checkpoint, weights_only=True)["hyper_parameters"]["detector"]["class_path"].endswith(
+        "CascadeMaskRCNN"
+    )
+    with pytest.raises(SystemExit) as exit_status:
+        main(["predict", "--ckpt_path", str(checkpoint), "--images", str(images), f"--output_dir={out}"])
+    assert exit_status.value.code == 0
+    written = json.loads((out / "predictions.json").read_text())
+    assert [c["name"] for c in written["categories"]] == ["circle", "rectangle", "triangle", "diamond"]
+    records = {Path(record["file_name"]).name: record for record in written["images"]}
+    assert set(records) == {"red.png", "green.jpg"}
+    for record in records.values():
+        assert (record["height"], record["width"]) == (70, 90)
+        assert 0 < len(record["detections"]) <= 3
+        for detection in record["detections"]:
+            assert detection["category_id"] in {c["id"] for c in written["categories"]}
+            assert detection["segmentation"]["size"] == [70, 90] and 0.0 <= detection["score"] <= 1.0
+            x, y, w, h = detection["bbox"]
+            assert 0 <= x <= x + w <= 90 and 0 <= y <= y + h <= 70
+    assert sorted(path.name for path in (out / "overlays").iterdir()) == ["green.png", "red.png"]

@@ -33,6 +33,7 @@ from torchvision.models.detection.rpn import concat_box_prediction_layers
 from vitdense.atomic_write import atomic_file, atomic_path
 from vitdense.heads.detector import RCNNDetector
 from vitdense.heads.segmenter import Segmenter
+from vitdense.tasks.base import VitDenseTask
 
 __all__ = [
     "CheckResult",
@@ -363,7 +364,10 @@ def _unwrap(model: nn.Module) -> RCNNDetector | Segmenter:
 
 
 def exportable(model: nn.Module, image_size: tuple[int, int]) -> DetectorForExport | SegmenterForExport:
-    """Wrap a detector, a segmenter or a task holding one for export at ``image_size`` (H, W)."""
+    """Wrap a detector, a segmenter or a task holding one for export at ``image_size`` (H, W); a task gives
+    its own wrapper (:meth:`~vitdense.tasks.task_contract.DenseTask.export_wrapper`)."""
+    if isinstance(model, VitDenseTask):
+        return model.export_wrapper(image_size)
     inner = _unwrap(model)
     if isinstance(inner, RCNNDetector):
         return DetectorForExport(inner, image_size)
@@ -533,7 +537,7 @@ def check_export(
     inner = _unwrap(model)
     training = inner.training
     try:
-        wrapper = exportable(inner, image_size)
+        wrapper = exportable(model, image_size)
         inputs = _sample_inputs(wrapper, sample, valid_size)
         with torch.no_grad():
             if isinstance(exported, (str, Path)) and Path(exported).suffix == ".onnx":
@@ -597,7 +601,7 @@ def export_model(
     inner = _unwrap(model)
     training = inner.training
     try:
-        wrapper = exportable(inner, image_size)
+        wrapper = exportable(model, image_size)
         inputs = _sample_inputs(wrapper, sample, valid_size)
         if onnx and inputs[0].device.type != "cpu":
             raise ValueError("ONNX is exported and checked on the CPU: move the model to the CPU first")

@@ -20,11 +20,9 @@ from PIL import Image
 
 from vitdense.backbones import skip_weights_loading
 from vitdense.checkpoint_trust import check_checkpoint_classes, read_checkpoint
-from vitdense.datamodules.collate import collate_detection, collate_segmentation
 from vitdense.datamodules.predict_images import as_rgb_array, predict_sample
-from vitdense.datamodules.segmentation_transforms import SegmentationEvalTransform
-from vitdense.datamodules.transforms import EvalTransform
-from vitdense.tasks import DetectionTask, SemanticSegmentationTask, VitDenseTask
+from vitdense.tasks import VitDenseTask
+from vitdense.tasks.task_contract import DenseTask
 
 __all__ = ["Predictor", "load_checkpoint"]
 
@@ -74,31 +72,27 @@ def load_checkpoint(
 
 
 class Predictor:
-    """Runs a trained detection or segmentation task on single images.
+    """Runs a trained task on single images, with the evaluation transform and collate it provides
+    (:class:`~vitdense.tasks.task_contract.DenseTask`).
 
     Args:
-        task: a :class:`DetectionTask` or :class:`SemanticSegmentationTask` that was trained (or loaded)
+        task: e.g. a :class:`DetectionTask` or :class:`SemanticSegmentationTask` that was trained (or loaded)
             with its datamodule, so that it knows its evaluation input size.
         device: where to run; default: the task's device.
+
+    Raises:
+        TypeError: ``task`` does not provide the task contract.
+        ValueError: the task does not know its input size.
     """
 
     def __init__(self, task: VitDenseTask, device: str | torch.device | None = None) -> None:
-        if isinstance(task, DetectionTask):
-            if task.image_size is None:
-                raise ValueError(
-                    "the task does not know its input size; set task.image_size (the canvas side)"
-                )
-            self.transform = EvalTransform(task.image_size)
-            self.collate = collate_detection
-        elif isinstance(task, SemanticSegmentationTask):
-            if task.eval_scale is None:
-                raise ValueError("the task does not know its input size; set task.eval_scale (long, short)")
-            self.transform = SegmentationEvalTransform(task.eval_scale)
-            self.collate = collate_segmentation
-        else:
+        if not isinstance(task, DenseTask):
             raise TypeError(
-                f"expected a DetectionTask or SemanticSegmentationTask, got {type(task).__name__}"
+                "expected a task that provides vitdense.tasks.task_contract.DenseTask (e.g. a DetectionTask "
+                f"or SemanticSegmentationTask), got {type(task).__name__}"
             )
+        self.transform = task.eval_transform()
+        self.collate = task.eval_collate()
         self.task = task.eval() if device is None else task.to(device).eval()
 
     @classmethod
@@ -111,7 +105,7 @@ class Predictor:
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.task.class_names)
+        return list(self.task.label_space.class_names)
 
     @torch.inference_mode()
     def __call__(self, image: ImageInput) -> dict[str, Any]:
@@ -126,7 +120,4 @@ class Predictor:
         images, targets = self.collate([sample])
         images = images.to(self.task.device)
         (output,) = self.task.predict_step((images, targets), 0)
-        if isinstance(self.task, DetectionTask):
-            names = dict(zip(self.task.category_ids, self.task.class_names, strict=True))
-            output["names"] = [names[int(category_id)] for category_id in output["labels"]]
-        return output
+        return self.task.named_prediction(output)

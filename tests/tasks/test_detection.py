@@ -9,7 +9,7 @@ from tests.tiny import TINY_CONFIG, TINY_NETWORK
 from vitdense.backbones import BirderBackbone, SimpleFeaturePyramid
 from vitdense.datamodules import EvalTransform, PredictImages, ShapesDataModule, collate_detection
 from vitdense.heads import MaskRCNN
-from vitdense.tasks import DetectionTask, WarmupMultiStepLR
+from vitdense.tasks import DetectionTask, LabelSpace, WarmupMultiStepLR
 
 
 def _detector(num_classes: int) -> MaskRCNN:
@@ -31,7 +31,7 @@ def test_predict_returns_original_frame_category_ids_and_full_size_masks(shapes,
     for name, (h, w) in sizes.items():
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / name)
     task = DetectionTask(shapes.num_classes, _detector)
-    task.category_ids, task.class_names = shapes.category_ids, shapes.class_names
+    task.label_space = LabelSpace.of(shapes.class_names, shapes.category_ids)
     loader = DataLoader(
         PredictImages(str(tmp_path), EvalTransform(224)), batch_size=2, collate_fn=collate_detection
     )
@@ -82,12 +82,25 @@ def test_optimizer_uses_layer_decay_and_a_per_step_scheduler():
 
 def test_checkpoint_keeps_the_category_ids(shapes):
     task = DetectionTask(shapes.num_classes, _detector)
-    task.category_ids = [5, 9, 11, 40]
+    task.label_space = LabelSpace.of(["a", "b", "c", "d"], [5, 9, 11, 40])
     checkpoint: dict = {}
     task.on_save_checkpoint(checkpoint)
     restored = DetectionTask(shapes.num_classes, _detector)
     restored.on_load_checkpoint(checkpoint)
     assert restored.category_ids == [5, 9, 11, 40]
+    assert set(checkpoint) >= {"label_space", "image_size"} and "category_ids" not in checkpoint
+    assert restored.label_space == task.label_space
+
+
+def test_a_checkpoint_saved_before_label_spaces_loads_its_classes(shapes):
+    """Checkpoints written before the label space was one entry keep their ids and names at the top."""
+    legacy = {"category_ids": [5, 9, 11, 40], "class_names": ["a", "b", "c", "d"], "image_size": 224}
+    restored = DetectionTask(shapes.num_classes, _detector)
+    restored.on_load_checkpoint(legacy)
+    assert restored.label_space == LabelSpace(("a", "b", "c", "d"), (5, 9, 11, 40))
+    assert restored.image_size == 224
+    with pytest.raises(ValueError, match="the checkpoint has a malformed 'label_space' entry: .*category id"):
+        restored.on_load_checkpoint({"label_space": {"class_names": ["a"], "category_ids": [1, 2]}})
 
 
 def test_evaluation_and_prediction_paste_one_image_at_a_time(shapes, tmp_path, monkeypatch):
@@ -116,4 +129,4 @@ def test_a_batch_of_skipped_images_only_is_passed_over(shapes):
     """collate_detection gives None when every evaluation image of a batch was skipped as bad."""
     task = DetectionTask(shapes.num_classes, _detector)
     assert task.validation_step(None, 0) is None and task.test_step(None, 0) is None
-    assert task.evaluator.results == {}
+    assert len(task.evaluator.results) == 0

@@ -6,15 +6,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning import LightningModule
 
 from vitdense.argument_parser import CommandArgumentParser
 from vitdense.atomic_write import OutputWriteError, check_writable_folder, write_atomically
 from vitdense.cli.checkpoint_options import add_trust_class_option
-from vitdense.datamodules import as_rgb_array, predict_sample
-from vitdense.inference import Predictor, load_checkpoint
-from vitdense.tasks import DetectionTask
+from vitdense.datamodules import as_rgb_array
+from vitdense.inference import load_checkpoint
 
 
 def export_command(args: list[str]) -> int:
@@ -62,23 +60,10 @@ def export_command(args: list[str]) -> int:
         sample_rgb = as_rgb_array(options.sample) if options.sample is not None else None
     except (FileNotFoundError, ValueError, OutputWriteError) as error:  # BadDataError is a ValueError
         parser.error(str(error))
-    predictor = Predictor(task)
-    sample, valid_size = None, None
-    if isinstance(task, DetectionTask):
-        image_size = tuple(options.image_size or (task.image_size, task.image_size))
-        if sample_rgb is not None:
-            if image_size != (task.image_size, task.image_size):
-                parser.error("--sample is prepared on the evaluation canvas; leave --image_size out")
-            image, target = predict_sample(sample_rgb, predictor.transform, options.sample, 0)
-            sample, valid_size = image, tuple(target["image_size"])
-    else:
-        if options.image_size is None:
-            parser.error("a segmenter needs --image_size H W (multiples of its size divisibility)")
-        image_size = tuple(options.image_size)
-        if sample_rgb is not None:
-            image = torch.from_numpy(sample_rgb.copy()).permute(2, 0, 1)
-            sample = torch.nn.functional.interpolate(image[None].float(), size=image_size, mode="bilinear")
-            sample = sample[0].round().clamp(0, 255).to(torch.uint8)
+    try:
+        image_size, sample, valid_size = task.export_inputs(options.image_size, sample_rgb, options.sample)
+    except ValueError as error:
+        parser.error(str(error))
     try:
         report = export_model(
             task, image_size, output, sample=sample, valid_size=valid_size, onnx=options.onnx
@@ -110,11 +95,4 @@ def _write_exported_classes(task: LightningModule, program: Path) -> Path:
 def _exported_classes(task: LightningModule) -> dict[str, Any]:
     """The class table written beside an exported program: a detector's ``labels`` are 1..K, not the
     dataset's category ids; a segmenter's class indices are 0..K-1."""
-    if isinstance(task, DetectionTask):
-        labels = [
-            {"label": label, "category_id": category_id, "name": name}
-            for label, (category_id, name) in enumerate(zip(task.category_ids, task.class_names), start=1)
-        ]
-        return {"task": "detection", "labels": labels}
-    classes = [{"index": index, "name": name} for index, name in enumerate(task.class_names)]
-    return {"task": "semantic_segmentation", "classes": classes, "ignore_index": task.ignore_index}
+    return task.class_table()

@@ -13,9 +13,7 @@ from vitdense.cli.checkpoint_options import add_trust_class_option
 from vitdense.cli.errors import error_message
 from vitdense.datamodules import BadDataError, PredictImages, distributed_evaluation
 from vitdense.inference import Predictor, load_checkpoint
-from vitdense.tasks import DetectionTask
 from vitdense.tasks.prediction_writer import PredictionWriter, unreadable_report
-from vitdense.tasks.segmentation import checked_sliding_window
 
 # Options of Lightning's CLI: ``vitdense predict`` with any of them runs a recipe, without them a checkpoint.
 RECIPE_OPTIONS = ("-c", "--config", "--model", "--data", "--trainer", "--writer", "--print_config", "--seed")
@@ -91,10 +89,7 @@ def predict_checkpoint_command(args: list[str]) -> int:
         predictor = Predictor(load_checkpoint(options.ckpt_path, trusted_classes=options.trust_class))
         dataset = PredictImages(options.images, predictor.transform, options.apply_exif)
         if options.sliding_window is not None:
-            if isinstance(predictor.task, DetectionTask):
-                raise ValueError("--sliding_window is for segmenters; a detector predicts on the whole image")
-            divisor = predictor.task.model.size_divisibility
-            predictor.task.sliding_window = checked_sliding_window(options.sliding_window, divisor)
+            predictor.task.predict_by_sliding_window(tuple(options.sliding_window))
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     images = _ImagesToPredict(dataset, options.batch_size, options.num_workers, predictor.collate)

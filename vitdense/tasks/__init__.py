@@ -11,6 +11,7 @@ from vitdense.tasks.callbacks import (
 from vitdense.tasks.checkpoint_io import SafeCheckpointIO
 from vitdense.tasks.coco_evaluator import CocoEvaluator
 from vitdense.tasks.detection import DetectionTask
+from vitdense.tasks.label_space import LabelSpace
 from vitdense.tasks.optim import (
     WarmupCosineLR,
     WarmupMultiStepLR,
@@ -20,10 +21,13 @@ from vitdense.tasks.optim import (
 )
 from vitdense.tasks.segmentation import SemanticSegmentationTask
 from vitdense.tasks.segmentation_metrics import format_class_table, segmentation_scores
+from vitdense.tasks.task_contract import DenseTask
 
 __all__ = [
     "CocoEvaluator",
+    "DenseTask",
     "DetectionTask",
+    "LabelSpace",
     "LatestCheckpoint",
     "SafeCheckpointIO",
     "SemanticSegmentationTask",

@@ -3,12 +3,20 @@
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
 
+from vitdense.datamodules.collate import collate_detection
+from vitdense.datamodules.predict_images import predict_sample
+from vitdense.datamodules.transforms import EvalTransform
 from vitdense.heads import RCNNDetector, paste_detections
-from vitdense.tasks.base import VitDenseTask, warn_if_classes_differ
+from vitdense.tasks.base import VitDenseTask
+from vitdense.tasks.checkpoint_checks import warn_if_classes_differ
 from vitdense.tasks.coco_evaluator import STAT_NAMES, CocoEvaluator, ap_by_class_name
+from vitdense.tasks.label_space import CHECKPOINT_KEY, LabelSpace
+from vitdense.tasks.task_contract import ExportInputs, PredictionFiles
 from vitdense.tasks.training_end import training_ends
 from vitdense.tasks.visualization import draw_detections, valid_region_at_original
 
@@ -65,8 +73,8 @@ class DetectionTask(VitDenseTask):
         self.evaluator = CocoEvaluator(iou_types)
         # Category ids and names of labels 1..K, taken from the datamodule and saved in checkpoints so that
         # predictions keep the dataset's own ids.
-        self.category_ids: list[int] = list(range(1, num_classes + 1))
-        self.class_names: list[str] = [str(index) for index in self.category_ids]
+        ids = range(1, num_classes + 1)
+        self.label_space = LabelSpace.of([str(index) for index in ids], ids)
         # The square canvas side of the evaluation transform, from the datamodule; saved in checkpoints so
         # that vitdense.inference prepares images exactly as `vitdense predict` does.
         self.image_size: int | None = None
@@ -87,8 +95,7 @@ class DetectionTask(VitDenseTask):
                     f"{self.hparams.num_classes}: set model.init_args.num_classes to match "
                     "(the CLI links it)."
                 )
-            self.category_ids = list(datamodule.category_ids)
-            self.class_names = list(datamodule.class_names)
+            self.label_space = LabelSpace.of(datamodule.class_names, datamodule.category_ids)
             self._label_space_from_data = True
         if datamodule is not None and hasattr(datamodule, "image_size"):
             self.image_size = int(datamodule.image_size)
@@ -110,18 +117,26 @@ class DetectionTask(VitDenseTask):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["category_ids"] = self.category_ids
-        checkpoint["class_names"] = self.class_names
+        checkpoint[CHECKPOINT_KEY] = self.label_space.to_checkpoint()
         checkpoint["image_size"] = self.image_size
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         if self._label_space_from_data:  # evaluating on a datamodule: its categories score the detections
-            warn_if_classes_differ(checkpoint, self.class_names)
+            warn_if_classes_differ(checkpoint, self.label_space, self.checkpoint_name())
             return
-        self.category_ids = checkpoint.get("category_ids", self.category_ids)
-        self.class_names = checkpoint.get("class_names", self.class_names)
+        self.label_space = LabelSpace.from_checkpoint(checkpoint, self.label_space, self.checkpoint_name())
         self.image_size = checkpoint.get("image_size", self.image_size)
+
+    @property
+    def category_ids(self) -> list[int]:
+        """The dataset's category id of each label 1..K (see :attr:`label_space`)."""
+        return list(self.label_space.category_ids)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The name of each label 1..K (see :attr:`label_space`)."""
+        return list(self.label_space.class_names)
 
     def forward(
         self, images: torch.Tensor, image_sizes: list[tuple[int, int]]
@@ -253,3 +268,60 @@ class DetectionTask(VitDenseTask):
                 {key: value.cpu() if torch.is_tensor(value) else value for key, value in output.items()}
             )
         return outputs
+
+    def eval_transform(self) -> EvalTransform:
+        """Resize into the square evaluation canvas of side :attr:`image_size` (from the datamodule)."""
+        if self.image_size is None:
+            raise ValueError("the task does not know its input size; set task.image_size (the canvas side)")
+        return EvalTransform(self.image_size)
+
+    def eval_collate(self) -> Callable[[list[tuple[torch.Tensor, dict[str, Any]]]], Batch | None]:
+        return collate_detection
+
+    def predict_by_sliding_window(self, window: tuple[int, int]) -> None:
+        raise ValueError("--sliding_window is for segmenters; a detector predicts on the whole image")
+
+    def named_prediction(self, output: dict[str, Any]) -> dict[str, Any]:
+        """``output`` with ``names``, the class name of each detection."""
+        names = self.label_space.names_by_id
+        return {**output, "names": [names[int(category_id)] for category_id in output["labels"]]}
+
+    def write_prediction(self, files: PredictionFiles, output: dict[str, Any]) -> None:
+        files.write_detections(self, output)
+
+    def finish_predictions(self, files: PredictionFiles, records: list[dict[str, Any]], written: int) -> None:
+        files.write_predictions_json(self, records)
+
+    def class_table(self) -> dict[str, Any]:
+        """The exported detector's ``labels`` 1..K with their dataset category ids and names (not the ids
+        themselves, which ``predict`` reports)."""
+        labels = [
+            {"label": label, "category_id": category_id, "name": name}
+            for label, (category_id, name) in enumerate(
+                zip(self.label_space.category_ids, self.label_space.class_names), start=1
+            )
+        ]
+        return {"task": "detection", "labels": labels}
+
+    def export_inputs(
+        self, image_size: tuple[int, int] | None, sample_rgb: np.ndarray | None, file_name: str | None
+    ) -> ExportInputs:
+        """The evaluation canvas by default; a sample image is prepared as ``predict`` prepares it, on that
+        canvas only."""
+        if image_size is None and self.image_size is None:
+            raise ValueError("the task does not know its evaluation canvas: give --image_size H W")
+        canvas = (self.image_size, self.image_size)
+        size = tuple(image_size or canvas)
+        if sample_rgb is None:
+            return ExportInputs(size, None, None)
+        if size != canvas:
+            raise ValueError("--sample is prepared on the evaluation canvas; leave --image_size out")
+        image, target = predict_sample(sample_rgb, self.eval_transform(), file_name, 0)
+        return ExportInputs(size, image, tuple(target["image_size"]))
+
+    def export_wrapper(self, image_size: tuple[int, int]) -> nn.Module:
+        """A :class:`~vitdense.export.DetectorForExport` of the detector."""
+        # Imported here: importing vitdense.export registers a tracing rule for torchvision's nms.
+        from vitdense.export import DetectorForExport
+
+        return DetectorForExport(self.model, image_size)

@@ -224,12 +224,10 @@ class PredictionWriter(BasePredictionWriter):
             if index < len(self.images) and self.images[index] not in done
         ]
         for output in prediction:
-            if "label" in output:
-                self._write_label_map(pl_module, output)
-            else:
-                self._write_detections(pl_module, output)
+            pl_module.write_prediction(self, output)
 
-    def _write_detections(self, pl_module: LightningModule, output: dict[str, Any]) -> None:
+    def write_detections(self, pl_module: LightningModule, output: dict[str, Any]) -> None:
+        """Keep one image's detections for ``predictions.json`` and write its overlay."""
         names = dict(zip(pl_module.category_ids, pl_module.class_names, strict=True))
         self._records.append(detection_record(output, names))
         if not self.overlays:
@@ -254,7 +252,8 @@ class PredictionWriter(BasePredictionWriter):
         path = self._output_path("overlays", output["file_name"], output.get("image_id", 0))
         return path.with_suffix(self._overlay_writer.suffix)
 
-    def _write_label_map(self, pl_module: LightningModule, output: dict[str, Any]) -> None:
+    def write_label_map(self, pl_module: LightningModule, output: dict[str, Any]) -> None:
+        """Write one image's label map PNG and its overlay."""
         label_map = output["label"]
         dtype = np.uint8 if pl_module.num_classes <= 256 else np.uint16
         path = self._output_path("labels", output.get("file_name"), output.get("image_id", 0))
@@ -322,17 +321,21 @@ class PredictionWriter(BasePredictionWriter):
             unreadable = [name for _, _, names in gathered for name in names]
         self._records, self._written, self._unreadable = [], 0, []
         self.unreadable = sorted(unreadable)
-        if not trainer.is_global_zero:
-            return
-        if not hasattr(pl_module, "category_ids"):
-            classes = [{"index": index, "name": name} for index, name in enumerate(pl_module.class_names)]
-            write_atomically(self._folder / "classes.json", json.dumps({"classes": classes}, indent=1))
-            print(
-                f"Wrote {written} label maps to {self._folder / 'labels'} (their class indices: "
-                f"{self._folder / 'classes.json'})",
-                flush=True,
-            )
-            return
+        if trainer.is_global_zero:
+            pl_module.finish_predictions(self, records, written)
+
+    def write_classes_json(self, pl_module: LightningModule, written: int) -> None:
+        """Write ``classes.json``, the class of each label map value, after ``written`` label maps."""
+        classes = [{"index": index, "name": name} for index, name in enumerate(pl_module.class_names)]
+        write_atomically(self._folder / "classes.json", json.dumps({"classes": classes}, indent=1))
+        print(
+            f"Wrote {written} label maps to {self._folder / 'labels'} (their class indices: "
+            f"{self._folder / 'classes.json'})",
+            flush=True,
+        )
+
+    def write_predictions_json(self, pl_module: LightningModule, records: list[dict[str, Any]]) -> None:
+        """Write every image's detection ``records`` (all processes', gathered) as ``predictions.json``."""
         path = self._folder / "predictions.json"
         self._write_records(pl_module, records, path)
         for stale in self._folder.glob("predictions.partial*.json"):  # an earlier failed run's

@@ -6,14 +6,21 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from vitdense.datamodules.collate import collate_segmentation
+from vitdense.datamodules.segmentation_transforms import SegmentationEvalTransform
 from vitdense.heads import Segmenter, multi_scale_flip_inference, slide_inference, whole_inference
-from vitdense.tasks.base import VitDenseTask, warn_if_classes_differ
+from vitdense.tasks.base import VitDenseTask
+from vitdense.tasks.checkpoint_checks import warn_if_classes_differ
+from vitdense.tasks.label_space import CHECKPOINT_KEY, LabelSpace
 from vitdense.tasks.segmentation_metrics import format_class_table, segmentation_scores
+from vitdense.tasks.task_contract import ExportInputs, PredictionFiles
 from vitdense.tasks.visualization import draw_label_map, valid_region_at_original
 
 logger = logging.getLogger(__name__)
@@ -41,6 +48,23 @@ def checked_sliding_window(window: Sequence[int] | None, divisor: int) -> tuple[
             f"{nearest} (usually the training crop)"
         )
     return crop, stride
+
+
+def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Mean cross-entropy over the pixels whose label is not ``ignore_index``.
+
+    Args:
+        logits: float (B, K, H, W).
+        labels: int64 (B, H, W) class indices 0..K-1 or ``ignore_index``.
+
+    Returns:
+        A scalar. Without any labelled pixel (a crop of unlabelled area), zero rather than PyTorch's 0 / 0 =
+        NaN, still computed from ``logits``: its backward gives every parameter a zero gradient, so the step
+        is not skipped as non-finite and DDP finds the gradients of every process.
+    """
+    if bool((labels != ignore_index).any()):
+        return F.cross_entropy(logits, labels, ignore_index=ignore_index)
+    return logits.sum() * 0.0
 
 
 class SemanticSegmentationTask(VitDenseTask):
@@ -103,14 +127,14 @@ class SemanticSegmentationTask(VitDenseTask):
         self.test_scales = list(test_scales) if test_scales is not None else None
         self.test_flip = test_flip
         # Taken from the datamodule at setup and saved in checkpoints.
-        self.ignore_index = 255
-        self.class_names = [str(index) for index in range(num_classes)]
+        names = [str(index) for index in range(num_classes)]
+        self.label_space = LabelSpace.of(names, range(num_classes), ignore_index=255)
         # The evaluation resize's (long, short) reference, so that vitdense.inference prepares images as
         # `vitdense predict` does.
         self.eval_scale: tuple[int, int] | None = None
         self._label_space_from_data = False
         self.confmat = MulticlassConfusionMatrix(
-            num_classes, ignore_index=self.ignore_index, validate_args=False
+            num_classes, ignore_index=self.label_space.ignore_index, validate_args=False
         )
 
     def setup(self, stage: str) -> None:
@@ -122,34 +146,42 @@ class SemanticSegmentationTask(VitDenseTask):
                 f"The datamodule has {datamodule.num_classes} classes but the model was built for "
                 f"{self.num_classes}: set model.init_args.num_classes to match (the CLI links it)."
             )
-        self._set_label_space(datamodule.ignore_index, list(datamodule.class_names))
+        class_names = list(datamodule.class_names)
+        self._set_label_space(LabelSpace.of(class_names, range(len(class_names)), datamodule.ignore_index))
         self.eval_scale = tuple(int(side) for side in datamodule.scale)
         self._label_space_from_data = True
 
-    def _set_label_space(self, ignore_index: int, class_names: list[str]) -> None:
-        self.ignore_index = ignore_index
-        self.class_names = class_names
-        self.confmat.ignore_index = ignore_index
+    def _set_label_space(self, label_space: LabelSpace) -> None:
+        self.label_space = label_space
+        self.confmat.ignore_index = label_space.ignore_index
+
+    @property
+    def ignore_index(self) -> int:
+        """The label value of unlabelled pixels (see :attr:`label_space`)."""
+        return self.label_space.ignore_index
+
+    @property
+    def class_names(self) -> list[str]:
+        """The name of each class index 0..K-1 (see :attr:`label_space`)."""
+        return list(self.label_space.class_names)
 
     def evaluation_metrics(self) -> list[str]:
         return ["mIoU", "aAcc", "mAcc"]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["ignore_index"] = self.ignore_index
-        checkpoint["class_names"] = self.class_names
+        checkpoint[CHECKPOINT_KEY] = self.label_space.to_checkpoint()
         checkpoint["eval_scale"] = self.eval_scale
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         if self._label_space_from_data:  # evaluating on a datamodule: its ignore index and scale govern
-            warn_if_classes_differ(checkpoint, self.class_names)
+            warn_if_classes_differ(checkpoint, self.label_space, self.checkpoint_name())
             return
         eval_scale = checkpoint.get("eval_scale")
         self.eval_scale = tuple(eval_scale) if eval_scale is not None else self.eval_scale
-        self._set_label_space(
-            checkpoint.get("ignore_index", self.ignore_index), checkpoint.get("class_names", self.class_names)
-        )
+        saved = LabelSpace.from_checkpoint(checkpoint, self.label_space, self.checkpoint_name())
+        self._set_label_space(saved)
 
     def compiled_part(self) -> torch.nn.Module:
         """The whole segmenter: every shape in it follows from the crop's."""
@@ -163,9 +195,9 @@ class SemanticSegmentationTask(VitDenseTask):
         images, targets = batch
         labels = torch.stack([target["label"] for target in targets])
         outputs = self.model(images)
-        losses = {"loss_ce": F.cross_entropy(outputs["out"], labels, ignore_index=self.ignore_index)}
+        losses = {"loss_ce": labelled_cross_entropy(outputs["out"], labels, self.ignore_index)}
         if "aux" in outputs:
-            aux = F.cross_entropy(outputs["aux"], labels, ignore_index=self.ignore_index)
+            aux = labelled_cross_entropy(outputs["aux"], labels, self.ignore_index)
             losses["loss_aux"] = self.aux_weight * aux
         loss = sum(losses.values())
         batch_size = images.shape[0]
@@ -282,3 +314,50 @@ class SemanticSegmentationTask(VitDenseTask):
             )
             outputs.append(output)
         return outputs
+
+    def eval_transform(self) -> SegmentationEvalTransform:
+        """The evaluation resize to :attr:`eval_scale` (from the datamodule)."""
+        if self.eval_scale is None:
+            raise ValueError("the task does not know its input size; set task.eval_scale (long, short)")
+        return SegmentationEvalTransform(self.eval_scale)
+
+    def eval_collate(self) -> Callable[[list[tuple[torch.Tensor, dict[str, Any]]]], Batch | None]:
+        return collate_segmentation
+
+    def predict_by_sliding_window(self, window: tuple[int, int]) -> None:
+        self.sliding_window = checked_sliding_window(window, self.model.size_divisibility)
+
+    def named_prediction(self, output: dict[str, Any]) -> dict[str, Any]:
+        """``output`` as it is: its class indices name :attr:`class_names`."""
+        return output
+
+    def write_prediction(self, files: PredictionFiles, output: dict[str, Any]) -> None:
+        files.write_label_map(self, output)
+
+    def finish_predictions(self, files: PredictionFiles, records: list[dict[str, Any]], written: int) -> None:
+        files.write_classes_json(self, written)
+
+    def class_table(self) -> dict[str, Any]:
+        """The exported segmenter's class indices 0..K-1 with their names, and the ignored label."""
+        classes = [{"index": index, "name": name} for index, name in enumerate(self.label_space.class_names)]
+        return {"task": "semantic_segmentation", "classes": classes, "ignore_index": self.ignore_index}
+
+    def export_inputs(
+        self, image_size: tuple[int, int] | None, sample_rgb: np.ndarray | None, file_name: str | None
+    ) -> ExportInputs:
+        """``image_size`` must be given (images vary in size); a sample image is resized to it."""
+        if image_size is None:
+            raise ValueError("a segmenter needs --image_size H W (multiples of its size divisibility)")
+        size = tuple(image_size)
+        if sample_rgb is None:
+            return ExportInputs(size, None, None)
+        image = torch.from_numpy(sample_rgb.copy()).permute(2, 0, 1)
+        sample = F.interpolate(image[None].float(), size=size, mode="bilinear")
+        return ExportInputs(size, sample[0].round().clamp(0, 255).to(torch.uint8), None)
+
+    def export_wrapper(self, image_size: tuple[int, int]) -> nn.Module:
+        """A :class:`~vitdense.export.SegmenterForExport` of the segmenter."""
+        # Imported here: importing vitdense.export registers a tracing rule for torchvision's nms.
+        from vitdense.export import SegmenterForExport
+
+        return SegmenterForExport(self.model, image_size)
