@@ -169,6 +169,24 @@ def test_no_detection_gives_zero_ap_and_only_evaluated_images_count():
     assert evaluator.compute(coco)["bbox_AP"] == pytest.approx(1.0)  # image 11 was not evaluated
 
 
+def test_masks_without_any_detection_give_zero_ap_and_an_empty_results_file():
+    """An untrained model may detect nothing on any image: the mask evaluation still scores (the resume
+    tests' first validations)."""
+    coco = _gt()
+    evaluator = CocoEvaluator(("bbox", "segm"))
+    for image_id, (height, width) in ((10, (100, 120)), (11, (90, 80))):
+        empty = {
+            "boxes": torch.zeros(0, 4),
+            "labels": torch.zeros(0, dtype=torch.int64),
+            "scores": torch.zeros(0),
+            "masks": torch.zeros(0, height, width, dtype=torch.bool),
+        }
+        evaluator.update(image_id, empty, CATEGORY_IDS)
+    metrics = evaluator.compute(coco)
+    assert metrics["bbox_AP"] == metrics["segm_AP"] == 0.0
+    assert json.loads(evaluator.results_json("segm")) == []
+
+
 def test_unknown_iou_type():
     with pytest.raises(ValueError, match="iou_type"):
         CocoEvaluator(("keypoints",))

@@ -291,6 +291,8 @@ class CocoEvaluator:
         number = 0
         for image_id in image_ids:
             result = self.results[image_id]
+            if len(result.scores) == 0:  # the store keeps no mask fields when nothing was detected anywhere
+                continue
             categories, scores = result.category_ids.tolist(), result.scores.tolist()
             if iou_type == "bbox":
                 fields, areas = result.boxes.tolist(), None
