@@ -1,8 +1,97 @@
-"""Test-wide settings: no network, no writes outside tmp, deterministic threads."""
+"""Test-wide settings (no network, no writes outside tmp, deterministic threads) and the shared runs."""
 
+import contextlib
+import io
+import json
 import os
 import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "vitdense-mpl"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RECIPES = Path(__file__).parents[1] / "recipes"
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """A bounded training run of a demo recipe.
+
+    Attributes:
+        folder: the run's ``trainer.default_root_dir``.
+        checkpoint: its ``last.ckpt`` (the weights after the last step).
+        metrics: the JSON line the command printed last (the final evaluation's metrics).
+    """
+
+    folder: Path
+    checkpoint: Path
+    metrics: dict[str, Any]
+
+
+def fit_demo(folder: Path, recipe: str, arguments: list[str]) -> DemoRun:
+    """Run ``vitdense fit`` in this process on a recipe of ``recipes/`` with extra ``arguments``."""
+    from vitdense.cli import main  # imported here: collecting the tests alone need not import the kit
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main(
+            [
+                *("fit", "--config", str(RECIPES / recipe)),
+                *arguments,
+                "--trainer.enable_progress_bar=false",
+                f"--trainer.default_root_dir={folder}",
+            ]
+        )
+    (checkpoint,) = folder.rglob("last.ckpt")
+    return DemoRun(folder, checkpoint, json.loads(printed.getvalue().strip().splitlines()[-1]))
+
+
+@pytest.fixture(scope="session")
+def demo_shapes_root(tmp_path_factory) -> Path:
+    """The data folder of the detection learning runs (written by the first run, reused by the next)."""
+    return tmp_path_factory.mktemp("demo_shapes")
+
+
+def demo_detection_schedule(root: Path) -> list[str]:
+    """150 steps x 4 images = 2 epochs of 300 images, evaluated once at the end."""
+    return [
+        f"--data.init_args.root={root}",
+        "--data.init_args.num_train=300",
+        "--data.init_args.num_val=40",
+        "--trainer.max_steps=150",
+        "--trainer.max_epochs=2",
+        "--trainer.check_val_every_n_epoch=2",
+        "--model.init_args.lr_scheduler.init_args.total_steps=150",
+        "--model.init_args.lr_scheduler.init_args.warmup_steps=30",
+    ]
+
+
+@pytest.fixture(scope="session")
+def demo_detector_run(tmp_path_factory, demo_shapes_root) -> DemoRun:
+    """The demo Mask R-CNN recipe trained for 150 steps (~1.5 min on 2 cores): tests/test_learning.py checks
+    that it learned, tests/test_distributed.py evaluates and predicts with its weights."""
+    folder = tmp_path_factory.mktemp("demo_detector")
+    return fit_demo(folder, "demo_shapes_mask_rcnn.yaml", demo_detection_schedule(demo_shapes_root))
+
+
+@pytest.fixture(scope="session")
+def demo_segmenter_run(tmp_path_factory) -> DemoRun:
+    """The demo semantic segmentation recipe trained for 150 steps x 8 crops = 10 epochs of 120 images,
+    evaluated once at the end (~1 min on 2 cores); shared like :func:`demo_detector_run`."""
+    folder = tmp_path_factory.mktemp("demo_segmenter")
+    arguments = [
+        f"--data.init_args.root={folder / 'shapes'}",
+        "--data.init_args.num_train=120",
+        "--data.init_args.num_val=20",
+        "--trainer.max_steps=150",
+        "--trainer.max_epochs=10",
+        "--trainer.check_val_every_n_epoch=10",
+        "--model.init_args.lr_scheduler.init_args.total_steps=150",
+        "--model.init_args.lr_scheduler.init_args.warmup_steps=20",
+    ]
+    return fit_demo(folder, "demo_shapes_semseg.yaml", arguments)

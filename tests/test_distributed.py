@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from tests.tasks.test_run_lock import _holder
+from vitdense.cli import main
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 
 
-def _vitdense(subcommand: str, recipe: str, data_root: Path, run_root: Path, extra: list[str]) -> str:
-    """Run the CLI in a fresh process (DDP re-launches that command for its other rank); return stdout."""
-    run_root.mkdir(parents=True, exist_ok=True)
-    command = [
-        *(sys.executable, "-m", "vitdense", subcommand, "--config", str(RECIPES / recipe)),
+def _arguments(subcommand: str, recipe: str, data_root: Path, run_root: Path, extra: list[str]) -> list[str]:
+    """``vitdense <subcommand>``'s arguments: a recipe, its data in ``data_root``, no loader workers."""
+    return [
+        *(subcommand, "--config", str(RECIPES / recipe)),
         f"--data.init_args.root={data_root}",
         "--data.init_args.num_workers=0",
         "--data.init_args.eval_batch_size=1",
@@ -27,43 +27,55 @@ def _vitdense(subcommand: str, recipe: str, data_root: Path, run_root: Path, ext
         f"--trainer.default_root_dir={run_root}",
         *extra,
     ]
+
+
+def _vitdense(subcommand: str, recipe: str, data_root: Path, run_root: Path, extra: list[str]) -> str:
+    """Run the CLI in a fresh process (DDP re-launches that command for its other rank); return stdout."""
+    run_root.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "vitdense", *_arguments(subcommand, recipe, data_root, run_root, extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=run_root)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
 
+def _validate_in_this_process(recipe: str, data_root: Path, run_root: Path, extra: list[str], capsys) -> dict:
+    """``vitdense validate`` on one process, run in this one (no interpreter to start); returns the metrics it
+    printed. On one thread, as each process of a DDP run (OMP_NUM_THREADS=1)."""
+    run_root.mkdir(parents=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main(_arguments("validate", recipe, data_root, run_root, [*extra, "--trainer.devices=1"]))
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("recipe", "extra", "keys"),
+    ("recipe", "trained", "keys"),
     [
         (
             "demo_shapes_mask_rcnn.yaml",
-            ["--data.init_args.num_train=8", "--data.init_args.num_val=5"],
+            "demo_detector_run",
             ["bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50", "segm_APs"],
         ),
-        (
-            "demo_shapes_semseg.yaml",
-            ["--data.init_args.num_train=8", "--data.init_args.num_val=5"],
-            ["mIoU", "aAcc", "mAcc"],
-        ),
+        ("demo_shapes_semseg.yaml", "demo_segmenter_run", ["mIoU", "aAcc", "mAcc"]),
     ],
     ids=["detection", "semseg"],
 )
-def test_two_processes_match_one_on_an_odd_split(recipe, extra, keys, tmp_path):
+def test_two_processes_match_one_on_an_odd_split(recipe, trained, keys, tmp_path, capsys, request):
     """5 images over 2 processes: a sampler that repeated one to even out the ranks would count it twice."""
     data = tmp_path / "data"
-    # A few training steps, so that the scores are not all zero.
-    schedule = ["--trainer.max_steps=40", "--trainer.max_epochs=40", "--trainer.limit_val_batches=0"]
-    schedule += ["--model.init_args.lr_scheduler.init_args.total_steps=40"]
-    schedule += ["--model.init_args.lr_scheduler.init_args.warmup_steps=5"]
-    _vitdense("fit", recipe, data, tmp_path / "fit", [*extra, *schedule])
-    last = next((tmp_path / "fit").rglob("last.ckpt"))
+    # Trained weights (the learning test's run, tests/conftest.py), so that the scores are not all zero.
+    last = request.getfixturevalue(trained).checkpoint
     checkpoint = f"--ckpt_path={last}"
-    one = _vitdense("validate", recipe, data, tmp_path / "one", [*extra, checkpoint, "--trainer.devices=1"])
+    extra = ["--data.init_args.num_train=8", "--data.init_args.num_val=5"]
+    single = _validate_in_this_process(recipe, data, tmp_path / "one", [*extra, checkpoint], capsys)
     ddp = ["--trainer.devices=2", "--trainer.strategy=ddp", checkpoint]
     two = _vitdense("validate", recipe, data, tmp_path / "two", [*extra, *ddp])
-    single, double = (json.loads(out.strip().splitlines()[-1]) for out in (one, two))
+    double = json.loads(two.strip().splitlines()[-1])
     for key in keys:
         assert double[key] == pytest.approx(single[key], abs=1e-9), (key, single, double)
     assert any(single[key] > 0 for key in keys), single
@@ -72,9 +84,9 @@ def test_two_processes_match_one_on_an_odd_split(recipe, extra, keys, tmp_path):
     # (Lightning skips the evaluation of a process without batches; the other would wait for it forever.)
     lone = tmp_path / "lone"
     one_image = ["--data.init_args.num_train=2", "--data.init_args.num_val=1", checkpoint]
-    one = _vitdense("validate", recipe, lone, tmp_path / "one1", [*one_image, "--trainer.devices=1"])
+    one = _validate_in_this_process(recipe, lone, tmp_path / "one1", one_image, capsys)
     two = _vitdense("validate", recipe, lone, tmp_path / "two1", [*one_image, *ddp[:2]])
-    assert json.loads(two.strip().splitlines()[-1]) == json.loads(one.strip().splitlines()[-1])
+    assert json.loads(two.strip().splitlines()[-1]) == one
 
     image = next(path for path in lone.rglob("*.jpg") if path.parent.name in ("val", "validation"))
     predict = [sys.executable, "-m", "vitdense", "predict", "--ckpt_path", str(last), "--images", str(image)]

@@ -60,11 +60,18 @@ def _final_state(tmp_path, run: str) -> dict:
     return torch.load(last, weights_only=False)
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> dict:
+    """The last checkpoint of the 7 steps that the first two tests kill and resume, run without a stop and with
+    the data loaded in the main process."""
+    tmp = tmp_path_factory.mktemp("straight")
+    main(_args(tmp, "straight", workers=0))
+    return _final_state(tmp, "straight")
+
+
 @pytest.mark.oldest
 @pytest.mark.slow
-def test_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path):
-    main(_args(tmp_path, "straight", workers=0))
-
+def test_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path, straight):
     # Killed as its 4th step starts, in the middle of the first epoch (4 batches); the latest checkpoint holds
     # 3 steps. The killed run
     # loads its data in a worker process, the straight one in the main process: the order and the
@@ -87,7 +94,7 @@ def test_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path):
         ]
     )
 
-    straight, resumed = _final_state(tmp_path, "straight"), _final_state(tmp_path, "killed")
+    resumed = _final_state(tmp_path, "killed")
     assert resumed["global_step"] == straight["global_step"] == 7
     assert resumed["lr_schedulers"] == straight["lr_schedulers"]
     torch.testing.assert_close(resumed["state_dict"], straight["state_dict"], rtol=1e-5, atol=1e-6)
@@ -100,18 +107,17 @@ def test_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_resuming_from_a_save_on_an_epochs_last_batch_trains_the_next_epoch_whole(tmp_path):
+def test_resuming_from_a_save_on_an_epochs_last_batch_trains_the_next_epoch_whole(tmp_path, straight):
     """The periodic save lands on the first epoch's last batch (step 4 of 4 batches per epoch); the run is
     killed two steps later. Resumed, it must train the whole second epoch: with a DataLoader worker it
     skipped it (the demo's every_n_train_steps is one epoch)."""
-    main(_args(tmp_path, "straight", workers=0))
     with pytest.raises(RuntimeError, match="killed at step 6"):
         main(_args(tmp_path, "killed", workers=1, kill_at=6, save_every=4))
     killed = _final_state(tmp_path, "killed")
     assert killed["global_step"] == 4 and killed["epoch"] == 0
     main([*_args(tmp_path, "killed", workers=1, save_every=4), "--ckpt_path", "last"])
 
-    straight, resumed = _final_state(tmp_path, "straight"), _final_state(tmp_path, "killed")
+    resumed = _final_state(tmp_path, "killed")
     assert resumed["global_step"] == straight["global_step"] == 7
     assert resumed["epoch"] == straight["epoch"]
     torch.testing.assert_close(resumed["state_dict"], straight["state_dict"], rtol=1e-5, atol=1e-6)
