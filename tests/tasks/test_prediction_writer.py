@@ -86,6 +86,9 @@ def _predict(writer, folder, files, detections):
         predict_dataloaders=[SimpleNamespace(dataset=dataset)],
     )
     module = SimpleNamespace(category_ids=[3, 7], class_names=["circle", "square"])
+    # The detection task's side of the prediction contract (vitdense.tasks.DetectionTask).
+    module.write_prediction = lambda files, output: files.write_detections(module, output)
+    module.finish_predictions = lambda files, records, written: files.write_predictions_json(module, records)
     writer.setup(trainer, module, "predict")
     writer.on_predict_epoch_start(trainer, module)
     for index, file in enumerate(files):
