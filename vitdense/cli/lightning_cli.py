@@ -36,9 +36,10 @@ class VitDenseCLI(LightningCLIWithSubcommandHook):
     from the instantiated datamodule instead of being written twice. Every run also gets, unless its
     recipe configures its own: a CSV logger beside the TensorBoard one, the learning rate and training
     throughput logged, validation images with predictions drawn, the final step validated inside ``fit``
-    (:class:`ValidateFinalStep`), the step counted in the progress bar (:class:`StepProgressBar`);
-    ``predict`` writes its outputs with a :class:`PredictionWriter` (``--writer.output_dir``,
-    ``--writer.score_threshold``).
+    (:class:`ValidateFinalStep`), the gradient norm before clipping (:class:`GradientNormLogger`), the step
+    counted in the progress bar (:class:`StepProgressBar`); ``predict`` writes its outputs with a
+    :class:`PredictionWriter` (``--writer.output_dir``, ``--writer.score_threshold``, ``--writer.overlays``,
+    ``--writer.overlay_format``).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
