@@ -130,3 +130,10 @@ def test_a_batch_of_skipped_images_only_is_passed_over(shapes):
     task = DetectionTask(shapes.num_classes, _detector)
     assert task.validation_step(None, 0) is None and task.test_step(None, 0) is None
     assert len(task.evaluator.results) == 0
+
+
+def test_the_coco_ap_backend_is_a_task_option():
+    assert DetectionTask(3, _detector).evaluator.backend == "faster_coco_eval"
+    assert DetectionTask(3, _detector, coco_eval_backend="pycocotools").evaluator.backend == "pycocotools"
+    with pytest.raises(ValueError, match="Unknown backend 'detectron2'"):
+        DetectionTask(3, _detector, coco_eval_backend="detectron2")
