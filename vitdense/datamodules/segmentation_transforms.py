@@ -7,7 +7,7 @@ preprocessor: image with 0, label with ``ignore_index``). Evaluation resizes the
 aspect ratio, and leaves the label at its original resolution (mIoU is computed there).
 
 Images are RGB ``uint8`` ``(H, W, 3)`` numpy arrays; labels are integer ``(H, W)`` class indices
-``0..K-1`` or ``ignore_index`` (already mapped, see ``vitdense.datamodules.segmentation.LabelMapping``).
+``0..K-1`` or ``ignore_index`` (already mapped, see ``vitdense.datamodules.LabelMapping``).
 Labels stay in a compact integer dtype (``uint8`` or ``int32``) through the pipeline and come out as
 ``int64`` tensors.
 """
