@@ -46,7 +46,10 @@ class RandomSample(torch.utils.data.Dataset):
         return 6
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return torch.rand(3)  # stands for a random augmentation
+        return torch.rand(3)
+
+    def sample(self, index: int, seed: int) -> torch.Tensor:
+        return torch.rand(3, generator=torch.Generator().manual_seed(seed))  # stands for an augmentation
 
 
 def test_a_sample_depends_on_its_seed_only_not_on_the_worker_or_the_callers_state():
@@ -268,7 +271,8 @@ def _checksum(sample: tuple[torch.Tensor, dict]) -> str:
 
 def test_augmented_training_samples_are_pinned(shapes, tmp_path):
     """The augmentation of a seeded sample is fixed: a refactor of the seeding or of the transforms must
-    leave these checksums (image, boxes, labels, masks / label map) as they are, or the demo's metrics move."""
+    leave these checksums (image, boxes, labels, masks / label map) as they are, or the demo's metrics
+    move."""
     coco = CocoDetection(
         shapes["train_images"],
         shapes["train_annotations"],

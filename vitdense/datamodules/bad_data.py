@@ -107,8 +107,9 @@ class CheckedDataset(Dataset):
         """
         raise NotImplementedError
 
-    def _sample(self, index: int, data: Any) -> Any:
-        """The sample of record ``index`` from what :meth:`_read` returned (the transform runs here)."""
+    def _sample(self, index: int, data: Any, seed: int | None) -> Any:
+        """The sample of record ``index`` from what :meth:`_read` returned (the transform runs here, with
+        ``seed``: see :meth:`sample`)."""
         raise NotImplementedError
 
     def _keep(self, indices: list[int]) -> None:
@@ -165,8 +166,17 @@ class CheckedDataset(Dataset):
     # --------------------------------------------------------------------------------------- loading
 
     def __getitem__(self, index: int) -> Any:
+        """:meth:`sample` ``index`` with the transform's own random stream."""
+        return self.sample(index)
+
+    def sample(self, index: int, seed: int | None = None) -> Any:
         """Sample ``index``, or under ``"skip"``/``"collect"`` the next record that loads (None when
         ``replace_bad`` is False).
+
+        Args:
+            index: the record.
+            seed: the seed of its augmentation (see :class:`~vitdense.datamodules.resumable.SeededSamples`);
+                None: the transform goes on with its own random stream.
 
         Raises:
             BadDataError: under ``"error"``, naming the file and the record, whatever went wrong
@@ -180,7 +190,7 @@ class CheckedDataset(Dataset):
                     return None
                 continue
             try:
-                return self._sample(i, self._read(i))
+                return self._sample(i, self._read(i), seed)
             except Exception as exc:  # any failure must name its file, also in a DataLoader worker
                 finding = self._load_finding(i, exc)
                 if self.on_bad_data == "error":

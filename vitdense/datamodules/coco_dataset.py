@@ -195,14 +195,14 @@ class CocoDetection(CocoRecordChecks):
         ]
 
     def _sample(
-        self, index: int, data: tuple[np.ndarray, InstanceMasks | None]
+        self, index: int, data: tuple[np.ndarray, InstanceMasks | None], seed: int | None
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         rec = self._records[index]
         image, masks = data
         n = len(rec.instances)
         boxes = np.asarray([inst.box for inst in rec.instances], dtype=np.float32).reshape(n, 4)
         labels = np.asarray([inst.label for inst in rec.instances], dtype=np.int64)
-        out = self.transform(image, boxes, labels, masks)
+        out = self.transform(image, boxes, labels, masks, seed=seed)
         target: dict[str, Any] = {
             "image_id": rec.image_id,
             "boxes": out.boxes,

@@ -274,10 +274,12 @@ class SegmentationFolder(CheckedDataset):
                 notes.append(Finding("label_all_ignored", message, pair.label, pair.key, severity="note"))
         return notes
 
-    def _sample(self, index: int, data: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _sample(
+        self, index: int, data: tuple[np.ndarray, np.ndarray], seed: int | None
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         image, label = data
         if self.train:
-            out_image, out_label = self.transform(image, label)
+            out_image, out_label = self.transform(image, label, seed=seed)
             return out_image, {"label": out_label}
         out_image = self.transform(image)
         target = {
