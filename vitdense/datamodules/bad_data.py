@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class CheckedDataset(Dataset):
         self.skipped: Counter[str] = Counter()
         self.findings: list[Finding] = []
         self._bad_indices: set[int] = set()
+        self._stream_seed: int | None = None  # the worker seed the transform's stream was seeded with
 
     # ---------------------------------------------------------------------------------- subclass hooks
 
@@ -166,7 +167,16 @@ class CheckedDataset(Dataset):
     # --------------------------------------------------------------------------------------- loading
 
     def __getitem__(self, index: int) -> Any:
-        """:meth:`sample` ``index`` with the transform's own random stream."""
+        """:meth:`sample` ``index`` with the transform's own random stream.
+
+        In a DataLoader worker the stream is first seeded with the worker's seed (``get_worker_info().seed``,
+        which torch derives from the loader's generator and the worker id): forked workers would otherwise
+        all draw the copy of the stream they inherited.
+        """
+        worker = get_worker_info()
+        if worker is not None and worker.seed != self._stream_seed:
+            self._stream_seed = worker.seed
+            return self.sample(index, worker.seed)
         return self.sample(index)
 
     def sample(self, index: int, seed: int | None = None) -> Any:
