@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vitdense.datamodules.bad_data import OnBadData
+from vitdense.datamodules.bad_data import OnBadData, Policy
 from vitdense.datamodules.segmentation import SegmentationFolderDataModule
+from vitdense.datamodules.segmentation_folder import SegmentationFolder
 
 __all__ = ["ADE20K_CLASSES", "ADE20KDataModule", "find_ade20k"]
 
@@ -32,21 +33,32 @@ ADE20K_CLASSES: list[str] = [
 ]  # fmt: skip
 
 
+_LAYOUT = (
+    "ADEChallengeData2016/images/{training,validation}/*.jpg and annotations/{training,validation}/*.png"
+)
+_SPLIT_FOLDERS = {"train": "training", "val": "validation", "test": "validation"}
+
+
+def _split_folders(base: Path, folder: str) -> tuple[Path, Path]:
+    """``(images, labels)`` folders of the ADE20K split ``folder`` (``training`` or ``validation``)."""
+    return base / "images" / folder, base / "annotations" / folder
+
+
 def find_ade20k(root: str | Path) -> Path:
-    """The ``ADEChallengeData2016`` folder: ``root/ADEChallengeData2016`` or ``root`` itself.
+    """The ``ADEChallengeData2016`` folder: ``root/ADEChallengeData2016`` or ``root`` itself, holding the
+    ``images`` and ``annotations`` folders of the training split, the validation split or both (a command
+    reads only the splits it uses).
 
     Raises:
-        FileNotFoundError: neither holds ``images/{training,validation}`` and
-            ``annotations/{training,validation}``.
+        FileNotFoundError: neither holds the image and label folders of any split.
     """
     root = Path(root)
-    needed = [f"{kind}/{split}" for kind in ("images", "annotations") for split in ("training", "validation")]
     for candidate in (root / "ADEChallengeData2016", root):
-        if all((candidate / sub).is_dir() for sub in needed):
-            return candidate
+        for folder in ("training", "validation"):
+            if all(path.is_dir() for path in _split_folders(candidate, folder)):
+                return candidate
     raise FileNotFoundError(
-        f"{root}: no ADE20K layout found (ADEChallengeData2016/images/{{training,validation}}/*.jpg and "
-        "annotations/{training,validation}/*.png); pass the folder that contains ADEChallengeData2016/ "
+        f"{root}: no ADE20K layout found ({_LAYOUT}); pass the folder that contains ADEChallengeData2016/ "
         "(unzip ADEChallengeData2016.zip from the MIT SceneParsing benchmark there) or that folder itself"
     )
 
@@ -56,7 +68,9 @@ class ADE20KDataModule(SegmentationFolderDataModule):
 
     Training uses ``images/training`` + ``annotations/training``; validation and test use the
     ``validation`` split (the test server's labels are not public). ``reduce_zero_label`` is fixed on:
-    raw 0 ("other") -> 255 (ignored), raw 1..150 -> 0..149 named by :data:`ADE20K_CLASSES`.
+    raw 0 ("other") -> 255 (ignored), raw 1..150 -> 0..149 named by :data:`ADE20K_CLASSES`. A folder with
+    only the validation split serves ``validate``, ``test`` and ``predict``; ``fit`` then names the missing
+    training folders.
 
     Args:
         root: the folder containing ``ADEChallengeData2016/``, or that folder itself.
@@ -80,11 +94,14 @@ class ADE20KDataModule(SegmentationFolderDataModule):
         check_data: bool = False,
     ) -> None:
         base = find_ade20k(root)
+        (train_images, train_labels), (val_images, val_labels) = (
+            _split_folders(base, folder) for folder in ("training", "validation")
+        )
         super().__init__(
-            train_images=str(base / "images" / "training"),
-            train_labels=str(base / "annotations" / "training"),
-            val_images=str(base / "images" / "validation"),
-            val_labels=str(base / "annotations" / "validation"),
+            train_images=str(train_images),
+            train_labels=str(train_labels),
+            val_images=str(val_images),
+            val_labels=str(val_labels),
             num_classes=len(ADE20K_CLASSES),
             predict_images=predict_images,
             class_names=ADE20K_CLASSES,
@@ -102,3 +119,21 @@ class ADE20KDataModule(SegmentationFolderDataModule):
             check_data=check_data,
         )
         self.root = root
+        self.base = base
+
+    def split_dataset(self, split: str, on_bad_data: Policy) -> SegmentationFolder:
+        """A new dataset of ``split``, or an error naming its missing ADE20K folders and the layout.
+
+        Raises:
+            FileNotFoundError: the split's image or label folder is missing.
+        """
+        folder = _SPLIT_FOLDERS[split]
+        missing = [str(path) for path in _split_folders(self.base, folder) if not path.is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"{self.base}: the ADE20K {folder} split, which the {split} split reads, is missing "
+                f"({' and '.join(missing)} not found); the layout is {_LAYOUT}: add the {folder} folders, or "
+                "run a command that does not need them (validate, test and predict read the validation split "
+                "alone)"
+            )
+        return super().split_dataset(split, on_bad_data)

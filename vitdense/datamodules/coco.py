@@ -18,8 +18,7 @@ from vitdense.datamodules.bad_data import BadDataError, Finding, OnBadData, Poli
 from vitdense.datamodules.coco_dataset import CocoDetection
 from vitdense.datamodules.coco_file import CocoFile, categories_of, load_coco
 from vitdense.datamodules.collate import collate_detection
-from vitdense.datamodules.loading import SplitDataModule
-from vitdense.datamodules.predict_images import PredictImages
+from vitdense.datamodules.loading import SplitDataModule, check_loading_arguments, check_size_multiple
 from vitdense.datamodules.transforms import EvalTransform, TrainTransform
 
 __all__ = [
@@ -28,19 +27,6 @@ __all__ = [
     "CocoFile",
     "load_coco",
 ]
-
-
-def _check_image_size(image_size: int, size_divisibility: int) -> None:
-    if size_divisibility <= 0 or image_size <= 0:
-        raise ValueError(f"image_size={image_size}, size_divisibility={size_divisibility}: both must be > 0")
-    if image_size % size_divisibility:
-        lower = image_size // size_divisibility * size_divisibility
-        upper = lower + size_divisibility
-        nearest = f"{lower} or {upper}" if lower else f"{upper}"
-        raise ValueError(
-            f"image_size={image_size} is not a multiple of size_divisibility={size_divisibility} "
-            f"(4 x patch 14, so every pyramid level has an integer size); use {nearest}"
-        )
 
 
 class CocoDataModule(SplitDataModule):
@@ -110,16 +96,10 @@ class CocoDataModule(SplitDataModule):
         max_objects_per_image: int = 1000,
     ) -> None:
         super().__init__()
-        _check_image_size(image_size, size_divisibility)
+        check_size_multiple("image_size", image_size, size_divisibility)
         if not 0 < min_scale <= max_scale:
             raise ValueError(f"need 0 < min_scale <= max_scale; got {min_scale=}, {max_scale=}")
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1) or num_workers < 0:
-            raise ValueError(
-                f"batch_size={batch_size}, eval_batch_size={eval_batch_size} must be >= 1 and "
-                f"num_workers={num_workers} >= 0"
-            )
-        if on_bad_data not in ("error", "skip"):
-            raise ValueError(f"on_bad_data={on_bad_data!r}; use 'error' or 'skip'")
+        check_loading_arguments(batch_size, eval_batch_size, num_workers, on_bad_data)
         if max_objects_per_image < 1:
             raise ValueError(f"max_objects_per_image={max_objects_per_image}; it must be >= 1")
         self.save_hyperparameters()
@@ -156,7 +136,6 @@ class CocoDataModule(SplitDataModule):
         self.train_dataset: CocoDetection | None = None
         self.val_dataset: CocoDetection | None = None
         self.test_dataset: CocoDetection | None = None
-        self.predict_dataset: PredictImages | None = None
 
     @property
     def num_classes(self) -> int:
@@ -202,7 +181,7 @@ class CocoDataModule(SplitDataModule):
         dataset = CocoDetection(
             images,
             annotations,
-            EvalTransform(self.image_size),
+            self.evaluation_transform(),
             category_ids=self._category_ids,
             coco=coco,
             masks=False,
@@ -242,15 +221,6 @@ class CocoDataModule(SplitDataModule):
                 message, Finding("category_mismatch", message, str(annotation_file), "categories")
             )
 
-    def setup(self, stage: str | None = None) -> None:
-        """Build the datasets ``stage`` needs (``fit``, ``validate``, ``test``, ``predict`` or None: all).
-
-        The test split reuses the validation dataset when it has the same files.
-        """
-        self._setup_splits(stage)
-        if stage in ("predict", None) and self.predict_dataset is None and self.predict_images is not None:
-            self.predict_dataset = PredictImages(
-                self.predict_images, EvalTransform(self.image_size), self.predict_apply_exif
-            )
-        if stage == "predict" and self.predict_images is None:
-            raise ValueError("predict needs predict_images (an image file, a folder or a glob)")
+    def evaluation_transform(self) -> EvalTransform:
+        """The evaluation transform: longest side resized to ``image_size``, padded to a square."""
+        return EvalTransform(self.image_size)

@@ -202,7 +202,7 @@ class CocoDetection(CocoRecordChecks):
         n = len(rec.instances)
         boxes = np.asarray([inst.box for inst in rec.instances], dtype=np.float32).reshape(n, 4)
         labels = np.asarray([inst.label for inst in rec.instances], dtype=np.int64)
-        out = self.transform(image, boxes, labels, masks, seed=seed)
+        out = self.transform(image, boxes, labels, masks, seed)
         target: dict[str, Any] = {
             "image_id": rec.image_id,
             "boxes": out.boxes,

@@ -17,8 +17,7 @@ from functools import partial
 
 from vitdense.datamodules.bad_data import OnBadData, Policy
 from vitdense.datamodules.collate import collate_segmentation
-from vitdense.datamodules.loading import SplitDataModule
-from vitdense.datamodules.predict_images import PredictImages
+from vitdense.datamodules.loading import SplitDataModule, check_loading_arguments, check_size_multiple
 from vitdense.datamodules.segmentation_folder import SegmentationFolder
 from vitdense.datamodules.segmentation_labels import LabelMapping, read_label
 from vitdense.datamodules.segmentation_transforms import SegmentationEvalTransform, SegmentationTrainTransform
@@ -29,19 +28,6 @@ __all__ = [
     "SegmentationFolderDataModule",
     "read_label",
 ]
-
-
-def _check_crop_size(crop_size: int, size_divisibility: int) -> None:
-    if size_divisibility <= 0 or crop_size <= 0:
-        raise ValueError(f"crop_size={crop_size}, size_divisibility={size_divisibility}: both must be > 0")
-    if crop_size % size_divisibility:
-        lower = crop_size // size_divisibility * size_divisibility
-        upper = lower + size_divisibility
-        nearest = f"{lower} or {upper}" if lower else f"{upper}"
-        raise ValueError(
-            f"crop_size={crop_size} is not a multiple of size_divisibility={size_divisibility} (the ViT "
-            f"patch, so the crop is a whole number of patches); use {nearest}"
-        )
 
 
 class SegmentationFolderDataModule(SplitDataModule):
@@ -109,7 +95,7 @@ class SegmentationFolderDataModule(SplitDataModule):
         predict_apply_exif: bool = True,
     ) -> None:
         super().__init__()
-        _check_crop_size(crop_size, size_divisibility)
+        check_size_multiple("crop_size", crop_size, size_divisibility)
         LabelMapping(num_classes, ignore_index, reduce_zero_label)  # validates num_classes / ignore_index
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(
@@ -122,13 +108,7 @@ class SegmentationFolderDataModule(SplitDataModule):
             raise ValueError(f"ratio_range={ratio_range}: need 0 < low <= high, e.g. (0.5, 2.0)")
         if not 0 < cat_max_ratio <= 1:
             raise ValueError(f"cat_max_ratio={cat_max_ratio}: need 0 < cat_max_ratio <= 1 (1 disables it)")
-        if batch_size < 1 or eval_batch_size < 1 or num_workers < 0:
-            raise ValueError(
-                f"batch_size={batch_size}, eval_batch_size={eval_batch_size} must be >= 1 and "
-                f"num_workers={num_workers} >= 0"
-            )
-        if on_bad_data not in ("error", "skip"):
-            raise ValueError(f"on_bad_data={on_bad_data!r}; use 'error' or 'skip'")
+        check_loading_arguments(batch_size, eval_batch_size, num_workers, on_bad_data)
         self.save_hyperparameters()
         self.train_images = train_images
         self.train_labels = train_labels
@@ -156,7 +136,6 @@ class SegmentationFolderDataModule(SplitDataModule):
         self.train_dataset: SegmentationFolder | None = None
         self.val_dataset: SegmentationFolder | None = None
         self.test_dataset: SegmentationFolder | None = None
-        self.predict_dataset: PredictImages | None = None
 
     def split_source(self, split: str) -> tuple[str, str]:
         """``(image folder, label folder)`` of ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
@@ -174,7 +153,7 @@ class SegmentationFolderDataModule(SplitDataModule):
                 self.crop_size, self.scale, self.ratio_range, self.cat_max_ratio, self.ignore_index
             )
         else:
-            transform = SegmentationEvalTransform(self.scale)
+            transform = self.evaluation_transform()
         return SegmentationFolder(
             images,
             labels,
@@ -186,15 +165,6 @@ class SegmentationFolderDataModule(SplitDataModule):
             split=split,
         )
 
-    def setup(self, stage: str | None = None) -> None:
-        """Build the datasets ``stage`` needs (``fit``, ``validate``, ``test``, ``predict`` or None: all).
-
-        The test split reuses the validation dataset when it has the same files.
-        """
-        self._setup_splits(stage)
-        if stage in ("predict", None) and self.predict_dataset is None and self.predict_images is not None:
-            self.predict_dataset = PredictImages(
-                self.predict_images, SegmentationEvalTransform(self.scale), self.predict_apply_exif
-            )
-        if stage == "predict" and self.predict_images is None:
-            raise ValueError("predict needs predict_images (an image file, a folder or a glob)")
+    def evaluation_transform(self) -> SegmentationEvalTransform:
+        """The evaluation transform: resized to fit ``scale``, aspect kept."""
+        return SegmentationEvalTransform(self.scale)

@@ -31,7 +31,10 @@ class _Pair:
 
 def _index_folder(folder: Path, suffixes: tuple[str, ...], argument: str) -> dict[str, list[Path]]:
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: folder not found; check the {argument} argument")
+        raise FileNotFoundError(
+            f"{folder}: folder not found; check the {argument} argument (a split is an image folder and a "
+            "label-PNG folder whose files match by relative path and stem)"
+        )
     index: dict[str, list[Path]] = {}
     for dirpath, _, filenames in os.walk(folder):
         for name in filenames:
@@ -279,7 +282,7 @@ class SegmentationFolder(CheckedDataset):
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         image, label = data
         if self.train:
-            out_image, out_label = self.transform(image, label, seed=seed)
+            out_image, out_label = self.transform(image, label, seed)
             return out_image, {"label": out_label}
         out_image = self.transform(image)
         target = {
