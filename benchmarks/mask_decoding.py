@@ -19,7 +19,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 
-from vitdense.datamodules.coco import _Instance, decode_masks  # noqa: E402
+from vitdense.datamodules.coco_checks import _Instance  # noqa: E402
+from vitdense.datamodules.coco_dataset import decode_masks  # noqa: E402
 from vitdense.datamodules.transforms import TrainTransform  # noqa: E402
 
 

@@ -345,8 +345,7 @@ def test_train_samples_of_any_valid_coco_set_keep_the_target_contract(
     with tempfile.TemporaryDirectory() as tmp:
         root, ann_file = _write_coco(Path(tmp), coco_set)
         ds = CocoDetection(root, ann_file, transform, masks=masks)
-        torch.manual_seed(seed)
-        samples = [ds[i] for i in range(len(ds))]
+        samples = [ds.sample(i, seed=seed) for i in range(len(ds))]
     for image, target in samples:
         assert image.shape == (3, size, size) and image.dtype == torch.uint8
         _check_train_target(target, size, len(ds.category_ids))
@@ -408,8 +407,7 @@ def test_lsj_masks_stay_paired_and_on_their_pixels(
     h, w = masks.shape[1:]
     image, k = _coord_image(h, w)
     transform = TrainTransform(size, min_scale=scales[0], max_scale=scales[1], flip_prob=float(flip))
-    torch.manual_seed(seed)
-    out = transform(image, boxes, labels, masks)
+    out = transform(image, boxes, labels, masks, seed=seed)
     target = {"boxes": out.boxes, "labels": out.labels, "masks": out.masks, "image_size": out.image_size}
     _check_train_target(target, size, 10)
 
@@ -417,7 +415,7 @@ def test_lsj_masks_stay_paired_and_on_their_pixels(
     canvas = out.image.permute(1, 2, 0).numpy()
     assert (canvas[:vh, :vw, 2] == 200).all() and not canvas[vh:].any() and not canvas[:, vw:].any()
     # Which instances survive, exactly: those whose mask, mapped onto the canvas, is not empty.
-    params = transform.jitter.params
+    _, _, params = transform.augment(image, boxes, labels, seed=seed)  # what that call drew
     flipped = masks[:, :, ::-1] if flip else masks
     expected = [transform.jitter.apply_to_mask(np.ascontiguousarray(m), **params) for m in flipped]
     index_of = {label: i for i, label in enumerate(labels.tolist())}
@@ -455,12 +453,11 @@ def test_lsj_boxes_without_masks_follow_the_sampled_mapping(
     h, w, boxes = scene
     labels = np.arange(1, len(boxes) + 1, dtype=np.int64)
     transform = TrainTransform(size, min_scale=scales[0], max_scale=scales[1], flip_prob=float(flip))
-    torch.manual_seed(seed)
-    out = transform(np.zeros((h, w, 3), np.uint8), boxes, labels)
+    out = transform(np.zeros((h, w, 3), np.uint8), boxes, labels, seed=seed)
     assert out.masks is None
     _check_train_target({"boxes": out.boxes, "labels": out.labels, "image_size": out.image_size}, size, 10)
 
-    params = transform.jitter.params
+    _, _, params = transform.augment(np.zeros((h, w, 3), np.uint8), boxes, labels, seed=seed)
     (x0, y0), (vh, vw) = params["offset"], params["valid"]
     mapped = boxes.astype(np.float64)
     if flip:
@@ -559,8 +556,7 @@ def test_segmentation_label_stays_on_its_image_pixels(
         "flip_prob": flip_prob,
     }
     transform = SegmentationTrainTransform(**kwargs, photometric=False)
-    torch.manual_seed(seed)
-    out_image, out_label = transform(image, label)
+    out_image, out_label = transform(image, label, seed=seed)
     assert out_image.shape == (3, crop, crop) and out_image.dtype == torch.uint8
     assert out_label.shape == (crop, crop) and out_label.dtype == torch.int64
     lab = out_label.numpy()
@@ -568,7 +564,8 @@ def test_segmentation_label_stays_on_its_image_pixels(
     assert ((lab >= 0) & (lab < num_classes) | (lab == ignore)).all()
 
     # Content top-left (the resized image, cropped), padding bottom/right: image 0, label ignore_index.
-    new_h, new_w = transform.compose.transforms[0].params["size_hw"]
+    applied = dict(transform.augment(image, label, seed=seed)["applied_transforms"])  # what that call drew
+    new_h, new_w = applied["RandomResizeKeepRatio"]["size_hw"]
     vh, vw = min(crop, new_h), min(crop, new_w)
     canvas = out_image.permute(1, 2, 0).numpy()
     assert (canvas[:vh, :vw, 2] == 200).all() and not canvas[vh:].any() and not canvas[:, vw:].any()
@@ -577,8 +574,7 @@ def test_segmentation_label_stays_on_its_image_pixels(
     assert matches.all(), np.argwhere(~matches)[:5]
 
     # The photometric distortion draws after the geometry: the same seed gives the same label.
-    torch.manual_seed(seed)
-    _, distorted_label = SegmentationTrainTransform(**kwargs, photometric=True)(image, label)
+    _, distorted_label = SegmentationTrainTransform(**kwargs, photometric=True)(image, label, seed=seed)
     assert torch.equal(distorted_label, out_label)
 
 

@@ -1,5 +1,6 @@
 """The training sampler resumes mid-epoch; every sample's augmentation follows its own seed."""
 
+import hashlib
 import pickle
 
 import lightning
@@ -8,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from vitdense.datamodules import ShapesSegmentationDataModule
+from vitdense.datamodules import CocoDetection, ShapesSegmentationDataModule, TrainTransform
 from vitdense.datamodules.resumable import ResumableSampler, SeededIndex, SeededSamples
 
 
@@ -45,7 +46,10 @@ class RandomSample(torch.utils.data.Dataset):
         return 6
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return torch.rand(3)  # stands for a random augmentation
+        return torch.rand(3)
+
+    def sample(self, index: int, seed: int) -> torch.Tensor:
+        return torch.rand(3, generator=torch.Generator().manual_seed(seed))  # stands for an augmentation
 
 
 def test_a_sample_depends_on_its_seed_only_not_on_the_worker_or_the_callers_state():
@@ -254,3 +258,34 @@ def test_resuming_with_a_larger_batch_size_goes_on_with_the_next_epochs_as_plann
     resumed_from = tmp_path / "ckpt" / "step=4.ckpt"
     _, resumed = _fit(tmp_path, resumed_from, datamodule=_shapes(tmp_path, batch_size=4), **batch_4)
     assert [checksum for _, checksum in resumed.seen] == [checksum for _, checksum in straight.seen[3:9]]
+
+
+def _checksum(sample: tuple[torch.Tensor, dict]) -> str:
+    image, target = sample
+    digest = hashlib.sha256(image.numpy().tobytes())
+    for key in ("boxes", "labels", "masks", "label"):
+        if key in target:
+            digest.update(target[key].numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def test_augmented_training_samples_are_pinned(shapes, tmp_path):
+    """The augmentation of a seeded sample is fixed: a refactor of the seeding or of the transforms must
+    leave these checksums (image, boxes, labels, masks / label map) as they are, or the demo's metrics
+    move."""
+    coco = CocoDetection(
+        shapes["train_images"],
+        shapes["train_annotations"],
+        TrainTransform(224, min_scale=0.5, max_scale=1.5),
+        masks=True,
+    )
+    semseg = _shapes(tmp_path)
+    semseg.setup("fit")
+    got = {
+        name: [_checksum(SeededSamples(dataset)[SeededIndex(i, 1000 + 7 * i)]) for i in range(4)]
+        for name, dataset in (("coco", coco), ("semseg", semseg.train_dataset))
+    }
+    assert got == {
+        "coco": ["f7d37720537a816c", "51286162d8385817", "8e4c2593396e2f67", "30815101acefc57f"],
+        "semseg": ["7c8ad19fd8e5d07d", "608958f3574dabce", "4a3e15babf07baa2", "91535532fbf1f2e8"],
+    }

@@ -279,6 +279,19 @@ def test_datamodule_names_the_split_argument_of_a_missing_folder(tmp_path: Path)
         dm.setup("fit")
 
 
+@pytest.mark.parametrize("check_data", [False, True])
+def test_folder_datamodule_reads_only_the_splits_a_command_uses(tmp_path: Path, check_data: bool) -> None:
+    dm = _folder_dm(tmp_path, check_data=check_data)
+    dm.train_images, dm.train_labels = str(tmp_path / "no_train_img"), str(tmp_path / "no_train_lbl")
+    dm.setup("validate")
+    dm.setup("test")
+    assert len(dm.val_dataset) == 3 and dm.test_dataset is dm.val_dataset and dm.train_dataset is None
+    # with check_data the message is in the data check's report
+    missing = "no_train_img: folder not found; check the train_images argument"
+    with pytest.raises((FileNotFoundError, BadDataError), match=missing):
+        dm.setup("fit")
+
+
 def test_datamodule_checks_its_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"crop_size=510 is not a multiple of .*; use 504 or 518"):
         _folder_dm(tmp_path, crop_size=510)
@@ -288,9 +301,11 @@ def test_datamodule_checks_its_arguments(tmp_path: Path) -> None:
         _folder_dm(tmp_path, ignore_index=2)
 
 
-def _ade_tree(root: Path) -> Path:
+def _ade_tree(root: Path, splits: tuple[str, ...] = ("training", "validation")) -> Path:
     base = root / "ADEChallengeData2016"
     for split, infix, n in (("training", "train", 2), ("validation", "val", 1)):
+        if split not in splits:
+            continue
         for i in range(n):
             label = _label(24, 32, (0, 1, 150))
             stem = f"ADE_{infix}_{i + 1:08d}"
@@ -316,6 +331,23 @@ def test_ade20k_layout(tmp_path: Path) -> None:
     assert set(torch.cat([t["label"].unique() for t in targets]).tolist()) <= {0, 149, 255}
     with pytest.raises(FileNotFoundError, match="ADEChallengeData2016"):
         ADE20KDataModule(root=str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("check_data", [False, True])
+def test_ade20k_with_the_validation_split_alone_validates_and_tests(tmp_path: Path, check_data: bool) -> None:
+    """As `vitdense test` / `validate` set it up; fit names the missing training folders and the layout."""
+    base = _ade_tree(tmp_path, splits=("validation",))
+    dm = ADE20KDataModule(root=str(tmp_path), num_workers=0, check_data=check_data)
+    dm.setup("test")
+    dm.setup("validate")
+    assert len(dm.test_dataset) == 1 and dm.test_dataset is dm.val_dataset and dm.train_dataset is None
+    _, targets = next(iter(dm.test_dataloader()))
+    assert targets[0]["label"].shape == (24, 32)
+    with pytest.raises((FileNotFoundError, BadDataError)) as error:  # in the report with check_data
+        dm.setup("fit")
+    message = str(error.value)
+    assert f"{base / 'images' / 'training'} and {base / 'annotations' / 'training'} not found" in message
+    assert "ADE20K training split" in message and "images/{training,validation}/*.jpg" in message
 
 
 def test_workers_draw_different_augmentations(tmp_path: Path) -> None:

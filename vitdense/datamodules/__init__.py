@@ -1,5 +1,6 @@
 """Data for vitdense: detection (COCO) and semantic segmentation datasets, transforms, DataModules."""
 
+from vitdense.datamodules.ade20k import ADE20K_CLASSES, ADE20KDataModule, find_ade20k
 from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, Finding
 from vitdense.datamodules.coco import CocoDataModule, CocoDetection, CocoFile, load_coco
 from vitdense.datamodules.collate import collate_detection, collate_segmentation
@@ -13,15 +14,9 @@ from vitdense.datamodules.predict_images import (
     predict_sample,
     resolve_images,
 )
-from vitdense.datamodules.segmentation import (
-    ADE20K_CLASSES,
-    ADE20KDataModule,
-    LabelMapping,
-    SegmentationFolder,
-    SegmentationFolderDataModule,
-    find_ade20k,
-    read_label,
-)
+from vitdense.datamodules.segmentation import SegmentationFolderDataModule
+from vitdense.datamodules.segmentation_folder import SegmentationFolder
+from vitdense.datamodules.segmentation_labels import LabelMapping, read_label
 from vitdense.datamodules.segmentation_transforms import (
     CatMaxRatioCrop,
     PhotoMetricDistortion,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class CheckedDataset(Dataset):
         self.skipped: Counter[str] = Counter()
         self.findings: list[Finding] = []
         self._bad_indices: set[int] = set()
+        self._stream_seed: int | None = None  # the worker seed the transform's stream was seeded with
 
     # ---------------------------------------------------------------------------------- subclass hooks
 
@@ -107,8 +108,9 @@ class CheckedDataset(Dataset):
         """
         raise NotImplementedError
 
-    def _sample(self, index: int, data: Any) -> Any:
-        """The sample of record ``index`` from what :meth:`_read` returned (the transform runs here)."""
+    def _sample(self, index: int, data: Any, seed: int | None) -> Any:
+        """The sample of record ``index`` from what :meth:`_read` returned (the transform runs here, with
+        ``seed``: see :meth:`sample`)."""
         raise NotImplementedError
 
     def _keep(self, indices: list[int]) -> None:
@@ -165,8 +167,26 @@ class CheckedDataset(Dataset):
     # --------------------------------------------------------------------------------------- loading
 
     def __getitem__(self, index: int) -> Any:
+        """:meth:`sample` ``index`` with the transform's own random stream.
+
+        In a DataLoader worker the stream is first seeded with the worker's seed (``get_worker_info().seed``,
+        which torch derives from the loader's generator and the worker id): forked workers would otherwise
+        all draw the copy of the stream they inherited.
+        """
+        worker = get_worker_info()
+        if worker is not None and worker.seed != self._stream_seed:
+            self._stream_seed = worker.seed
+            return self.sample(index, worker.seed)
+        return self.sample(index)
+
+    def sample(self, index: int, seed: int | None = None) -> Any:
         """Sample ``index``, or under ``"skip"``/``"collect"`` the next record that loads (None when
         ``replace_bad`` is False).
+
+        Args:
+            index: the record.
+            seed: the seed of its augmentation (see :class:`~vitdense.datamodules.resumable.SeededSamples`);
+                None: the transform goes on with its own random stream.
 
         Raises:
             BadDataError: under ``"error"``, naming the file and the record, whatever went wrong
@@ -180,7 +200,7 @@ class CheckedDataset(Dataset):
                     return None
                 continue
             try:
-                return self._sample(i, self._read(i))
+                return self._sample(i, self._read(i), seed)
             except Exception as exc:  # any failure must name its file, also in a DataLoader worker
                 finding = self._load_finding(i, exc)
                 if self.on_bad_data == "error":

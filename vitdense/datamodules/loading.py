@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from vitdense.compat.lightning import training_position
 from vitdense.datamodules import data_check
 from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, OnBadData, Policy
+from vitdense.datamodules.predict_images import PredictImages
 from vitdense.datamodules.resumable import ResumableSampler, SeededSamples
 
 logger = logging.getLogger(__name__)
@@ -88,12 +89,42 @@ def distributed_evaluation(dataset: Dataset) -> tuple[Dataset, Sampler | None]:
     return (dataset if sampler.indices else PaddedSamples(dataset)), sampler
 
 
+def check_size_multiple(name: str, value: int, size_divisibility: int) -> None:
+    """Raise unless ``value`` (an image or crop side) is a positive multiple of ``size_divisibility``.
+
+    Raises:
+        ValueError: naming the argument and the nearest multiples to use.
+    """
+    if size_divisibility <= 0 or value <= 0:
+        raise ValueError(f"{name}={value}, size_divisibility={size_divisibility}: both must be > 0")
+    if value % size_divisibility:
+        lower = value // size_divisibility * size_divisibility
+        nearest = f"{lower} or {lower + size_divisibility}" if lower else f"{size_divisibility}"
+        raise ValueError(
+            f"{name}={value} is not a multiple of size_divisibility={size_divisibility} (the model's "
+            f"patch or coarsest stride, so that every feature map has an integer size); use {nearest}"
+        )
+
+
+def check_loading_arguments(
+    batch_size: int, eval_batch_size: int | None, num_workers: int, on_bad_data: str
+) -> None:
+    """Raise on a batch size below 1, a negative ``num_workers`` or an unknown ``on_bad_data``."""
+    if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1) or num_workers < 0:
+        raise ValueError(
+            f"batch_size={batch_size}, eval_batch_size={eval_batch_size} must be >= 1 and "
+            f"num_workers={num_workers} >= 0"
+        )
+    if on_bad_data not in ("error", "skip"):
+        raise ValueError(f"on_bad_data={on_bad_data!r}; use 'error' or 'skip'")
+
+
 class SplitDataModule(L.LightningDataModule):
     """The train / val / test datasets of a DataModule, its four DataLoaders and the data check.
 
-    Subclasses set ``batch_size``, ``eval_batch_size``, ``num_workers``, ``collate_fn``, ``on_bad_data``
-    and ``check_data``, implement :meth:`split_source` and :meth:`split_dataset`, and call
-    :meth:`_setup_splits` from ``setup`` (``predict_dataset`` is theirs to fill).
+    Subclasses set ``batch_size``, ``eval_batch_size``, ``num_workers``, ``collate_fn``, ``on_bad_data``,
+    ``check_data``, ``predict_images`` and ``predict_apply_exif``, and implement :meth:`split_source`,
+    :meth:`split_dataset` and :meth:`evaluation_transform`.
 
     With ``check_data`` on, ``setup`` first reads every record of the splits its stage uses
     (:func:`~vitdense.datamodules.data_check.check_data`): under ``on_bad_data="error"`` any bad record
@@ -112,6 +143,8 @@ class SplitDataModule(L.LightningDataModule):
     collate_fn: Callable[[list[Any]], Any]
     on_bad_data: OnBadData = "error"
     check_data: bool = False
+    predict_images: str | None = None
+    predict_apply_exif: bool = True
     _resume_train_at: tuple[int, int, bool] | None = None  # epoch, batches done, saved by an older version
 
     def split_source(self, split: str) -> tuple[str, ...]:
@@ -121,6 +154,23 @@ class SplitDataModule(L.LightningDataModule):
     def split_dataset(self, split: str, on_bad_data: Policy) -> CheckedDataset:
         """A new dataset of ``split`` under ``on_bad_data``."""
         raise NotImplementedError
+
+    def evaluation_transform(self) -> Callable[..., Any]:
+        """The transform of the validation, test and predict images."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets ``stage`` needs (``fit``, ``validate``, ``test``, ``predict`` or None: all).
+
+        The test split reuses the validation dataset when it has the same files.
+        """
+        self._setup_splits(stage)
+        if stage in ("predict", None) and self.predict_dataset is None and self.predict_images is not None:
+            self.predict_dataset = PredictImages(
+                self.predict_images, self.evaluation_transform(), self.predict_apply_exif
+            )
+        if stage == "predict" and self.predict_images is None:
+            raise ValueError("predict needs predict_images (an image file, a folder or a glob)")
 
     def checked_splits(self, stage: str | None = None) -> list[str]:
         """The splits ``stage`` reads, each set of files once: test is val when it has val's files."""

@@ -10,8 +10,9 @@ killed mid-epoch and resumed from its checkpoint sees the same batches as one th
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import torch
 from torch.utils.data import Dataset, DistributedSampler
+
+from vitdense.datamodules.bad_data import CheckedDataset
 
 __all__ = ["ResumableSampler", "SeededIndex", "SeededSamples"]
 
@@ -82,23 +83,22 @@ class ResumableSampler(DistributedSampler):
 
 
 class SeededSamples(Dataset):
-    """``dataset[index]`` computed with torch's generator seeded by ``index.seed`` (a :class:`SeededIndex`).
+    """``dataset.sample(index, index.seed)`` for a :class:`SeededIndex`: each sample augmented from the seed
+    it is handed, whichever process loads it and whatever was loaded before; no global random state is
+    read or changed. Plain integer indices give ``dataset[index]``.
 
-    The kit's training transforms re-seed their albumentations pipeline whenever ``torch.initial_seed()``
-    changes, so each sample's augmentation follows its own seed. The caller's random state is restored.
-    Plain integer indices are passed through unchanged.
+    Args:
+        dataset: a dataset with ``sample(index, seed)``, such as a
+            :class:`~vitdense.datamodules.bad_data.CheckedDataset`.
     """
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: CheckedDataset) -> None:
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
-        seed = getattr(index, "seed", None)
-        if seed is None:
-            return self.dataset[index]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.dataset[int(index)]
+        if isinstance(index, SeededIndex):
+            return self.dataset.sample(int(index), index.seed)
+        return self.dataset[index]

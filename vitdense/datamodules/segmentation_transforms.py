@@ -7,7 +7,7 @@ preprocessor: image with 0, label with ``ignore_index``). Evaluation resizes the
 aspect ratio, and leaves the label at its original resolution (mIoU is computed there).
 
 Images are RGB ``uint8`` ``(H, W, 3)`` numpy arrays; labels are integer ``(H, W)`` class indices
-``0..K-1`` or ``ignore_index`` (already mapped, see ``vitdense.datamodules.segmentation.LabelMapping``).
+``0..K-1`` or ``ignore_index`` (already mapped, see ``vitdense.datamodules.LabelMapping``).
 Labels stay in a compact integer dtype (``uint8`` or ``int32``) through the pipeline and come out as
 ``int64`` tensors.
 """
@@ -267,9 +267,8 @@ class SegmentationTrainTransform:
     The output is always ``crop_size x crop_size``: content top-left, image padding 0 and label padding
     ``ignore_index`` bottom/right (where the resized image is smaller than the crop).
 
-    Random state is re-seeded from ``torch.initial_seed()`` whenever it changes, so each DataLoader worker
-    (and each epoch without persistent workers) draws different augmentations; albumentations itself
-    would give every forked worker the same random stream.
+    A call with a ``seed`` draws the augmentation of that seed (the training DataLoader hands every sample
+    its own); a call without one goes on with the transform's own random stream, seeded by ``seed``.
 
     Args:
         crop_size: output side ``C``.
@@ -279,6 +278,7 @@ class SegmentationTrainTransform:
         ignore_index: label of ignored pixels, also used for padding.
         flip_prob: horizontal flip probability.
         photometric: apply :class:`PhotoMetricDistortion` (off in alignment tests).
+        seed: seed of the transform's own random stream (None: albumentations draws one).
     """
 
     def __init__(
@@ -290,6 +290,7 @@ class SegmentationTrainTransform:
         ignore_index: int = 255,
         flip_prob: float = 0.5,
         photometric: bool = True,
+        seed: int | None = None,
     ) -> None:
         self.crop_size = crop_size
         self.ignore_index = ignore_index
@@ -311,29 +312,31 @@ class SegmentationTrainTransform:
                 fill_mask=ignore_index,
             )
         )
-        self.compose = A.Compose(steps)
-        self._seeded_from: int | None = None
+        self.compose = A.Compose(steps, seed=seed, save_applied_params=True)
 
-    def _reseed_if_needed(self) -> None:
-        seed = torch.initial_seed()
-        if seed != self._seeded_from:
+    def augment(self, image: np.ndarray, label: np.ndarray, seed: int | None = None) -> dict[str, Any]:
+        """Albumentations' result: ``image``, ``mask`` (the label) and ``applied_transforms``, the
+        ``(name, parameters)`` of each step applied. Arguments as :meth:`__call__`."""
+        if image.shape[:2] != label.shape[:2]:
+            raise ValueError(f"image is {image.shape[:2]}, label {label.shape[:2]} (h, w); they must match")
+        if seed is not None:
             self.compose.set_random_seed(seed % 2**32)
-            self._seeded_from = seed
+        return self.compose(image=image, mask=label)
 
-    def __call__(self, image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, image: np.ndarray, label: np.ndarray, seed: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment one sample.
 
         Args:
             image: ``uint8`` ``(H, W, 3)`` RGB.
             label: integer ``(H, W)`` (``uint8``, ``uint16`` or ``int32``), class indices or ``ignore_index``.
+            seed: draw the augmentation of this seed; None: go on with the transform's own random stream.
 
         Returns:
             ``image``: ``uint8`` ``(3, C, C)``; ``label``: ``int64`` ``(C, C)``.
         """
-        if image.shape[:2] != label.shape[:2]:
-            raise ValueError(f"image is {image.shape[:2]}, label {label.shape[:2]} (h, w); they must match")
-        self._reseed_if_needed()
-        result = self.compose(image=image, mask=label)
+        result = self.augment(image, label, seed)
         out_image = torch.from_numpy(np.ascontiguousarray(result["image"].transpose(2, 0, 1)))
         out_label = torch.from_numpy(np.ascontiguousarray(result["mask"]).astype(np.int64))
         return out_image, out_label

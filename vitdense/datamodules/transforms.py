@@ -218,7 +218,7 @@ class LargeScaleJitter(A.DualTransform):
         **params: Any,
     ) -> np.ndarray:
         """``(N, size, size)`` in the masks' dtype: each instance's region mapped as :meth:`apply_to_mask`
-        maps a whole mask, with the parameters of the last call (``self.params``).
+        maps a whole mask, with the parameters a call drew (see :meth:`TrainTransform.augment`).
 
         Instance masks are mostly empty: each region is mapped only onto its own output pixels (+1 px
         margin), ~10x faster than mapping every mask over the whole canvas, with an identical result, and
@@ -268,13 +268,19 @@ class TrainTransform:
     non-convex object gets a box that matches what is visible. Instances whose box or mask is under 1 px
     are dropped, and so are zero-width or zero-height input boxes.
 
-    Random state is re-seeded from ``torch.initial_seed()`` whenever it changes, so each DataLoader
-    worker (and each epoch without persistent workers) draws different augmentations; albumentations
-    itself would give every forked worker the same random stream.
+    Randomness is told, not taken from a global state: a call with a ``seed`` draws the augmentation of that
+    seed (the training DataLoader hands every sample its own, see
+    :class:`~vitdense.datamodules.resumable.SeededSamples`); a call without one goes on with the
+    transform's own random stream, seeded by ``seed`` at construction.
     """
 
     def __init__(
-        self, size: int, min_scale: float = 0.1, max_scale: float = 2.0, flip_prob: float = 0.5
+        self,
+        size: int,
+        min_scale: float = 0.1,
+        max_scale: float = 2.0,
+        flip_prob: float = 0.5,
+        seed: int | None = None,
     ) -> None:
         self.size = size
         self.jitter = LargeScaleJitter(size, min_scale=min_scale, max_scale=max_scale)
@@ -287,14 +293,29 @@ class TrainTransform:
             filter_invalid_bboxes=True,
         )
         self.flip = A.HorizontalFlip(p=flip_prob)
-        self.compose = A.Compose([self.flip, self.jitter], bbox_params=bbox_params)
-        self._seeded_from: int | None = None
+        # save_applied_params: the result names the transforms applied and their parameters, which the
+        # masks, mapped outside the Compose, follow.
+        self.compose = A.Compose(
+            [self.flip, self.jitter], bbox_params=bbox_params, seed=seed, save_applied_params=True
+        )
 
-    def _reseed_if_needed(self) -> None:
-        seed = torch.initial_seed()
-        if seed != self._seeded_from:
+    def augment(
+        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, seed: int | None = None
+    ) -> tuple[dict[str, Any], bool, dict[str, Any]]:
+        """Flip and jitter the image and boxes: albumentations' result (``image``, ``bboxes`` and the label
+        fields ``labels``, ``instance_ids``), whether it flipped, and the jitter's parameters (see
+        :meth:`LargeScaleJitter.get_params_dependent_on_data`). Arguments as :meth:`__call__`."""
+        if seed is not None:
             self.compose.set_random_seed(seed % 2**32)
-            self._seeded_from = seed
+        n = len(boxes)
+        result = self.compose(
+            image=image,
+            bboxes=np.asarray(boxes, dtype=np.float32).reshape(n, 4),
+            labels=np.asarray(labels, dtype=np.int64).reshape(n),
+            instance_ids=np.arange(n, dtype=np.int64),
+        )
+        applied = dict(result["applied_transforms"])
+        return result, type(self.flip).__name__ in applied, applied[type(self.jitter).__name__]
 
     def __call__(
         self,
@@ -302,6 +323,7 @@ class TrainTransform:
         boxes: np.ndarray,
         labels: np.ndarray,
         masks: InstanceMasks | np.ndarray | None = None,
+        seed: int | None = None,
     ) -> TransformOutput:
         """Augment one sample.
 
@@ -311,22 +333,13 @@ class TrainTransform:
             labels: integer ``(N,)``.
             masks: the instances' masks in the original frame (:class:`InstanceMasks`, or ``uint8``
                 ``(N, H, W)`` in {0, 1}), or None for box-only training.
+            seed: draw the augmentation of this seed; None: go on with the transform's own random stream.
 
         Returns:
             The augmented sample; ``masks`` is ``(N', S, S)`` when masks were given.
         """
-        self._reseed_if_needed()
         n = len(boxes)
-        data: dict[str, Any] = {
-            "image": image,
-            "bboxes": np.asarray(boxes, dtype=np.float32).reshape(n, 4),
-            "labels": np.asarray(labels, dtype=np.int64).reshape(n),
-            "instance_ids": np.arange(n, dtype=np.int64),
-        }
-        # Masks follow the image outside the Compose, region by region, with the parameters it drew.
-        result = self.compose(**data)
-        params = self.jitter.params
-
+        result, flipped, params = self.augment(image, boxes, labels, seed)
         keep = np.asarray(result["instance_ids"], dtype=np.float64).round().astype(np.int64)
         out_labels = np.asarray(labels, dtype=np.int64).reshape(n)[keep]
         out_boxes = np.asarray(result["bboxes"], dtype=np.float32).reshape(-1, 4)
@@ -335,7 +348,7 @@ class TrainTransform:
             if not isinstance(masks, InstanceMasks):
                 masks = InstanceMasks.from_dense(np.asarray(masks).reshape(n, *image.shape[:2]))
             masks = masks.select(keep)
-            if self.flip.params:  # reset by every call; filled only when the flip was applied
+            if flipped:
                 masks = masks.flip_horizontal()
             out_masks = self.jitter.warp_instance_masks(masks, **params)
             out_boxes = boxes_from_masks(out_masks)
@@ -371,6 +384,7 @@ class EvalTransform:
         boxes: np.ndarray | None = None,
         labels: np.ndarray | None = None,
         masks: InstanceMasks | np.ndarray | None = None,
+        seed: int | None = None,
     ) -> TransformOutput:
         """Resize and pad one image (and its targets).
 
@@ -380,6 +394,7 @@ class EvalTransform:
             labels: integer ``(N,)``, passed through (as ``int64``), or None.
             masks: :class:`InstanceMasks` or ``uint8`` ``(N, H, W)``, resized (nearest) and padded like the
                 image, or None.
+            seed: unused (nothing is random here); taken so that a dataset calls either transform alike.
 
         Returns:
             The sample in the canvas frame; boxes are exactly ``boxes * scale``.
