@@ -19,7 +19,7 @@ from vitdense.export import (
     exportable,
     nms_keeps_any_count,
 )
-from vitdense.heads import FasterRCNN, MaskRCNN, PyramidSegmenter, paste_detections
+from vitdense.heads import CascadeMaskRCNN, FasterRCNN, MaskRCNN, PyramidSegmenter, paste_detections
 
 HAS_ONNX = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxscript"))
 SIZE = (224, 168)  # multiples of 56, not square: catches swapped height and width
@@ -145,6 +145,27 @@ def test_nms_rule_is_replaced_only_while_exporting():
         with nms_keeps_any_count():
             raise RuntimeError("failed inside")
     assert _fewest_boxes_nms_may_keep() == 2
+
+
+def test_cascade_mask_rcnn_round_trip(tmp_path):
+    model = CascadeMaskRCNN(3, _pyramid(), **SMALL).train()
+    path = tmp_path / "cascade.pt2"
+    report = export_model(model, SIZE, path, sample=_image(0), valid_size=(200, 150))
+    assert model.training, "the model is left in the mode it came in"
+    assert report.output_names == ("boxes", "labels", "scores", "num_detections", "masks")
+    assert report.num_detections > 0 and not report.warnings
+    limits = Tolerances()
+    assert report.differences["boxes"] <= limits.box_px and report.differences["scores"] <= limits.score
+    assert report.differences["masks"] <= limits.mask
+
+    program = torch.export.load(str(path))
+    images = _image(1)[None]
+    with torch.no_grad():
+        boxes, labels, scores, count, masks = program.module()(images, torch.tensor([168, 112]))
+    n = int(count)
+    assert 0 < n and masks.shape == (20, 1, 28, 28) and (boxes[:n, 0::2] <= 112).all()
+    result = check_export(program, model, SIZE, images, valid_size=(168, 112))
+    assert result.num_detections == n and result.differences["masks"] <= limits.mask
 
 
 def test_segmenter_round_trip(segmenter_export):
