@@ -6,12 +6,20 @@ import importlib.util
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from tests.tiny import TINY_CONFIG, TINY_NETWORK
 from vitdense.backbones import BirderBackbone, SimpleFeaturePyramid
-from vitdense.export import ExportCheckError, Tolerances, check_export, export_model, exportable
-from vitdense.heads import FasterRCNN, MaskRCNN, PyramidSegmenter, paste_detections
+from vitdense.export import (
+    ExportCheckError,
+    Tolerances,
+    check_export,
+    export_model,
+    exportable,
+    nms_keeps_any_count,
+)
+from vitdense.heads import CascadeMaskRCNN, FasterRCNN, MaskRCNN, PyramidSegmenter, paste_detections
 
 HAS_ONNX = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxscript"))
 SIZE = (224, 168)  # multiples of 56, not square: catches swapped height and width
@@ -25,6 +33,19 @@ def _pyramid() -> SimpleFeaturePyramid:
 
 def _image(seed: int, size: tuple[int, int] = SIZE) -> torch.Tensor:
     return torch.randint(0, 256, (3, *size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+class _NMS(nn.Module):
+    def forward(self, boxes: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return torchvision.ops.nms(boxes, scores, 0.5)
+
+
+def _fewest_boxes_nms_may_keep() -> int:
+    """The lower bound that tracing gives the count of boxes ``nms`` keeps: 2 under torchvision's rule."""
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    program = torch.export.export(_NMS(), (boxes, torch.tensor([0.9, 0.8])), strict=False)
+    (kept,) = program.range_constraints.values()
+    return int(kept.lower)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +125,7 @@ def test_faster_rcnn_without_detections(tmp_path):
     """A program that finds nothing still runs: NMS may keep 0 boxes (torchvision's fake kernel says >= 2)."""
     model = FasterRCNN(3, _pyramid(), score_thresh=0.99, **SMALL)
     report = export_model(model, SIZE, tmp_path / "faster_rcnn.pt2", sample=_image(0))
+    assert _fewest_boxes_nms_may_keep() == 2, "after an export, torchvision's nms rule is back"
     assert report.output_names == ("boxes", "labels", "scores", "num_detections")
     assert report.num_detections == 0 and "no detections" in report.summary()
     assert "tolerances: box_px 0.01, score 0.0001\n" in report.summary()  # those checked, no mask
@@ -111,6 +133,39 @@ def test_faster_rcnn_without_detections(tmp_path):
     with torch.no_grad():
         boxes, labels, scores, count = program.module()(_image(2)[None], torch.tensor(SIZE))
     assert int(count) == 0 and boxes.shape == (20, 4) and not boxes.any() and not scores.any()
+
+
+def test_nms_rule_is_replaced_only_while_exporting():
+    # vitdense.export is imported (above): importing it left torchvision's rule in force.
+    assert _fewest_boxes_nms_may_keep() == 2
+    with nms_keeps_any_count():
+        assert _fewest_boxes_nms_may_keep() == 0
+    assert _fewest_boxes_nms_may_keep() == 2
+    with pytest.raises(RuntimeError, match="failed inside"):
+        with nms_keeps_any_count():
+            raise RuntimeError("failed inside")
+    assert _fewest_boxes_nms_may_keep() == 2
+
+
+def test_cascade_mask_rcnn_round_trip(tmp_path):
+    model = CascadeMaskRCNN(3, _pyramid(), **SMALL).train()
+    path = tmp_path / "cascade.pt2"
+    report = export_model(model, SIZE, path, sample=_image(0), valid_size=(200, 150))
+    assert model.training, "the model is left in the mode it came in"
+    assert report.output_names == ("boxes", "labels", "scores", "num_detections", "masks")
+    assert report.num_detections > 0 and not report.warnings
+    limits = Tolerances()
+    assert report.differences["boxes"] <= limits.box_px and report.differences["scores"] <= limits.score
+    assert report.differences["masks"] <= limits.mask
+
+    program = torch.export.load(str(path))
+    images = _image(1)[None]
+    with torch.no_grad():
+        boxes, labels, scores, count, masks = program.module()(images, torch.tensor([168, 112]))
+    n = int(count)
+    assert 0 < n and masks.shape == (20, 1, 28, 28) and (boxes[:n, 0::2] <= 112).all()
+    result = check_export(program, model, SIZE, images, valid_size=(168, 112))
+    assert result.num_detections == n and result.differences["masks"] <= limits.mask
 
 
 def test_segmenter_round_trip(segmenter_export):

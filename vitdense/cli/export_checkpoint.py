@@ -12,6 +12,7 @@ from vitdense.argument_parser import CommandArgumentParser
 from vitdense.atomic_write import OutputWriteError, check_writable_folder, write_atomically
 from vitdense.cli.checkpoint_options import add_trust_class_option
 from vitdense.datamodules import as_rgb_array
+from vitdense.export import ExportCheckError, export_model
 from vitdense.inference import load_checkpoint
 
 
@@ -50,9 +51,6 @@ def export_command(args: list[str]) -> int:
     options = parser.parse_args(args)
     if options.output is not None and Path(options.output).suffix != ".pt2":
         parser.error(f"--output is a .pt2 file (torch.export's package format): got {options.output}")
-    # Imported here: vitdense.export registers a tracing rule for torchvision's nms when imported.
-    from vitdense.export import ExportCheckError, export_model
-
     output = Path(options.output) if options.output is not None else _program_path(Path(options.ckpt_path))
     try:
         task = load_checkpoint(options.ckpt_path, trusted_classes=options.trust_class)

@@ -14,8 +14,9 @@ weights, refines the RPN's proposals one after another; ViTDet uses 3 stages at 
 * The mask head trains on the first stage's sampled positives (IoU >= 0.5: the RoIs Mask R-CNN's mask head
   trains on) and in evaluation runs on the final detections.
 * Evaluation: class scores are the mean of the stages' softmax scores, boxes the last stage's regression of
-  its RoIs; then torchvision's `RoIHeads.postprocess_detections` (score threshold, per-class NMS, top-k),
-  with the class-agnostic box standing for every class.
+  its RoIs; then torchvision's `RoIHeads.postprocess_detections` steps (score threshold, per-class NMS,
+  top-k; :func:`vitdense.heads.detection_postprocess.select_detections`), with the class-agnostic box
+  standing for every class.
 
 The losses are torchvision's `fastrcnn_loss` (cross-entropy; smooth L1 with beta 1/9 over the positives,
 divided by the number of RoIs), as in :class:`AlignedRoIHeads`; detectron2's ViTDet uses L1. Host
@@ -30,10 +31,15 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection.roi_heads import maskrcnn_inference
 from torchvision.ops import boxes as box_ops
 
 from vitdense.heads.box_coder import DeviceBoxCoder
+from vitdense.heads.detection_postprocess import (
+    ImageSize,
+    clip_boxes,
+    mask_probabilities,
+    select_detections,
+)
 from vitdense.heads.matcher import SyncFreeMatcher
 from vitdense.heads.roi_heads import mask_loss
 from vitdense.heads.sampler import SyncFreeSampler
@@ -183,15 +189,13 @@ class CascadeStage(nn.Module):
         return self.box_coder.encode_single(torch.cat(matched), torch.cat(proposals))
 
     def decode(
-        self, box_deltas: Tensor, proposals: list[Tensor], image_shapes: list[tuple[int, int]]
+        self, box_deltas: Tensor, proposals: list[Tensor], image_shapes: list[ImageSize]
     ) -> list[Tensor]:
         """Per image, (P_i, 4) float32 xyxy boxes: `box_deltas` (sum P_i, 4) applied to `proposals`, clipped
         to the image's valid region (h, w)."""
         boxes = self.box_coder.decode_single(box_deltas, torch.cat(proposals))
-        return [
-            box_ops.clip_boxes_to_image(b, shape)
-            for b, shape in zip(boxes.split([len(p) for p in proposals]), image_shapes)
-        ]
+        per_image = boxes.split([p.shape[0] for p in proposals])
+        return [clip_boxes(b, shape) for b, shape in zip(per_image, image_shapes)]
 
 
 class StageOutput(NamedTuple):
@@ -293,7 +297,7 @@ class CascadeRoIHeads(nn.Module):
         self,
         features: dict[str, Tensor],
         proposals: list[Tensor],
-        image_shapes: list[tuple[int, int]],
+        image_shapes: list[ImageSize],
         targets: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         """Detections (eval) or losses (training), as `AlignedRoIHeads.forward`.
@@ -339,7 +343,7 @@ class CascadeRoIHeads(nn.Module):
         self,
         features: dict[str, Tensor],
         proposals: list[Tensor],
-        image_shapes: list[tuple[int, int]],
+        image_shapes: list[ImageSize],
         targets: list[dict[str, Tensor]] | None = None,
     ) -> list[StageOutput]:
         """Run every stage on the RoIs of the stage before (the first on the RPN's proposals).
@@ -403,7 +407,7 @@ class CascadeRoIHeads(nn.Module):
         )
 
     def _next_proposals(
-        self, stage: CascadeStage, output: StageOutput, image_shapes: list[tuple[int, int]]
+        self, stage: CascadeStage, output: StageOutput, image_shapes: list[ImageSize]
     ) -> list[Tensor]:
         """`stage`'s boxes for its RoIs, detached and clipped; in training, boxes with no area are dropped
         (detectron2 keeps them in eval, where every stage must score the same RoIs)."""
@@ -414,35 +418,32 @@ class CascadeRoIHeads(nn.Module):
         return [b[i] for b, i in zip(boxes, kept)]
 
     def _detect(
-        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
+        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[ImageSize]
     ) -> list[dict[str, Tensor]]:
         outputs = self.forward_stages(features, proposals, image_shapes)
         scores = torch.stack([F.softmax(out.class_logits.float(), dim=-1) for out in outputs]).mean(dim=0)
         last = outputs[-1]
         boxes = self.stages[-1].decode(last.box_deltas, last.proposals, image_shapes)
-        result = [self._postprocess(b, s) for b, s in zip(boxes, scores.split([len(b) for b in boxes]))]
+        result = []
+        # The class-agnostic box stands for every class, as torchvision's post-processing of repeated boxes.
+        for b, s, image_shape in zip(boxes, scores.split([b.shape[0] for b in boxes]), image_shapes):
+            b, s, labels = select_detections(
+                b,
+                s,
+                image_shape,
+                score_thresh=self.score_thresh,
+                nms_thresh=self.nms_thresh,
+                detections_per_img=self.detections_per_img,
+            )
+            result.append({"boxes": b, "labels": labels, "scores": s})
         if self.has_mask():
             mask_logits = self._mask_logits(features, [r["boxes"] for r in result], image_shapes)
-            probabilities = maskrcnn_inference(mask_logits, [r["labels"] for r in result])
+            probabilities = mask_probabilities(mask_logits, [r["labels"] for r in result])
             for detection, masks in zip(result, probabilities):
                 detection["masks"] = masks
         return result
 
-    def _postprocess(self, boxes: Tensor, scores: Tensor) -> dict[str, Tensor]:
-        """One image's detections from clipped class-agnostic boxes (P, 4) and class scores (P, K + 1), as
-        torchvision's `RoIHeads.postprocess_detections` on the boxes repeated for every class (same order)."""
-        foreground = scores[:, 1:]
-        num_foreground = foreground.shape[1]
-        flat = torch.where(foreground.reshape(-1) > self.score_thresh)[0]
-        boxes = boxes[torch.div(flat, num_foreground, rounding_mode="floor")]
-        scores = foreground.reshape(-1)[flat]
-        labels = flat % num_foreground + 1
-        keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-        return {"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]}
-
     def _mask_logits(
-        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[ImageSize]
     ) -> Tensor:
         return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))

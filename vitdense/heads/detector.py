@@ -15,6 +15,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import boxes as box_ops
 
+from vitdense.heads.detection_postprocess import ImageSize, propose
 from vitdense.heads.mask_paste import paste_masks
 
 __all__ = ["RCNNDetector", "paste_detections"]
@@ -117,15 +118,30 @@ class RCNNDetector(nn.Module):
             images = images.float() / 255.0
         sizes = [(int(h), int(w)) for h, w in image_sizes]
         if not self.training:
-            # torchvision's heads would only type-check eval targets; no loss is computed in eval.
-            targets = None
-
+            return self.detect(images, sizes)
         features = self.backbone(images)
-        image_list = ImageList(images, sizes)
-        proposals, rpn_losses = self.rpn(image_list, features, targets)
-        detections, roi_losses = self.roi_heads(features, proposals, sizes, targets)
-        if self.training:
-            return {**rpn_losses, **roi_losses}
+        proposals, rpn_losses = self.rpn(ImageList(images, sizes), features, targets)
+        _, roi_losses = self.roi_heads(features, proposals, sizes, targets)
+        return {**rpn_losses, **roi_losses}
+
+    def detect(self, images: Tensor, image_sizes: Sequence[ImageSize]) -> list[dict[str, Tensor]]:
+        """Eval detections, without the input checks of `forward`; what `torch.export` captures. The model
+        must be in eval mode.
+
+        The RPN's parts run here and its proposals are selected by
+        :func:`~vitdense.heads.detection_postprocess.propose` (what `RegionProposalNetwork.forward` returns
+        in eval, also for tensor sizes); the RoI heads post-process with the same module.
+
+        Args:
+            images: (B, 3, H, W) float canvas in [0, 1], H and W multiples of `size_divisibility`.
+            image_sizes: per image, (h, w) of the valid region: two ints, or an int64 (2,) tensor.
+
+        Returns:
+            As `forward` in eval mode.
+        """
+        features = self.backbone(images)
+        proposals = propose(self.rpn, images, features, image_sizes)
+        detections, _ = self.roi_heads(features, proposals, list(image_sizes))
         return detections
 
 

@@ -270,7 +270,7 @@ class ExactMultiScaleRoIAlign(nn.Module):
         # Boxes stay at least float32: in bf16 a corner past 512 px would move to a multiple of 4.
         device, dtype = feats[0].device, torch.promote_types(feats[0].dtype, torch.float32)
         batch_index = torch.cat(
-            [torch.full((len(b),), i, dtype=dtype, device=device) for i, b in enumerate(boxes)]
+            [torch.full((b.shape[0],), i, dtype=dtype, device=device) for i, b in enumerate(boxes)]
         )
         rois = torch.cat([batch_index[:, None], torch.cat(boxes).to(dtype)], dim=1)
         levels = self.assign_levels(boxes)

@@ -10,8 +10,10 @@ by that much. Here the targets are cropped with ROIAlignV2 too, as in detectron2
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.ops import roi_align
+
+from vitdense.heads.detection_postprocess import ImageSize, mask_probabilities, select_detections
 
 __all__ = ["AlignedRoIHeads", "mask_loss", "mask_targets"]
 
@@ -66,7 +68,8 @@ def mask_loss(
 class AlignedRoIHeads(RoIHeads):
     """torchvision's `RoIHeads` (same constructor, same outputs) whose mask loss uses :func:`mask_targets`.
 
-    Boxes, their losses and the eval post-processing are torchvision's own methods; the forward pass only
+    Boxes and their losses are torchvision's own methods; the eval post-processing is
+    :mod:`vitdense.heads.detection_postprocess`, torchvision's steps in an exportable form. The forward pass
     re-wires them, as torchvision's does, without keypoints.
     """
 
@@ -81,7 +84,7 @@ class AlignedRoIHeads(RoIHeads):
         self,
         features: dict[str, Tensor],
         proposals: list[Tensor],
-        image_shapes: list[tuple[int, int]],
+        image_shapes: list[ImageSize],
         targets: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         """Detections (eval) or losses (training), as torchvision's `RoIHeads.forward`.
@@ -89,7 +92,7 @@ class AlignedRoIHeads(RoIHeads):
         Args:
             features: pyramid levels by name.
             proposals: per image, (P_i, 4) proposals, canvas pixels.
-            image_shapes: per image, (h, w) of the valid region.
+            image_shapes: per image, (h, w) of the valid region (in eval also an int64 (2,) tensor).
             targets: training only, per image `boxes`, int64 `labels` and, with masks, `masks` (G_i, H, W).
 
         Returns:
@@ -122,21 +125,35 @@ class AlignedRoIHeads(RoIHeads):
         return [], losses
 
     def _detect(
-        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
+        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[ImageSize]
     ) -> list[dict[str, Tensor]]:
+        """Eval detections, post-processed by :mod:`vitdense.heads.detection_postprocess` (torchvision's
+        `postprocess_detections` and `maskrcnn_inference`, exportable)."""
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
-        boxes, scores, labels = self.postprocess_detections(
-            class_logits, box_regression, proposals, image_shapes
-        )
-        result = [{"boxes": b, "labels": lab, "scores": s} for b, lab, s in zip(boxes, labels, scores)]
+        # `box_coder.decode` without its branch on the box count, which a program cannot take.
+        boxes = self.box_coder.decode_single(box_regression, torch.cat(proposals)).unflatten(1, (-1, 4))
+        scores = F.softmax(class_logits, -1)
+        per_image = [p.shape[0] for p in proposals]
+        result = []
+        for b, s, image_shape in zip(boxes.split(per_image), scores.split(per_image), image_shapes):
+            b, s, labels = select_detections(
+                b,
+                s,
+                image_shape,
+                score_thresh=self.score_thresh,
+                nms_thresh=self.nms_thresh,
+                detections_per_img=self.detections_per_img,
+            )
+            result.append({"boxes": b, "labels": labels, "scores": s})
         if self.has_mask():
-            mask_logits = self._mask_logits(features, boxes, image_shapes)
-            for detection, probabilities in zip(result, maskrcnn_inference(mask_logits, labels)):
-                detection["masks"] = probabilities
+            mask_logits = self._mask_logits(features, [r["boxes"] for r in result], image_shapes)
+            probabilities = mask_probabilities(mask_logits, [r["labels"] for r in result])
+            for detection, masks in zip(result, probabilities):
+                detection["masks"] = masks
         return result
 
     def _mask_logits(
-        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[ImageSize]
     ) -> Tensor:
         return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))

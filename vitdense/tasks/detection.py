@@ -324,7 +324,7 @@ class DetectionTask(VitDenseTask):
 
     def export_wrapper(self, image_size: tuple[int, int]) -> nn.Module:
         """A :class:`~vitdense.export.DetectorForExport` of the detector."""
-        # Imported here: importing vitdense.export registers a tracing rule for torchvision's nms.
+        # Imported here: vitdense.export imports the tasks' base, to ask a task for its wrapper.
         from vitdense.export import DetectorForExport
 
         return DetectorForExport(self.model, image_size)

@@ -357,7 +357,7 @@ class SemanticSegmentationTask(VitDenseTask):
 
     def export_wrapper(self, image_size: tuple[int, int]) -> nn.Module:
         """A :class:`~vitdense.export.SegmenterForExport` of the segmenter."""
-        # Imported here: importing vitdense.export registers a tracing rule for torchvision's nms.
+        # Imported here: vitdense.export imports the tasks' base, to ask a task for its wrapper.
         from vitdense.export import SegmenterForExport
 
         return SegmenterForExport(self.model, image_size)
