@@ -14,7 +14,7 @@ from vitdense.datamodules.bad_data import DECODE_ERRORS, Finding, Policy
 from vitdense.datamodules.bad_data import SKIP_HINT as _SKIP_HINT
 from vitdense.datamodules.coco_checks import _Instance
 from vitdense.datamodules.coco_file import _check_box_format, _check_has_segmentations, _check_pixel_units
-from vitdense.datamodules.coco_file import categories_of, load_coco
+from vitdense.datamodules.coco_file import _collector_paused, categories_of, load_coco
 from vitdense.datamodules.coco_records import CocoRecordChecks
 from vitdense.datamodules.images import image_conversions, read_image
 from vitdense.datamodules.instance_masks import InstanceMasks
@@ -131,11 +131,12 @@ class CocoDetection(CocoRecordChecks):
             names = dict(zip(file_ids, file_names))
             self.category_ids = list(category_ids)
             self.class_names = [names.get(i, str(i)) for i in self.category_ids]
-        records = self._build_records()
+        with _collector_paused():
+            records = self._build_records()
         self._instance_counts = np.asarray([len(r.instances) for r in records], dtype=np.int64)
         # Packed: DataLoader workers then share the records instead of copying them (see PackedRecords).
         self._records = PackedRecords(records)
-        self.image_ids = [r.image_id for r in self._records]
+        self.image_ids = [r.image_id for r in records]  # not from the packed ones: each read unpickles
         self._log_skips()
 
 

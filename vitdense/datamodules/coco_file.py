@@ -7,10 +7,12 @@ category id ``category_ids[L - 1]`` (ids sorted ascending; they may include 0 an
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,20 @@ def _object_noting_repeated_keys(
     return obj
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while parsing builds millions of objects, none of them
+    garbage: each collection it triggers walks all of them, a third of the time of parsing a COCO
+    train2017-sized file. Its previous state is restored after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def load_coco(annotation_file: str | Path) -> CocoFile:
     """Parse a COCO annotation file (quietly: pycocotools prints progress to stdout).
 
@@ -78,7 +94,7 @@ def load_coco(annotation_file: str | Path) -> CocoFile:
 
     repeated: list[tuple[str, dict[str, Any]]] = []
     try:
-        with path.open("rb") as f:
+        with path.open("rb") as f, _collector_paused():
             data = json.load(f, object_pairs_hook=partial(_object_noting_repeated_keys, repeated))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise fail(
@@ -113,7 +129,7 @@ def load_coco(annotation_file: str | Path) -> CocoFile:
                 coco.malformed.append((section, position, record))
         data[section] = kept
     coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), _collector_paused():
         coco.createIndex()
     return coco
 
