@@ -315,6 +315,43 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+# A COCO train2017-sized file holds ~60M polygon coordinates: a Python call per number cost ~40 s of setup.
+# Its lists are short (~70 numbers per annotation), where numpy's fixed cost per call (converting the list
+# included) outweighs its speed, so the helpers below run the builtins' C loops over each list (type,
+# isfinite, min, max), with the exact answers of the per-number checks: only lists of plain ints and floats
+# take the fast path.
+_PLAIN_NUMBERS = {int, float}
+
+
+def _are_numbers(values: list[Any]) -> bool:
+    """``all(_is_number(v) for v in values)``, without a Python call per value."""
+    if set(map(type, values)) <= _PLAIN_NUMBERS:
+        return all(map(math.isfinite, values))
+    return all(_is_number(v) for v in values)  # bools, other types, subclasses of int or float
+
+
+def _are_counts(values: list[Any]) -> bool:
+    """``all(_is_int(v) and v >= 0 for v in values)``, without a Python call per value."""
+    if set(map(type, values)) <= {int}:
+        return not values or min(values) >= 0
+    return all(_is_int(v) and v >= 0 for v in values)
+
+
+def _polygon_extent(seg: list[list[float]], empty: float | None = None) -> tuple[float, float, float, float]:
+    """``(min x, min y, max x, max y)`` over the vertices of polygon parts ``[x1, y1, x2, y2, ...]``.
+
+    The values themselves (``int`` or ``float``; of equal ones the first), as ``min`` and ``max`` over all of
+    them give. ``empty``: the value of a coordinate that no part has (without it, such a polygon raises
+    ValueError)."""
+    extent = []
+    for start, pick in ((0, min), (1, min), (0, max), (1, max)):
+        values = [pick(part[start::2]) for part in seg if len(part) > start]
+        if not values and empty is not None:
+            values = [empty]
+        extent.append(pick(values))
+    return extent[0], extent[1], extent[2], extent[3]
+
+
 def _is_size(v: Any) -> bool:
     return _is_int(v) and v > 0
 
@@ -339,7 +376,7 @@ def _clipped_xyxy(bbox: list[float], h: int, w: int) -> tuple[float, float, floa
 
 def _malformed_box(bbox: Any) -> tuple[str, str] | None:
     """``(kind, what is wrong and the fix)`` for a ``bbox`` that is not four numbers, else None."""
-    if isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox):
+    if isinstance(bbox, list) and len(bbox) == 4 and _are_numbers(bbox):
         return None
     return "malformed_box", f"has bbox {bbox!r}, expected [x, y, width, height] numbers; fix the box"
 
@@ -397,11 +434,9 @@ def _check_segmentation(seg: Any, h: int, w: int) -> tuple[Any, tuple[str, str] 
     if isinstance(seg, list):
         parts = []
         for part in seg:
-            if not isinstance(part, list) or not all(_is_number(v) for v in part):
+            if not isinstance(part, list) or not _are_numbers(part):
                 return None, ("malformed_segmentation", "a polygon part is not a list of numbers")
-        xs = [v for part in seg for v in part[0::2]] or [0.0]
-        ys = [v for part in seg for v in part[1::2]] or [0.0]
-        if (far := _far_outside(min(xs), min(ys), max(xs), max(ys), h, w)) is not None:
+        if (far := _far_outside(*_polygon_extent(seg, empty=0.0), h, w)) is not None:
             return None, ("coordinates_far_outside", f"a polygon {far}")
         for part in seg:
             if len(part) >= 6 and len(part) % 2 == 0:
@@ -416,7 +451,7 @@ def _check_segmentation(seg: Any, h: int, w: int) -> tuple[Any, tuple[str, str] 
         if list(size) != [h, w]:
             return None, ("rle_size_mismatch", f"RLE size {size} differs from the image size [{h}, {w}]")
         if isinstance(counts, list):
-            if not all(_is_int(v) and v >= 0 for v in counts) or sum(counts) != h * w:
+            if not _are_counts(counts) or sum(counts) != h * w:
                 problem = "uncompressed RLE counts must be non-negative ints summing to height*width"
                 return None, ("malformed_segmentation", problem)
         elif not isinstance(counts, (str, bytes)):
@@ -444,9 +479,7 @@ def _segmentation_off_its_box(
     of its mask), overlap it with an IoU of at least 0.1.
     """
     if isinstance(seg, list):
-        xs = [v for part in seg for v in part[0::2]]
-        ys = [v for part in seg for v in part[1::2]]
-        x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
+        x1, y1, x2, y2 = _polygon_extent(seg)
     else:
         rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else seg
         if not mask_utils.area(rle):
@@ -588,7 +621,7 @@ class CocoDetection(CheckedDataset):
         self._instance_counts = np.asarray([len(r.instances) for r in records], dtype=np.int64)
         # Packed: DataLoader workers then share the records instead of copying them (see PackedRecords).
         self._records = PackedRecords(records)
-        self.image_ids = [r.image_id for r in self._records]
+        self.image_ids = [r.image_id for r in records]  # not from the packed ones: each read unpickles
         self._log_skips()
 
     def _bad_record(self, kind: str, record: str, problem: str, about: str = "") -> None:
@@ -1206,10 +1239,17 @@ class CocoDataModule(SplitDataModule):
         }[split]
 
     def split_dataset(self, split: str, on_bad_data: Policy) -> CocoDetection:
-        """A new dataset of ``split``: training transform and masks for train, evaluation ones otherwise."""
+        """A new dataset of ``split``: training transform and masks for train, evaluation ones otherwise.
+
+        The training dataset keeps only its packed records: its parsed file (``.coco``, and the one parsed in
+        ``__init__``) is let go once they are built, as training never reads it again (on COCO train2017's
+        scale ~2.8 GB of Python objects per rank, which every full garbage collection walks); a later
+        training dataset parses the file again. An evaluation split keeps its ``.coco``, which COCOeval
+        scores against.
+        """
         images, annotations = self.split_source(split)
         if split == "train":
-            return CocoDetection(
+            dataset = CocoDetection(
                 images,
                 annotations,
                 TrainTransform(self.image_size, self.min_scale, self.max_scale),
@@ -1221,6 +1261,9 @@ class CocoDataModule(SplitDataModule):
                 allow_outside_images=self.allow_outside_images,
                 max_objects_per_image=self.max_objects_per_image,
             )
+            self._train_coco = None
+            dataset.coco = None
+            return dataset
         coco = load_coco(annotations)
         self._check_categories(coco, annotations, split)
         dataset = CocoDetection(
