@@ -168,3 +168,20 @@ def test_the_training_file_is_let_go_once_its_records_are_packed(make_coco: Make
     assert dm.train_dataset[0][1]["image_id"] == 1  # a sample reads its packed record only
     again = dm.split_dataset("train", "error")  # e.g. the data check's: the file is parsed again
     assert again.image_ids == dm.train_dataset.image_ids == [1] and again.coco is None
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_parsing_leaves_the_garbage_collector_as_it_found_it(
+    make_coco: MakeCoco, tmp_path: Path, enabled: bool
+) -> None:
+    root, ann_file = make_coco([IMG], [_ann([1, 1, 5, 5], SQUARE)])
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"images": [')
+    (gc.enable if enabled else gc.disable)()
+    try:
+        CocoDetection(root, ann_file, EvalTransform(56), coco=coco_module.load_coco(ann_file), masks=True)
+        with pytest.raises(BadDataError, match="not valid JSON"):
+            coco_module.load_coco(broken)
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable()

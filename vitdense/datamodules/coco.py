@@ -7,14 +7,17 @@ category id ``category_ids[L - 1]`` (ids sorted ascending; they may include 0 an
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,6 +93,20 @@ def _object_noting_repeated_keys(
     return obj
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while parsing builds millions of objects, none of them
+    garbage: each collection it triggers walks all of them, a third of the time of parsing a COCO
+    train2017-sized file. Its previous state is restored after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def load_coco(annotation_file: str | Path) -> CocoFile:
     """Parse a COCO annotation file (quietly: pycocotools prints progress to stdout).
 
@@ -112,7 +129,7 @@ def load_coco(annotation_file: str | Path) -> CocoFile:
 
     repeated: list[tuple[str, dict[str, Any]]] = []
     try:
-        with path.open("rb") as f:
+        with path.open("rb") as f, _collector_paused():
             data = json.load(f, object_pairs_hook=partial(_object_noting_repeated_keys, repeated))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise fail(
@@ -147,7 +164,7 @@ def load_coco(annotation_file: str | Path) -> CocoFile:
                 coco.malformed.append((section, position, record))
         data[section] = kept
     coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), _collector_paused():
         coco.createIndex()
     return coco
 
@@ -343,13 +360,14 @@ def _polygon_extent(seg: list[list[float]], empty: float | None = None) -> tuple
     The values themselves (``int`` or ``float``; of equal ones the first), as ``min`` and ``max`` over all of
     them give. ``empty``: the value of a coordinate that no part has (without it, such a polygon raises
     ValueError)."""
-    extent = []
-    for start, pick in ((0, min), (1, min), (0, max), (1, max)):
-        values = [pick(part[start::2]) for part in seg if len(part) > start]
-        if not values and empty is not None:
-            values = [empty]
-        extent.append(pick(values))
-    return extent[0], extent[1], extent[2], extent[3]
+    if len(seg) == 1:  # most objects are one polygon
+        xs, ys = seg[0][0::2], seg[0][1::2]
+    else:
+        xs = list(chain.from_iterable(part[0::2] for part in seg))
+        ys = list(chain.from_iterable(part[1::2] for part in seg))
+    if empty is not None:
+        xs, ys = xs or [empty], ys or [empty]
+    return min(xs), min(ys), max(xs), max(ys)
 
 
 def _is_size(v: Any) -> bool:
@@ -617,7 +635,8 @@ class CocoDetection(CheckedDataset):
             names = dict(zip(file_ids, file_names))
             self.category_ids = list(category_ids)
             self.class_names = [names.get(i, str(i)) for i in self.category_ids]
-        records = self._build_records()
+        with _collector_paused():
+            records = self._build_records()
         self._instance_counts = np.asarray([len(r.instances) for r in records], dtype=np.int64)
         # Packed: DataLoader workers then share the records instead of copying them (see PackedRecords).
         self._records = PackedRecords(records)
