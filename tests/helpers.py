@@ -5,6 +5,19 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
+CPU_FAST_DEV_RUN = [
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.num_nodes=1",
+    "--trainer.strategy=auto",
+    "--trainer.precision=32-true",
+    "--trainer.fast_dev_run=1",
+]
+"""CLI flags of one fast_dev_run step on one CPU process, whatever the recipe's trainer section says."""
+
+QUIET_TRAINER = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+"""``lightning.Trainer`` arguments of a test run that writes no logs and prints no progress or summary."""
+
 
 def assert_one_cell_covers_its_pixels(
     resamplers: Mapping[str, Callable[[Tensor], Tensor]], strides: Mapping[str, float], channels: int
