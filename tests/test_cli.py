@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from tests.helpers import CPU_FAST_DEV_RUN
 from tests.test_checkpoint_trust import _one_line_error
 from tests.tiny import TINY_CONFIG
 from vitdense.cli import VitDenseCLI, main, run
@@ -90,12 +91,7 @@ def _tiny_overrides(shapes: dict, root: Path) -> list[str]:
         "--data.init_args.image_size=224",
         "--data.init_args.batch_size=2",
         "--data.init_args.num_workers=0",
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
-        "--trainer.num_nodes=1",
-        "--trainer.strategy=auto",
-        "--trainer.precision=32-true",
-        "--trainer.fast_dev_run=1",
+        *CPU_FAST_DEV_RUN,
         f"--trainer.default_root_dir={root}",
     ]
 

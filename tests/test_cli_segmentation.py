@@ -9,20 +9,14 @@ import pytest
 import yaml
 from PIL import Image
 
+from tests.helpers import CPU_FAST_DEV_RUN
 from tests.tiny import TINY_CONFIG
 from vitdense.cli import main
 from vitdense.datamodules import write_shapes_semseg
 from vitdense.heads import multi_scale_flip_inference
 
 RECIPES = Path(__file__).parents[1] / "recipes"
-TRAINER = [
-    "--trainer.accelerator=cpu",
-    "--trainer.devices=1",
-    "--trainer.num_nodes=1",
-    "--trainer.strategy=auto",
-    "--trainer.precision=32-true",
-    "--trainer.fast_dev_run=1",
-]
+TRAINER = CPU_FAST_DEV_RUN
 
 
 def _override_file(root: Path, recipe: str) -> Path:

@@ -4,6 +4,7 @@ from birder.layers import LayerNorm2d
 from torch import nn
 from torch.nn import functional as F
 
+from tests.helpers import assert_one_cell_covers_its_pixels
 from tests.tiny import TINY_CONFIG, TINY_NETWORK
 from vitdense.backbones import BirderBackbone, MultiBlockPyramid
 
@@ -69,21 +70,7 @@ def test_the_first_block_only_reaches_the_finest_level():
 
 def test_levels_are_phase_aligned_with_the_image(pyramid):
     """A response confined to one ViT cell covers exactly that cell's pixels at every level."""
-    vit_map = torch.zeros(1, 64, 4, 4)
-    vit_map[..., 2, 1] = 1.0  # ViT cell (2, 1): pixel rows [28, 42), cols [14, 28)
-    expected = {"p2": (28, 42, 14, 28), "p3": (28, 42, 14, 28), "p4": (28, 42, 14, 28), "p5": (28, 56, 0, 28)}
-    for name, resample in pyramid.levels.items():
-        with torch.no_grad():
-            response = (resample(vit_map) - resample(torch.zeros_like(vit_map))).abs().sum(1)[0]
-        stride = pyramid.strides[name]
-        rows, cols = torch.nonzero(response > 0, as_tuple=True)
-        extent = (
-            rows.min() * stride,
-            (rows.max() + 1) * stride,
-            cols.min() * stride,
-            (cols.max() + 1) * stride,
-        )
-        assert tuple(float(v) for v in extent) == expected[name], name
+    assert_one_cell_covers_its_pixels(pyramid.levels, pyramid.strides, channels=64)
 
 
 def test_sizes_not_multiple_of_the_coarsest_stride_are_refused(pyramid):

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from tests.helpers import assert_one_cell_covers_its_pixels
 from tests.tiny import TINY_CONFIG, TINY_NETWORK
 from vitdense.backbones import BirderBackbone, SimpleFeaturePyramid
 
@@ -29,22 +30,8 @@ def test_every_level_stride_equals_image_size_over_feature_size(pyramid, size):
 
 def test_levels_are_phase_aligned_with_the_image(pyramid):
     """A response confined to one ViT cell covers exactly that cell's pixels at every level."""
-    vit_map = torch.zeros(1, 64, 4, 4)
-    vit_map[..., 2, 1] = 1.0  # ViT cell (2, 1): pixel rows [28, 42), cols [14, 28)
-    expected = {"p2": (28, 42, 14, 28), "p3": (28, 42, 14, 28), "p4": (28, 42, 14, 28), "p5": (28, 56, 0, 28)}
-    for name, branch in pyramid.levels.items():
-        resample = branch[0]
-        with torch.no_grad():
-            response = (resample(vit_map) - resample(torch.zeros_like(vit_map))).abs().sum(1)[0]
-        stride = pyramid.strides[name]
-        rows, cols = torch.nonzero(response > 0, as_tuple=True)
-        extent = (
-            rows.min() * stride,
-            (rows.max() + 1) * stride,
-            cols.min() * stride,
-            (cols.max() + 1) * stride,
-        )
-        assert tuple(float(v) for v in extent) == expected[name], name
+    resamplers = {name: branch[0] for name, branch in pyramid.levels.items()}
+    assert_one_cell_covers_its_pixels(resamplers, pyramid.strides, channels=64)
 
 
 def test_sizes_not_multiple_of_coarsest_stride_are_refused(pyramid):

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
+from tests.helpers import QUIET_TRAINER
 from vitdense.datamodules import CocoDetection, ShapesSegmentationDataModule, TrainTransform
 from vitdense.datamodules.resumable import ResumableSampler, SeededIndex, SeededSamples
 
@@ -100,9 +101,7 @@ def _fit(
     model = BatchRecorder()
     trainer = lightning.Trainer(
         default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
         num_sanity_val_steps=0,
         **trainer_args,
     )

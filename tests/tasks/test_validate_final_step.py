@@ -6,6 +6,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.helpers import QUIET_TRAINER
 from vitdense.tasks.callbacks import ValidateFinalStep
 
 
@@ -45,9 +46,7 @@ def test_the_last_weights_are_validated_inside_fit_and_seen_by_checkpoints(tmp_p
     best = ModelCheckpoint(monitor="val/score", mode="max", filename="best-step{step}")
     trainer = lightning.Trainer(
         default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        **QUIET_TRAINER,
         num_sanity_val_steps=0,
         callbacks=[ValidateFinalStep(), best],
         **{"check_val_every_n_epoch": 5, **schedule},

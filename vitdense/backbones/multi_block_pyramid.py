@@ -9,6 +9,7 @@ from birder.layers import LayerNorm2d
 from torch import nn
 
 from vitdense.backbones.birder_backbone import BirderBackbone
+from vitdense.backbones.pyramid_strides import check_input_size, coarsest_stride
 
 __all__ = ["MultiBlockPyramid", "channel_layer_norm"]
 
@@ -91,11 +92,7 @@ class MultiBlockPyramid(nn.Module):
             strides[name] = vit.stride / scale
 
         self.strides: dict[str, float] = strides
-        largest = max(strides.values())
-        if not float(largest).is_integer():
-            raise ValueError(f"The coarsest stride {largest} must be a whole number of pixels")
-        # Every level's grid tiles the image exactly only when the input is a multiple of the coarsest stride.
-        self.size_divisibility: int = int(largest)
+        self.size_divisibility: int = coarsest_stride(strides)
 
     def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         """Compute the pyramid.
@@ -107,14 +104,7 @@ class MultiBlockPyramid(nn.Module):
             Ordered ``p2`` ... ``p5`` maps (the levels of ``scale_factors``), each float
             (B, out_channels, H / stride, W / stride); ``p2`` comes from the first selected block.
         """
-        height, width = images.shape[-2:]
-        d = self.size_divisibility
-        if height % d or width % d:
-            raise ValueError(
-                f"Input size {height}x{width}: pad it to a multiple of {d} (the coarsest pyramid stride) so "
-                f"that every level has its exact stride, e.g. {math.ceil(height / d) * d}x"
-                f"{math.ceil(width / d) * d}."
-            )
+        check_input_size(*images.shape[-2:], self.size_divisibility)
         block_maps = self.vit(images).split(self.out_channels, dim=1)
         return OrderedDict(
             (name, resample(block_map))

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vitdense.backbones.birder_backbone import BirderBackbone
+from vitdense.backbones.pyramid_strides import check_input_size, coarsest_stride
 
 
 def _conv_norm(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
@@ -88,11 +89,7 @@ class SimpleFeaturePyramid(nn.Module):
             strides[f"p{int(last_name[1:]) + 1}"] = last_stride * 2
 
         self.strides: dict[str, float] = strides
-        largest = max(strides.values())
-        if not float(largest).is_integer():
-            raise ValueError(f"The coarsest stride {largest} must be a whole number of pixels")
-        # Every level's grid tiles the image exactly only when the input is a multiple of the coarsest stride.
-        self.size_divisibility: int = int(largest)
+        self.size_divisibility: int = coarsest_stride(strides)
 
     def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         """Compute the pyramid.
@@ -103,15 +100,7 @@ class SimpleFeaturePyramid(nn.Module):
         Returns:
             Ordered ``p2`` ... ``p6`` maps, each (B, out_channels, H / stride, W / stride).
         """
-        height, width = images.shape[-2:]
-        if height % self.size_divisibility or width % self.size_divisibility:
-            raise ValueError(
-                f"Input size {height}x{width}: pad it to a multiple of {self.size_divisibility} "
-                f"(the coarsest "
-                f"pyramid stride) so that every level has its exact stride, e.g. "
-                f"{math.ceil(height / self.size_divisibility) * self.size_divisibility}x"
-                f"{math.ceil(width / self.size_divisibility) * self.size_divisibility}."
-            )
+        check_input_size(*images.shape[-2:], self.size_divisibility)
         features = self.vit(images)
         outputs: OrderedDict[str, torch.Tensor] = OrderedDict(
             (name, branch(features)) for name, branch in self.levels.items()

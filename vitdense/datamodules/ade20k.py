@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from vitdense.datamodules.bad_data import OnBadData, Policy
-from vitdense.datamodules.segmentation import SegmentationFolderDataModule
+from vitdense.datamodules.segmentation import SegmentationFolderDataModule, pipeline_options
 from vitdense.datamodules.segmentation_folder import SegmentationFolder
 
-__all__ = ["ADE20K_CLASSES", "ADE20KDataModule", "find_ade20k"]
+__all__ = ["ADE20K_CLASSES", "ADE20KDataModule", "ade20k_split_folders", "find_ade20k"]
 
 # ADEChallengeData2016 (SceneParsing, 150 classes) in label order 1..150, i.e. index 0..149 after
 # reduce_zero_label; the names mmseg uses (its 'bed ' has a stray space, dropped here).
@@ -42,6 +42,21 @@ _SPLIT_FOLDERS = {"train": "training", "val": "validation", "test": "validation"
 def _split_folders(base: Path, folder: str) -> tuple[Path, Path]:
     """``(images, labels)`` folders of the ADE20K split ``folder`` (``training`` or ``validation``)."""
     return base / "images" / folder, base / "annotations" / folder
+
+
+def ade20k_split_folders(base: Path) -> dict[str, str]:
+    """The training and validation folders of the ``ADEChallengeData2016`` folder ``base``, as the
+    ``train_images``, ``train_labels``, ``val_images`` and ``val_labels`` of
+    :class:`SegmentationFolderDataModule`."""
+    (train_images, train_labels), (val_images, val_labels) = (
+        _split_folders(base, folder) for folder in ("training", "validation")
+    )
+    return {
+        "train_images": str(train_images),
+        "train_labels": str(train_labels),
+        "val_images": str(val_images),
+        "val_labels": str(val_labels),
+    }
 
 
 def find_ade20k(root: str | Path) -> Path:
@@ -94,29 +109,13 @@ class ADE20KDataModule(SegmentationFolderDataModule):
         check_data: bool = False,
     ) -> None:
         base = find_ade20k(root)
-        (train_images, train_labels), (val_images, val_labels) = (
-            _split_folders(base, folder) for folder in ("training", "validation")
-        )
         super().__init__(
-            train_images=str(train_images),
-            train_labels=str(train_labels),
-            val_images=str(val_images),
-            val_labels=str(val_labels),
+            **ade20k_split_folders(base),
             num_classes=len(ADE20K_CLASSES),
-            predict_images=predict_images,
             class_names=ADE20K_CLASSES,
             ignore_index=255,
             reduce_zero_label=True,
-            crop_size=crop_size,
-            scale=scale,
-            ratio_range=ratio_range,
-            cat_max_ratio=cat_max_ratio,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            size_divisibility=size_divisibility,
-            on_bad_data=on_bad_data,
-            check_data=check_data,
+            **pipeline_options(locals()),
         )
         self.root = root
         self.base = base

@@ -10,6 +10,31 @@ import torch.nn.functional as F
 __all__ = ["collate_detection", "collate_segmentation"]
 
 
+def _present_samples(
+    batch: list[tuple[torch.Tensor, dict[str, Any]] | None], collate: str
+) -> list[tuple[torch.Tensor, dict[str, Any]]] | None:
+    """The samples of ``batch`` that are not None; None when all are (a batch of skipped records)."""
+    if batch and all(sample is None for sample in batch):
+        return None
+    samples = [sample for sample in batch if sample is not None]
+    if not samples:
+        raise ValueError(f"{collate}: got an empty batch")
+    return samples
+
+
+def _padded_images(images: list[torch.Tensor], size_divisibility: int) -> torch.Tensor:
+    """(C, h_i, w_i) images top-left on one zero (B, C, H, W) canvas, H and W rounded up to
+    ``size_divisibility``."""
+    max_h = max(image.shape[-2] for image in images)
+    max_w = max(image.shape[-1] for image in images)
+    h = -(-max_h // size_divisibility) * size_divisibility
+    w = -(-max_w // size_divisibility) * size_divisibility
+    out = images[0].new_zeros((len(images), images[0].shape[0], h, w))
+    for i, image in enumerate(images):
+        out[i, :, : image.shape[-2], : image.shape[-1]] = image
+    return out
+
+
 def collate_detection(
     batch: list[tuple[torch.Tensor, dict[str, Any]] | None], size_divisibility: int = 56
 ) -> tuple[torch.Tensor, list[dict[str, Any]]] | None:
@@ -26,20 +51,13 @@ def collate_detection(
         ``images``: ``uint8`` ``(B, 3, H, W)``, each image top-left with zero padding bottom/right;
         ``targets``: the per-sample dicts, with ``"masks"`` (if any) zero padded to ``(N, H, W)``.
     """
-    if batch and all(sample is None for sample in batch):
+    samples = _present_samples(batch, "collate_detection")
+    if samples is None:
         return None
-    batch = [sample for sample in batch if sample is not None]
-    if not batch:
-        raise ValueError("collate_detection: got an empty batch")
-    images = [image for image, _ in batch]
-    max_h = max(image.shape[-2] for image in images)
-    max_w = max(image.shape[-1] for image in images)
-    h = -(-max_h // size_divisibility) * size_divisibility
-    w = -(-max_w // size_divisibility) * size_divisibility
-    out = images[0].new_zeros((len(images), images[0].shape[0], h, w))
+    out = _padded_images([image for image, _ in samples], size_divisibility)
+    h, w = out.shape[-2:]
     targets = []
-    for i, (image, target) in enumerate(batch):
-        out[i, :, : image.shape[-2], : image.shape[-1]] = image
+    for _, target in samples:
         masks = target.get("masks")
         if masks is not None and masks.shape[-2:] != (h, w):
             target = {**target, "masks": F.pad(masks, (0, w - masks.shape[-1], 0, h - masks.shape[-2]))}
@@ -65,19 +83,10 @@ def collate_segmentation(
         ``images``: ``uint8`` ``(B, 3, H, W)``, each image top-left with zero padding bottom/right;
         ``targets``: the per-sample dicts, unchanged.
     """
-    if batch and all(sample is None for sample in batch):
+    samples = _present_samples(batch, "collate_segmentation")
+    if samples is None:
         return None
-    batch = [sample for sample in batch if sample is not None]
-    if not batch:
-        raise ValueError("collate_segmentation: got an empty batch")
     if size_divisibility < 1:
         raise ValueError(f"collate_segmentation: size_divisibility={size_divisibility} must be >= 1")
-    images = [image for image, _ in batch]
-    max_h = max(image.shape[-2] for image in images)
-    max_w = max(image.shape[-1] for image in images)
-    h = -(-max_h // size_divisibility) * size_divisibility
-    w = -(-max_w // size_divisibility) * size_divisibility
-    out = images[0].new_zeros((len(images), images[0].shape[0], h, w))
-    for i, image in enumerate(images):
-        out[i, :, : image.shape[-2], : image.shape[-1]] = image
-    return out, [target for _, target in batch]
+    images = _padded_images([image for image, _ in samples], size_divisibility)
+    return images, [target for _, target in samples]

@@ -23,9 +23,10 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from vitdense.datamodules.ade20k import ade20k_split_folders
 from vitdense.datamodules.bad_data import OnBadData
 from vitdense.datamodules.coco import CocoDataModule
-from vitdense.datamodules.segmentation import SegmentationFolderDataModule
+from vitdense.datamodules.segmentation import SegmentationFolderDataModule, pipeline_options
 
 __all__ = [
     "SHAPES_CATEGORIES",
@@ -447,24 +448,11 @@ class ShapesSegmentationDataModule(SegmentationFolderDataModule):
             write_shapes_semseg(root, num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
         names = SHAPES_SEMSEG_CLASSES[1:] if reduce_zero_label else SHAPES_SEMSEG_CLASSES
         super().__init__(
-            train_images=str(base / "images" / "training"),
-            train_labels=str(base / "annotations" / "training"),
-            val_images=str(base / "images" / "validation"),
-            val_labels=str(base / "annotations" / "validation"),
+            **ade20k_split_folders(base),
             num_classes=len(names),
-            predict_images=predict_images,
             class_names=list(names),
             ignore_index=255,
             reduce_zero_label=reduce_zero_label,
-            crop_size=crop_size,
-            scale=scale,
-            ratio_range=ratio_range,
-            cat_max_ratio=cat_max_ratio,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            size_divisibility=size_divisibility,
-            on_bad_data=on_bad_data,
-            check_data=check_data,
+            **pipeline_options(locals()),
         )
         self.root = root

@@ -43,6 +43,31 @@ def _padded(size: int, divisor: int) -> int:
     return math.ceil(size / divisor) * divisor
 
 
+def _fcn_aux_head(
+    num_classes: int,
+    backbone: nn.Module,
+    channels: int | None,
+    in_feature: str,
+    dropout: float,
+    norm_layer: Callable[[int], nn.Module],
+) -> FCNHead | None:
+    """mmseg's one-conv FCN auxiliary head on the pyramid level ``in_feature``; None when ``channels`` is."""
+    if channels is None:
+        return None
+    if in_feature not in backbone.strides:
+        raise ValueError(
+            f"aux_feature {in_feature!r} is not a backbone level; levels are {list(backbone.strides)}"
+        )
+    return FCNHead(
+        num_classes,
+        backbone.out_channels,
+        in_feature=in_feature,
+        channels=channels,
+        dropout=dropout,
+        norm_layer=norm_layer,
+    )
+
+
 class Segmenter(nn.Module):
     """A backbone, a decode head and an optional auxiliary head, with logits returned at the input size.
 
@@ -155,21 +180,7 @@ class PyramidSegmenter(Segmenter):
             dropout=dropout,
             norm_layer=norm_layer,
         )
-        aux_head = None
-        if aux_channels is not None:
-            if aux_feature not in backbone.strides:
-                raise ValueError(
-                    f"aux_feature {aux_feature!r} is not a backbone level; "
-                    f"levels are {list(backbone.strides)}"
-                )
-            aux_head = FCNHead(
-                num_classes,
-                backbone.out_channels,
-                in_feature=aux_feature,
-                channels=aux_channels,
-                dropout=dropout,
-                norm_layer=norm_layer,
-            )
+        aux_head = _fcn_aux_head(num_classes, backbone, aux_channels, aux_feature, dropout, norm_layer)
         super().__init__(backbone, head, aux_head)
 
 
@@ -222,21 +233,7 @@ class UperNetSegmenter(Segmenter):
             dropout=dropout,
             norm_layer=norm_layer,
         )
-        aux_head = None
-        if aux_channels is not None:
-            if aux_feature not in backbone.strides:
-                raise ValueError(
-                    f"aux_feature {aux_feature!r} is not a backbone level; "
-                    f"levels are {list(backbone.strides)}"
-                )
-            aux_head = FCNHead(
-                num_classes,
-                backbone.out_channels,
-                in_feature=aux_feature,
-                channels=aux_channels,
-                dropout=dropout,
-                norm_layer=norm_layer,
-            )
+        aux_head = _fcn_aux_head(num_classes, backbone, aux_channels, aux_feature, dropout, norm_layer)
         super().__init__(backbone, head, aux_head)
 
 

@@ -1,9 +1,10 @@
 """Semantic FPN head (Kirillov et al., "Panoptic Feature Pyramid Networks", 2019) on exact-stride pyramids."""
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 from torch import Tensor, nn
+
+from vitdense.heads.level_strides import doubling_level_strides
 
 __all__ = ["SemanticFPNHead", "group_norm_32"]
 
@@ -86,20 +87,7 @@ class SemanticFPNHead(nn.Module):
         in_features = tuple(in_features)
         if not in_features:
             raise ValueError("in_features must name at least one level")
-        missing = [name for name in in_features if name not in strides]
-        if missing:
-            raise ValueError(f"levels {missing} are not among the backbone's strides {dict(strides)}")
-        level_strides = [float(strides[name]) for name in in_features]
-        for (fine, fine_stride), (coarse, coarse_stride) in zip(
-            zip(in_features, level_strides), zip(in_features[1:], level_strides[1:])
-        ):
-            if not math.isclose(coarse_stride, 2 * fine_stride):
-                raise ValueError(
-                    "in_features must go from fine to coarse with each stride twice the previous one, so "
-                    f"that every upsampling is an exact x2; got {coarse} at stride {coarse_stride} after "
-                    f"{fine} at stride {fine_stride}. Pick consecutive pyramid levels, e.g. "
-                    "('p2', 'p3', 'p4', 'p5')."
-                )
+        level_strides = doubling_level_strides(in_features, strides)
 
         self.num_classes = num_classes
         self.in_features = in_features

@@ -1,12 +1,12 @@
 """UperNet head (Xiao et al., "Unified Perceptual Parsing for Scene Understanding", 2018), as mmseg's."""
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from vitdense.heads.level_strides import doubling_level_strides
 from vitdense.heads.pyramid_pooling import PyramidPoolingModule, conv1x1_norm_relu
 from vitdense.heads.semantic_fpn_head import conv_norm_relu, group_norm_32, init_classifier
 
@@ -61,20 +61,7 @@ class UperNetHead(nn.Module):
         in_features = tuple(in_features)
         if len(in_features) < 2:
             raise ValueError(f"in_features must name at least two levels (top-down path), got {in_features}")
-        missing = [name for name in in_features if name not in strides]
-        if missing:
-            raise ValueError(f"levels {missing} are not among the backbone's strides {dict(strides)}")
-        level_strides = [float(strides[name]) for name in in_features]
-        for (fine, fine_stride), (coarse, coarse_stride) in zip(
-            zip(in_features, level_strides), zip(in_features[1:], level_strides[1:])
-        ):
-            if not math.isclose(coarse_stride, 2 * fine_stride):
-                raise ValueError(
-                    "in_features must go from fine to coarse with each stride twice the previous one, so "
-                    f"that every upsampling is an exact x2; got {coarse} at stride {coarse_stride} after "
-                    f"{fine} at stride {fine_stride}. Pick consecutive pyramid levels, e.g. "
-                    "('p2', 'p3', 'p4', 'p5')."
-                )
+        level_strides = doubling_level_strides(in_features, strides)
 
         self.num_classes = num_classes
         self.in_features = in_features

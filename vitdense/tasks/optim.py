@@ -1,7 +1,7 @@
 """Parameter groups for layer-wise lr decay and learning-rate schedules with warmup."""
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -67,6 +67,31 @@ def _warmup_factor(step: int, warmup_steps: int, warmup_factor: float) -> float:
     return warmup_factor * (1.0 - alpha) + alpha
 
 
+class _WarmupDecayLR(LambdaLR):
+    """Linear warmup, then ``min_factor + (1 - min_factor) * decay(progress)`` times the lr, ``progress`` going
+    from 0 after the warmup to 1 at ``total_steps`` (per optimizer step); ``decay`` goes from 1 to 0."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        total_steps: int,
+        warmup_steps: int,
+        warmup_factor: float,
+        min_factor: float,
+        decay: Callable[[float], float],
+    ) -> None:
+        if total_steps <= warmup_steps:
+            raise ValueError(f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})")
+        self.total_steps = total_steps
+
+        def factor(step: int) -> float:
+            progress = min(max(step - warmup_steps, 0) / (total_steps - warmup_steps), 1.0)
+            decayed = min_factor + (1.0 - min_factor) * decay(progress)
+            return _warmup_factor(step, warmup_steps, warmup_factor) * decayed
+
+        super().__init__(optimizer, factor)
+
+
 class WarmupMultiStepLR(LambdaLR):
     """Linear warmup from ``warmup_factor * lr``, then lr x ``gamma`` at each milestone (per optimizer step).
 
@@ -97,7 +122,7 @@ class WarmupMultiStepLR(LambdaLR):
         super().__init__(optimizer, factor)
 
 
-class WarmupCosineLR(LambdaLR):
+class WarmupCosineLR(_WarmupDecayLR):
     """Linear warmup, then cosine decay to ``min_factor * lr`` at ``total_steps`` (per optimizer step).
 
     Args:
@@ -116,19 +141,13 @@ class WarmupCosineLR(LambdaLR):
         warmup_factor: float = 0.001,
         min_factor: float = 0.0,
     ) -> None:
-        if total_steps <= warmup_steps:
-            raise ValueError(f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})")
-        self.total_steps = total_steps
+        def cosine(progress: float) -> float:
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
 
-        def factor(step: int) -> float:
-            progress = min(max(step - warmup_steps, 0) / (total_steps - warmup_steps), 1.0)
-            cosine = min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-            return _warmup_factor(step, warmup_steps, warmup_factor) * cosine
-
-        super().__init__(optimizer, factor)
+        super().__init__(optimizer, total_steps, warmup_steps, warmup_factor, min_factor, cosine)
 
 
-class WarmupPolyLR(LambdaLR):
+class WarmupPolyLR(_WarmupDecayLR):
     """Linear warmup, then decay by ``(1 - progress) ** power`` to ``min_factor * lr`` at ``total_steps``.
 
     Args:
@@ -149,13 +168,7 @@ class WarmupPolyLR(LambdaLR):
         power: float = 1.0,
         min_factor: float = 0.0,
     ) -> None:
-        if total_steps <= warmup_steps:
-            raise ValueError(f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})")
-        self.total_steps = total_steps
+        def poly(progress: float) -> float:
+            return (1.0 - progress) ** power
 
-        def factor(step: int) -> float:
-            progress = min(max(step - warmup_steps, 0) / (total_steps - warmup_steps), 1.0)
-            poly = min_factor + (1.0 - min_factor) * (1.0 - progress) ** power
-            return _warmup_factor(step, warmup_steps, warmup_factor) * poly
-
-        super().__init__(optimizer, factor)
+        super().__init__(optimizer, total_steps, warmup_steps, warmup_factor, min_factor, poly)
