@@ -9,13 +9,8 @@ from torch.nn import functional as F
 
 from tests.tiny import TINY_CONFIG, TINY_NETWORK
 from vitdense.backbones import BirderBackbone, MultiBlockPyramid
-from vitdense.heads.segmenter import (
-    Segmenter,
-    UperNetSegmenter,
-    multi_scale_flip_inference,
-    slide_inference,
-    whole_inference,
-)
+from vitdense.heads.segmentation_inference import multi_scale_flip_inference, slide_inference, whole_inference
+from vitdense.heads.segmenter import Segmenter, UperNetSegmenter
 
 ADE20K_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 

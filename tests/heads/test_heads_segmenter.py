@@ -10,14 +10,8 @@ from torch.nn import functional as F
 from tests.tiny import TINY_CONFIG
 from vitdense.heads.fcn_head import FCNHead
 from vitdense.heads.linear_head import LinearHead
-from vitdense.heads.segmenter import (
-    LinearSegmenter,
-    PyramidSegmenter,
-    Segmenter,
-    slide_inference,
-    sliding_windows,
-    whole_inference,
-)
+from vitdense.heads.segmentation_inference import slide_inference, sliding_windows, whole_inference
+from vitdense.heads.segmenter import LinearSegmenter, PyramidSegmenter, Segmenter
 from vitdense.heads.semantic_fpn_head import SemanticFPNHead
 
 

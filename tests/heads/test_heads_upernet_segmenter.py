@@ -12,7 +12,8 @@ from torch.nn import functional as F
 from tests.tiny import TINY_CONFIG, TINY_NETWORK
 from vitdense.backbones import BirderBackbone, MultiBlockPyramid
 from vitdense.heads.fcn_head import FCNHead
-from vitdense.heads.segmenter import Segmenter, UperNetSegmenter, slide_inference, whole_inference
+from vitdense.heads.segmentation_inference import slide_inference, whole_inference
+from vitdense.heads.segmenter import Segmenter, UperNetSegmenter
 from vitdense.heads.upernet_head import UperNetHead
 
 # 64 channels: GroupNorm(32) normalises the pooling's 1 x 1 map of one image over 2 channels per group.

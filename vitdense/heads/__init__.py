@@ -31,17 +31,14 @@ from vitdense.heads.pyramid_pooling import PyramidPoolingModule
 from vitdense.heads.roi_align import ExactMultiScaleRoIAlign, roi_align, roi_align_gather
 from vitdense.heads.roi_heads import AlignedRoIHeads
 from vitdense.heads.sampler import SyncFreeSampler
-from vitdense.heads.segmenter import (
-    LinearSegmenter,
-    PyramidSegmenter,
-    Segmenter,
+from vitdense.heads.segmentation_inference import (
     SingleScaleInference,
-    UperNetSegmenter,
     multi_scale_flip_inference,
     slide_inference,
     sliding_windows,
     whole_inference,
 )
+from vitdense.heads.segmenter import LinearSegmenter, PyramidSegmenter, Segmenter, UperNetSegmenter
 from vitdense.heads.semantic_fpn_head import SemanticFPNHead, group_norm_32
 from vitdense.heads.upernet_head import UperNetHead
 
