@@ -318,9 +318,7 @@ def test_only_errors_vitdense_raises_itself_lose_their_traceback():
 
     assert is_user_error(raised(resolve_images, "/no/such/*.jpg"))  # a `raise` in vitdense
     assert not is_user_error(raised(strict_json, object()))  # raised in the json module
-    assert not is_user_error(
-        raised(ap_by_class_name, None, [1], ["a"])
-    )  # a bug's AttributeError in vitdense
+    assert not is_user_error(raised(ap_by_class_name, None, [1], ["a"]))  # a bug's AttributeError in vitdense
 
 
 class _CallingDataset(torch.utils.data.Dataset):

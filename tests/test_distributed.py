@@ -166,6 +166,7 @@ def test_two_processes_in_a_folder_another_run_holds_stop_together_naming_it(tmp
         holder.kill()
         holder.wait()
     assert result.returncode == 1, result.stderr[-3000:]
-    assert f"{run_root / 'checkpoints'} is in use by another training run (pid {holder.pid} on " in result.stderr
+    in_use = f"{run_root / 'checkpoints'} is in use by another training run (pid {holder.pid} on "
+    assert in_use in result.stderr
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert not list((run_root / "checkpoints").glob("*.ckpt"))

@@ -62,8 +62,8 @@ def _final_state(tmp_path, run: str) -> dict:
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory) -> dict:
-    """The last checkpoint of the 7 steps that the first two tests kill and resume, run without a stop and with
-    the data loaded in the main process."""
+    """The last checkpoint of the 7 steps that the first two tests kill and resume, run without a stop and
+    with the data loaded in the main process."""
     tmp = tmp_path_factory.mktemp("straight")
     main(_args(tmp, "straight", workers=0))
     return _final_state(tmp, "straight")

@@ -13,6 +13,7 @@ from vitdense.compat.lightning import (
     CheckpointSaving,
     LightningCLIWithSubcommandHook,
     RichProgressBarWithTrainDescription,
+    attached_trainer,
     can_stop_early,
     is_last_batch,
     rich_progress_bar_arguments,
@@ -139,3 +140,19 @@ def test_a_rich_progress_bars_arguments_are_read_back():
         f"{LIGHTNING}: RichProgressBar no longer keeps leave and console_kwargs as _leave and _console_kwargs"
     )
     assert rich_progress_bar_arguments(RichProgressBarWithTrainDescription(**arguments)) == arguments
+
+
+def test_attached_trainer_is_none_outside_a_trainer_and_the_trainer_inside_one(tmp_path):
+    module = BoringModel()
+    assert attached_trainer(module) is None, f"{LIGHTNING}: LightningModule._trainer is not None before fit"
+    trainer = Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
+    )
+    trainer.fit(module)
+    assert attached_trainer(module) is trainer, f"{LIGHTNING}: LightningModule._trainer is not the trainer"

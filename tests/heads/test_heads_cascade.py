@@ -8,7 +8,6 @@ import pytest
 import torch
 from birder.layers import LayerNorm2d
 from torch import nn
-from torchvision.ops import box_iou
 
 from vitdense.heads import cascade_roi_heads
 from vitdense.heads.box_coder import DeviceBoxCoder

@@ -334,9 +334,10 @@ def test_faster_coco_eval_scores_exactly_as_pycocotools(seed, ids_from_zero, tmp
         evaluation, printed = _pycocotools(coco, folder / f"{iou_type}.json", iou_type)
         assert faster.stats[iou_type] == evaluation.stats.tolist()
         assert faster.summaries[iou_type] == printed
-        assert _same(faster.per_category_ap[iou_type], coco_evaluator.per_category_ap(
-            evaluation.eval["precision"], evaluation.params.catIds
-        ))
+        assert _same(
+            faster.per_category_ap[iou_type],
+            coco_evaluator.per_category_ap(evaluation.eval["precision"], evaluation.params.catIds),
+        )
 
 
 def test_a_category_whose_first_detection_alone_matches_keeps_pycocotools_precision():

@@ -29,6 +29,7 @@ from vitdense.tasks.checkpoint_io import SafeCheckpointIO
 from vitdense.tasks.gradient_norm import GradientNormLogger
 from vitdense.tasks.prediction_writer import PredictionWriter, unreadable_report
 
+
 class VitDenseCLI(LightningCLIWithSubcommandHook):
     """``fit``, ``validate``, ``test`` and ``predict`` from one flat YAML recipe.
 

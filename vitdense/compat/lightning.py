@@ -5,12 +5,13 @@ Each is checked by ``tests/compat/test_lightning.py`` against the installed Ligh
 
 from typing import Any
 
-from lightning import Trainer
+from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 __all__ = [
     "CheckpointSaving",
+    "attached_trainer",
     "LightningCLIWithSubcommandHook",
     "RichProgressBarWithTrainDescription",
     "can_stop_early",
@@ -106,3 +107,9 @@ def training_position(trainer: Trainer) -> tuple[int, int, int]:
     """
     epochs = trainer.fit_loop.epoch_progress.current
     return epochs.started, epochs.completed, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+def attached_trainer(module: LightningModule) -> Trainer | None:
+    """The trainer ``module`` is attached to, or None: Lightning's public ``module.trainer`` raises when there
+    is none (a module built or loaded outside ``Trainer``), so it cannot be asked whether there is one."""
+    return module._trainer

@@ -139,7 +139,6 @@ class CocoDetection(CocoRecordChecks):
         self.image_ids = [r.image_id for r in records]  # not from the packed ones: each read unpickles
         self._log_skips()
 
-
     def __len__(self) -> int:
         return len(self._records)
 

@@ -107,7 +107,6 @@ class CocoGroundTruth(CheckedDataset):
             note("area_missing", f"has area {given!r}: set to its {source}'s, {ann['area']:g}")
         return None
 
-
     def _prepare_ground_truth(self, dropped: list[dict[str, Any]]) -> None:
         """Make ``.coco`` the ground truth COCOeval scores against: without the annotations skipped as bad,
         and with ids from 1 where the file starts them at 0 (COCOeval stores a match as the matched id, so

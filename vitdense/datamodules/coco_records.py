@@ -207,7 +207,6 @@ class CocoRecordChecks(CocoGroundTruth):
                 return "segmentation_box_mismatch", off
         return _Instance(ann["id"], (x1, y1, x2, y2), label, seg)
 
-
     def _build_records(self) -> list[_ImageRecord]:
         records = self._image_records()
         image_ids = {img["id"] for img in self.coco.dataset["images"]}

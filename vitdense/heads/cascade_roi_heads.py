@@ -79,9 +79,7 @@ def _indices_where(masks: list[Tensor]) -> list[Tensor]:
     if not masks:
         return []
     counts = torch.stack([mask.sum() for mask in masks]).tolist()
-    return [
-        torch.argsort((~mask).to(torch.uint8), stable=True)[:count] for mask, count in zip(masks, counts)
-    ]
+    return [torch.argsort((~mask).to(torch.uint8), stable=True)[:count] for mask, count in zip(masks, counts)]
 
 
 class ClassAgnosticBoxPredictor(nn.Module):

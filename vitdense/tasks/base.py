@@ -8,6 +8,7 @@ import torch
 from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from vitdense.compat.lightning import attached_trainer
 from vitdense.tasks.checkpoint_checks import check_checkpoint_shapes, check_checkpoint_task
 from vitdense.tasks.label_space import LabelSpace
 from vitdense.tasks.monitor_check import check_monitors
@@ -18,6 +19,7 @@ from vitdense.tasks.rng_states import capture_rng_states, gather_rng_states, res
 
 # strict_json and check_checkpoint_task are imported from here by vitdense.cli and coco_evaluator.
 __all__ = ["VitDenseTask", "check_checkpoint_task", "strict_json"]
+
 
 class VitDenseTask(LightningModule):
     """Base of the kit's LightningModules.
@@ -109,14 +111,15 @@ class VitDenseTask(LightningModule):
         self._checkpoint_step = checkpoint.get("global_step")
         self.nonfinite_steps.skipped = checkpoint.get("skipped_steps", 0)
         per_rank = checkpoint.get("rng_states_per_rank")
-        if per_rank is not None and self._trainer is not None and len(per_rank) == self.trainer.world_size:
+        trainer = attached_trainer(self)
+        if per_rank is not None and trainer is not None and len(per_rank) == trainer.world_size:
             self._rng_states_to_restore = per_rank[self.global_rank]
         else:  # saved by one process, or resumed on another number of them: rank 0's streams
             self._rng_states_to_restore = checkpoint.get("rng_states")
 
     def checkpoint_name(self) -> str:
         """The checkpoint being loaded, for messages: its path when the trainer has it."""
-        path = getattr(self.trainer, "ckpt_path", None) if self._trainer is not None else None
+        path = getattr(self.trainer, "ckpt_path", None) if attached_trainer(self) is not None else None
         return f"checkpoint {path}" if path else "the checkpoint"
 
     def on_train_end(self) -> None:
@@ -153,7 +156,7 @@ class VitDenseTask(LightningModule):
     @property
     def trained_steps(self) -> int:
         """Optimizer steps behind the current weights: the trainer's while fitting, else the checkpoint's."""
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        fitting = attached_trainer(self) is not None and self.trainer.state.fn == "fit"
         if fitting or self._checkpoint_step is None:
             return self.global_step
         return int(self._checkpoint_step)
@@ -188,5 +191,5 @@ class VitDenseTask(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         return build_optimizers(
-            self, self.optimizer_factory, self.lr_scheduler_factory, self.layer_decay, self._trainer
+            self, self.optimizer_factory, self.lr_scheduler_factory, self.layer_decay, attached_trainer(self)
         )

@@ -46,7 +46,6 @@ _SUMMARY_ROWS = (
 )
 
 
-
 def evaluate_coco(
     coco_gt: COCO, detections: list[dict], image_ids: Sequence[int], iou_type: str, backend: Backend
 ) -> tuple[list[float], np.ndarray, list[int]]:

@@ -68,8 +68,8 @@ def _warmup_factor(step: int, warmup_steps: int, warmup_factor: float) -> float:
 
 
 class _WarmupDecayLR(LambdaLR):
-    """Linear warmup, then ``min_factor + (1 - min_factor) * decay(progress)`` times the lr, ``progress`` going
-    from 0 after the warmup to 1 at ``total_steps`` (per optimizer step); ``decay`` goes from 1 to 0."""
+    """Linear warmup, then ``min_factor + (1 - min_factor) * decay(progress)`` times the lr, ``progress``
+    going from 0 after the warmup to 1 at ``total_steps`` (per optimizer step); ``decay`` goes from 1 to 0."""
 
     def __init__(
         self,

@@ -57,7 +57,13 @@ def draw_detections(
     """
     pixels = np.ascontiguousarray(image.cpu().permute(1, 2, 0).numpy())
     drawn = detection_overlay(
-        pixels, boxes, labels, scores, class_names, masks=masks, score_threshold=score_threshold,
+        pixels,
+        boxes,
+        labels,
+        scores,
+        class_names,
+        masks=masks,
+        score_threshold=score_threshold,
         mask_alpha=mask_alpha,
     )
     return torch.from_numpy(drawn).permute(2, 0, 1).contiguous()
