@@ -17,6 +17,8 @@ def run_onnx(path: Path, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
 
     class NonMaxSuppression(ReferenceNMS):
         # The reference kernel indexes its scalar inputs as 1-d; the ONNX spec and the exporter make them 0-d.
+        # `_run` is onnx.reference's documented extension point (new_ops subclass OpRun and implement it),
+        # not a private internal.
         def _run(  # noqa: ANN202 (NumPy arrays in and out, as in onnx.reference)
             self,
             boxes,
