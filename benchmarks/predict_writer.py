@@ -123,6 +123,9 @@ def run(
         predict_dataloaders=[SimpleNamespace(dataset=dataset)],
     )
     module = SimpleNamespace(category_ids=CATEGORY_IDS, class_names=CLASS_NAMES)
+    # The detection task's side of the prediction contract (vitdense.tasks.DetectionTask).
+    module.write_prediction = lambda files, output: files.write_detections(module, output)
+    module.finish_predictions = lambda files, records, written: files.write_predictions_json(module, records)
     writer.setup(trainer, module, "predict")
     writer.on_predict_epoch_start(trainer, module)
     model_s = writer_s = 0.0
