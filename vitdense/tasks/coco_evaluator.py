@@ -1,18 +1,8 @@
 """COCO box and mask AP of detections, scored against the split's own annotation file.
 
-Scoring uses faster-coco-eval's ``COCOeval_faster`` by default (``backend="pycocotools"``: pycocotools'
-``COCOeval``). Its matching and accumulation are detectron2's C++ port of pycocotools' (same rules: IoU
-thresholds 0.50:0.95, 101 recall points, areas all / small / medium / large, 1 / 10 / 100 detections, crowd
-regions matched as ignored, ground-truth ``area`` for the ranges, stable score order), with mask IoUs on
-several threads: at COCO val2017's scale (5k images, 500k detections with masks) a fraction of pycocotools'
-time and memory (``benchmarks/README.md``). Its options stay at the defaults that follow pycocotools: no LVIS
-rules (``lvis_style``), categories used (``useCats``), the ground truth's ``area`` (``use_area``);
-``separate_eval`` only splits the C++ call in two.
-
-It differs in one rounding: a precision is ``tp / (tp + fp)``, pycocotools' ``tp / (tp + fp + eps)``, which
-is 1 - 2**-52 instead of 1 after a single match (see :func:`_as_pycocotools_precision`, which puts that back,
-so that the reported numbers, the per-category AP and the results files re-scored by pycocotools agree to the
-last bit; a test compares both backends on crowd regions, empty images, every size range, ids from 0, tied
+Scoring uses faster-coco-eval's ``COCOeval_faster`` by default, pycocotools' ``COCOeval`` with
+``backend="pycocotools"``; both give pycocotools' numbers to the last bit (:mod:`vitdense.tasks.coco_scoring`
+says how; a test compares both backends on crowd regions, empty images, every size range, ids from 0, tied
 scores and more than 100 detections per image). NaN scores, which faster-coco-eval refuses, are scored
 last, as pycocotools ranks them. Masks are encoded by :func:`encode_masks`; pycocotools reads their areas.
 
