@@ -37,8 +37,8 @@ from vitdense.heads.box_coder import DeviceBoxCoder
 from vitdense.heads.detection_postprocess import (
     ImageSize,
     clip_boxes,
+    detections_per_image,
     mask_probabilities,
-    select_detections,
 )
 from vitdense.heads.matcher import SyncFreeMatcher
 from vitdense.heads.roi_heads import mask_loss
@@ -422,18 +422,15 @@ class CascadeRoIHeads(nn.Module):
         scores = torch.stack([F.softmax(out.class_logits.float(), dim=-1) for out in outputs]).mean(dim=0)
         last = outputs[-1]
         boxes = self.stages[-1].decode(last.box_deltas, last.proposals, image_shapes)
-        result = []
         # The class-agnostic box stands for every class, as torchvision's post-processing of repeated boxes.
-        for b, s, image_shape in zip(boxes, scores.split([b.shape[0] for b in boxes]), image_shapes):
-            b, s, labels = select_detections(
-                b,
-                s,
-                image_shape,
-                score_thresh=self.score_thresh,
-                nms_thresh=self.nms_thresh,
-                detections_per_img=self.detections_per_img,
-            )
-            result.append({"boxes": b, "labels": labels, "scores": s})
+        result = detections_per_image(
+            boxes,
+            scores.split([b.shape[0] for b in boxes]),
+            image_shapes,
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img,
+        )
         if self.has_mask():
             mask_logits = self._mask_logits(features, [r["boxes"] for r in result], image_shapes)
             probabilities = mask_probabilities(mask_logits, [r["labels"] for r in result])

@@ -26,6 +26,7 @@ from torchvision.ops import boxes as box_ops
 __all__ = [
     "ImageSize",
     "clip_boxes",
+    "detections_per_image",
     "mask_probabilities",
     "propose",
     "select_detections",
@@ -207,6 +208,30 @@ def select_detections(
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     keep = _nms_per_class(boxes, scores, labels, nms_thresh)[:detections_per_img]
     return boxes[keep], scores[keep], labels[keep]
+
+
+def detections_per_image(
+    boxes: Sequence[Tensor],
+    scores: Sequence[Tensor],
+    image_sizes: Sequence[ImageSize],
+    *,
+    score_thresh: float,
+    nms_thresh: float,
+    detections_per_img: int,
+) -> list[dict[str, Tensor]]:
+    """:func:`select_detections` of each image: ``{"boxes", "labels", "scores"}`` per image."""
+    result = []
+    for b, s, image_size in zip(boxes, scores, image_sizes, strict=True):
+        b, s, labels = select_detections(
+            b,
+            s,
+            image_size,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+        )
+        result.append({"boxes": b, "labels": labels, "scores": s})
+    return result
 
 
 def mask_probabilities(mask_logits: Tensor, labels: Sequence[Tensor]) -> list[Tensor]:

@@ -13,7 +13,7 @@ from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.ops import roi_align
 
-from vitdense.heads.detection_postprocess import ImageSize, mask_probabilities, select_detections
+from vitdense.heads.detection_postprocess import ImageSize, detections_per_image, mask_probabilities
 
 __all__ = ["AlignedRoIHeads", "mask_loss", "mask_targets"]
 
@@ -135,17 +135,14 @@ class AlignedRoIHeads(RoIHeads):
         boxes = self.box_coder.decode_single(box_regression, torch.cat(proposals)).unflatten(1, (-1, 4))
         scores = F.softmax(class_logits, -1)
         per_image = [p.shape[0] for p in proposals]
-        result = []
-        for b, s, image_shape in zip(boxes.split(per_image), scores.split(per_image), image_shapes):
-            b, s, labels = select_detections(
-                b,
-                s,
-                image_shape,
-                score_thresh=self.score_thresh,
-                nms_thresh=self.nms_thresh,
-                detections_per_img=self.detections_per_img,
-            )
-            result.append({"boxes": b, "labels": labels, "scores": s})
+        result = detections_per_image(
+            boxes.split(per_image),
+            scores.split(per_image),
+            image_shapes,
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img,
+        )
         if self.has_mask():
             mask_logits = self._mask_logits(features, [r["boxes"] for r in result], image_shapes)
             probabilities = mask_probabilities(mask_logits, [r["labels"] for r in result])
