@@ -4,6 +4,8 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 # `make test-oldest`: the lowest dependency versions pyproject.toml declares, beside .venv's torch.
 OLDEST ?= .venv-oldest
+# `make test` runs the suite in this many processes (pytest-xdist; CI has 2 cores).
+TEST_PROCESSES ?= 2
 
 # The kit never reaches the network unless asked: albumentations' update check is off and
 # Lightning/torchmetrics write their matplotlib cache inside the checkout.
@@ -24,7 +26,7 @@ demo: $(VENV)/.installed
 	$(BIN)/vitdense fit --config recipes/demo_shapes_mask_rcnn.yaml
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup --durations=15
 
 $(OLDEST)/.installed: pyproject.toml .ci/oldest_constraints.py $(VENV)/.installed
 	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)

@@ -14,8 +14,37 @@ import pytest
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "vitdense-mpl"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest processes (pytest-xdist) on CI's two cores: one thread each, as torch's
+    # default (one per core) in both would have four threads contend for two cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 RECIPES = Path(__file__).parents[1] / "recipes"
+
+
+# The tests that read the session's demo runs (`demo_detector_run`, `demo_segmenter_run`) carry this mark, so
+# that pytest-xdist hands them to one process, which trains each run once.
+DEMO_RUNS = pytest.mark.xdist_group("demo_runs")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group the tests for pytest-xdist (``--dist loadgroup``) and start with the slow groups.
+
+    A test without an ``xdist_group`` mark joins its module's group, so a module's fixtures are built by one
+    process, once. The groups run in the order of how many ``slow`` tests they hold, most first (then in
+    collection order): a learning run that starts last would keep one process busy while the other idles.
+    """
+    groups: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        if mark is None:
+            group = item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
+        else:
+            group = mark.args[0] if mark.args else mark.kwargs["name"]
+        groups.setdefault(group, []).append(item)
+    ordered = sorted(groups.values(), key=lambda group: -sum(bool(item.get_closest_marker("slow")) for item in group))
+    items[:] = [item for group in ordered for item in group]
 
 
 @dataclass(frozen=True)

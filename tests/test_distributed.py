@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import DEMO_RUNS
 from tests.tasks.test_run_lock import _holder
 from vitdense.cli import main
 
@@ -53,6 +54,7 @@ def _validate_in_this_process(recipe: str, data_root: Path, run_root: Path, extr
 
 
 @pytest.mark.slow
+@DEMO_RUNS
 @pytest.mark.parametrize(
     ("recipe", "trained", "keys"),
     [

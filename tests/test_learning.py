@@ -6,10 +6,11 @@ evaluate their weights too, instead of training their own."""
 import pytest
 import yaml
 
-from tests.conftest import DemoRun, demo_detection_schedule, fit_demo
+from tests.conftest import DEMO_RUNS, DemoRun, demo_detection_schedule, fit_demo
 
 
 @pytest.mark.slow
+@DEMO_RUNS
 def test_demo_recipe_reaches_box_and_mask_ap50_above_chance(demo_detector_run: DemoRun):
     metrics = demo_detector_run.metrics
     assert metrics["step"] == 150
@@ -37,6 +38,7 @@ def test_cascade_mask_rcnn_on_the_demo_reaches_the_mask_rcnn_bar(tmp_path, demo_
 
 
 @pytest.mark.slow
+@DEMO_RUNS
 def test_semseg_demo_recipe_reaches_miou_above_chance(demo_segmenter_run: DemoRun):
     metrics = demo_segmenter_run.metrics
     assert metrics["step"] == 150
