@@ -1,9 +1,13 @@
-"""Checks that several test files share (fixtures live in the conftest.py files)."""
+"""Checks and test data that several test files share (fixtures live in the conftest.py files)."""
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 CPU_FAST_DEV_RUN = [
     "--trainer.accelerator=cpu",
@@ -14,6 +18,61 @@ CPU_FAST_DEV_RUN = [
     "--trainer.fast_dev_run=1",
 ]
 """CLI flags of one fast_dev_run step on one CPU process, whatever the recipe's trainer section says."""
+
+
+MakeCoco = Callable[..., tuple[Path, Path]]
+"""The ``make_coco`` fixture of tests/datamodules: writes images and a COCO file, returns both paths."""
+
+
+def first_worker_error(loader: DataLoader) -> str:
+    """The message of the error that iterating ``loader`` raises (re-raised from its worker process)."""
+    iterator = iter(loader)
+    with pytest.raises(Exception) as info:  # noqa: PT011 - DataLoader re-raises in the main process
+        list(iterator)
+    message = str(info.value)
+    # Shut the worker down now: the traceback would keep it alive until a later garbage collection,
+    # which then waits 5 s for it.
+    iterator._shutdown_workers()
+    del info, iterator
+    return message
+
+
+class Payload:
+    """Unpickled, it creates the file ``marker``: what a hostile checkpoint or weights file would run if it
+    were loaded with pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def coco_ann(
+    annotation_id: int, bbox: list[Any] | None = None, *, image_id: int = 1, **fields: Any
+) -> dict[str, Any]:
+    """A COCO annotation of category 1 whose segmentation is the polygon of its box.
+
+    Args:
+        annotation_id: its ``id``.
+        bbox: ``[x, y, w, h]`` in pixels, ``[2, 2, 8, 6]`` if None; one with a coordinate that is no number
+            (a bad record) gets an empty segmentation.
+        image_id: its ``image_id``.
+        fields: fields to add or to replace (``category_id``, ``segmentation``, ``iscrowd``, ``area``...).
+    """
+    x, y, w, h = bbox if bbox is not None else [2, 2, 8, 6]
+    polygon = (
+        [[x, y, x + w, y, x + w, y + h, x, y + h]] if bbox is None or isinstance(x, (int, float)) else []
+    )
+    annotation = {
+        "id": annotation_id,
+        "image_id": image_id,
+        "category_id": 1,
+        "bbox": [x, y, w, h],
+        "iscrowd": 0,
+    }
+    return annotation | {"segmentation": polygon} | fields
+
 
 QUIET_TRAINER = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
 """``lightning.Trainer`` arguments of a test run that writes no logs and prints no progress or summary."""
