@@ -13,6 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
+from tests.helpers import Payload
 from tests.tiny import TINY_CONFIG
 from vitdense.checkpoint_trust import (
     KIT_TASKS,
@@ -28,16 +29,6 @@ from vitdense.tasks import DetectionTask, SemanticSegmentationTask
 
 RECIPES = Path(__file__).parents[1] / "recipes"
 RECIPE = RECIPES / "demo_shapes_mask_rcnn.yaml"
-
-
-class Payload:
-    """Unpickled, it creates the file ``marker``: what a hostile checkpoint runs when loaded with pickle."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return open, (self.marker, "w")
 
 
 def _run_arguments(root: Path, shapes: Path) -> list[str]:

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from lightning import LightningDataModule, LightningModule, Trainer
+from lightning import Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tests.helpers import CPU_FAST_DEV_RUN
+from tests.helpers import CPU_FAST_DEV_RUN, built_cli
 from tests.test_checkpoint_trust import _one_line_error
 from tests.tiny import TINY_CONFIG
-from vitdense.cli import VitDenseCLI, main, run
+from vitdense.cli import main, run
 from vitdense.cli.errors import is_user_error
 from vitdense.cli.output_filters import command_output_filters
 from vitdense.datamodules import resolve_images, write_shapes_coco
@@ -96,19 +96,6 @@ def _tiny_overrides(shapes: dict, root: Path) -> list[str]:
     ]
 
 
-def _built(args: list[str]) -> VitDenseCLI:
-    """The CLI's model, datamodule and trainer for ``args``, without running a subcommand."""
-    return VitDenseCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        save_config_callback=None,
-        args=args,
-    )
-
-
 def test_null_weights_on_the_command_line_build_a_randomly_initialised_backbone(shapes, tmp_path):
     """jsonargparse passes a dotted `...pretrained=null` under the detector callable on as "None"."""
     arguments = _tiny_overrides(shapes, tmp_path)
@@ -120,7 +107,9 @@ def test_null_weights_on_the_command_line_build_a_randomly_initialised_backbone(
     Path(arguments[1]).write_text(yaml.safe_dump(overrides))
     prefix = "--model.init_args.detector.init_args.backbone.init_args.vit.init_args"
     recipe = next(r for r in DETECTION_RECIPES if r.stem == "coco_faster_rcnn")  # pretrained: capi
-    cli = _built(["--config", str(recipe), *arguments, f"{prefix}.pretrained=null", f"{prefix}.weights=null"])
+    cli = built_cli(
+        ["--config", str(recipe), *arguments, f"{prefix}.pretrained=null", f"{prefix}.weights=null"]
+    )
     assert cli.model.model.backbone.vit.num_blocks == TINY_CONFIG["num_layers"]
 
 
@@ -128,7 +117,7 @@ def test_the_progress_bar_counts_steps_against_max_steps(shapes, tmp_path):
     """The recipes train to max_steps with max_epochs -1, where Lightning's bar reads "Epoch 3/-2"."""
     recipe = next(r for r in RECIPES if r.stem == "coco_faster_rcnn")
     arguments = ["--config", str(recipe), *_tiny_overrides(shapes, tmp_path), "--trainer.fast_dev_run=0"]
-    cli = _built(arguments)
+    cli = built_cli(arguments)
     trainer = cli.trainer
     bar = trainer.progress_bar_callback
     assert isinstance(bar, StepProgressBar)
@@ -147,7 +136,7 @@ def test_the_progress_bar_counts_steps_against_max_steps(shapes, tmp_path):
             {"trainer": {"callbacks": [{"class_path": "lightning.pytorch.callbacks.TQDMProgressBar"}]}}
         )
     )
-    cli = _built([*arguments, "--config", str(tqdm)])
+    cli = built_cli([*arguments, "--config", str(tqdm)])
     assert type(cli.trainer.progress_bar_callback) is TQDMProgressBar
 
 
@@ -392,5 +381,5 @@ def test_the_cli_gives_every_trainer_a_checkpoint_io_that_writes_whole_files_and
     shapes, tmp_path
 ):
     recipe = next(r for r in DETECTION_RECIPES if r.stem == "coco_faster_rcnn")
-    cli = _built(["--config", str(recipe), *_tiny_overrides(shapes, tmp_path)])
+    cli = built_cli(["--config", str(recipe), *_tiny_overrides(shapes, tmp_path)])
     assert isinstance(cli.trainer.strategy.checkpoint_io, SafeCheckpointIO)

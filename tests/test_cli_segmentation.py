@@ -45,46 +45,16 @@ def ade_root(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize(
-    ("recipe", "precision"),
-    [
-        ("ade20k_semseg", "32-true"),
-        ("ade20k_semseg", "bf16-mixed"),
-        ("ade20k_linear_frozen", "32-true"),
-        ("ade20k_upernet", "32-true"),
-    ],
-)
-def test_ade20k_recipes_fit_and_evaluate_on_ade_layout(recipe, precision, ade_root, tmp_path, capsys):
-    """Also at the recipes' own bf16-mixed precision, on the CPU's autocast."""
+def _run_ade20k(
+    subcommand: str, root: Path, tmp_path: Path, *options: str, recipe: str = "ade20k_semseg"
+) -> None:
+    """``vitdense <subcommand>`` of an ADE20K recipe, tiny, on ``root``, for one step on the CPU.
+
+    ``options`` come last: where one sets what the one-step flags set, it wins.
+    """
     main(
         [
-            "fit",
-            "--config",
-            str(RECIPES / f"{recipe}.yaml"),
-            "--config",
-            str(_override_file(tmp_path, recipe)),
-            f"--data.init_args.root={ade_root}",
-            "--data.init_args.crop_size=112",
-            "--data.init_args.scale=[320, 240]",
-            "--data.init_args.batch_size=2",
-            "--data.init_args.num_workers=0",
-            *TRAINER,
-            f"--trainer.precision={precision}",  # after TRAINER's: the last value wins
-            f"--trainer.default_root_dir={tmp_path}",
-        ]
-    )
-    printed = capsys.readouterr().out
-    metrics = json.loads(printed.strip().splitlines()[-1])
-    assert metrics["split"] == "val" and {"mIoU", "aAcc", "mAcc"} <= set(metrics)
-    assert np.isfinite(metrics["mIoU"])
-    assert "IoU" in printed and "wall" in printed  # the per-class table names ADE20K's classes
-
-
-def _test_ade20k(root: Path, tmp_path: Path, *options: str, recipe: str = "ade20k_semseg") -> None:
-    """``vitdense test`` of an ADE20K recipe, tiny, on ``root``."""
-    main(
-        [
-            "test",
+            subcommand,
             "--config",
             str(RECIPES / f"{recipe}.yaml"),
             "--config",
@@ -98,8 +68,32 @@ def _test_ade20k(root: Path, tmp_path: Path, *options: str, recipe: str = "ade20
     )
 
 
+@pytest.mark.parametrize(
+    ("recipe", "precision"),
+    [
+        ("ade20k_semseg", "32-true"),
+        ("ade20k_semseg", "bf16-mixed"),
+        ("ade20k_linear_frozen", "32-true"),
+        ("ade20k_upernet", "32-true"),
+    ],
+)
+def test_ade20k_recipes_fit_and_evaluate_on_ade_layout(recipe, precision, ade_root, tmp_path, capsys):
+    """Also at the recipes' own bf16-mixed precision, on the CPU's autocast."""
+    options = [
+        "--data.init_args.crop_size=112",
+        "--data.init_args.scale=[320, 240]",
+        "--data.init_args.batch_size=2",
+    ]
+    _run_ade20k("fit", ade_root, tmp_path, *options, f"--trainer.precision={precision}", recipe=recipe)
+    printed = capsys.readouterr().out
+    metrics = json.loads(printed.strip().splitlines()[-1])
+    assert metrics["split"] == "val" and {"mIoU", "aAcc", "mAcc"} <= set(metrics)
+    assert np.isfinite(metrics["mIoU"])
+    assert "IoU" in printed and "wall" in printed  # the per-class table names ADE20K's classes
+
+
 def test_ade20k_test_subcommand_prints_table_and_metrics(ade_root, tmp_path, capsys):
-    _test_ade20k(ade_root, tmp_path)
+    _run_ade20k("test", ade_root, tmp_path)
     printed = capsys.readouterr().out
     assert "aAcc" in printed and "ceiling" in printed
     metrics = json.loads(printed.strip().splitlines()[-1])
@@ -115,7 +109,7 @@ def test_one_test_scale_without_flip_scores_as_single_scale_evaluation(ade_root,
     runs = {}
     for name, options in {"single": [], "one_scale": ["--model.init_args.test_scales=[1.0]"]}.items():
         (tmp_path / name).mkdir()
-        _test_ade20k(ade_root, tmp_path / name, *options, "--data.init_args.scale=[320, 240]")
+        _run_ade20k("test", ade_root, tmp_path / name, *options, "--data.init_args.scale=[320, 240]")
         runs[name] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         runs[name]["per_class"] = next((tmp_path / name).rglob("test_step0_per_class.csv")).read_text()
     assert runs["one_scale"] == runs["single"]
@@ -131,7 +125,9 @@ def test_multi_scale_flip_evaluation_from_the_command_line(ade_root, tmp_path, c
 
     monkeypatch.setattr("vitdense.tasks.segmentation.multi_scale_flip_inference", recording)
     options = ["--model.init_args.test_scales=[0.5,1.25]", "--model.init_args.test_flip=true"]
-    _test_ade20k(ade_root, tmp_path, *options, "--data.init_args.scale=[320, 240]", recipe="ade20k_upernet")
+    _run_ade20k(
+        "test", ade_root, tmp_path, *options, "--data.init_args.scale=[320, 240]", recipe="ade20k_upernet"
+    )
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["split"] == "test" and np.isfinite(metrics["mIoU"])
     assert calls == [([0.5, 1.25], True)]  # fast_dev_run: one batch
@@ -139,7 +135,7 @@ def test_multi_scale_flip_evaluation_from_the_command_line(ade_root, tmp_path, c
 
 def test_test_scales_are_checked_when_the_task_is_built(ade_root, tmp_path):
     with pytest.raises(ValueError, match=r"test_scales=\[0.0\]: give positive factors"):
-        _test_ade20k(ade_root, tmp_path, "--model.init_args.test_scales=[0.0]")
+        _run_ade20k("test", ade_root, tmp_path, "--model.init_args.test_scales=[0.0]")
 
 
 def test_test_subcommand_leaves_out_a_bad_image_under_skip(tmp_path, capsys, caplog):
@@ -149,7 +145,7 @@ def test_test_subcommand_leaves_out_a_bad_image_under_skip(tmp_path, capsys, cap
     bad = sorted((base / "annotations" / "validation").glob("*.png"))[0]
     Image.fromarray(np.full((240, 320), 200, np.uint8)).save(bad)  # 200 - 1 is no ADE20K class
     options = ["--data.init_args.eval_batch_size=1", "--data.init_args.on_bad_data=skip"]
-    _test_ade20k(root, tmp_path, *options, "--trainer.fast_dev_run=false")
+    _run_ade20k("test", root, tmp_path, *options, "--trainer.fast_dev_run=false")
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["split"] == "test" and np.isfinite(metrics["mIoU"])
     assert f"{bad}: label values" in caplog.text
@@ -164,7 +160,9 @@ def test_an_evaluation_with_every_image_skipped_fails_naming_the_split(tmp_path)
         Image.fromarray(np.full((240, 320), 200, np.uint8)).save(label)  # 200 - 1 is no ADE20K class
     message = "No labelled pixel was scored in the test split: every image was skipped"
     with pytest.raises(ValueError, match=message):
-        _test_ade20k(root, tmp_path, "--data.init_args.on_bad_data=skip", "--trainer.fast_dev_run=false")
+        _run_ade20k(
+            "test", root, tmp_path, "--data.init_args.on_bad_data=skip", "--trainer.fast_dev_run=false"
+        )
 
 
 CAMVID_NAMES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "Sign, symbol", "Fence", "Car"]

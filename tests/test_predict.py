@@ -30,9 +30,26 @@ def _tiny_vit() -> dict:
     return {"init_args": {"config": TINY_CONFIG}}
 
 
-def _fit(tmp: Path, recipe: str, model_overrides: dict, data_args: list[str]) -> Path:
+def _fit_tiny_demo(
+    tmp: Path, recipe: str, model: str, network: dict, num_train: int = 8, num_val: int = 4
+) -> Path:
+    """Fits a shapes demo recipe for 4 steps, on images it generates in ``tmp``, with a tiny ViT.
+
+    Args:
+        tmp: folder of the run and its data.
+        recipe: file name of the recipe in ``recipes/``.
+        model: the task's argument that takes the network (``detector``, ``segmenter``).
+        network: that argument's override (``init_args``, optionally ``class_path``), less the backbone.
+        num_train: generated training images.
+        num_val: generated validation images.
+
+    Returns:
+        The run's log folder.
+    """
+    backbone = {"init_args": {"out_channels": 32, "vit": _tiny_vit()}}
+    network = {**network, "init_args": {**network["init_args"], "backbone": backbone}}
     overrides = tmp / "tiny.yaml"
-    overrides.write_text(yaml.safe_dump({"model": {"init_args": model_overrides}}))
+    overrides.write_text(yaml.safe_dump({"model": {"init_args": {model: network}}}))
     main(
         [
             "fit",
@@ -40,7 +57,9 @@ def _fit(tmp: Path, recipe: str, model_overrides: dict, data_args: list[str]) ->
             str(RECIPES / recipe),
             "--config",
             str(overrides),
-            *data_args,
+            f"--data.init_args.root={tmp / 'shapes'}",
+            f"--data.init_args.num_train={num_train}",
+            f"--data.init_args.num_val={num_val}",
             "--data.init_args.num_workers=0",
             "--trainer.max_steps=4",
             "--trainer.max_epochs=2",
@@ -61,27 +80,16 @@ def _last_checkpoint(log_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def detection_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("detection")
-    backbone = {"init_args": {"out_channels": 32, "vit": _tiny_vit()}}
-    detector = {"init_args": {"head_dim": 32, "fc_dim": 64, "backbone": backbone}}
-    data = [
-        f"--data.init_args.root={tmp / 'shapes'}",
-        "--data.init_args.num_train=8",
-        "--data.init_args.num_val=4",
-    ]
-    return _fit(tmp, "demo_shapes_mask_rcnn.yaml", {"detector": detector}, data)
+    return _fit_tiny_demo(
+        tmp, "demo_shapes_mask_rcnn.yaml", "detector", {"init_args": {"head_dim": 32, "fc_dim": 64}}
+    )
 
 
 @pytest.fixture(scope="module")
 def segmentation_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("segmentation")
-    backbone = {"init_args": {"out_channels": 32, "vit": _tiny_vit()}}
-    segmenter = {"init_args": {"channels": 32, "aux_channels": 32, "backbone": backbone}}
-    data = [
-        f"--data.init_args.root={tmp / 'shapes'}",
-        "--data.init_args.num_train=8",
-        "--data.init_args.num_val=4",
-    ]
-    return _fit(tmp, "demo_shapes_semseg.yaml", {"segmenter": segmenter}, data)
+    segmenter = {"init_args": {"channels": 32, "aux_channels": 32}}
+    return _fit_tiny_demo(tmp, "demo_shapes_semseg.yaml", "segmenter", segmenter)
 
 
 @pytest.fixture(scope="module")
@@ -628,7 +636,6 @@ def test_predict_and_export_name_an_output_folder_they_cannot_write(
 
 def test_a_cascade_mask_rcnn_checkpoint_predicts_a_folder(tmp_path):
     """Cascade Mask R-CNN (recipes/coco_cascade_mask_rcnn.yaml) through `vitdense predict --ckpt_path`."""
-    backbone = {"init_args": {"out_channels": 32, "vit": _tiny_vit()}}
     detector = {
         "class_path": "vitdense.heads.CascadeMaskRCNN",
         "init_args": {
@@ -637,15 +644,11 @@ def test_a_cascade_mask_rcnn_checkpoint_predicts_a_folder(tmp_path):
             "roi_batch_size_per_image": 32,
             "score_thresh": 0.0,  # a model trained for 4 steps: detections to write all the same
             "detections_per_img": 3,
-            "backbone": backbone,
         },
     }
-    data = [
-        f"--data.init_args.root={tmp_path / 'shapes'}",
-        "--data.init_args.num_train=4",
-        "--data.init_args.num_val=2",
-    ]
-    log_dir = _fit(tmp_path, "demo_shapes_mask_rcnn.yaml", {"detector": detector}, data)
+    log_dir = _fit_tiny_demo(
+        tmp_path, "demo_shapes_mask_rcnn.yaml", "detector", detector, num_train=4, num_val=2
+    )
     images = tmp_path / "photos"
     images.mkdir()
     for name, colour in (("red.png", (200, 30, 30)), ("green.jpg", (30, 200, 30))):

@@ -7,6 +7,7 @@ from birder.conf import settings
 from birder.data.transforms.classification import get_rgb_stats
 from birder.model_registry import registry
 
+from tests.helpers import Payload
 from tests.tiny import TINY_CONFIG, TINY_NETWORK
 from vitdense.backbones import BirderBackbone, WeightsFileError, skip_weights_loading
 from vitdense.backbones.birder_backbone import _config_keys_read
@@ -101,21 +102,11 @@ def test_missing_and_corrupt_weights_files_are_named(tmp_path):
         BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, weights=str(corrupt))
 
 
-class _Payload:
-    """Unpickled, it creates the file ``marker``: what a hostile weights file runs when loaded with pickle."""
-
-    def __init__(self, marker) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return open, (self.marker, "w")
-
-
 def test_a_weights_file_that_needs_more_than_weights_only_loading_runs_nothing(tmp_path, monkeypatch):
     """birder reads .pt files weights-only: a file with code in it is refused, in one line, unrun."""
     _, _, path = _write_birder_weights(tmp_path, monkeypatch)
     weights = torch.load(path, weights_only=True)
-    weights["signature"] = _Payload(tmp_path / "ran")
+    weights["signature"] = Payload(tmp_path / "ran")
     torch.save(weights, path)
     with pytest.raises(WeightsFileError) as error:
         BirderBackbone(TINY_NETWORK, config=TINY_CONFIG, weights=str(path))

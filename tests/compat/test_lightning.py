@@ -9,6 +9,7 @@ from lightning import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.demos.boring_classes import BoringModel
 
+from tests.helpers import QUIET_TRAINER
 from vitdense.compat.lightning import (
     CheckpointSaving,
     LightningCLIWithSubcommandHook,
@@ -147,12 +148,10 @@ def test_attached_trainer_is_none_outside_a_trainer_and_the_trainer_inside_one(t
     assert attached_trainer(module) is None, f"{LIGHTNING}: LightningModule._trainer is not None before fit"
     trainer = Trainer(
         max_steps=1,
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
         limit_val_batches=0,
+        **QUIET_TRAINER,
     )
     trainer.fit(module)
     assert attached_trainer(module) is trainer, f"{LIGHTNING}: LightningModule._trainer is not the trainer"

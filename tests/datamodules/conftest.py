@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers import MakeCoco
 from vitdense.datamodules import write_shapes_coco
 
 
@@ -18,9 +18,6 @@ from vitdense.datamodules import write_shapes_coco
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """12 train / 6 val shapes images (train indices 1 and 11 are empty, 2 has a crowd region)."""
     return write_shapes_coco(tmp_path_factory.mktemp("shapes"), num_train=12, num_val=6, seed=0)
-
-
-MakeCoco = Callable[..., tuple[Path, Path]]
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -15,6 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader
 
+from tests.helpers import MakeCoco, coco_ann, first_worker_error
 from vitdense.datamodules import (
     BadDataError,
     CocoDataModule,
@@ -27,15 +27,7 @@ from vitdense.datamodules import (
 from vitdense.datamodules import coco as coco_module
 from vitdense.datamodules import images as images_module
 
-MakeCoco = Callable[..., tuple[Path, Path]]
 IMG = {"id": 1, "file_name": "sub/dir/a.png", "height": 28, "width": 56}
-
-
-def _ann(aid: int, bbox: list[float], cid: int = 1, image_id: int = 1, **extra: object) -> dict:
-    x, y, w, h = bbox
-    seg = [[x, y, x + w, y, x + w, y + h, x, y + h]]
-    ann = {"id": aid, "image_id": image_id, "category_id": cid, "bbox": bbox, "iscrowd": 0}
-    return ann | {"segmentation": seg} | extra
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -45,7 +37,7 @@ def test_crowd_excluded_from_targets_but_kept_in_coco(make_coco: MakeCoco) -> No
     crowd_rle = mask_utils.encode(np.asfortranarray(np.pad(np.ones((4, 4), np.uint8), ((2, 22), (40, 12)))))
     crowd = {"size": [28, 56], "counts": crowd_rle["counts"].decode()}
     root, ann_file = make_coco(
-        [IMG], [_ann(1, [2, 3, 10, 6]), _ann(2, [40, 2, 4, 4], iscrowd=1, segmentation=crowd)]
+        [IMG], [coco_ann(1, [2, 3, 10, 6]), coco_ann(2, [40, 2, 4, 4], iscrowd=1, segmentation=crowd)]
     )
     ds = CocoDetection(root, ann_file, TrainTransform(56, min_scale=1.0, max_scale=1.0), masks=True)
     _, target = ds[0]
@@ -56,14 +48,17 @@ def test_crowd_excluded_from_targets_but_kept_in_coco(make_coco: MakeCoco) -> No
 
 def test_a_polygon_past_the_border_agrees_with_its_clipped_box(make_coco: MakeCoco) -> None:
     polygon = [[40, 2, 400, 2, 400, 20, 40, 20]]  # runs 344 px past the 56 px wide image
-    root, ann_file = make_coco([IMG], [_ann(1, [40, 2, 16, 18], segmentation=polygon)])
+    root, ann_file = make_coco([IMG], [coco_ann(1, [40, 2, 16, 18], segmentation=polygon)])
     ds = CocoDetection(root, ann_file, EvalTransform(56), masks=True)
     assert ds[0][1]["boxes"].tolist() == [[40.0, 2.0, 56.0, 20.0]]
 
 
 def test_an_image_with_only_crowd_regions_is_no_training_negative(make_coco: MakeCoco) -> None:
     images = [IMG | {"id": i, "file_name": f"{i}.png"} for i in (1, 2, 3)]
-    anns = [_ann(1, [2, 3, 10, 6]), _ann(2, [40, 2, 4, 4], image_id=2, iscrowd=1)]  # image 3: no annotation
+    anns = [
+        coco_ann(1, [2, 3, 10, 6]),
+        coco_ann(2, [40, 2, 4, 4], image_id=2, iscrowd=1),
+    ]  # image 3: no annotation
     root, ann_file = make_coco(images, anns)
     train = CocoDetection(root, ann_file, TrainTransform(56, min_scale=1.0, max_scale=1.0), masks=True)
     assert train.image_ids == [1, 3]
@@ -94,7 +89,11 @@ def test_keep_empty_images_switch(shapes: dict[str, Path], keep: bool) -> None:
 
 def test_category_ids_remapped_both_ways_with_zero_and_gaps(make_coco: MakeCoco) -> None:
     cats = [{"id": 42, "name": "z"}, {"id": 0, "name": "zero"}, {"id": 5, "name": "five"}]
-    anns = [_ann(1, [1, 1, 5, 5], cid=5), _ann(2, [10, 1, 5, 5], cid=0), _ann(3, [20, 1, 5, 5], cid=42)]
+    anns = [
+        coco_ann(1, [1, 1, 5, 5], category_id=5),
+        coco_ann(2, [10, 1, 5, 5], category_id=0),
+        coco_ann(3, [20, 1, 5, 5], category_id=42),
+    ]
     root, ann_file = make_coco([IMG], anns, cats)
     dm = CocoDataModule(str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0)
     assert dm.num_classes == 3
@@ -107,16 +106,29 @@ def test_category_ids_remapped_both_ways_with_zero_and_gaps(make_coco: MakeCoco)
     assert [dm.category_ids[label - 1] for label in target["labels"].tolist()] == [5, 0, 42]
 
 
+def _set_up_for_fit(
+    make_coco: MakeCoco, caplog: pytest.LogCaptureFixture, categories: list[dict], second_category: int
+) -> tuple[CocoDataModule, list[str]]:
+    """A data module set up for fit on one image with a box of category 1 and one of ``second_category``,
+    and the messages it logged at WARNING and above."""
+    annotations = [
+        coco_ann(1, [1, 1, 5, 5], category_id=1),
+        coco_ann(2, [10, 1, 5, 5], category_id=second_category),
+    ]
+    root, ann_file = make_coco([IMG], annotations, categories)
+    with caplog.at_level(logging.WARNING):
+        dm = CocoDataModule(str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0)
+        dm.setup("fit")
+    return dm, [record.getMessage() for record in caplog.records]
+
+
 def test_an_unused_background_category_is_left_out_a_used_one_kept(
     make_coco: MakeCoco, caplog: pytest.LogCaptureFixture
 ) -> None:
     cats = [{"id": 0, "name": "_background_"}, {"id": 1, "name": "cat"}, {"id": 2, "name": "Background"}]
-    root, ann_file = make_coco([IMG], [_ann(1, [1, 1, 5, 5], cid=1), _ann(2, [10, 1, 5, 5], cid=2)], cats)
-    with caplog.at_level(logging.WARNING):
-        dm = CocoDataModule(str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0)
-        dm.setup("fit")
+    dm, warnings = _set_up_for_fit(make_coco, caplog, cats, second_category=2)
     assert dm.category_ids == [1, 2] and dm.class_names == ["cat", "Background"]  # id 2 is annotated
-    warned = [r for r in caplog.records if "names the background" in r.getMessage()]
+    warned = [message for message in warnings if "names the background" in message]
     assert len(warned) == 1, "said once per command, not once per split"
 
 
@@ -124,17 +136,14 @@ def test_categories_sharing_a_name_are_warned_of_once(
     make_coco: MakeCoco, caplog: pytest.LogCaptureFixture
 ) -> None:
     cats = [{"id": 1, "name": "person"}, {"id": 2, "name": "car"}, {"id": 3, "name": "person"}]
-    root, ann_file = make_coco([IMG], [_ann(1, [1, 1, 5, 5], cid=1), _ann(2, [10, 1, 5, 5], cid=3)], cats)
-    with caplog.at_level(logging.WARNING):
-        dm = CocoDataModule(str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0)
-        dm.setup("fit")
+    dm, warnings = _set_up_for_fit(make_coco, caplog, cats, second_category=3)
     assert dm.class_names == ["person", "car", "person"]
-    warned = [r.getMessage() for r in caplog.records if "are all named 'person'" in r.getMessage()]
+    warned = [message for message in warnings if "are all named 'person'" in message]
     assert len(warned) == 1 and "category ids [1, 3]" in warned[0]
 
 
 def test_validation_split_uses_training_label_mapping(make_coco: MakeCoco, tmp_path: Path) -> None:
-    root, train_file = make_coco([IMG], [_ann(1, [1, 1, 5, 5], cid=2)])
+    root, train_file = make_coco([IMG], [coco_ann(1, [1, 1, 5, 5], category_id=2)])
     val_file = tmp_path / "val.json"
     val = json.loads(train_file.read_text()) | {"categories": [{"id": 2, "name": "b"}]}
     val_file.write_text(json.dumps(val))
@@ -147,7 +156,7 @@ def test_validation_split_uses_training_label_mapping(make_coco: MakeCoco, tmp_p
 def test_evaluation_file_with_other_category_names_fails_at_setup(
     make_coco: MakeCoco, tmp_path: Path
 ) -> None:
-    root, train_file = make_coco([IMG], [_ann(1, [1, 1, 5, 5], cid=2)])
+    root, train_file = make_coco([IMG], [coco_ann(1, [1, 1, 5, 5], category_id=2)])
     val_file = tmp_path / "val.json"
     cats = [{"id": 1, "name": "b"}, {"id": 2, "name": "a"}]  # the same ids, swapped names
     val_file.write_text(json.dumps(json.loads(train_file.read_text()) | {"categories": cats}))
@@ -168,7 +177,7 @@ def test_evaluation_file_with_other_category_names_fails_at_setup(
 def test_a_boxes_only_file_with_masks_on_is_one_error_that_suggests_faster_rcnn(
     make_coco: MakeCoco, tmp_path: Path, on_bad_data: str, split: str
 ) -> None:
-    anns = [_ann(1, [1, 1, 5, 5]), _ann(2, [10, 1, 5, 5])]
+    anns = [coco_ann(1, [1, 1, 5, 5]), coco_ann(2, [10, 1, 5, 5])]
     boxes_only = [{k: v for k, v in ann.items() if k != "segmentation"} for ann in anns]
     root, good_file = make_coco([IMG], anns)
     boxes_file = tmp_path / "boxes.json"
@@ -199,9 +208,11 @@ def test_rle_and_polygon_masks_decode_to_the_right_pixels(make_coco: MakeCoco) -
     runs = np.diff(np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])).tolist()
     uncompressed = {"size": [28, 56], "counts": ([0] if flat[0] else []) + runs}
     anns = [
-        _ann(1, [30, 5, 20, 15], segmentation={"size": [28, 56], "counts": compressed["counts"].decode()}),
-        _ann(2, [2, 10, 7, 4], segmentation=uncompressed),
-        _ann(3, [10.0, 20.0, 12.0, 6.0]),  # polygon: the rectangle x in [10, 22], y in [20, 26]
+        coco_ann(
+            1, [30, 5, 20, 15], segmentation={"size": [28, 56], "counts": compressed["counts"].decode()}
+        ),
+        coco_ann(2, [2, 10, 7, 4], segmentation=uncompressed),
+        coco_ann(3, [10.0, 20.0, 12.0, 6.0]),  # polygon: the rectangle x in [10, 22], y in [20, 26]
     ]
     root, ann_file = make_coco([IMG], anns)
     # image_size 56 = the image's long side, so the eval transform is the identity plus padding.
@@ -244,26 +255,31 @@ AID = "annotation id 77"
 GONE = {"id": 5, "file_name": "gone.png", "height": 28, "width": 56, "write": False}
 BAD_CASES = {
     # name: (image records, annotations, reason, strings the error must contain)
-    "zero_area_box": ([IMG], [_ann(77, [1, 1, 0, 5])], "degenerate_box", [AID, "image id 1"]),
-    "negative_box": ([IMG], [_ann(77, [1, 1, 5, -2])], "degenerate_box", [AID]),
-    "box_outside_image": ([IMG], [_ann(77, [57, 2, 10, 5])], "box_outside_image", [AID, "56x28"]),
-    "unknown_category": ([IMG], [_ann(77, [1, 1, 5, 5], cid=99)], "unknown_category", [AID, "99"]),
-    "unknown_image": ([IMG], [_ann(77, [1, 1, 5, 5], image_id=999)], "unknown_image", [AID, "999"]),
+    "zero_area_box": ([IMG], [coco_ann(77, [1, 1, 0, 5])], "degenerate_box", [AID, "image id 1"]),
+    "negative_box": ([IMG], [coco_ann(77, [1, 1, 5, -2])], "degenerate_box", [AID]),
+    "box_outside_image": ([IMG], [coco_ann(77, [57, 2, 10, 5])], "box_outside_image", [AID, "56x28"]),
+    "unknown_category": (
+        [IMG],
+        [coco_ann(77, [1, 1, 5, 5], category_id=99)],
+        "unknown_category",
+        [AID, "99"],
+    ),
+    "unknown_image": ([IMG], [coco_ann(77, [1, 1, 5, 5], image_id=999)], "unknown_image", [AID, "999"]),
     "malformed_polygon": (
         [IMG],
-        [_ann(77, [1, 1, 5, 5], segmentation=[[1, 2, 3, 4]])],
+        [coco_ann(77, [1, 1, 5, 5], segmentation=[[1, 2, 3, 4]])],
         "degenerate_polygon",
         [AID],
     ),
     "rle_wrong_size": (
         [IMG],
-        [_ann(77, [1, 1, 5, 5], segmentation={"size": [10, 10], "counts": "abc"})],
+        [coco_ann(77, [1, 1, 5, 5], segmentation={"size": [10, 10], "counts": "abc"})],
         "rle_size_mismatch",
         [AID, "[28, 56]"],
     ),
     "missing_image": (
         [IMG, GONE],
-        [_ann(77, [1, 1, 5, 5], image_id=5)],
+        [coco_ann(77, [1, 1, 5, 5], image_id=5)],
         "missing_image",
         ["gone.png", "image id 5"],
     ),
@@ -273,7 +289,7 @@ BAD_CASES = {
 @pytest.mark.parametrize("case", list(BAD_CASES))
 def test_bad_record_raises_naming_file_and_record(make_coco: MakeCoco, case: str) -> None:
     images, anns, _, needles = BAD_CASES[case]
-    root, ann_file = make_coco(images, [_ann(1, [2, 2, 6, 6]), *anns])
+    root, ann_file = make_coco(images, [coco_ann(1, [2, 2, 6, 6]), *anns])
     with pytest.raises(BadDataError) as info:
         CocoDetection(root, ann_file, EvalTransform(56), masks=True, on_bad_data="error")
     message = str(info.value)
@@ -288,7 +304,7 @@ def test_bad_record_skipped_and_counted(
     make_coco: MakeCoco, case: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     images, anns, reason, _ = BAD_CASES[case]
-    root, ann_file = make_coco(images, [_ann(1, [2, 2, 6, 6]), *anns])
+    root, ann_file = make_coco(images, [coco_ann(1, [2, 2, 6, 6]), *anns])
     with caplog.at_level(logging.WARNING, logger=coco_module.__name__):
         ds = CocoDetection(root, ann_file, EvalTransform(56), masks=True, on_bad_data="skip")
     assert ds.skipped == {reason: 1}
@@ -299,17 +315,17 @@ def test_bad_record_skipped_and_counted(
 
 
 def test_whole_number_sizes_written_as_floats_are_read_as_ints(make_coco: MakeCoco) -> None:
-    root, ann_file = make_coco([IMG | {"height": 28.0, "width": 56.0}], [_ann(1, [2, 2, 6, 6])])
+    root, ann_file = make_coco([IMG | {"height": 28.0, "width": 56.0}], [coco_ann(1, [2, 2, 6, 6])])
     ds = CocoDetection(root, ann_file, EvalTransform(56), masks=True, evaluation="segm", on_bad_data="error")
     assert ds[0][1]["masks"].shape[0] == 1
     assert ds.coco.imgs[1]["height"] == 28 and isinstance(ds.coco.imgs[1]["height"], int)
-    root, ann_file = make_coco([IMG | {"height": 28.5}], [_ann(1, [2, 2, 6, 6])])
+    root, ann_file = make_coco([IMG | {"height": 28.5}], [coco_ann(1, [2, 2, 6, 6])])
     with pytest.raises(BadDataError, match="positive integer 'height'/'width'"):
         CocoDetection(root, ann_file, EvalTransform(56), on_bad_data="error")
 
 
 def test_box_up_to_one_pixel_outside_is_clipped(make_coco: MakeCoco) -> None:
-    root, ann_file = make_coco([IMG], [_ann(1, [-0.8, 20.0, 57.5, 8.9])])
+    root, ann_file = make_coco([IMG], [coco_ann(1, [-0.8, 20.0, 57.5, 8.9])])
     ds = CocoDetection(root, ann_file, EvalTransform(56), on_bad_data="error")
     assert ds[0][1]["boxes"].tolist() == [[0.0, 20.0, 56.0, 28.0]]
     assert not ds.findings
@@ -319,7 +335,7 @@ def test_box_partly_outside_is_clipped_with_a_note_as_detectron2_clips(make_coco
     """Dropping an object partly past the border would teach it as background."""
     bbox = [40.0, -6.0, 30.0, 20.0]
     square = [[40.0, 0.0, 56.0, 0.0, 56.0, 14.0, 40.0, 14.0]]  # its mask, as a tool clips it
-    root, ann_file = make_coco([IMG], [_ann(1, bbox, segmentation=square)])
+    root, ann_file = make_coco([IMG], [coco_ann(1, bbox, segmentation=square)])
     ds = CocoDetection(root, ann_file, EvalTransform(56), masks=True, on_bad_data="error")
     image, target = ds[0]
     assert target["boxes"].tolist() == [[40.0, 0.0, 56.0, 14.0]]
@@ -335,9 +351,9 @@ WIDE = IMG | {"height": 80, "width": 100}
 @pytest.mark.parametrize(
     ("anns", "clipped"),
     [
-        ([_ann(1, [30, 20, 75, 50])], [1]),
-        ([_ann(1, [30, 20, 75, 50]), _ann(2, [5, 5, 10, 10])], [1]),
-        ([_ann(1, [0, 30, 100, 50], iscrowd=1), _ann(2, [10, 15, 95, 30])], [2]),
+        ([coco_ann(1, [30, 20, 75, 50])], [1]),
+        ([coco_ann(1, [30, 20, 75, 50]), coco_ann(2, [5, 5, 10, 10])], [1]),
+        ([coco_ann(1, [0, 30, 100, 50], iscrowd=1), coco_ann(2, [10, 15, 95, 30])], [2]),
     ],
     ids=["one_box", "two_boxes", "crowd_and_box"],
 )
@@ -362,9 +378,9 @@ def test_a_corner_file_with_one_odd_box_is_refused_under_both_policies(make_coco
     for i in range(100):
         x1, y1 = (50, 40) if i % 3 else (5, 5)  # two in three, read as xywh, run far past the 100 x 80 image
         anns.append(
-            _ann(i + 1, [x1 + i % 7, y1 + i % 5, x1 + 40 + i % 9, y1 + 30 + i % 11], image_id=i % 10 + 1)
+            coco_ann(i + 1, [x1 + i % 7, y1 + i % 5, x1 + 40 + i % 9, y1 + 30 + i % 11], image_id=i % 10 + 1)
         )
-    anns.append(_ann(101, [50, 50, 50, 60], image_id=1))  # zero width as corners
+    anns.append(coco_ann(101, [50, 50, 50, 60], image_id=1))  # zero width as corners
     root, ann_file = make_coco(_images(10), anns)
     for policy in ("error", "skip"):
         with pytest.raises(BadDataError, match=r"66 of its 101 boxes .* 100 fit .* x2 - x1") as info:
@@ -374,17 +390,17 @@ def test_a_corner_file_with_one_odd_box_is_refused_under_both_policies(make_coco
 
 def test_an_xywh_file_of_large_objects_overshooting_the_border_is_read_as_xywh(make_coco: MakeCoco) -> None:
     """Objects filling their images fit as corners too, and tools drag them 2 px past the right and bottom."""
-    anns = [_ann(1, [0, 0, 100, 80], iscrowd=1)]
+    anns = [coco_ann(1, [0, 0, 100, 80], iscrowd=1)]
     for i in range(2, 41):
         x, y = 2 + i % 30, 2 + i % 20
-        anns.append(_ann(i, [x, y, 102 - x, 82 - y], image_id=i % 8 + 1))
+        anns.append(coco_ann(i, [x, y, 102 - x, 82 - y], image_id=i % 8 + 1))
     root, ann_file = make_coco(_images(8), anns)
     ds = CocoDetection(root, ann_file, EvalTransform(112), on_bad_data="error")
     assert len(ds) == 8 and {f.kind for f in ds.findings} == {"box_clipped"} and len(ds.findings) == 39
 
 
 def test_image_whose_annotations_were_all_bad_is_not_a_negative(make_coco: MakeCoco) -> None:
-    root, ann_file = make_coco([IMG], [_ann(1, [1, 1, 0, 0])])
+    root, ann_file = make_coco([IMG], [coco_ann(1, [1, 1, 0, 0])])
     ds = CocoDetection(root, ann_file, EvalTransform(56), keep_empty_images=True, on_bad_data="skip")
     assert len(ds) == 0 and ds.skipped["degenerate_box"] == 1
 
@@ -392,7 +408,7 @@ def test_image_whose_annotations_were_all_bad_is_not_a_negative(make_coco: MakeC
 def _corrupt_set(make_coco: MakeCoco) -> tuple[Path, Path, Path]:
     broken = {"id": 2, "file_name": "bad/broken.jpg", "height": 28, "width": 56}
     images = [IMG | {"file_name": "ok.png"}, broken]
-    root, ann_file = make_coco(images, [_ann(1, [2, 2, 6, 6]), _ann(2, [2, 2, 6, 6], image_id=2)])
+    root, ann_file = make_coco(images, [coco_ann(1, [2, 2, 6, 6]), coco_ann(2, [2, 2, 6, 6], image_id=2)])
     bad = root / "bad" / "broken.jpg"
     bad.write_bytes(bad.read_bytes()[:120])  # truncated: the header parses, decoding fails
     return root, ann_file, bad
@@ -401,15 +417,7 @@ def _corrupt_set(make_coco: MakeCoco) -> tuple[Path, Path, Path]:
 def test_corrupt_image_in_worker_names_the_file(make_coco: MakeCoco) -> None:
     root, ann_file, _ = _corrupt_set(make_coco)
     ds = CocoDetection(root, ann_file, EvalTransform(56))
-    loader = DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate_detection)
-    iterator = iter(loader)
-    with pytest.raises(Exception) as info:  # noqa: PT011 - DataLoader re-raises in the main process
-        list(iterator)
-    message = str(info.value)
-    # Shut the worker down now: the traceback would keep it alive until a later garbage collection,
-    # which then waits 5 s for it.
-    iterator._shutdown_workers()
-    del info, iterator
+    message = first_worker_error(DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate_detection))
     assert "broken.jpg" in message and "image id 2" in message
 
 
@@ -431,7 +439,7 @@ def test_corrupt_image_skipped_in_evaluation_is_left_out_not_replaced(make_coco:
 
 
 def test_size_mismatch_is_bad_data(make_coco: MakeCoco) -> None:
-    root, ann_file = make_coco([IMG], [_ann(1, [2, 2, 6, 6])])
+    root, ann_file = make_coco([IMG], [coco_ann(1, [2, 2, 6, 6])])
     Image.new("RGB", (40, 28)).save(root / IMG["file_name"])
     with pytest.raises(BadDataError, match="a.png.*28x40"):
         CocoDetection(root, ann_file, EvalTransform(56))[0]
@@ -582,7 +590,7 @@ def test_a_split_without_objects_raises_at_setup(
     """Training would learn background only and AP would be -1, and either run would exit 0."""
     cats = json.loads(shapes["val_annotations"].read_text())["categories"]
     root, ann_file = make_coco(
-        [IMG], [] if case == "no_annotations" else [_ann(1, [1, 1, 5, 5]) | {"bbox": "x"}], cats
+        [IMG], [] if case == "no_annotations" else [coco_ann(1, [1, 1, 5, 5]) | {"bbox": "x"}], cats
     )
     files = {key: str(value) for key, value in shapes.items()}
     files |= {f"{split}_images": str(root), f"{split}_annotations": str(ann_file)}
@@ -604,7 +612,7 @@ def test_a_split_without_samples_raises_at_setup(
     if case == "no_images":
         root, ann_file = make_coco([], [], cats)
     else:
-        root, ann_file = make_coco([IMG], [_ann(1, [1, 1, 0, 0])], cats)
+        root, ann_file = make_coco([IMG], [coco_ann(1, [1, 1, 0, 0])], cats)
     dm = CocoDataModule(
         train_images=str(root),
         train_annotations=str(ann_file),
@@ -641,7 +649,7 @@ def test_workers_draw_different_augmentations(shapes: dict[str, Path]) -> None:
 def test_a_box_past_the_border_in_an_evaluation_file_is_noted_as_scored_as_written(
     make_coco: MakeCoco,
 ) -> None:
-    root, ann_file = make_coco([IMG], [_ann(1, [40.0, -6.0, 30.0, 20.0])])
+    root, ann_file = make_coco([IMG], [coco_ann(1, [40.0, -6.0, 30.0, 20.0])])
     ds = CocoDetection(root, ann_file, EvalTransform(56), evaluation="bbox", on_bad_data="error")
     (finding,) = [f for f in ds.findings if f.kind == "box_clipped"]
     assert finding.message.endswith("COCOeval scores it as written"), finding.message
@@ -650,10 +658,10 @@ def test_a_box_past_the_border_in_an_evaluation_file_is_noted_as_scored_as_writt
 def test_a_malformed_annotation_is_reported_by_its_wrong_keys_only(make_coco: MakeCoco) -> None:
     polygon = [[float(v) for v in range(2, 200)]]
     bad = [
-        _ann(7, [2, 2, 6, 6], segmentation=polygon) | {"image_id": "1"},
-        {k: v for k, v in _ann(8, [2, 2, 6, 6]).items() if k != "category_id"},
+        coco_ann(7, [2, 2, 6, 6], segmentation=polygon) | {"image_id": "1"},
+        {k: v for k, v in coco_ann(8, [2, 2, 6, 6]).items() if k != "category_id"},
     ]
-    root, ann_file = make_coco([IMG], [_ann(1, [2, 2, 6, 6]), *bad])
+    root, ann_file = make_coco([IMG], [coco_ann(1, [2, 2, 6, 6]), *bad])
     ds = CocoDetection(root, ann_file, EvalTransform(56), on_bad_data="skip")
     messages = [f.message for f in ds.findings if f.kind == "malformed_annotation"]
     assert len(messages) == 2

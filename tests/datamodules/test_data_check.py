@@ -26,6 +26,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader
 
+from tests.helpers import MakeCoco, coco_ann, first_worker_error
 from vitdense.datamodules import (
     ADE20KDataModule,
     BadDataError,
@@ -47,17 +48,9 @@ from vitdense.datamodules import (
 from vitdense.datamodules.images import image_conversions
 from vitdense.tasks.coco_evaluator import CocoEvaluator
 
-MakeCoco = Callable[..., tuple[Path, Path]]
 GOOD_IMAGE = {"id": 1, "file_name": "a.png", "height": 28, "width": 56}
 BAD_IMAGE = {"id": 2, "file_name": "b.png", "height": 28, "width": 56}
 ANNOTATIONS = "annotations.json"
-
-
-def _ann(aid: int, image_id: int = 1, bbox: list[Any] | None = None, **extra: Any) -> dict[str, Any]:
-    x, y, w, h = bbox if bbox is not None else [2, 2, 8, 6]
-    seg = [[x, y, x + w, y, x + w, y + h, x, y + h]] if bbox is None or isinstance(x, (int, float)) else []
-    ann = {"id": aid, "image_id": image_id, "category_id": 1, "bbox": [x, y, w, h], "iscrowd": 0}
-    return ann | {"segmentation": seg} | extra
 
 
 def _noise(h: int, w: int, channels: int = 3) -> np.ndarray:
@@ -120,40 +113,32 @@ def _five_band_tiff(path: Path) -> None:
     tifffile.imwrite(path, bands, photometric="minisblack", planarconfig="contig")
 
 
+def _image_case(images: list[dict[str, Any]], kind: str, file: str, **options: Any) -> CocoCase:
+    """A case of a bad image record, image 2, which annotation 2 annotates."""
+    return CocoCase(images, [coco_ann(2, image_id=2)], kind, file, "image id 2", **options)
+
+
 BAD_B = [BAD_IMAGE]
 A77 = "annotation id 77"
 B = "b.tif"
 B_TIF = [BAD_IMAGE | {"file_name": B, "write": False}]
 FAR, BAD_SEGMENTATION, DEGENERATE = "coordinates_far_outside", "malformed_segmentation", "degenerate_polygon"
 COCO_CASES: dict[str, CocoCase] = {
-    "corrupt_image": CocoCase(BAD_B, [_ann(2, 2)], "corrupt_image", "b.png", "image id 2", damage=_garbage),
-    "truncated_image": CocoCase(
-        [BAD_IMAGE | {"file_name": "b.jpg"}],
-        [_ann(2, 2)],
-        "corrupt_image",
-        "b.jpg",
-        "image id 2",
-        damage=_truncated_jpeg,
+    "corrupt_image": _image_case(BAD_B, "corrupt_image", "b.png", damage=_garbage),
+    "truncated_image": _image_case(
+        [BAD_IMAGE | {"file_name": "b.jpg"}], "corrupt_image", "b.jpg", damage=_truncated_jpeg
     ),
-    "missing_image": CocoCase(
-        [BAD_IMAGE | {"write": False}], [_ann(2, 2)], "missing_image", "b.png", "image id 2"
-    ),
-    "size_mismatch": CocoCase(
-        BAD_B, [_ann(2, 2)], "size_mismatch", "b.png", "image id 2", damage=_wrong_size
-    ),
+    "missing_image": _image_case([BAD_IMAGE | {"write": False}], "missing_image", "b.png"),
+    "size_mismatch": _image_case(BAD_B, "size_mismatch", "b.png", damage=_wrong_size),
     "image_too_small": CocoCase(
         [BAD_IMAGE | {"height": 10, "width": 12}],
-        [_ann(2, 2, [1, 1, 4, 4])],
+        [coco_ann(2, [1, 1, 4, 4], image_id=2)],
         "image_too_small",
         "b.png",
         "image id 2",
     ),
-    "image_record_wrong_type": CocoCase(
-        [BAD_IMAGE | {"height": "28", "write": False}],
-        [_ann(2, 2)],
-        "malformed_image_record",
-        ANNOTATIONS,
-        "image id 2",
+    "image_record_wrong_type": _image_case(
+        [BAD_IMAGE | {"height": "28", "write": False}], "malformed_image_record", ANNOTATIONS
     ),
     "image_record_without_id": CocoCase(
         [{"file_name": "b.png", "height": 28, "width": 56}],
@@ -164,53 +149,52 @@ COCO_CASES: dict[str, CocoCase] = {
     ),
     "annotation_without_category": CocoCase(
         [],
-        [{k: v for k, v in _ann(77).items() if k != "category_id"}],
+        [{k: v for k, v in coco_ann(77).items() if k != "category_id"}],
         "malformed_annotation",
         ANNOTATIONS,
         A77,
     ),
-    "annotation_wrong_type": CocoCase([], [_ann(77, image_id="1")], "malformed_annotation", ANNOTATIONS, A77),
-    "malformed_box": CocoCase([], [_ann(77, bbox=["1", 1, 5, 5])], "malformed_box", ANNOTATIONS, A77),
-    "duplicate_image_id": CocoCase(
-        [BAD_IMAGE, BAD_IMAGE | {"file_name": "c.png"}],
-        [_ann(2, 2)],
-        "duplicate_image_id",
-        ANNOTATIONS,
-        "image id 2",
-        count=2,
+    "annotation_wrong_type": CocoCase(
+        [], [coco_ann(77, image_id="1")], "malformed_annotation", ANNOTATIONS, A77
+    ),
+    "malformed_box": CocoCase([], [coco_ann(77, bbox=["1", 1, 5, 5])], "malformed_box", ANNOTATIONS, A77),
+    "duplicate_image_id": _image_case(
+        [BAD_IMAGE, BAD_IMAGE | {"file_name": "c.png"}], "duplicate_image_id", ANNOTATIONS, count=2
     ),
     "duplicate_annotation_id": CocoCase(
-        [], [_ann(1, bbox=[20, 10, 5, 5])], "duplicate_annotation_id", ANNOTATIONS, "annotation id 1"
+        [], [coco_ann(1, bbox=[20, 10, 5, 5])], "duplicate_annotation_id", ANNOTATIONS, "annotation id 1"
     ),
-    "unknown_image": CocoCase([], [_ann(77, image_id=999)], "unknown_image", ANNOTATIONS, A77),
-    "unknown_category": CocoCase([], [_ann(77, category_id=99)], "unknown_category", ANNOTATIONS, A77),
-    "zero_area_box": CocoCase([], [_ann(77, bbox=[1, 1, 0, 5])], "degenerate_box", ANNOTATIONS, A77),
-    "negative_box": CocoCase([], [_ann(77, bbox=[1, 1, 5, -2])], "degenerate_box", ANNOTATIONS, A77),
-    "box_outside_image": CocoCase([], [_ann(77, bbox=[57, 2, 10, 5])], "box_outside_image", ANNOTATIONS, A77),
+    "unknown_image": CocoCase([], [coco_ann(77, image_id=999)], "unknown_image", ANNOTATIONS, A77),
+    "unknown_category": CocoCase([], [coco_ann(77, category_id=99)], "unknown_category", ANNOTATIONS, A77),
+    "zero_area_box": CocoCase([], [coco_ann(77, bbox=[1, 1, 0, 5])], "degenerate_box", ANNOTATIONS, A77),
+    "negative_box": CocoCase([], [coco_ann(77, bbox=[1, 1, 5, -2])], "degenerate_box", ANNOTATIONS, A77),
+    "box_outside_image": CocoCase(
+        [], [coco_ann(77, bbox=[57, 2, 10, 5])], "box_outside_image", ANNOTATIONS, A77
+    ),
     "polygon_two_points": CocoCase(
-        [], [_ann(77, segmentation=[[1, 1, 5, 5]])], "degenerate_polygon", ANNOTATIONS, A77
+        [], [coco_ann(77, segmentation=[[1, 1, 5, 5]])], "degenerate_polygon", ANNOTATIONS, A77
     ),
     "rle_size_mismatch": CocoCase(
         [],
-        [_ann(77, segmentation={"size": [10, 10], "counts": "abc"})],
+        [coco_ann(77, segmentation={"size": [10, 10], "counts": "abc"})],
         "rle_size_mismatch",
         ANNOTATIONS,
         A77,
     ),
     "segmentation_wrong_type": CocoCase(
-        [], [_ann(77, segmentation="polygon")], "malformed_segmentation", ANNOTATIONS, A77
+        [], [coco_ann(77, segmentation="polygon")], "malformed_segmentation", ANNOTATIONS, A77
     ),
     # A polygon exported in 0-1 units: training boxes come from masks, so the object would vanish or move.
     "normalised_polygon": CocoCase(
         [],
-        [_ann(77, bbox=[20, 5, 20, 12], segmentation=[[0.36, 0.18, 0.71, 0.18, 0.71, 0.61, 0.36, 0.61]])],
+        [coco_ann(77, bbox=[20, 5, 20, 12], segmentation=[[0.36, 0.18, 0.71, 0.18, 0.71, 0.61, 0.36, 0.61]])],
         "segmentation_box_mismatch",
         ANNOTATIONS,
         A77,
     ),
     "normalised_polygon_in_a_corner_box": CocoCase(
         [],
-        [_ann(77, bbox=[0, 0, 20, 12], segmentation=[[0.0, 0.0, 0.36, 0.0, 0.36, 0.43, 0.0, 0.43]])],
+        [coco_ann(77, bbox=[0, 0, 20, 12], segmentation=[[0.0, 0.0, 0.36, 0.0, 0.36, 0.43, 0.0, 0.43]])],
         "segmentation_box_mismatch",
         ANNOTATIONS,
         A77,
@@ -218,72 +202,60 @@ COCO_CASES: dict[str, CocoCase] = {
     # Corrupted coordinates, far enough to be named yet cheap to rasterise should a regression let them
     # through (at 1e9, pycocotools asks ~20 GB: see test_a_vertex_at_1e9_leaves_the_process_alive_and_named).
     "polygon_vertex_far_outside": CocoCase(
-        [], [_ann(77, segmentation=[[2, 2, 1e5, 2, 10, 8, 2, 8]])], FAR, ANNOTATIONS, A77
+        [], [coco_ann(77, segmentation=[[2, 2, 1e5, 2, 10, 8, 2, 8]])], FAR, ANNOTATIONS, A77
     ),
     # A 4-number part is dropped in training, but pycocotools reads it as a box, rasterised as a polygon.
     "box_like_part_far_outside": CocoCase(
         [],
-        [_ann(77, segmentation=[[2, 2, 10, 2, 10, 8, 2, 8], [2, 2, 1e5, 8]])],
+        [coco_ann(77, segmentation=[[2, 2, 10, 2, 10, 8, 2, 8], [2, 2, 1e5, 8]])],
         FAR,
         ANNOTATIONS,
         A77,
     ),
     # Clipped to the image, it would train a box as wide as the image.
-    "box_far_outside": CocoCase([], [_ann(77, bbox=[2, 2, 1e5, 6])], FAR, ANNOTATIONS, A77),
+    "box_far_outside": CocoCase([], [coco_ann(77, bbox=[2, 2, 1e5, 6])], FAR, ANNOTATIONS, A77),
     # Read by truthiness, each would turn an object into a crowd region, or back, without a word.
-    "iscrowd_string": CocoCase([], [_ann(77, iscrowd="0")], "malformed_annotation", ANNOTATIONS, A77),
-    "iscrowd_2": CocoCase([], [_ann(77, iscrowd=2)], "malformed_annotation", ANNOTATIONS, A77),
-    "iscrowd_true": CocoCase([], [_ann(77, iscrowd=True)], "malformed_annotation", ANNOTATIONS, A77),
-    "iscrowd_null": CocoCase([], [_ann(77, iscrowd=None)], "malformed_annotation", ANNOTATIONS, A77),
+    "iscrowd_string": CocoCase([], [coco_ann(77, iscrowd="0")], "malformed_annotation", ANNOTATIONS, A77),
+    "iscrowd_2": CocoCase([], [coco_ann(77, iscrowd=2)], "malformed_annotation", ANNOTATIONS, A77),
+    "iscrowd_true": CocoCase([], [coco_ann(77, iscrowd=True)], "malformed_annotation", ANNOTATIONS, A77),
+    "iscrowd_null": CocoCase([], [coco_ann(77, iscrowd=None)], "malformed_annotation", ANNOTATIONS, A77),
     "polygon_with_nan": CocoCase(
-        [], [_ann(77, segmentation=[[2, 2, float("nan"), 2, 10, 8]])], BAD_SEGMENTATION, ANNOTATIONS, A77
+        [], [coco_ann(77, segmentation=[[2, 2, float("nan"), 2, 10, 8]])], BAD_SEGMENTATION, ANNOTATIONS, A77
     ),
-    "segmentation_empty_dict": CocoCase([], [_ann(77, segmentation={})], BAD_SEGMENTATION, ANNOTATIONS, A77),
-    "segmentation_empty_list": CocoCase([], [_ann(77, segmentation=[])], DEGENERATE, ANNOTATIONS, A77),
-    "category_id_float": CocoCase([], [_ann(77, category_id=1.0)], "malformed_annotation", ANNOTATIONS, A77),
-    "image_0x0": CocoCase(
-        [BAD_IMAGE | {"height": 0, "width": 0, "write": False}],
-        [_ann(2, 2)],
-        "malformed_image_record",
-        ANNOTATIONS,
-        "image id 2",
+    "segmentation_empty_dict": CocoCase(
+        [], [coco_ann(77, segmentation={})], BAD_SEGMENTATION, ANNOTATIONS, A77
     ),
-    "image_negative_width": CocoCase(
-        [BAD_IMAGE | {"width": -56, "write": False}],
-        [_ann(2, 2)],
-        "malformed_image_record",
-        ANNOTATIONS,
-        "image id 2",
+    "segmentation_empty_list": CocoCase([], [coco_ann(77, segmentation=[])], DEGENERATE, ANNOTATIONS, A77),
+    "category_id_float": CocoCase(
+        [], [coco_ann(77, category_id=1.0)], "malformed_annotation", ANNOTATIONS, A77
+    ),
+    "image_0x0": _image_case(
+        [BAD_IMAGE | {"height": 0, "width": 0, "write": False}], "malformed_image_record", ANNOTATIONS
+    ),
+    "image_negative_width": _image_case(
+        [BAD_IMAGE | {"width": -56, "write": False}], "malformed_image_record", ANNOTATIONS
     ),
     # The file exists, outside the folder the DataModule was given: read silently before.
-    "image_outside_folder": CocoCase(
+    "image_outside_folder": _image_case(
         [BAD_IMAGE | {"file_name": "../b.png", "write": False}],
-        [_ann(2, 2)],
         "image_outside_folder",
         "images/../b.png",
-        "image id 2",
         damage=lambda root: _save_noise(root.parent / "b.png"),
     ),
     # More pixels than Pillow decodes: named at construction, before pycocotools rasterises at that size.
-    "image_too_large": CocoCase(
+    "image_too_large": _image_case(
         [BAD_IMAGE | {"height": 20000, "width": 20000, "write": False}],
-        [_ann(2, 2)],
         "image_too_large",
         "b.png",
-        "image id 2",
         damage=lambda root: _save_noise(root / "b.png"),
     ),
-    "multi_page_tiff": CocoCase(
-        B_TIF, [_ann(2, 2)], "corrupt_image", "b.tif", "image id 2", damage=lambda r: _multi_page_tiff(r / B)
-    ),
-    "five_band_tiff": CocoCase(
-        B_TIF, [_ann(2, 2)], "corrupt_image", "b.tif", "image id 2", damage=lambda r: _five_band_tiff(r / B)
-    ),
+    "multi_page_tiff": _image_case(B_TIF, "corrupt_image", "b.tif", damage=lambda r: _multi_page_tiff(r / B)),
+    "five_band_tiff": _image_case(B_TIF, "corrupt_image", "b.tif", damage=lambda r: _five_band_tiff(r / B)),
 }
 
 
 def _coco_case(make_coco: MakeCoco, case: CocoCase) -> tuple[Path, Path]:
-    root, ann_file = make_coco([GOOD_IMAGE, *case.images], [_ann(1), *case.anns])
+    root, ann_file = make_coco([GOOD_IMAGE, *case.images], [coco_ann(1), *case.anns])
     if case.damage is not None:
         case.damage(root)
     return root, ann_file
@@ -364,10 +336,10 @@ FILE_CASES = {
             {
                 "images": [GOOD_IMAGE],
                 "annotations": [
-                    _ann(
+                    coco_ann(
                         1, bbox=[0.36, 0.18, 0.35, 0.43], segmentation=[[0.36, 0.18, 0.71, 0.18, 0.71, 0.61]]
                     ),
-                    _ann(2, bbox=[0.1, 0.1, 0.2, 0.2], segmentation=[[0.1, 0.1, 0.3, 0.1, 0.3, 0.3]]),
+                    coco_ann(2, bbox=[0.1, 0.1, 0.2, 0.2], segmentation=[[0.1, 0.1, 0.3, 0.1, 0.3, 0.3]]),
                 ],
                 "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
             }
@@ -381,7 +353,7 @@ FILE_CASES = {
             {
                 "images": [{**GOOD_IMAGE, "id": i, "file_name": f"{i}.png"} for i in range(1, 6)],
                 "annotations": [
-                    _ann(4 * i + j, image_id=i, bbox=bbox)
+                    coco_ann(4 * i + j, image_id=i, bbox=bbox)
                     for i in range(1, 6)
                     for j, bbox in enumerate(
                         [[30, 10, 50, 25], [20, 5, 40, 20], [34, 12, 54, 26], [2, 2, 10, 8]]
@@ -398,7 +370,7 @@ FILE_CASES = {
 @pytest.mark.parametrize("name", list(FILE_CASES))
 def test_unusable_annotation_file_named_under_both_policies(make_coco: MakeCoco, name: str) -> None:
     text, kind = FILE_CASES[name]
-    root, train_file = make_coco([GOOD_IMAGE], [_ann(1)])
+    root, train_file = make_coco([GOOD_IMAGE], [coco_ann(1)])
     val_file = _write_json(root.parent / "val.json", text)
     for policy in ("error", "skip"):  # a file that cannot be parsed has no record to drop
         with pytest.raises(BadDataError, match="val.json") as info:
@@ -420,7 +392,7 @@ def test_unusable_annotation_file_named_under_both_policies(make_coco: MakeCoco,
 
 def test_a_json_file_with_a_byte_order_mark_or_in_utf16_loads(make_coco: MakeCoco) -> None:
     """Windows tools write a BOM, some UTF-16: both are JSON, and read as such."""
-    root, ann_file = make_coco([GOOD_IMAGE], [_ann(1)])
+    root, ann_file = make_coco([GOOD_IMAGE], [coco_ann(1)])
     text = ann_file.read_text()
     for encoded in (b"\xef\xbb\xbf" + text.encode(), text.encode("utf-16")):
         ann_file.write_bytes(encoded)
@@ -429,7 +401,7 @@ def test_a_json_file_with_a_byte_order_mark_or_in_utf16_loads(make_coco: MakeCoc
 
 
 def test_an_annotation_file_that_is_a_folder_says_so(make_coco: MakeCoco) -> None:
-    root, _ = make_coco([GOOD_IMAGE], [_ann(1)])
+    root, _ = make_coco([GOOD_IMAGE], [coco_ann(1)])
     with pytest.raises(FileNotFoundError, match="is a folder, not an annotation file"):
         CocoDetection(root, root, EvalTransform(56))
 
@@ -487,7 +459,7 @@ NOTE_KINDS = {
 def test_unusual_image_modes_are_converted_not_dropped(make_coco: MakeCoco, name: str) -> None:
     file, write, size = NOTE_CASES[name]
     record = BAD_IMAGE | {"file_name": file, "write": False} | size
-    root, ann_file = make_coco([GOOD_IMAGE, record], [_ann(1), _ann(2, 2, [2, 2, 10, 10])])
+    root, ann_file = make_coco([GOOD_IMAGE, record], [coco_ann(1), coco_ann(2, [2, 2, 10, 10], image_id=2)])
     write(root)
     for policy in ("error", "skip"):
         ds = CocoDetection(root, ann_file, EvalTransform(56), masks=True, on_bad_data=policy)
@@ -512,7 +484,7 @@ def test_a_palette_note_speaks_of_compositing_only_for_a_palette_with_transparen
 
 def test_exif_ignored_when_annotations_match_the_stored_pixels(make_coco: MakeCoco) -> None:
     record = BAD_IMAGE | {"file_name": "b.jpg", "write": False}  # 28 x 56: the stored pixels
-    root, ann_file = make_coco([GOOD_IMAGE, record], [_ann(1), _ann(2, 2, [30, 2, 20, 10])])
+    root, ann_file = make_coco([GOOD_IMAGE, record], [coco_ann(1), coco_ann(2, [30, 2, 20, 10], image_id=2)])
     _exif_rotated(root)
     dm = CocoDataModule(str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0)
     (note,) = [f for f in check_data(dm).splits[0].findings if f.kind == "exif_rotation"]
@@ -521,7 +493,7 @@ def test_exif_ignored_when_annotations_match_the_stored_pixels(make_coco: MakeCo
 
 def test_polygon_part_with_two_points_is_dropped_with_a_note(make_coco: MakeCoco) -> None:
     seg = [[2, 2, 10, 2, 10, 8, 2, 8], [1, 1, 3, 3]]
-    root, ann_file = make_coco([GOOD_IMAGE], [_ann(1, segmentation=seg)])
+    root, ann_file = make_coco([GOOD_IMAGE], [coco_ann(1, segmentation=seg)])
     ds = CocoDetection(root, ann_file, EvalTransform(56), masks=True, on_bad_data="error")
     assert ds[0][1]["masks"].shape[0] == 1 and not ds.skipped
     assert [(f.kind, f.record, f.severity) for f in ds.findings] == [
@@ -531,21 +503,24 @@ def test_polygon_part_with_two_points_is_dropped_with_a_note(make_coco: MakeCoco
 
 # Ground truth that COCOeval scores: bad records of an evaluation split, with what pycocotools does with each.
 EVALUATION_CASES = {
-    "empty_segmentation": (_ann(2, segmentation=[]), "degenerate_polygon"),
-    "null_segmentation": (_ann(2, segmentation=None), "malformed_segmentation"),
-    "no_segmentation": ({k: v for k, v in _ann(2).items() if k != "segmentation"}, "malformed_segmentation"),
-    "unreadable_first_part": (_ann(2, segmentation=[[1, 1]]), "degenerate_polygon"),
-    "four_numbers": (_ann(2, segmentation=[[20, 10, 10, 10]]), "degenerate_polygon"),  # pycocotools fails
-    # pycocotools decodes any string: this one to an area of 4e9 pixels.
-    "garbage_rle": (
-        _ann(2, iscrowd=1, segmentation={"size": [28, 56], "counts": "!!!garbage"}),
+    "empty_segmentation": (coco_ann(2, segmentation=[]), "degenerate_polygon"),
+    "null_segmentation": (coco_ann(2, segmentation=None), "malformed_segmentation"),
+    "no_segmentation": (
+        {k: v for k, v in coco_ann(2).items() if k != "segmentation"},
         "malformed_segmentation",
     ),
-    "crowd_without_box": (_ann(2, iscrowd=1, bbox=None) | {"bbox": None}, "malformed_box"),
-    "iscrowd_not_0_or_1": (_ann(2, iscrowd="yes"), "malformed_annotation"),
+    "unreadable_first_part": (coco_ann(2, segmentation=[[1, 1]]), "degenerate_polygon"),
+    "four_numbers": (coco_ann(2, segmentation=[[20, 10, 10, 10]]), "degenerate_polygon"),  # pycocotools fails
+    # pycocotools decodes any string: this one to an area of 4e9 pixels.
+    "garbage_rle": (
+        coco_ann(2, iscrowd=1, segmentation={"size": [28, 56], "counts": "!!!garbage"}),
+        "malformed_segmentation",
+    ),
+    "crowd_without_box": (coco_ann(2, iscrowd=1, bbox=None) | {"bbox": None}, "malformed_box"),
+    "iscrowd_not_0_or_1": (coco_ann(2, iscrowd="yes"), "malformed_annotation"),
     # Mask AP would score a 0-1-unit polygon as a 1-pixel mask: near 0, with no word of why.
     "normalised_polygon": (
-        _ann(2, bbox=[20, 5, 20, 12], segmentation=[[0.36, 0.18, 0.71, 0.18, 0.71, 0.61, 0.36, 0.61]]),
+        coco_ann(2, bbox=[20, 5, 20, 12], segmentation=[[0.36, 0.18, 0.71, 0.18, 0.71, 0.61, 0.36, 0.61]]),
         "segmentation_box_mismatch",
     ),
 }
@@ -566,7 +541,7 @@ def test_evaluation_ground_truth_is_checked_as_cocoeval_reads_it(make_coco: Make
     """Found at construction, not at the first validation hours into a run; under skip the record also
     leaves the ground truth, so scoring runs."""
     bad, kind = EVALUATION_CASES[name]
-    root, ann_file = make_coco([GOOD_IMAGE], [_ann(1, area=48), bad | {"area": 48}])
+    root, ann_file = make_coco([GOOD_IMAGE], [coco_ann(1, area=48), bad | {"area": 48}])
     with pytest.raises(BadDataError, match="annotation id 2") as info:
         CocoDetection(root, ann_file, EvalTransform(56), evaluation="segm", on_bad_data="error")
     assert info.value.finding.kind == kind
@@ -582,7 +557,7 @@ def test_evaluation_ground_truth_is_checked_as_cocoeval_reads_it(make_coco: Make
 def test_annotation_id_0_is_scored_as_a_match(make_coco: MakeCoco) -> None:
     """COCOeval stores a match as the matched ground truth's id, so id 0 read as no match (labelme starts
     its annotation ids at 0): perfect detections scored AP 0.5 here before."""
-    anns = [_ann(0, bbox=[2, 2, 8, 6], area=48), _ann(1, bbox=[30, 10, 12, 12], area=144)]
+    anns = [coco_ann(0, bbox=[2, 2, 8, 6], area=48), coco_ann(1, bbox=[30, 10, 12, 12], area=144)]
     root, ann_file = make_coco([GOOD_IMAGE], anns)
     ds = CocoDetection(root, ann_file, EvalTransform(56), evaluation="bbox")
     assert 0 not in ds.coco.anns and len(ds.coco.anns) == 2
@@ -597,10 +572,12 @@ def test_annotation_id_0_is_scored_as_a_match(make_coco: MakeCoco) -> None:
 def test_evaluation_fills_missing_area_and_iscrowd_and_reads_segmentations_as_pycocotools_does(
     make_coco: MakeCoco,
 ) -> None:
-    no_area = {k: v for k, v in _ann(1).items() if k not in ("area", "iscrowd")}
+    no_area = {k: v for k, v in coco_ann(1).items() if k not in ("area", "iscrowd")}
     short_second = [[20, 10, 30, 10, 30, 20, 20, 20], [1, 1, 3, 3]]  # pycocotools reads it: kept as it is
-    as_read = _ann(2, bbox=[20, 10, 10, 10], segmentation=short_second, area=100)
-    two_parts = _ann(3, bbox=[40, 2, 8, 8], segmentation=[[40, 2], [40, 2, 48, 2, 48, 10, 40, 10]], area=64)
+    as_read = coco_ann(2, bbox=[20, 10, 10, 10], segmentation=short_second, area=100)
+    two_parts = coco_ann(
+        3, bbox=[40, 2, 8, 8], segmentation=[[40, 2], [40, 2, 48, 2, 48, 10, 40, 10]], area=64
+    )
     root, ann_file = make_coco([GOOD_IMAGE], [no_area, as_read, two_parts])
     ds = CocoDetection(root, ann_file, EvalTransform(56), evaluation="segm", on_bad_data="error")
     notes = {(f.kind, f.record) for f in ds.findings}
@@ -615,13 +592,13 @@ def test_evaluation_fills_missing_area_and_iscrowd_and_reads_segmentations_as_py
     assert ds.coco.anns[3]["segmentation"] == [[40, 2, 48, 2, 48, 10, 40, 10]]
     assert _score(ds, ("bbox", "segm"))["segm_AP"] > 0.3
     # Box AP reads no segmentation: an unreadable one is no error, and the area is the box's.
-    no_mask = {k: v for k, v in _ann(1, segmentation=[]).items() if k != "area"}
+    no_mask = {k: v for k, v in coco_ann(1, segmentation=[]).items() if k != "area"}
     root, ann_file = make_coco([GOOD_IMAGE], [no_mask])
     ds = CocoDetection(root, ann_file, EvalTransform(56), evaluation="bbox", on_bad_data="error")
     assert ds.coco.anns[1]["area"] == 48.0 and _score(ds, ("bbox",))["bbox_AP"] > 0.99
     garbage = {"size": [28, 56], "counts": "!!!garbage"}
     root, ann_file = make_coco(
-        [GOOD_IMAGE], [{k: v for k, v in _ann(1, segmentation=garbage).items() if k != "area"}]
+        [GOOD_IMAGE], [{k: v for k, v in coco_ann(1, segmentation=garbage).items() if k != "area"}]
     )
     ds = CocoDetection(root, ann_file, EvalTransform(56), evaluation="bbox", on_bad_data="error")
     assert ds.coco.anns[1]["area"] == 48.0, "the box's area, not the 4e9 pixels pycocotools decodes"
@@ -654,8 +631,12 @@ print("trained on", [target["image_id"] for _, target in samples], dict(fit.trai
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the memory cap reads /proc")
 def test_a_vertex_at_1e9_leaves_the_process_alive_and_named(make_coco: MakeCoco) -> None:
-    crowd = _ann(78, iscrowd=1, segmentation=[[2, 2, 10, 2, 1e9, 8, 2, 8]])  # evaluation reads crowd regions
-    root, ann_file = make_coco([GOOD_IMAGE], [_ann(1), _ann(77, segmentation=[[2, 2, 1e9, 2, 10, 8]]), crowd])
+    crowd = coco_ann(
+        78, iscrowd=1, segmentation=[[2, 2, 10, 2, 1e9, 8, 2, 8]]
+    )  # evaluation reads crowd regions
+    root, ann_file = make_coco(
+        [GOOD_IMAGE], [coco_ann(1), coco_ann(77, segmentation=[[2, 2, 1e9, 2, 10, 8]]), crowd]
+    )
     done = subprocess.run(
         [sys.executable, "-c", _UNDER_A_MEMORY_CAP, str(root), str(ann_file)],
         capture_output=True,
@@ -684,7 +665,7 @@ def test_far_coordinates_never_reach_pycocotools(
     monkeypatch.setattr(mask_utils, "frPyObjects", recording)  # what pycocotools' COCO.annToRLE calls too
     far = [[2, 2, 10, 2, 10, 8, 2, 8], [2, 2, 5e4, 8]]  # its 4-number part pycocotools reads as a box
     root, ann_file = make_coco(
-        [GOOD_IMAGE], [_ann(1), _ann(77, segmentation=far), _ann(78, iscrowd=1, segmentation=far)]
+        [GOOD_IMAGE], [coco_ann(1), coco_ann(77, segmentation=far), coco_ann(78, iscrowd=1, segmentation=far)]
     )
     for policy in ("error", "skip"):
         for evaluation, masks in ((None, True), ("segm", False)):
@@ -701,7 +682,9 @@ def test_far_coordinates_never_reach_pycocotools(
 def test_image_records_sharing_a_file_are_both_named(make_coco: MakeCoco) -> None:
     """Before, the one image was trained on and scored twice, each time with half its annotations."""
     shared = [BAD_IMAGE, BAD_IMAGE | {"id": 3, "file_name": "./b.png", "write": False}]
-    root, ann_file = make_coco([GOOD_IMAGE, *shared], [_ann(1), _ann(2, 2), _ann(3, 3, [30, 10, 8, 8])])
+    root, ann_file = make_coco(
+        [GOOD_IMAGE, *shared], [coco_ann(1), coco_ann(2, image_id=2), coco_ann(3, [30, 10, 8, 8], image_id=3)]
+    )
     also = r"b.png \(image id 2, .*\) is also the file of image id 3 \('./b.png'\)"
     with pytest.raises(BadDataError, match=also):
         CocoDetection(root, ann_file, EvalTransform(56), on_bad_data="error")
@@ -717,13 +700,15 @@ def test_an_image_outside_the_folder_is_read_only_when_allowed(make_coco: MakeCo
     elsewhere.parent.mkdir()
     _save_noise(elsewhere)
     record = BAD_IMAGE | {"file_name": str(elsewhere), "write": False}
-    root, ann_file = make_coco([GOOD_IMAGE, record], [_ann(1), _ann(2, 2)])
+    root, ann_file = make_coco([GOOD_IMAGE, record], [coco_ann(1), coco_ann(2, image_id=2)])
     with pytest.raises(BadDataError, match=r"lies outside the images folder .*allow_outside_images=true"):
         CocoDetection(root, ann_file, EvalTransform(56), on_bad_data="error")
     allowed = CocoDetection(root, ann_file, EvalTransform(56), allow_outside_images=True)
     assert [t["image_id"] for t in _load_all(allowed)] == [1, 2]
     (root / "link.png").symlink_to(elsewhere)  # a link inside the folder may point anywhere
-    root, ann_file = make_coco([GOOD_IMAGE, BAD_IMAGE | {"file_name": "link.png", "write": False}], [_ann(1)])
+    root, ann_file = make_coco(
+        [GOOD_IMAGE, BAD_IMAGE | {"file_name": "link.png", "write": False}], [coco_ann(1)]
+    )
     assert CocoDetection(root, ann_file, EvalTransform(56)).image_ids == [1, 2]
     paths = [str(root), str(ann_file)] * 2
     dm = CocoDataModule(*paths, image_size=56, num_workers=0, allow_outside_images=True)
@@ -733,8 +718,8 @@ def test_an_image_outside_the_folder_is_read_only_when_allowed(make_coco: MakeCo
 def test_too_many_objects_on_one_image_name_the_count_not_the_image_file(make_coco: MakeCoco) -> None:
     """100k annotations on one image ended in a MemoryError (a (100000, 1008, 1008) mask array) reported as
     the image file failing to load."""
-    crowded = [_ann(10 + i, 2, [2 + i, 2, 8, 6]) for i in range(3)]
-    root, ann_file = make_coco([GOOD_IMAGE, BAD_IMAGE], [_ann(1), *crowded])
+    crowded = [coco_ann(10 + i, [2 + i, 2, 8, 6], image_id=2) for i in range(3)]
+    root, ann_file = make_coco([GOOD_IMAGE, BAD_IMAGE], [coco_ann(1), *crowded])
     with pytest.raises(BadDataError) as info:
         CocoDetection(root, ann_file, TrainTransform(56), masks=True, max_objects_per_image=2)
     message = str(info.value)
@@ -756,16 +741,16 @@ def test_too_many_objects_on_one_image_name_the_count_not_the_image_file(make_co
 
 
 def test_an_image_whose_only_annotation_has_a_bad_iscrowd_is_no_negative(make_coco: MakeCoco) -> None:
-    root, ann_file = make_coco([GOOD_IMAGE, BAD_IMAGE], [_ann(1), _ann(2, 2, iscrowd="1")])
+    root, ann_file = make_coco([GOOD_IMAGE, BAD_IMAGE], [coco_ann(1), coco_ann(2, image_id=2, iscrowd="1")])
     ds = CocoDetection(root, ann_file, TrainTransform(56), on_bad_data="skip", keep_empty_images=True)
     assert ds.image_ids == [1] and ds.skipped == {"malformed_annotation": 1}
 
 
 def test_a_class_annotated_only_in_validation_is_noted(make_coco: MakeCoco, tmp_path: Path) -> None:
     """Its AP is 0 whatever the model does: said before training, not found in the results."""
-    root, train_file = make_coco([GOOD_IMAGE], [_ann(1, area=48)])
+    root, train_file = make_coco([GOOD_IMAGE], [coco_ann(1, area=48)])
     val = json.loads(train_file.read_text())
-    val["annotations"] += [_ann(i, category_id=2, bbox=[10 + 10 * i, 4, 8, 8], area=64) for i in (2, 3)]
+    val["annotations"] += [coco_ann(i, category_id=2, bbox=[10 + 10 * i, 4, 8, 8], area=64) for i in (2, 3)]
     val_file = _write_json(tmp_path / "val.json", json.dumps(val))
     dm = CocoDataModule(str(root), str(train_file), str(root), str(val_file), image_size=56, num_workers=0)
     report = check_data(dm)
@@ -1005,7 +990,14 @@ def _mixed_set(make_coco: MakeCoco) -> _Mixed:
     """Four bad records of different kinds (one found only by decoding) beside three good images."""
     good = [GOOD_IMAGE | {"id": i, "file_name": f"g{i}.png"} for i in (1, 3, 4)]
     images = [*good, BAD_IMAGE, BAD_IMAGE | {"id": 5, "file_name": "gone.png", "write": False}]
-    anns = [_ann(1), _ann(3, 3), _ann(4, 4), _ann(2, 2), _ann(77, bbox=[1, 1, 0, 0]), _ann(78, category_id=9)]
+    anns = [
+        coco_ann(1),
+        coco_ann(3, image_id=3),
+        coco_ann(4, image_id=4),
+        coco_ann(2, image_id=2),
+        coco_ann(77, bbox=[1, 1, 0, 0]),
+        coco_ann(78, category_id=9),
+    ]
     root, ann_file = make_coco(images, anns)
     _garbage(root)
     bad = {
@@ -1062,7 +1054,7 @@ def test_check_with_workers_finds_the_same(make_coco: MakeCoco) -> None:
 
 
 def test_a_split_left_empty_fails_under_skip(make_coco: MakeCoco) -> None:
-    root, ann_file = make_coco([BAD_IMAGE], [_ann(2, 2)])
+    root, ann_file = make_coco([BAD_IMAGE], [coco_ann(2, image_id=2)])
     _garbage(root)
     dm = CocoDataModule(
         str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0,
@@ -1099,7 +1091,9 @@ def test_report_caps_notes_but_lists_every_error(make_coco: MakeCoco) -> None:
     images = [GOOD_IMAGE] + [
         GOOD_IMAGE | {"id": i, "file_name": f"g{i}.png", "write": False} for i in (2, 3, 4)
     ]
-    root, ann_file = make_coco(images, [_ann(1), _ann(77, bbox=[1, 1, 0, 0]), _ann(78, bbox=[1, 1, 0, 0])])
+    root, ann_file = make_coco(
+        images, [coco_ann(1), coco_ann(77, bbox=[1, 1, 0, 0]), coco_ann(78, bbox=[1, 1, 0, 0])]
+    )
     for i in (2, 3, 4):
         _write_mode(root, f"g{i}.png", _noise(28, 56, 1))
     dm = CocoDataModule(str(root), str(ann_file), str(root), str(ann_file), image_size=56, num_workers=0)
@@ -1113,21 +1107,12 @@ def test_report_caps_notes_but_lists_every_error(make_coco: MakeCoco) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _first_error(loader: DataLoader) -> str:
-    iterator = iter(loader)
-    with pytest.raises(Exception) as info:  # noqa: PT011 - DataLoader re-raises in the main process
-        list(iterator)
-    message = str(info.value)
-    # Shut the worker down now, not at a later garbage collection (which waits for it).
-    iterator._shutdown_workers()
-    del info, iterator
-    return message
-
-
 def test_corrupt_image_in_a_worker_names_the_file(tmp_path: Path) -> None:
     images, labels = _seg_case(tmp_path, "truncated_image")
     dataset = _seg_dataset(images, labels, "error")
-    message = _first_error(DataLoader(dataset, batch_size=1, num_workers=1, collate_fn=collate_segmentation))
+    message = first_worker_error(
+        DataLoader(dataset, batch_size=1, num_workers=1, collate_fn=collate_segmentation)
+    )
     assert "bad.jpg cannot be decoded" in message and "BadDataError" in message
 
 
@@ -1142,10 +1127,12 @@ class _FailingTransform(EvalTransform):
 
 def test_transform_failure_names_the_file_in_a_worker_and_can_be_skipped(make_coco: MakeCoco) -> None:
     root, ann_file = make_coco(
-        [GOOD_IMAGE | {"width": 30}, BAD_IMAGE], [_ann(1, bbox=[2, 2, 8, 6]), _ann(2, 2)]
+        [GOOD_IMAGE | {"width": 30}, BAD_IMAGE], [coco_ann(1, bbox=[2, 2, 8, 6]), coco_ann(2, image_id=2)]
     )
     strict = CocoDetection(root, ann_file, _FailingTransform(56))
-    message = _first_error(DataLoader(strict, batch_size=1, num_workers=1, collate_fn=collate_detection))
+    message = first_worker_error(
+        DataLoader(strict, batch_size=1, num_workers=1, collate_fn=collate_detection)
+    )
     assert "b.png (image id 2) failed to load (RuntimeError: aspect ratio not supported)" in message
     lenient = CocoDetection(root, ann_file, _FailingTransform(56), on_bad_data="skip")
     assert [t["image_id"] for t in _load_all(lenient)] == [1, 1]

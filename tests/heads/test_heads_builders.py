@@ -4,6 +4,7 @@ from birder.layers import LayerNorm2d
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import box_iou
 
+from tests.helpers import assert_detections_within_their_images
 from vitdense.heads.anchor_generator import StrideAnchorGenerator
 from vitdense.heads.box_coder import DeviceBoxCoder
 from vitdense.heads.builders import FasterRCNN, MaskRCNN
@@ -89,18 +90,11 @@ def test_train_and_eval_step(fake_backbone, masks):
     with torch.no_grad():
         dets = model(images.float() / 255, sizes)
     assert len(dets) == 2
-    for det, (h, w) in zip(dets, sizes):
-        n = det["boxes"].shape[0]
-        assert det["boxes"].dtype == torch.float32 and det["boxes"].shape == (n, 4)
-        assert det["labels"].dtype == torch.int64 and det["labels"].shape == (n,)
-        assert det["scores"].shape == (n,)
-        if n:
-            assert det["labels"].min() >= 1 and det["labels"].max() <= 3
-            # Detections are clipped to the valid region, not the padded canvas.
-            assert det["boxes"][:, 2].max() <= w and det["boxes"][:, 3].max() <= h
+    assert_detections_within_their_images(dets, sizes, num_classes=3, mask_size=28 if masks else None)
+    for det in dets:
         if masks:
-            assert det["masks"].shape == (n, 1, 28, 28) and det["masks"].dtype == torch.float32
-            assert n == 0 or (det["masks"].min() >= 0 and det["masks"].max() <= 1)
+            assert det["masks"].dtype == torch.float32
+            assert det["masks"].numel() == 0 or (det["masks"].min() >= 0 and det["masks"].max() <= 1)
         else:
             assert "masks" not in det
 

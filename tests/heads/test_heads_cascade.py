@@ -9,6 +9,7 @@ import torch
 from birder.layers import LayerNorm2d
 from torch import nn
 
+from tests.helpers import assert_detections_within_their_images
 from vitdense.heads import cascade_roi_heads
 from vitdense.heads.box_coder import DeviceBoxCoder
 from vitdense.heads.builders import CascadeMaskRCNN, MaskRCNN, build_cascade_roi_heads
@@ -312,14 +313,7 @@ def test_train_and_eval_step(fake_backbone, autocast):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         detections = model(images.float() / 255, sizes)
     assert len(detections) == 2
-    for det, (h, w) in zip(detections, sizes):
-        n = det["boxes"].shape[0]
-        assert det["boxes"].dtype == torch.float32 and det["boxes"].shape == (n, 4)
-        assert det["labels"].dtype == torch.int64 and det["labels"].shape == (n,)
-        assert det["scores"].shape == (n,) and det["masks"].shape == (n, 1, 28, 28)
-        if n:
-            assert det["labels"].min() >= 1 and det["labels"].max() <= 3
-            assert det["boxes"][:, 2].max() <= w and det["boxes"][:, 3].max() <= h
+    assert_detections_within_their_images(detections, sizes, num_classes=3, mask_size=28)
 
 
 def _host_syncs():

@@ -1,12 +1,9 @@
-from collections.abc import Callable
-
 import pytest
 import torch
-import yaml
-from jsonargparse import ArgumentParser
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from tests.helpers import accuracy_after_overfitting_one_image, segmenter_from_recipe
 from tests.tiny import TINY_CONFIG
 from vitdense.heads.fcn_head import FCNHead
 from vitdense.heads.linear_head import LinearHead
@@ -102,8 +99,6 @@ def test_backbone_contracts_are_checked(tiny_pyramid, tiny_vit):
 
 def test_recipe_gives_a_callable_taking_num_classes():
     """A task's ``Callable[[int], Segmenter]`` argument is filled from a YAML recipe and called with K."""
-    parser = ArgumentParser()
-    parser.add_argument("--model", type=Callable[[int], Segmenter])
     recipe = f"""
     model:
       class_path: vitdense.heads.PyramidSegmenter
@@ -119,13 +114,12 @@ def test_recipe_gives_a_callable_taking_num_classes():
               class_path: vitdense.backbones.BirderBackbone
               init_args: {{config: {TINY_CONFIG}}}
     """
-    config = parser.parse_object(yaml.safe_load(recipe))
-    model = parser.instantiate(config).model(7)
+    model, _ = segmenter_from_recipe(recipe, num_classes=7)
     assert isinstance(model, PyramidSegmenter) and model.head.num_classes == 7 and model.aux_head is None
     assert isinstance(model.head.scale_heads["p2"][1], nn.BatchNorm2d)
     # The default norm is a named function, so a saved config (LightningCLI's config.yaml) can write it back.
-    default = parser.parse_object(yaml.safe_load(recipe.replace("norm_layer: torch.nn.BatchNorm2d", "")))
-    assert "norm_layer: vitdense.heads.group_norm_32" in parser.dump(default)
+    _, saved = segmenter_from_recipe(recipe.replace("norm_layer: torch.nn.BatchNorm2d", ""), num_classes=7)
+    assert "norm_layer: vitdense.heads.group_norm_32" in saved
 
 
 @pytest.mark.parametrize(
@@ -209,23 +203,9 @@ def test_slide_inference_checks_the_crop_size():
 
 def test_pyramid_segmenter_overfits_one_image(tiny_pyramid):
     """Three coloured regions; the model must learn them through the whole ViT + pyramid + heads stack."""
-    torch.manual_seed(0)
-    labels = torch.zeros(1, 112, 112, dtype=torch.int64)
-    labels[:, :, 56:] = 1
-    labels[:, 70:, 20:90] = 2
-    colours = torch.tensor([[0.9, 0.2, 0.2], [0.2, 0.8, 0.3], [0.2, 0.3, 0.9]])
-    images = colours[labels].permute(0, 3, 1, 2) + 0.05 * torch.randn(1, 3, 112, 112)
-    model = PyramidSegmenter(3, tiny_pyramid, channels=32, aux_channels=32).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(40):
-        outputs = model(images.clamp(0, 1))
-        loss = F.cross_entropy(outputs["out"], labels) + 0.4 * F.cross_entropy(outputs["aux"], labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    (logits,) = whole_inference(model, images.clamp(0, 1), [(112, 112)], [(112, 112)])
-    accuracy = (logits.argmax(0) == labels[0]).float().mean().item()
+    accuracy = accuracy_after_overfitting_one_image(
+        lambda: PyramidSegmenter(3, tiny_pyramid, channels=32, aux_channels=32)
+    )
     assert accuracy > 0.9, f"pixel accuracy {accuracy:.3f} after 40 steps"
 
 

@@ -1,19 +1,16 @@
 """UperNetSegmenter on the tiny ViT's four blocks through MultiBlockPyramid (the BEiT / MAE ADE20K model)."""
 
-from collections.abc import Callable
-
 import pytest
 import torch
-import yaml
-from jsonargparse import ArgumentParser
 from torch import nn
 from torch.nn import functional as F
 
+from tests.helpers import accuracy_after_overfitting_one_image, segmenter_from_recipe
 from tests.tiny import TINY_CONFIG, TINY_NETWORK
 from vitdense.backbones import BirderBackbone, MultiBlockPyramid
 from vitdense.heads.fcn_head import FCNHead
 from vitdense.heads.segmentation_inference import slide_inference, whole_inference
-from vitdense.heads.segmenter import Segmenter, UperNetSegmenter
+from vitdense.heads.segmenter import UperNetSegmenter
 from vitdense.heads.upernet_head import UperNetHead
 
 # 64 channels: GroupNorm(32) normalises the pooling's 1 x 1 map of one image over 2 channels per group.
@@ -70,8 +67,6 @@ def test_backbone_contracts_are_checked(four_block_pyramid):
 
 
 def test_recipe_gives_a_callable_taking_num_classes():
-    parser = ArgumentParser()
-    parser.add_argument("--model", type=Callable[[int], Segmenter])
     recipe = f"""
     model:
       class_path: vitdense.heads.UperNetSegmenter
@@ -86,34 +81,19 @@ def test_recipe_gives_a_callable_taking_num_classes():
               class_path: vitdense.backbones.BirderBackbone
               init_args: {{config: {FOUR_BLOCKS}, out_indices: [0, 1, 2, 3]}}
     """
-    config = yaml.safe_load(recipe)
-    model = parser.instantiate(parser.parse_object(config)).model(7)
+    model, saved = segmenter_from_recipe(recipe, num_classes=7)
     assert isinstance(model, UperNetSegmenter) and model.head.num_classes == 7
     assert model.aux_head.classifier.out_channels == 7
     assert [branch[0].output_size for branch in model.head.pyramid_pooling.branches] == [1, 3]
     assert model.backbone.strides == {"p2": 3.5, "p3": 7.0, "p4": 14.0, "p5": 28.0}
-    assert "norm_layer: vitdense.heads.group_norm_32" in parser.dump(parser.parse_object(config))
+    assert "norm_layer: vitdense.heads.group_norm_32" in saved
 
 
 def test_upernet_segmenter_overfits_one_image(four_block_pyramid):
     """Three coloured regions, learnt through the ViT's four blocks, the neck, UperNet and the FCN head."""
-    torch.manual_seed(0)
-    labels = torch.zeros(1, 112, 112, dtype=torch.int64)
-    labels[:, :, 56:] = 1
-    labels[:, 70:, 20:90] = 2
-    colours = torch.tensor([[0.9, 0.2, 0.2], [0.2, 0.8, 0.3], [0.2, 0.3, 0.9]])
-    images = (colours[labels].permute(0, 3, 1, 2) + 0.05 * torch.randn(1, 3, 112, 112)).clamp(0, 1)
-    model = UperNetSegmenter(3, four_block_pyramid, channels=CHANNELS, aux_channels=32).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(40):
-        outputs = model(images)
-        loss = F.cross_entropy(outputs["out"], labels) + 0.4 * F.cross_entropy(outputs["aux"], labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    (logits,) = whole_inference(model, images, [(112, 112)], [(112, 112)])
-    accuracy = (logits.argmax(0) == labels[0]).float().mean().item()
+    accuracy = accuracy_after_overfitting_one_image(
+        lambda: UperNetSegmenter(3, four_block_pyramid, channels=CHANNELS, aux_channels=32)
+    )
     assert accuracy > 0.9, f"pixel accuracy {accuracy:.3f} after 40 steps"
 
 

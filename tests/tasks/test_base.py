@@ -12,6 +12,7 @@ from lightning import Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch._dynamo.utils import counters
 
+from tests.helpers import QUIET_TRAINER
 from tests.tiny import TINY_CONFIG, TINY_NETWORK
 from vitdense.backbones import BirderBackbone, SimpleFeaturePyramid
 from vitdense.datamodules import ShapesDataModule, ShapesSegmentationDataModule
@@ -105,11 +106,9 @@ def test_the_segmenter_compiles_whole_and_whole_image_evaluation_runs_eager(aot_
         accelerator="cpu",
         max_steps=1,
         limit_val_batches=2,
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
+        **QUIET_TRAINER,
     )
     trainer.fit(task, data)
     assert task.compiled

@@ -9,21 +9,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from tests.full_disk import fill_disk_after
-from tests.tasks.test_latest_checkpoint import Linear
+from tests.helpers import Payload
+from tests.tasks.test_latest_checkpoint import Linear, checkpointing_trainer
 from vitdense.atomic_write import OutputWriteError
 from vitdense.checkpoint_trust import UntrustedCheckpointError
-from vitdense.tasks import LatestCheckpoint
 from vitdense.tasks.checkpoint_io import SafeCheckpointIO
-
-
-class Payload:
-    """Unpickled, it creates the file ``marker``: what a hostile checkpoint would run."""
-
-    def __init__(self, marker) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return open, (self.marker, "w")
 
 
 def test_a_full_disk_leaves_no_truncated_checkpoint_and_the_earlier_one_intact(tmp_path, monkeypatch):
@@ -40,15 +30,7 @@ def test_a_full_disk_leaves_no_truncated_checkpoint_and_the_earlier_one_intact(t
 
 def test_a_training_run_on_a_disk_that_fills_keeps_its_last_whole_state(tmp_path, monkeypatch):
     def fit(max_steps: int, ckpt_path: str | None = None) -> lightning.Trainer:
-        trainer = lightning.Trainer(
-            default_root_dir=tmp_path,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            max_steps=max_steps,
-            callbacks=[LatestCheckpoint(every_n_train_steps=2)],
-            plugins=[SafeCheckpointIO()],
-        )
+        trainer = checkpointing_trainer(tmp_path, max_steps, plugins=[SafeCheckpointIO()])
         data = DataLoader(TensorDataset(torch.randn(40, 2)), batch_size=2)
         trainer.fit(Linear(), data, ckpt_path=ckpt_path)
         return trainer

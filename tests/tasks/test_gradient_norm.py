@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins import MixedPrecision, Precision
 from torch.utils.data import DataLoader, TensorDataset
 
-from vitdense.cli import VitDenseCLI
+from tests.helpers import built_cli
 from vitdense.tasks.gradient_norm import GradientNormLogger
 
 # The CPU demos: the other recipes download pretrained weights when built.
@@ -140,13 +140,5 @@ def test_the_norm_is_computed_on_logging_steps_only(tmp_path, log_every_n_steps,
 @pytest.mark.parametrize("recipe", DEMO_RECIPES, ids=lambda path: path.stem)
 def test_the_cli_gives_every_run_the_logger(recipe, tmp_path):
     """The CLI adds it to every run, as its other default callbacks: no recipe lists it."""
-    cli = VitDenseCLI(
-        lightning.LightningModule,
-        lightning.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        run=False,
-        save_config_callback=None,
-        args=["--config", str(recipe), f"--trainer.default_root_dir={tmp_path}"],
-    )
+    cli = built_cli(["--config", str(recipe), f"--trainer.default_root_dir={tmp_path}"])
     assert sum(isinstance(callback, GradientNormLogger) for callback in cli.trainer.callbacks) == 1

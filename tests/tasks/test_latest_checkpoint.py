@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.helpers import QUIET_TRAINER
 from vitdense.tasks import LatestCheckpoint
 from vitdense.tasks.callbacks import MissingCheckpointError, resumable_checkpoints
 
@@ -47,15 +48,21 @@ class CountingLatest(LatestCheckpoint):
         super()._save_checkpoint(trainer, filepath)
 
 
+def checkpointing_trainer(root, max_steps: int, **trainer_args) -> lightning.Trainer:
+    """A quiet trainer in ``root`` that keeps its latest state every 2 steps."""
+    return lightning.Trainer(
+        default_root_dir=root,
+        max_steps=max_steps,
+        callbacks=[LatestCheckpoint(every_n_train_steps=2)],
+        **QUIET_TRAINER,
+        **trainer_args,
+    )
+
+
 def _fit(tmp_path, callbacks, **trainer_args) -> lightning.Trainer:
     data = DataLoader(TensorDataset(torch.randn(40, 2)), batch_size=2)  # 20 steps per epoch
     trainer = lightning.Trainer(
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        **trainer_args,
+        default_root_dir=tmp_path, callbacks=callbacks, **QUIET_TRAINER, **trainer_args
     )
     trainer.fit(Linear(), data)
     return trainer

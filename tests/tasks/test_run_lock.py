@@ -7,14 +7,12 @@ import subprocess
 import sys
 import textwrap
 
-import lightning
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from tests.tasks.test_latest_checkpoint import Linear
+from tests.tasks.test_latest_checkpoint import Linear, checkpointing_trainer
 from vitdense.atomic_write import OutputWriteError
-from vitdense.tasks import LatestCheckpoint
 from vitdense.tasks.run_lock import LOCK_NAME, FolderInUseError, RunLock
 
 
@@ -66,26 +64,15 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
     lock.release()
 
 
-def _trainer(root, max_steps: int) -> lightning.Trainer:
-    return lightning.Trainer(
-        default_root_dir=root,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        max_steps=max_steps,
-        callbacks=[LatestCheckpoint(every_n_train_steps=2)],
-    )
-
-
 def test_a_second_run_in_a_folder_in_use_stops_before_it_writes(tmp_path):
     data = DataLoader(TensorDataset(torch.randn(40, 2)), batch_size=2)
-    _trainer(tmp_path, max_steps=4).fit(Linear(), data)
+    checkpointing_trainer(tmp_path, max_steps=4).fit(Linear(), data)
     folder = tmp_path / "checkpoints"
     before = {path.name: path.read_bytes() for path in folder.glob("*.ckpt")}
     holder = _holder(folder)  # the first run, still training
     try:
         for ckpt_path in (None, "last"):  # a fresh run, and one that would resume
-            trainer = _trainer(tmp_path, max_steps=8)
+            trainer = checkpointing_trainer(tmp_path, max_steps=8)
             with pytest.raises(FolderInUseError, match=rf"{folder} is in use by another training run"):
                 trainer.fit(Linear(), data, ckpt_path=ckpt_path)
             assert trainer.global_step == 0
@@ -94,7 +81,7 @@ def test_a_second_run_in_a_folder_in_use_stops_before_it_writes(tmp_path):
         holder.wait()
     assert {path.name: path.read_bytes() for path in folder.glob("*.ckpt")} == before
     # Once it has stopped, a run goes on from where it left.
-    trainer = _trainer(tmp_path, max_steps=8)
+    trainer = checkpointing_trainer(tmp_path, max_steps=8)
     trainer.fit(Linear(), data, ckpt_path="last")
     assert trainer.global_step == 8 and sorted(path.name for path in folder.iterdir()) == [
         "last.ckpt",
@@ -104,7 +91,7 @@ def test_a_second_run_in_a_folder_in_use_stops_before_it_writes(tmp_path):
 
 def test_a_checkpoint_folder_that_is_a_file_stops_the_run_at_once(tmp_path):
     (tmp_path / "checkpoints").write_text("not a folder")
-    trainer = _trainer(tmp_path, max_steps=4)
+    trainer = checkpointing_trainer(tmp_path, max_steps=4)
     refused = rf"cannot write into {tmp_path / 'checkpoints'}: .* is a file"
     with pytest.raises(OutputWriteError, match=refused):
         trainer.fit(Linear(), DataLoader(TensorDataset(torch.randn(40, 2)), batch_size=2))
