@@ -28,6 +28,7 @@ from vitdense.datamodules.shapes import (
 __all__ = ["prepared_shapes_coco", "write_shapes_coco"]
 
 _VERSION = 1  # bump when the generator's output changes, so stale data sets are rewritten
+_STAMP = "shapes.json"  # in root/annotations
 
 
 def _uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
@@ -187,7 +188,7 @@ def write_shapes_coco(
         _write_split(root, split, n, image_size, np.random.default_rng([seed, offset]))
     # Written last: a stamp that matches means a complete data set with these parameters.
     stamp = _stamp(num_train, num_val, image_size, seed)
-    (root / "annotations" / "shapes.json").write_text(json.dumps(stamp))
+    (root / "annotations" / _STAMP).write_text(json.dumps(stamp))
     return _paths(root)
 
 
@@ -199,7 +200,7 @@ def prepared_shapes_coco(
     root = Path(root)
     paths = _paths(root)
     fresh = (
-        stamp_matches(root / "annotations" / "shapes.json", _stamp(num_train, num_val, image_size, seed))
+        stamp_matches(root / "annotations" / _STAMP, _stamp(num_train, num_val, image_size, seed))
         and paths["train_annotations"].is_file()
         and paths["val_annotations"].is_file()
     )
