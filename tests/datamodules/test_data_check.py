@@ -8,7 +8,6 @@ Images in unusual modes are notes: converted and used under both policies.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import subprocess
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from jsonargparse import ArgumentError, ArgumentParser
 from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader
@@ -1083,8 +1083,13 @@ def test_test_split_with_its_own_files_is_checked(make_coco: MakeCoco, tmp_path:
 
 @pytest.mark.parametrize("cls", [ShapesDataModule, ShapesSegmentationDataModule, ADE20KDataModule])
 def test_subclasses_pass_check_data_through(cls: type) -> None:
-    parameter = inspect.signature(cls).parameters["check_data"]
-    assert parameter.default is False and parameter.annotation in (bool, "bool")
+    # As the CLI reads the signature: ADE20KDataModule declares check_data through **kwargs to its parent.
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls)
+    assert parser.get_defaults().check_data is False
+    assert parser.parse_args(["--root=data", "--check_data=true"]).check_data is True
+    with pytest.raises(ArgumentError, match="check_data"):
+        parser.parse_args(["--root=data", "--check_data=3"])
 
 
 def test_report_caps_notes_but_lists_every_error(make_coco: MakeCoco) -> None:

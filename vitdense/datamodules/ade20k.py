@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from vitdense.datamodules.bad_data import OnBadData, Policy
-from vitdense.datamodules.segmentation import SegmentationFolderDataModule, pipeline_options
+from vitdense.datamodules.bad_data import Policy
+from vitdense.datamodules.segmentation import SegmentationFolderDataModule
 from vitdense.datamodules.segmentation_folder import SegmentationFolder
 
 __all__ = ["ADE20K_CLASSES", "ADE20KDataModule", "ade20k_split_folders", "find_ade20k"]
@@ -93,29 +94,24 @@ class ADE20KDataModule(SegmentationFolderDataModule):
             pipeline with a 518 = 37 x 14 crop).
     """
 
-    def __init__(
-        self,
-        root: str,
-        predict_images: str | None = None,
-        crop_size: int = 518,
-        scale: tuple[int, int] = (2048, 512),
-        ratio_range: tuple[float, float] = (0.5, 2.0),
-        cat_max_ratio: float = 0.75,
-        batch_size: int = 16,
-        eval_batch_size: int = 1,
-        num_workers: int = 4,
-        size_divisibility: int = 14,
-        on_bad_data: OnBadData = "error",
-        check_data: bool = False,
-    ) -> None:
+    def __init__(self, root: str, **kwargs: Any) -> None:
         base = find_ade20k(root)
+        folders = ade20k_split_folders(base)
+        # The split folders, classes and label mapping are ADE20K's, and test reads the validation split (the
+        # test server's labels are not public): named here, they are no arguments of this class.
         super().__init__(
-            **ade20k_split_folders(base),
+            train_images=folders["train_images"],
+            train_labels=folders["train_labels"],
+            val_images=folders["val_images"],
+            val_labels=folders["val_labels"],
             num_classes=len(ADE20K_CLASSES),
+            test_images=None,
+            test_labels=None,
             class_names=ADE20K_CLASSES,
             ignore_index=255,
             reduce_zero_label=True,
-            **pipeline_options(locals()),
+            predict_apply_exif=True,
+            **kwargs,
         )
         self.root = root
         self.base = base

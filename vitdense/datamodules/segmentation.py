@@ -50,8 +50,9 @@ PIPELINE_OPTIONS = (
 def pipeline_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """The pipeline and loading arguments of :class:`SegmentationFolderDataModule` among ``arguments``.
 
-    A DataModule on a fixed folder layout (ADE20K, the semantic shapes set) declares these in its own
-    signature, with its own defaults, and hands them on as they are: ``pipeline_options(locals())``.
+    A DataModule on a fixed folder layout with defaults of its own (the semantic shapes set) declares these in
+    its own signature and hands them on as they are: ``pipeline_options(locals())``. One with this class's
+    defaults (ADE20K) forwards ``**kwargs`` instead.
     """
     return {name: arguments[name] for name in PIPELINE_OPTIONS}
 
