@@ -34,14 +34,9 @@ from torch import Tensor, nn
 from torchvision.ops import boxes as box_ops
 
 from vitdense.heads.box_coder import DeviceBoxCoder
-from vitdense.heads.detection_postprocess import (
-    ImageSize,
-    clip_boxes,
-    detections_per_image,
-    mask_probabilities,
-)
+from vitdense.heads.detection_postprocess import ImageSize, clip_boxes
 from vitdense.heads.matcher import SyncFreeMatcher
-from vitdense.heads.roi_heads import mask_loss
+from vitdense.heads.roi_heads import MaskRCNNOutputs
 from vitdense.heads.sampler import SyncFreeSampler
 
 __all__ = [
@@ -241,7 +236,7 @@ def cascade_stage_loss(
     return classification, box
 
 
-class CascadeRoIHeads(nn.Module):
+class CascadeRoIHeads(MaskRCNNOutputs, nn.Module):
     """Cascade R-CNN box stages over one shared RoI pooler, with an optional Mask R-CNN branch.
 
     Drop-in for the RoI heads of :class:`RCNNDetector`: same call, same outputs, `has_mask()`.
@@ -328,13 +323,7 @@ class CascadeRoIHeads(nn.Module):
             positive = _indices_where([labels > 0 for labels in first.labels])
             mask_boxes = [p[i] for p, i in zip(first.proposals, positive)]
             gt_index = [m[i] for m, i in zip(first.matched_idxs, positive)]
-            losses["loss_mask"] = mask_loss(
-                self._mask_logits(features, mask_boxes, image_shapes),
-                mask_boxes,
-                [t["masks"] for t in targets],
-                [t["labels"] for t in targets],
-                gt_index,
-            )
+            losses["loss_mask"] = self._mask_loss(features, mask_boxes, gt_index, targets, image_shapes)
         return [], losses
 
     def forward_stages(
@@ -423,22 +412,4 @@ class CascadeRoIHeads(nn.Module):
         last = outputs[-1]
         boxes = self.stages[-1].decode(last.box_deltas, last.proposals, image_shapes)
         # The class-agnostic box stands for every class, as torchvision's post-processing of repeated boxes.
-        result = detections_per_image(
-            boxes,
-            scores.split([b.shape[0] for b in boxes]),
-            image_shapes,
-            score_thresh=self.score_thresh,
-            nms_thresh=self.nms_thresh,
-            detections_per_img=self.detections_per_img,
-        )
-        if self.has_mask():
-            mask_logits = self._mask_logits(features, [r["boxes"] for r in result], image_shapes)
-            probabilities = mask_probabilities(mask_logits, [r["labels"] for r in result])
-            for detection, masks in zip(result, probabilities):
-                detection["masks"] = masks
-        return result
-
-    def _mask_logits(
-        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[ImageSize]
-    ) -> Tensor:
-        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
+        return self._detections(features, boxes, scores.split([b.shape[0] for b in boxes]), image_shapes)

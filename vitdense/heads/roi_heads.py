@@ -7,15 +7,17 @@ canvas pixel up and left of where the features at the same bin show it, and the 
 by that much. Here the targets are cropped with ROIAlignV2 too, as in detectron2.
 """
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.ops import roi_align
 
 from vitdense.heads.detection_postprocess import ImageSize, detections_per_image, mask_probabilities
 
-__all__ = ["AlignedRoIHeads", "mask_loss", "mask_targets"]
+__all__ = ["AlignedRoIHeads", "MaskRCNNOutputs", "mask_loss", "mask_targets"]
 
 
 def mask_targets(gt_masks: Tensor, boxes: Tensor, gt_index: Tensor, size: int) -> Tensor:
@@ -65,7 +67,71 @@ def mask_loss(
     return F.binary_cross_entropy_with_logits(chosen, targets)
 
 
-class AlignedRoIHeads(RoIHeads):
+class MaskRCNNOutputs:
+    """What Mask R-CNN's heads and the cascade's do once their box stage has scored the RoIs: select each image's
+    detections, and run the mask branch on them (eval) or on the positive RoIs (training).
+
+    A mixin for `nn.Module` heads with `score_thresh`, `nms_thresh`, `detections_per_img`, a `has_mask()`
+    method and, when it is true, the modules `mask_roi_pool`, `mask_head` and `mask_predictor` (torchvision's
+    attributes, so that the state-dict keys stay torchvision's).
+    """
+
+    score_thresh: float
+    nms_thresh: float
+    detections_per_img: int
+    mask_roi_pool: nn.Module | None
+    mask_head: nn.Module | None
+    mask_predictor: nn.Module | None
+
+    def _detections(
+        self,
+        features: dict[str, Tensor],
+        boxes: Sequence[Tensor],
+        scores: Sequence[Tensor],
+        image_shapes: list[ImageSize],
+    ) -> list[dict[str, Tensor]]:
+        """Per image, :func:`detections_per_image` of (P_i, K + 1, 4) (or class-agnostic (P_i, 4)) xyxy boxes
+        and (P_i, K + 1) scores, with `masks` (N, 1, M, M) probabilities of their labels when the heads have a
+        mask branch."""
+        result = detections_per_image(
+            boxes,
+            scores,
+            image_shapes,
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img,
+        )
+        if self.has_mask():
+            mask_logits = self._mask_logits(features, [r["boxes"] for r in result], image_shapes)
+            probabilities = mask_probabilities(mask_logits, [r["labels"] for r in result])
+            for detection, masks in zip(result, probabilities):
+                detection["masks"] = masks
+        return result
+
+    def _mask_loss(
+        self,
+        features: dict[str, Tensor],
+        boxes: list[Tensor],
+        gt_index: list[Tensor],
+        targets: list[dict[str, Tensor]],
+        image_shapes: list[ImageSize],
+    ) -> Tensor:
+        """:func:`mask_loss` of the positive RoIs `boxes` (per image (P_i, 4)) matched to `gt_index`."""
+        return mask_loss(
+            self._mask_logits(features, boxes, image_shapes),
+            boxes,
+            [t["masks"] for t in targets],
+            [t["labels"] for t in targets],
+            gt_index,
+        )
+
+    def _mask_logits(
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[ImageSize]
+    ) -> Tensor:
+        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
+
+
+class AlignedRoIHeads(MaskRCNNOutputs, RoIHeads):
     """torchvision's `RoIHeads` (same constructor, same outputs) whose mask loss uses :func:`mask_targets`.
 
     Boxes and their losses are torchvision's own methods; the eval post-processing is
@@ -117,11 +183,7 @@ class AlignedRoIHeads(RoIHeads):
             positive = [torch.where(lab > 0)[0] for lab in labels]
             mask_boxes = [p[i] for p, i in zip(proposals, positive)]
             gt_index = [m[i] for m, i in zip(matched_idxs, positive)]
-            mask_logits = self._mask_logits(features, mask_boxes, image_shapes)
-            gt_masks = [t["masks"] for t in targets]
-            losses["loss_mask"] = mask_loss(
-                mask_logits, mask_boxes, gt_masks, [t["labels"] for t in targets], gt_index
-            )
+            losses["loss_mask"] = self._mask_loss(features, mask_boxes, gt_index, targets, image_shapes)
         return [], losses
 
     def _detect(
@@ -135,22 +197,4 @@ class AlignedRoIHeads(RoIHeads):
         boxes = self.box_coder.decode_single(box_regression, torch.cat(proposals)).unflatten(1, (-1, 4))
         scores = F.softmax(class_logits, -1)
         per_image = [p.shape[0] for p in proposals]
-        result = detections_per_image(
-            boxes.split(per_image),
-            scores.split(per_image),
-            image_shapes,
-            score_thresh=self.score_thresh,
-            nms_thresh=self.nms_thresh,
-            detections_per_img=self.detections_per_img,
-        )
-        if self.has_mask():
-            mask_logits = self._mask_logits(features, [r["boxes"] for r in result], image_shapes)
-            probabilities = mask_probabilities(mask_logits, [r["labels"] for r in result])
-            for detection, masks in zip(result, probabilities):
-                detection["masks"] = masks
-        return result
-
-    def _mask_logits(
-        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[ImageSize]
-    ) -> Tensor:
-        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
+        return self._detections(features, boxes.split(per_image), scores.split(per_image), image_shapes)
