@@ -17,7 +17,7 @@ from torchvision.ops import roi_align
 
 from vitdense.heads.detection_postprocess import ImageSize, detections_per_image, mask_probabilities
 
-__all__ = ["AlignedRoIHeads", "MaskRCNNOutputs", "mask_loss", "mask_targets"]
+__all__ = ["AlignedRoIHeads", "RoIHeadsMixin", "mask_loss", "mask_targets"]
 
 
 def mask_targets(gt_masks: Tensor, boxes: Tensor, gt_index: Tensor, size: int) -> Tensor:
@@ -67,13 +67,15 @@ def mask_loss(
     return F.binary_cross_entropy_with_logits(chosen, targets)
 
 
-class MaskRCNNOutputs:
-    """What Mask R-CNN's heads and the cascade's do once their box stage has scored the RoIs: select each image's
-    detections, and run the mask branch on them (eval) or on the positive RoIs (training).
+class RoIHeadsMixin:
+    """What Mask R-CNN's heads and the cascade's share around their box stages: the forward pass and its target
+    checks, the selection of each image's detections, and the mask branch, run on the detections (eval) or on
+    the positive RoIs (training).
 
     A mixin for `nn.Module` heads with `score_thresh`, `nms_thresh`, `detections_per_img`, a `has_mask()`
     method and, when it is true, the modules `mask_roi_pool`, `mask_head` and `mask_predictor` (torchvision's
-    attributes, so that the state-dict keys stay torchvision's).
+    attributes, so that the state-dict keys stay torchvision's). The heads define `_detect` (eval detections)
+    and `_losses` (training losses), both called by :meth:`forward` with its arguments.
     """
 
     score_thresh: float
@@ -82,6 +84,38 @@ class MaskRCNNOutputs:
     mask_roi_pool: nn.Module | None
     mask_head: nn.Module | None
     mask_predictor: nn.Module | None
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[ImageSize],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Detections (eval) or losses (training), as torchvision's `RoIHeads.forward`.
+
+        Args:
+            features: pyramid levels by name.
+            proposals: per image, (P_i, 4) float xyxy proposals, canvas pixels.
+            image_shapes: per image, (h, w) of the valid region (in eval also an int64 (2,) tensor).
+            targets: training only, per image `boxes` float (G_i, 4), int64 `labels` and, with masks, `masks`
+                (G_i, H, W).
+
+        Returns:
+            (detections, {}) in eval: per image `boxes` float (N, 4) xyxy canvas pixels, `labels` int64 (N,),
+            `scores` (N,) (and `masks` float (N, 1, M, M) probabilities); ([], losses) in training, the losses
+            the heads' class names.
+        """
+        if not self.training:
+            return self._detect(features, proposals, image_shapes), {}
+        if targets is None:
+            raise ValueError("targets are required in training mode")
+        for i, t in enumerate(targets):
+            if t["labels"].dtype != torch.int64:
+                raise TypeError(f"targets[{i}]['labels'] must be int64, got {t['labels'].dtype}")
+            if self.has_mask() and "masks" not in t:
+                raise ValueError(f"targets[{i}] has no 'masks'; the mask branch trains on (G, H, W) masks")
+        return [], self._losses(features, proposals, image_shapes, targets)
 
     def _detections(
         self,
@@ -131,7 +165,7 @@ class MaskRCNNOutputs:
         return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
 
 
-class AlignedRoIHeads(MaskRCNNOutputs, RoIHeads):
+class AlignedRoIHeads(RoIHeadsMixin, RoIHeads):
     """torchvision's `RoIHeads` (same constructor, same outputs) whose mask loss uses :func:`mask_targets`.
 
     Boxes and their losses are torchvision's own methods; the eval post-processing is
@@ -146,32 +180,15 @@ class AlignedRoIHeads(MaskRCNNOutputs, RoIHeads):
                 "AlignedRoIHeads has no keypoint branch; use torchvision's RoIHeads for keypoints"
             )
 
-    def forward(
+    def _losses(
         self,
         features: dict[str, Tensor],
         proposals: list[Tensor],
         image_shapes: list[ImageSize],
-        targets: list[dict[str, Tensor]] | None = None,
-    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        """Detections (eval) or losses (training), as torchvision's `RoIHeads.forward`.
-
-        Args:
-            features: pyramid levels by name.
-            proposals: per image, (P_i, 4) proposals, canvas pixels.
-            image_shapes: per image, (h, w) of the valid region (in eval also an int64 (2,) tensor).
-            targets: training only, per image `boxes`, int64 `labels` and, with masks, `masks` (G_i, H, W).
-
-        Returns:
-            (detections, {}) in eval: per image `boxes`, `labels`, `scores` (and `masks` (N, 1, M, M)
-            probabilities); ([], losses) in training: `loss_classifier`, `loss_box_reg` (and `loss_mask`).
-        """
-        if not self.training:
-            return self._detect(features, proposals, image_shapes), {}
-        if targets is None:
-            raise ValueError("targets are required in training mode")
-        for i, t in enumerate(targets):
-            if t["labels"].dtype != torch.int64:
-                raise TypeError(f"targets[{i}]['labels'] must be int64, got {t['labels'].dtype}")
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """`loss_classifier`, `loss_box_reg` (and `loss_mask`) of RoIs sampled from `proposals`; arguments as
+        :meth:`forward`."""
         proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
@@ -184,7 +201,7 @@ class AlignedRoIHeads(MaskRCNNOutputs, RoIHeads):
             mask_boxes = [p[i] for p, i in zip(proposals, positive)]
             gt_index = [m[i] for m, i in zip(matched_idxs, positive)]
             losses["loss_mask"] = self._mask_loss(features, mask_boxes, gt_index, targets, image_shapes)
-        return [], losses
+        return losses
 
     def _detect(
         self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[ImageSize]
