@@ -7,6 +7,7 @@ image by a scale factor and pads the batch to a canvas whose sides are multiples
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +18,9 @@ from torchvision.ops import boxes as box_ops
 
 from vitdense.heads.detection_postprocess import ImageSize, propose
 from vitdense.heads.mask_paste import paste_masks
+
+if TYPE_CHECKING:
+    from vitdense.export.detector_wrapper import DetectorForExport
 
 __all__ = ["RCNNDetector", "paste_detections"]
 
@@ -48,6 +52,13 @@ class RCNNDetector(nn.Module):
     def size_divisibility(self) -> int:
         """Canvas height and width must be multiples of this."""
         return int(self.backbone.size_divisibility)
+
+    def export_wrapper(self, image_size: tuple[int, int]) -> "DetectorForExport":
+        """This detector as a :class:`~vitdense.export.DetectorForExport` at ``image_size`` (H, W)."""
+        # Imported here: the wrapper's module imports this one.
+        from vitdense.export.detector_wrapper import DetectorForExport
+
+        return DetectorForExport(self, image_size)
 
     def _check_inputs(
         self, images: Tensor, image_sizes: list[tuple[int, int]], targets: list[dict[str, Tensor]] | None

@@ -7,6 +7,7 @@ running a model over images of any size are in :mod:`vitdense.heads.segmentation
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +17,9 @@ from vitdense.heads.fcn_head import FCNHead
 from vitdense.heads.linear_head import LinearHead
 from vitdense.heads.semantic_fpn_head import SemanticFPNHead, group_norm_32
 from vitdense.heads.upernet_head import UperNetHead
+
+if TYPE_CHECKING:
+    from vitdense.export.segmenter_wrapper import SegmenterForExport
 
 __all__ = ["LinearSegmenter", "PyramidSegmenter", "Segmenter", "UperNetSegmenter", "padded_size"]
 
@@ -84,6 +88,13 @@ class Segmenter(nn.Module):
     def size_divisibility(self) -> int:
         """Canvas height and width must be multiples of this (the backbone's)."""
         return int(self.backbone.size_divisibility)
+
+    def export_wrapper(self, image_size: tuple[int, int]) -> "SegmenterForExport":
+        """This segmenter as a :class:`~vitdense.export.SegmenterForExport` at ``image_size`` (H, W)."""
+        # Imported here: the wrapper's module imports this one.
+        from vitdense.export.segmenter_wrapper import SegmenterForExport
+
+        return SegmenterForExport(self, image_size)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """Per-pixel class logits.
