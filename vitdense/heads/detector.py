@@ -16,6 +16,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import boxes as box_ops
 
+from vitdense.heads.canvas_model import CanvasModel
 from vitdense.heads.detection_postprocess import ImageSize, propose
 from vitdense.heads.mask_paste import paste_masks
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["RCNNDetector", "paste_detections"]
 
 
-class RCNNDetector(nn.Module):
+class RCNNDetector(CanvasModel):
     """Backbone, region proposal network and RoI heads, wired as in torchvision's `GeneralizedRCNN`.
 
     Args:
@@ -38,20 +39,9 @@ class RCNNDetector(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, rpn: RegionProposalNetwork, roi_heads: RoIHeads) -> None:
-        super().__init__()
-        for attr in ("out_channels", "strides", "size_divisibility"):
-            if not hasattr(backbone, attr):
-                raise TypeError(
-                    f"backbone {type(backbone).__name__} lacks `{attr}`, which RCNNDetector needs"
-                )
-        self.backbone = backbone
+        super().__init__(backbone, ("out_channels", "strides", "size_divisibility"))
         self.rpn = rpn
         self.roi_heads = roi_heads
-
-    @property
-    def size_divisibility(self) -> int:
-        """Canvas height and width must be multiples of this."""
-        return int(self.backbone.size_divisibility)
 
     def export_wrapper(self, image_size: tuple[int, int]) -> "DetectorForExport":
         """This detector as a :class:`~vitdense.export.DetectorForExport` at ``image_size`` (H, W)."""
