@@ -153,3 +153,11 @@ def test_rejects_keypoints_and_float_labels(fake_backbone):
     targets[1]["labels"] = targets[1]["labels"].float()
     with pytest.raises(TypeError, match=r"targets\[1\]\['labels'\] must be int64"):
         ours(features, proposals, shapes, targets)
+
+
+def test_a_target_without_masks_is_named(fake_backbone):
+    ours, _ = _heads(fake_backbone, masks=True)
+    features, proposals, shapes, targets = _inputs(fake_backbone)
+    del targets[1]["masks"]
+    with pytest.raises(ValueError, match=r"targets\[1\] has no 'masks'"):
+        ours(features, proposals, shapes, targets)

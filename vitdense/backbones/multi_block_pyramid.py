@@ -1,25 +1,16 @@
 """BEiT / MAE's segmentation neck: one pyramid level from each of several blocks of a plain ViT."""
 
-import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
-from birder.layers import LayerNorm2d
 from torch import nn
 
 from vitdense.backbones.birder_backbone import BirderBackbone
 from vitdense.backbones.pyramid_strides import check_input_size, coarsest_stride
+from vitdense.backbones.scale_branch import channel_layer_norm, level_name, scale_branch
 
 __all__ = ["MultiBlockPyramid", "channel_layer_norm"]
-
-
-def channel_layer_norm(num_channels: int) -> LayerNorm2d:
-    """LayerNorm over the channels of every location (eps 1e-6), ViTDet's norm in the same x4 branch.
-
-    A named function so that a recipe can give it by import path and a saved config can write it back.
-    """
-    return LayerNorm2d(num_channels, eps=1e-6)
 
 
 class MultiBlockPyramid(nn.Module):
@@ -72,23 +63,8 @@ class MultiBlockPyramid(nn.Module):
         self.levels = nn.ModuleDict()
         strides: dict[str, float] = {}
         for scale in scale_factors:
-            if scale == 4.0:
-                resample: nn.Module = nn.Sequential(
-                    nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
-                    norm_layer(dim),
-                    nn.GELU(),
-                    nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
-                )
-            elif scale == 2.0:
-                resample = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
-            elif scale == 1.0:
-                resample = nn.Identity()
-            elif scale == 0.5:
-                resample = nn.MaxPool2d(kernel_size=2, stride=2)
-            else:
-                raise ValueError(f"Unsupported scale factor {scale}: use 4, 2, 1 or 0.5")
-            name = f"p{4 - int(math.log2(scale))}"
-            self.levels[name] = resample
+            name = level_name(scale)
+            self.levels[name], _ = scale_branch(scale, dim, norm_layer, halve_channels=False)
             strides[name] = vit.stride / scale
 
         self.strides: dict[str, float] = strides

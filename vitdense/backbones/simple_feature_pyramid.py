@@ -1,22 +1,21 @@
 """ViTDet's simple feature pyramid on the single stride-14 map of a plain ViT."""
 
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
-from birder.layers import LayerNorm2d
 from torch import nn
 from torch.nn import functional as F
 
 from vitdense.backbones.birder_backbone import BirderBackbone
 from vitdense.backbones.pyramid_strides import check_input_size, coarsest_stride
+from vitdense.backbones.scale_branch import channel_layer_norm, level_name, scale_branch
 
 
 def _conv_norm(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        LayerNorm2d(out_channels, eps=1e-6),
+        channel_layer_norm(out_channels),
     )
 
 
@@ -57,31 +56,12 @@ class SimpleFeaturePyramid(nn.Module):
         self.levels = nn.ModuleDict()
         strides: dict[str, float] = {}
         for scale in scale_factors:
-            level = 4 - int(math.log2(scale))
-            if scale == 4.0:
-                resample = nn.Sequential(
-                    nn.ConvTranspose2d(dim, dim // 2, kernel_size=2, stride=2),
-                    LayerNorm2d(dim // 2, eps=1e-6),
-                    nn.GELU(),
-                    nn.ConvTranspose2d(dim // 2, dim // 4, kernel_size=2, stride=2),
-                )
-                in_channels = dim // 4
-            elif scale == 2.0:
-                resample = nn.ConvTranspose2d(dim, dim // 2, kernel_size=2, stride=2)
-                in_channels = dim // 2
-            elif scale == 1.0:
-                resample = nn.Identity()
-                in_channels = dim
-            elif scale == 0.5:
-                resample = nn.MaxPool2d(kernel_size=2, stride=2)
-                in_channels = dim
-            else:
-                raise ValueError(f"Unsupported scale factor {scale}: use 4, 2, 1 or 0.5")
-
-            self.levels[f"p{level}"] = nn.Sequential(
+            name = level_name(scale)
+            resample, in_channels = scale_branch(scale, dim, channel_layer_norm, halve_channels=True)
+            self.levels[name] = nn.Sequential(
                 resample, _conv_norm(in_channels, out_channels, 1), _conv_norm(out_channels, out_channels, 3)
             )
-            strides[f"p{level}"] = vit.stride / scale
+            strides[name] = vit.stride / scale
 
         self.top_block = top_block
         if top_block:

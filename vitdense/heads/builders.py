@@ -273,8 +273,7 @@ class FasterRCNN(RCNNDetector):
     ``num_classes`` comes first so that a task can take ``Callable[[int], RCNNDetector]``: a YAML recipe gives
     the backbone and the knobs as init args and the datamodule's class count completes the call. For knobs not
     listed here, build the parts with :func:`build_rpn` / :func:`build_roi_heads` (or by hand) and pass them
-    to
-    :class:`RCNNDetector`.
+    to :class:`RCNNDetector`.
 
     Args:
         num_classes: foreground classes K (labels 1..K).
@@ -290,7 +289,10 @@ class FasterRCNN(RCNNDetector):
         detections_per_img: eval detections kept per image.
     """
 
-    with_masks = False
+    # The RoI heads wired from the arguments below; MaskRCNN and CascadeMaskRCNN put theirs on the same RPN.
+    roi_heads_builder: Callable[..., nn.Module] = staticmethod(
+        functools.partial(build_roi_heads, masks=False)
+    )
 
     def __init__(
         self,
@@ -307,10 +309,9 @@ class FasterRCNN(RCNNDetector):
         detections_per_img: int = 100,
     ) -> None:
         rpn = build_rpn(backbone, pre_nms_top_n=rpn_pre_nms_top_n, post_nms_top_n=rpn_post_nms_top_n)
-        roi_heads = build_roi_heads(
+        roi_heads = self.roi_heads_builder(
             backbone,
             num_classes,
-            masks=self.with_masks,
             head_dim=head_dim,
             fc_dim=fc_dim,
             batch_size_per_image=roi_batch_size_per_image,
@@ -327,10 +328,10 @@ class MaskRCNN(FasterRCNN):
     Eval detections also carry ``masks`` float (N, 1, 28, 28) probabilities. Arguments as :class:`FasterRCNN`.
     """
 
-    with_masks = True
+    roi_heads_builder = staticmethod(functools.partial(build_roi_heads, masks=True))
 
 
-class CascadeMaskRCNN(RCNNDetector):
+class CascadeMaskRCNN(FasterRCNN):
     """Cascade Mask R-CNN in the ViTDet configuration: :class:`MaskRCNN`'s RPN and mask branch, with three
     cascade box stages (IoU 0.5, 0.6, 0.7) in place of its box head; see :func:`build_cascade_roi_heads`.
 
@@ -338,29 +339,4 @@ class CascadeMaskRCNN(RCNNDetector):
     and ``loss_mask``. Eval detections as :class:`MaskRCNN`'s. Arguments as :class:`FasterRCNN`.
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        backbone: nn.Module,
-        *,
-        rpn_pre_nms_top_n: tuple[int, int] = (2000, 1000),
-        rpn_post_nms_top_n: tuple[int, int] = (1000, 1000),
-        roi_batch_size_per_image: int = 512,
-        head_dim: int = 256,
-        fc_dim: int = 1024,
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.5,
-        detections_per_img: int = 100,
-    ) -> None:
-        rpn = build_rpn(backbone, pre_nms_top_n=rpn_pre_nms_top_n, post_nms_top_n=rpn_post_nms_top_n)
-        roi_heads = build_cascade_roi_heads(
-            backbone,
-            num_classes,
-            head_dim=head_dim,
-            fc_dim=fc_dim,
-            batch_size_per_image=roi_batch_size_per_image,
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            detections_per_img=detections_per_img,
-        )
-        super().__init__(backbone, rpn, roi_heads)
+    roi_heads_builder = staticmethod(build_cascade_roi_heads)

@@ -34,14 +34,9 @@ from torch import Tensor, nn
 from torchvision.ops import boxes as box_ops
 
 from vitdense.heads.box_coder import DeviceBoxCoder
-from vitdense.heads.detection_postprocess import (
-    ImageSize,
-    clip_boxes,
-    detections_per_image,
-    mask_probabilities,
-)
+from vitdense.heads.detection_postprocess import ImageSize, clip_boxes
 from vitdense.heads.matcher import SyncFreeMatcher
-from vitdense.heads.roi_heads import mask_loss
+from vitdense.heads.roi_heads import RoIHeadsMixin
 from vitdense.heads.sampler import SyncFreeSampler
 
 __all__ = [
@@ -241,7 +236,7 @@ def cascade_stage_loss(
     return classification, box
 
 
-class CascadeRoIHeads(nn.Module):
+class CascadeRoIHeads(RoIHeadsMixin, nn.Module):
     """Cascade R-CNN box stages over one shared RoI pooler, with an optional Mask R-CNN branch.
 
     Drop-in for the RoI heads of :class:`RCNNDetector`: same call, same outputs, `has_mask()`.
@@ -291,30 +286,15 @@ class CascadeRoIHeads(nn.Module):
         """Whether the heads have a mask branch (and eval detections carry `masks`)."""
         return self.mask_roi_pool is not None
 
-    def forward(
+    def _losses(
         self,
         features: dict[str, Tensor],
         proposals: list[Tensor],
         image_shapes: list[ImageSize],
-        targets: list[dict[str, Tensor]] | None = None,
-    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        """Detections (eval) or losses (training), as `AlignedRoIHeads.forward`.
-
-        Args:
-            features: pyramid levels by name.
-            proposals: per image, (P_i, 4) float xyxy RPN proposals, canvas pixels.
-            image_shapes: per image, (h, w) of the valid region.
-            targets: training only, per image `boxes` float (G_i, 4), int64 `labels` and, with masks, `masks`
-                (G_i, H, W).
-
-        Returns:
-            (detections, {}) in eval: per image `boxes` float (N, 4) xyxy canvas pixels, `labels` int64 (N,),
-            `scores` (N,) (and `masks` float (N, 1, M, M) probabilities); ([], losses) in training:
-            `loss_classifier_stage{k}` and `loss_box_reg_stage{k}` for k = 0, 1, ... (and `loss_mask`).
-        """
-        if not self.training:
-            return self._detect(features, proposals, image_shapes), {}
-        self._check_targets(targets)
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """`loss_classifier_stage{k}` and `loss_box_reg_stage{k}` for k = 0, 1, ... (and `loss_mask`); arguments
+        as :meth:`forward`."""
         outputs = self.forward_stages(features, proposals, image_shapes, targets)
         losses = {}
         for k, out in enumerate(outputs):
@@ -328,14 +308,8 @@ class CascadeRoIHeads(nn.Module):
             positive = _indices_where([labels > 0 for labels in first.labels])
             mask_boxes = [p[i] for p, i in zip(first.proposals, positive)]
             gt_index = [m[i] for m, i in zip(first.matched_idxs, positive)]
-            losses["loss_mask"] = mask_loss(
-                self._mask_logits(features, mask_boxes, image_shapes),
-                mask_boxes,
-                [t["masks"] for t in targets],
-                [t["labels"] for t in targets],
-                gt_index,
-            )
-        return [], losses
+            losses["loss_mask"] = self._mask_loss(features, mask_boxes, gt_index, targets, image_shapes)
+        return losses
 
     def forward_stages(
         self,
@@ -379,15 +353,6 @@ class CascadeRoIHeads(nn.Module):
             )
         return outputs
 
-    def _check_targets(self, targets: list[dict[str, Tensor]] | None) -> None:
-        if targets is None:
-            raise ValueError("targets are required in training mode")
-        for i, t in enumerate(targets):
-            if t["labels"].dtype != torch.int64:
-                raise TypeError(f"targets[{i}]['labels'] must be int64, got {t['labels'].dtype}")
-            if self.has_mask() and "masks" not in t:
-                raise ValueError(f"targets[{i}] has no 'masks'; the mask branch trains on (G, H, W) masks")
-
     def _sample(
         self, proposals: list[Tensor], gt_boxes: list[Tensor], gt_labels: list[Tensor]
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -423,22 +388,4 @@ class CascadeRoIHeads(nn.Module):
         last = outputs[-1]
         boxes = self.stages[-1].decode(last.box_deltas, last.proposals, image_shapes)
         # The class-agnostic box stands for every class, as torchvision's post-processing of repeated boxes.
-        result = detections_per_image(
-            boxes,
-            scores.split([b.shape[0] for b in boxes]),
-            image_shapes,
-            score_thresh=self.score_thresh,
-            nms_thresh=self.nms_thresh,
-            detections_per_img=self.detections_per_img,
-        )
-        if self.has_mask():
-            mask_logits = self._mask_logits(features, [r["boxes"] for r in result], image_shapes)
-            probabilities = mask_probabilities(mask_logits, [r["labels"] for r in result])
-            for detection, masks in zip(result, probabilities):
-                detection["masks"] = masks
-        return result
-
-    def _mask_logits(
-        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[ImageSize]
-    ) -> Tensor:
-        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
+        return self._detections(features, boxes, scores.split([b.shape[0] for b in boxes]), image_shapes)

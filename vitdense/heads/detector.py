@@ -7,6 +7,7 @@ image by a scale factor and pads the batch to a canvas whose sides are multiples
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -15,13 +16,17 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import boxes as box_ops
 
+from vitdense.heads.canvas_model import CanvasModel
 from vitdense.heads.detection_postprocess import ImageSize, propose
 from vitdense.heads.mask_paste import paste_masks
+
+if TYPE_CHECKING:
+    from vitdense.export.detector_wrapper import DetectorForExport
 
 __all__ = ["RCNNDetector", "paste_detections"]
 
 
-class RCNNDetector(nn.Module):
+class RCNNDetector(CanvasModel):
     """Backbone, region proposal network and RoI heads, wired as in torchvision's `GeneralizedRCNN`.
 
     Args:
@@ -34,20 +39,16 @@ class RCNNDetector(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, rpn: RegionProposalNetwork, roi_heads: RoIHeads) -> None:
-        super().__init__()
-        for attr in ("out_channels", "strides", "size_divisibility"):
-            if not hasattr(backbone, attr):
-                raise TypeError(
-                    f"backbone {type(backbone).__name__} lacks `{attr}`, which RCNNDetector needs"
-                )
-        self.backbone = backbone
+        super().__init__(backbone, ("out_channels", "strides", "size_divisibility"))
         self.rpn = rpn
         self.roi_heads = roi_heads
 
-    @property
-    def size_divisibility(self) -> int:
-        """Canvas height and width must be multiples of this."""
-        return int(self.backbone.size_divisibility)
+    def export_wrapper(self, image_size: tuple[int, int]) -> "DetectorForExport":
+        """This detector as a :class:`~vitdense.export.DetectorForExport` at ``image_size`` (H, W)."""
+        # Imported here: the wrapper's module imports this one.
+        from vitdense.export.detector_wrapper import DetectorForExport
+
+        return DetectorForExport(self, image_size)
 
     def _check_inputs(
         self, images: Tensor, image_sizes: list[tuple[int, int]], targets: list[dict[str, Tensor]] | None

@@ -7,15 +7,17 @@ canvas pixel up and left of where the features at the same bin show it, and the 
 by that much. Here the targets are cropped with ROIAlignV2 too, as in detectron2.
 """
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.ops import roi_align
 
 from vitdense.heads.detection_postprocess import ImageSize, detections_per_image, mask_probabilities
 
-__all__ = ["AlignedRoIHeads", "mask_loss", "mask_targets"]
+__all__ = ["AlignedRoIHeads", "RoIHeadsMixin", "mask_loss", "mask_targets"]
 
 
 def mask_targets(gt_masks: Tensor, boxes: Tensor, gt_index: Tensor, size: int) -> Tensor:
@@ -65,7 +67,105 @@ def mask_loss(
     return F.binary_cross_entropy_with_logits(chosen, targets)
 
 
-class AlignedRoIHeads(RoIHeads):
+class RoIHeadsMixin:
+    """What Mask R-CNN's heads and the cascade's share around their box stages: the forward pass and its target
+    checks, the selection of each image's detections, and the mask branch, run on the detections (eval) or on
+    the positive RoIs (training).
+
+    A mixin for `nn.Module` heads with `score_thresh`, `nms_thresh`, `detections_per_img`, a `has_mask()`
+    method and, when it is true, the modules `mask_roi_pool`, `mask_head` and `mask_predictor` (torchvision's
+    attributes, so that the state-dict keys stay torchvision's). The heads define `_detect` (eval detections)
+    and `_losses` (training losses), both called by :meth:`forward` with its arguments.
+    """
+
+    score_thresh: float
+    nms_thresh: float
+    detections_per_img: int
+    mask_roi_pool: nn.Module | None
+    mask_head: nn.Module | None
+    mask_predictor: nn.Module | None
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[ImageSize],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Detections (eval) or losses (training), as torchvision's `RoIHeads.forward`.
+
+        Args:
+            features: pyramid levels by name.
+            proposals: per image, (P_i, 4) float xyxy proposals, canvas pixels.
+            image_shapes: per image, (h, w) of the valid region (in eval also an int64 (2,) tensor).
+            targets: training only, per image `boxes` float (G_i, 4), int64 `labels` and, with masks, `masks`
+                (G_i, H, W).
+
+        Returns:
+            (detections, {}) in eval: per image `boxes` float (N, 4) xyxy canvas pixels, `labels` int64 (N,),
+            `scores` (N,) (and `masks` float (N, 1, M, M) probabilities); ([], losses) in training, the losses
+            the heads' class names.
+        """
+        if not self.training:
+            return self._detect(features, proposals, image_shapes), {}
+        if targets is None:
+            raise ValueError("targets are required in training mode")
+        for i, t in enumerate(targets):
+            if t["labels"].dtype != torch.int64:
+                raise TypeError(f"targets[{i}]['labels'] must be int64, got {t['labels'].dtype}")
+            if self.has_mask() and "masks" not in t:
+                raise ValueError(f"targets[{i}] has no 'masks'; the mask branch trains on (G, H, W) masks")
+        return [], self._losses(features, proposals, image_shapes, targets)
+
+    def _detections(
+        self,
+        features: dict[str, Tensor],
+        boxes: Sequence[Tensor],
+        scores: Sequence[Tensor],
+        image_shapes: list[ImageSize],
+    ) -> list[dict[str, Tensor]]:
+        """Per image, :func:`detections_per_image` of (P_i, K + 1, 4) (or class-agnostic (P_i, 4)) xyxy boxes
+        and (P_i, K + 1) scores, with `masks` (N, 1, M, M) probabilities of their labels when the heads have a
+        mask branch."""
+        result = detections_per_image(
+            boxes,
+            scores,
+            image_shapes,
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img,
+        )
+        if self.has_mask():
+            mask_logits = self._mask_logits(features, [r["boxes"] for r in result], image_shapes)
+            probabilities = mask_probabilities(mask_logits, [r["labels"] for r in result])
+            for detection, masks in zip(result, probabilities):
+                detection["masks"] = masks
+        return result
+
+    def _mask_loss(
+        self,
+        features: dict[str, Tensor],
+        boxes: list[Tensor],
+        gt_index: list[Tensor],
+        targets: list[dict[str, Tensor]],
+        image_shapes: list[ImageSize],
+    ) -> Tensor:
+        """:func:`mask_loss` of the positive RoIs `boxes` (per image (P_i, 4)) matched to `gt_index`."""
+        return mask_loss(
+            self._mask_logits(features, boxes, image_shapes),
+            boxes,
+            [t["masks"] for t in targets],
+            [t["labels"] for t in targets],
+            gt_index,
+        )
+
+    def _mask_logits(
+        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[ImageSize]
+    ) -> Tensor:
+        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
+
+
+class AlignedRoIHeads(RoIHeadsMixin, RoIHeads):
     """torchvision's `RoIHeads` (same constructor, same outputs) whose mask loss uses :func:`mask_targets`.
 
     Boxes and their losses are torchvision's own methods; the eval post-processing is
@@ -80,32 +180,15 @@ class AlignedRoIHeads(RoIHeads):
                 "AlignedRoIHeads has no keypoint branch; use torchvision's RoIHeads for keypoints"
             )
 
-    def forward(
+    def _losses(
         self,
         features: dict[str, Tensor],
         proposals: list[Tensor],
         image_shapes: list[ImageSize],
-        targets: list[dict[str, Tensor]] | None = None,
-    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        """Detections (eval) or losses (training), as torchvision's `RoIHeads.forward`.
-
-        Args:
-            features: pyramid levels by name.
-            proposals: per image, (P_i, 4) proposals, canvas pixels.
-            image_shapes: per image, (h, w) of the valid region (in eval also an int64 (2,) tensor).
-            targets: training only, per image `boxes`, int64 `labels` and, with masks, `masks` (G_i, H, W).
-
-        Returns:
-            (detections, {}) in eval: per image `boxes`, `labels`, `scores` (and `masks` (N, 1, M, M)
-            probabilities); ([], losses) in training: `loss_classifier`, `loss_box_reg` (and `loss_mask`).
-        """
-        if not self.training:
-            return self._detect(features, proposals, image_shapes), {}
-        if targets is None:
-            raise ValueError("targets are required in training mode")
-        for i, t in enumerate(targets):
-            if t["labels"].dtype != torch.int64:
-                raise TypeError(f"targets[{i}]['labels'] must be int64, got {t['labels'].dtype}")
+        targets: list[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """`loss_classifier`, `loss_box_reg` (and `loss_mask`) of RoIs sampled from `proposals`; arguments as
+        :meth:`forward`."""
         proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
@@ -117,12 +200,8 @@ class AlignedRoIHeads(RoIHeads):
             positive = [torch.where(lab > 0)[0] for lab in labels]
             mask_boxes = [p[i] for p, i in zip(proposals, positive)]
             gt_index = [m[i] for m, i in zip(matched_idxs, positive)]
-            mask_logits = self._mask_logits(features, mask_boxes, image_shapes)
-            gt_masks = [t["masks"] for t in targets]
-            losses["loss_mask"] = mask_loss(
-                mask_logits, mask_boxes, gt_masks, [t["labels"] for t in targets], gt_index
-            )
-        return [], losses
+            losses["loss_mask"] = self._mask_loss(features, mask_boxes, gt_index, targets, image_shapes)
+        return losses
 
     def _detect(
         self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[ImageSize]
@@ -135,22 +214,4 @@ class AlignedRoIHeads(RoIHeads):
         boxes = self.box_coder.decode_single(box_regression, torch.cat(proposals)).unflatten(1, (-1, 4))
         scores = F.softmax(class_logits, -1)
         per_image = [p.shape[0] for p in proposals]
-        result = detections_per_image(
-            boxes.split(per_image),
-            scores.split(per_image),
-            image_shapes,
-            score_thresh=self.score_thresh,
-            nms_thresh=self.nms_thresh,
-            detections_per_img=self.detections_per_img,
-        )
-        if self.has_mask():
-            mask_logits = self._mask_logits(features, [r["boxes"] for r in result], image_shapes)
-            probabilities = mask_probabilities(mask_logits, [r["labels"] for r in result])
-            for detection, masks in zip(result, probabilities):
-                detection["masks"] = masks
-        return result
-
-    def _mask_logits(
-        self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[ImageSize]
-    ) -> Tensor:
-        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
+        return self._detections(features, boxes.split(per_image), scores.split(per_image), image_shapes)

@@ -7,23 +7,23 @@ running a model over images of any size are in :mod:`vitdense.heads.segmentation
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from vitdense.heads.backbone_contract import require_attributes
+from vitdense.heads.canvas_model import CanvasModel
 from vitdense.heads.fcn_head import FCNHead
 from vitdense.heads.linear_head import LinearHead
 from vitdense.heads.semantic_fpn_head import SemanticFPNHead, group_norm_32
 from vitdense.heads.upernet_head import UperNetHead
 
+if TYPE_CHECKING:
+    from vitdense.export.segmenter_wrapper import SegmenterForExport
+
 __all__ = ["LinearSegmenter", "PyramidSegmenter", "Segmenter", "UperNetSegmenter", "padded_size"]
-
-
-def _require(backbone: nn.Module, model: str, attrs: Sequence[str]) -> None:
-    for attr in attrs:
-        if not hasattr(backbone, attr):
-            raise TypeError(f"backbone {type(backbone).__name__} lacks `{attr}`, which {model} needs")
 
 
 def padded_size(size: int, divisor: int) -> int:
@@ -56,7 +56,7 @@ def _fcn_aux_head(
     )
 
 
-class Segmenter(nn.Module):
+class Segmenter(CanvasModel):
     """A backbone, a decode head and an optional auxiliary head, with logits returned at the input size.
 
     Follows torchvision's segmentation models: the output dict has ``"out"`` and, in training mode when there
@@ -74,16 +74,16 @@ class Segmenter(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: nn.Module | None = None) -> None:
-        super().__init__()
-        _require(backbone, type(self).__name__, ("size_divisibility",))
-        self.backbone = backbone
+        super().__init__(backbone, ("size_divisibility",))
         self.head = head
         self.aux_head = aux_head
 
-    @property
-    def size_divisibility(self) -> int:
-        """Canvas height and width must be multiples of this (the backbone's)."""
-        return int(self.backbone.size_divisibility)
+    def export_wrapper(self, image_size: tuple[int, int]) -> "SegmenterForExport":
+        """This segmenter as a :class:`~vitdense.export.SegmenterForExport` at ``image_size`` (H, W)."""
+        # Imported here: the wrapper's module imports this one.
+        from vitdense.export.segmenter_wrapper import SegmenterForExport
+
+        return SegmenterForExport(self, image_size)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """Per-pixel class logits.
@@ -158,7 +158,7 @@ class PyramidSegmenter(Segmenter):
         aux_channels: int | None = 256,
         aux_feature: str = "p4",
     ) -> None:
-        _require(backbone, type(self).__name__, ("out_channels", "strides", "size_divisibility"))
+        require_attributes(backbone, type(self).__name__, ("out_channels", "strides", "size_divisibility"))
         head = SemanticFPNHead(
             num_classes,
             backbone.out_channels,
@@ -210,7 +210,7 @@ class UperNetSegmenter(Segmenter):
         aux_channels: int | None = 256,
         aux_feature: str = "p4",
     ) -> None:
-        _require(backbone, type(self).__name__, ("out_channels", "strides", "size_divisibility"))
+        require_attributes(backbone, type(self).__name__, ("out_channels", "strides", "size_divisibility"))
         head = UperNetHead(
             num_classes,
             backbone.out_channels,
@@ -240,7 +240,7 @@ class LinearSegmenter(Segmenter):
     """
 
     def __init__(self, num_classes: int, backbone: nn.Module, *, dropout: float = 0.0) -> None:
-        _require(backbone, type(self).__name__, ("out_channels", "size_divisibility"))
+        require_attributes(backbone, type(self).__name__, ("out_channels", "size_divisibility"))
         if hasattr(backbone, "strides"):
             raise TypeError(
                 f"LinearSegmenter reads one map, but {type(backbone).__name__} declares pyramid levels "

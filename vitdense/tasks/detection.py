@@ -323,8 +323,5 @@ class DetectionTask(VitDenseTask):
         return ExportInputs(size, image, tuple(target["image_size"]))
 
     def export_wrapper(self, image_size: tuple[int, int]) -> nn.Module:
-        """A :class:`~vitdense.export.DetectorForExport` of the detector."""
-        # Imported here: vitdense.export imports the tasks' base, to ask a task for its wrapper.
-        from vitdense.export import DetectorForExport
-
-        return DetectorForExport(self.model, image_size)
+        """The detector's own :class:`~vitdense.export.DetectorForExport`."""
+        return self.model.export_wrapper(image_size)
