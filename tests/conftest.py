@@ -43,7 +43,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         else:
             group = mark.args[0] if mark.args else mark.kwargs["name"]
         groups.setdefault(group, []).append(item)
-    ordered = sorted(groups.values(), key=lambda group: -sum(bool(item.get_closest_marker("slow")) for item in group))
+    def slow_tests(group: list[pytest.Item]) -> int:
+        return sum(item.get_closest_marker("slow") is not None for item in group)
+
+    ordered = sorted(groups.values(), key=slow_tests, reverse=True)
     items[:] = [item for group in ordered for item in group]
 
 

@@ -63,7 +63,8 @@ def built_cli(args: list[str]) -> VitDenseCLI:
 
 def segmenter_from_recipe(recipe: str, num_classes: int) -> tuple[Segmenter, str]:
     """The ``model`` of a YAML recipe, filled in as a task's ``Callable[[int], Segmenter]`` argument and
-    called with ``num_classes``, and the parsed recipe as a saved config (LightningCLI's config.yaml) writes it.
+    called with ``num_classes``, and the parsed recipe as a saved config (LightningCLI's config.yaml)
+    writes it.
     """
     parser = ArgumentParser()
     parser.add_argument("--model", type=Callable[[int], Segmenter])

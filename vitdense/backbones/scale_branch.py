@@ -1,4 +1,4 @@
-"""The branch that takes a ViT's patch map to one pyramid level: resampled by 4, 2, 1 or 0.5 (ViTDet, BEiT)."""
+"""The branch that takes a ViT's patch map to one pyramid level, resampled by 4, 2, 1 or 0.5 (ViTDet)."""
 
 import math
 from collections.abc import Callable
@@ -18,7 +18,8 @@ def channel_layer_norm(num_channels: int) -> LayerNorm2d:
 
 
 def level_name(scale: float) -> str:
-    """ViTDet's name of the level at ``scale`` times the ViT map's resolution: ``p2`` (x4) ... ``p5`` (x0.5)."""
+    """ViTDet's name of the level at ``scale`` times the ViT map's resolution: ``p2`` (x4) ... ``p5``
+    (x0.5)."""
     return f"p{4 - int(math.log2(scale))}"
 
 

@@ -55,6 +55,6 @@ def textured_background(
 
 
 def stamp_matches(stamp_file: Path, stamp: dict[str, Any]) -> bool:
-    """Whether ``stamp_file`` holds ``stamp``: a writer writes its stamp last, so a matching one marks a complete
-    data set written with these parameters."""
+    """Whether ``stamp_file`` holds ``stamp``: a writer writes its stamp last, so a matching one marks a
+    complete data set written with these parameters."""
     return stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp

@@ -1,4 +1,4 @@
-"""The semantic segmentation set of coloured shapes (:mod:`~vitdense.datamodules.shapes`), for demos and tests.
+"""The semantic segmentation set of coloured shapes (:mod:`~vitdense.datamodules.shapes`): demos, tests.
 
 The same shapes and colours in the ADEChallengeData2016 layout, with label PNGs where 0 is background
 ("other" in ADE20K terms) and 1..4 the shapes.

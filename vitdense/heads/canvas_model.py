@@ -1,4 +1,4 @@
-"""What a detector and a segmenter share: a backbone checked for its contract, and the canvas size it needs."""
+"""What a detector and a segmenter share: a backbone checked for its contract and the canvas size it needs."""
 
 from collections.abc import Sequence
 

@@ -293,8 +293,8 @@ class CascadeRoIHeads(RoIHeadsMixin, nn.Module):
         image_shapes: list[ImageSize],
         targets: list[dict[str, Tensor]],
     ) -> dict[str, Tensor]:
-        """`loss_classifier_stage{k}` and `loss_box_reg_stage{k}` for k = 0, 1, ... (and `loss_mask`); arguments
-        as :meth:`forward`."""
+        """`loss_classifier_stage{k}` and `loss_box_reg_stage{k}` for k = 0, 1, ... (and `loss_mask`);
+        arguments as :meth:`forward`."""
         outputs = self.forward_stages(features, proposals, image_shapes, targets)
         losses = {}
         for k, out in enumerate(outputs):

@@ -68,9 +68,9 @@ def mask_loss(
 
 
 class RoIHeadsMixin:
-    """What Mask R-CNN's heads and the cascade's share around their box stages: the forward pass and its target
-    checks, the selection of each image's detections, and the mask branch, run on the detections (eval) or on
-    the positive RoIs (training).
+    """What Mask R-CNN's heads and the cascade's share around their box stages: the forward pass and its
+    target checks, the selection of each image's detections, and the mask branch, run on the detections
+    (eval) or on the positive RoIs (training).
 
     A mixin for `nn.Module` heads with `score_thresh`, `nms_thresh`, `detections_per_img`, a `has_mask()`
     method and, when it is true, the modules `mask_roi_pool`, `mask_head` and `mask_predictor` (torchvision's
