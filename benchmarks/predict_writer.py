@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help="a PredictionWriter option for the overlays run, e.g. overlay_format='\"jpeg\"'",
+        help="a PredictionWriter option for the overlays run, e.g. overlay_format='\"png\"'",
     )
     parser.add_argument("--out", type=Path, help="where to write (default: a temporary folder, removed)")
     parser.add_argument("--stages", action="store_true", help="each stage's CPU time on one image instead")
