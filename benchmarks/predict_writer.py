@@ -14,11 +14,18 @@ The model is simulated, so that the writer's cost is what differs between rows:
 - ``--model wait`` sleeps ``--model_ms``: the main process of a GPU run, waiting for the device.
 
 Printed: one JSON line per run (``overlays`` off, then on): ``model_ms`` (per image, the model's steps),
-``writer_ms`` (per image, the writer's calls in the main process, the final drain included) and
-``total_ms`` (wall time per image); then the ratio of the two runs' totals.
+``writer_ms`` (per image, the writer's calls in the main process, the final drain included), ``total_ms``
+(wall time per image), ``cpu_ms`` (the process's CPU time per image, all threads: what the run costs a
+shared machine) and ``writer_main_cpu_ms`` (the main thread's CPU time in the writer's calls per image);
+then the ratio of the two runs' totals. Wall times depend on the machine's load; CPU times much less.
+
+``--stages`` prints instead the CPU time of each stage of one image's outputs, one at a time: the JSON record
+(in the main thread), reading the image again, drawing without and with the masks, and saving as PNG and
+as JPEG.
 
     python benchmarks/predict_writer.py                          # 50 images of 1 MP, 100 detections
     python benchmarks/predict_writer.py --model wait --model_ms 23
+    python benchmarks/predict_writer.py --stages
     python benchmarks/predict_writer.py --tiny                   # 3 small images, for the tests
 """
 
@@ -36,7 +43,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from vitdense.tasks.prediction_writer import PredictionWriter
+from vitdense.datamodules.predict_images import as_rgb_array
+from vitdense.tasks.overlay_drawing import detection_overlay
+from vitdense.tasks.overlay_writer import save_overlay
+from vitdense.tasks.prediction_writer import PredictionWriter, detection_record
 
 CLASS_NAMES = [f"class_{index}" for index in range(80)]
 CATEGORY_IDS = list(range(1, 81))
@@ -128,26 +138,63 @@ def run(
     module.finish_predictions = lambda files, records, written: files.write_predictions_json(module, records)
     writer.setup(trainer, module, "predict")
     writer.on_predict_epoch_start(trainer, module)
-    model_s = writer_s = 0.0
-    start = time.perf_counter()
+    model_s = writer_s = writer_cpu_s = 0.0
+    start, cpu_start = time.perf_counter(), time.process_time()
     for index, file in enumerate(files):
         tick = time.perf_counter()
         model()
         output = {**detections, "file_name": str(file), "image_id": index, "orig_size": (height, width)}
-        tock = time.perf_counter()
+        tock, thread_tock = time.perf_counter(), time.thread_time()
         writer.write_on_batch_end(trainer, module, [output], [index], None, index, 0)
         model_s += tock - tick
         writer_s += time.perf_counter() - tock
-    tick = time.perf_counter()
+        writer_cpu_s += time.thread_time() - thread_tock
+    tick, thread_tick = time.perf_counter(), time.thread_time()
     writer.on_predict_epoch_end(trainer, module)
     writer_s += time.perf_counter() - tick
-    total_s = time.perf_counter() - start
+    writer_cpu_s += time.thread_time() - thread_tick
+    total_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    per_image = {
+        "model": model_s,
+        "writer": writer_s,
+        "total": total_s,
+        "cpu": cpu_s,
+        "writer_main_cpu": writer_cpu_s,
+    }
     return {
         "images": len(files),
-        "model_ms": round(1000 * model_s / len(files), 1),
-        "writer_ms": round(1000 * writer_s / len(files), 1),
-        "total_ms": round(1000 * total_s / len(files), 1),
+        **{f"{name}_ms": round(1000 * s / len(files), 1) for name, s in per_image.items()},
     }
+
+
+def stages(file: Path, detections: dict[str, torch.Tensor], out: Path, repeats: int = 5) -> dict[str, float]:
+    """CPU milliseconds (all threads) of each stage of ``file``'s outputs, one at a time, the mean of
+    ``repeats`` runs after one to warm up: the JSON record (the main thread's part), then the overlay's parts."""
+    height, width = detections["masks"].shape[-2:]
+    output = {**detections, "file_name": str(file), "orig_size": (height, width)}
+    names = dict(zip(CATEGORY_IDS, CLASS_NAMES))
+    boxes, labels, scores = detections["boxes"], detections["labels"], detections["scores"]  # ids = labels
+    pixels = as_rgb_array(file)
+    drawn = detection_overlay(pixels, boxes, labels, scores, CLASS_NAMES, masks=detections["masks"])
+    out.mkdir(parents=True, exist_ok=True)
+    steps = {
+        "json_record": lambda: detection_record(output, names),
+        "read_image": lambda: as_rgb_array(file),
+        "draw_boxes_captions": lambda: detection_overlay(pixels, boxes, labels, scores, CLASS_NAMES),
+        "draw_all": lambda: detection_overlay(
+            pixels, boxes, labels, scores, CLASS_NAMES, masks=detections["masks"]
+        ),
+        "save_png": lambda: save_overlay(drawn, out / "overlay.png", "png"),
+        "save_jpeg": lambda: save_overlay(drawn, out / "overlay.jpg", "jpeg"),
+    }
+    costs = {}
+    for name, step in steps.items():
+        step()
+        start = time.process_time()
+        for _ in range(repeats):
+            step()
+        costs[f"{name}_cpu_ms"] = round(1000 * (time.process_time() - start) / repeats, 1)
+    return costs
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -164,9 +211,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help="a PredictionWriter option for the overlays run, e.g. overlay_format='\"jpeg\"'",
+        help="a PredictionWriter option for the overlays run, e.g. overlay_format='\"png\"'",
     )
     parser.add_argument("--out", type=Path, help="where to write (default: a temporary folder, removed)")
+    parser.add_argument("--stages", action="store_true", help="each stage's CPU time on one image instead")
     parser.add_argument("--tiny", action="store_true", help="3 images of 96 x 128, 5 detections, 1 ms model")
     options = parser.parse_args(argv)
     if options.tiny:
@@ -177,6 +225,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         folder = options.out or Path(temporary)
         files = write_images(folder / "images", options.images, height, width)
         detections = fixed_detections(height, width, options.detections)
+        if options.stages:
+            costs = stages(files[0], detections, folder / "stages")
+            print(json.dumps(costs), flush=True)
+            return [costs]
         model = _Model(options.model, options.model_ms)
         rows = []
         for overlays in (False, True):

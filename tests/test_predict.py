@@ -128,6 +128,8 @@ OUTPUT_NAMES = {
     "deep.png": "deep.png",
     "palette.gif": "palette.png",
 }
+# Overlays are JPEGs by default (--overlay_format png for PNGs).
+OVERLAY_NAMES = {image: str(Path(name).with_suffix(".jpg")) for image, name in OUTPUT_NAMES.items()}
 
 
 @pytest.mark.oldest
@@ -179,9 +181,9 @@ def test_predict_writes_json_and_overlays_in_original_orientation_and_size(
         for detection in record["detections"]:
             assert detection["segmentation"]["size"] == [height, width]
             assert detection["category_name"] in {"circle", "rectangle", "triangle", "diamond"}
-        overlay = Image.open(out / "overlays" / OUTPUT_NAMES[name])
+        overlay = Image.open(out / "overlays" / OVERLAY_NAMES[name])
         assert overlay.size == (width, height) and overlay.mode == "RGB"
-    assert sorted(path.name for path in (out / "overlays").iterdir()) == sorted(OUTPUT_NAMES.values())
+    assert sorted(path.name for path in (out / "overlays").iterdir()) == sorted(OVERLAY_NAMES.values())
 
     # Python inference from the checkpoint alone gives the same predictions, from a path or a PIL image.
     predictor = Predictor.from_checkpoint(_last_checkpoint(detection_run))
@@ -228,7 +230,7 @@ def test_predict_from_a_checkpoint_alone_writes_what_the_recipe_writes(
     assert json.loads((out / "predictions.json").read_text()) == json.loads(
         (from_recipe / "predictions.json").read_text()
     )
-    assert sorted(path.name for path in (out / "overlays").iterdir()) == sorted(OUTPUT_NAMES.values())
+    assert sorted(path.name for path in (out / "overlays").iterdir()) == sorted(OVERLAY_NAMES.values())
 
 
 def test_predict_from_a_checkpoint_says_what_is_wrong(detection_run, tmp_path, capsys, caplog):
@@ -266,7 +268,7 @@ def test_predict_from_a_checkpoint_says_what_is_wrong(detection_run, tmp_path, c
         # The other images, before and after it, are predicted.
         records = json.loads((out / "predictions.json").read_text())["images"]
         assert [record["file_name"] for record in records] == [str(tmp_path / n) for n in ("a.png", "c.png")]
-        assert sorted(path.name for path in (out / "overlays").iterdir()) == ["a.png", "c.png"]
+        assert sorted(path.name for path in (out / "overlays").iterdir()) == ["a.jpg", "c.jpg"]
     (tmp_path / "broken.jpg").unlink()
     with pytest.raises(SystemExit) as exit_status:
         main(["predict", "--ckpt_path", checkpoint, "--images", str(tmp_path), "--output_dir", str(out)])
@@ -301,7 +303,7 @@ def test_predict_keeps_the_stored_pixels_when_asked(detection_run, mixed_images,
         assert exit_status.value.code == 0
         (record,) = json.loads((out / "predictions.json").read_text())["images"]
         assert (record["height"], record["width"]) == size
-        assert Image.open(out / "overlays" / "camera.png").size == size[::-1]
+        assert Image.open(out / "overlays" / "camera.jpg").size == size[::-1]
 
 
 def test_segmentation_predict_writes_label_maps_and_python_inference_agrees(
@@ -328,7 +330,7 @@ def test_segmentation_predict_writes_label_maps_and_python_inference_agrees(
     for name, (height, width) in sizes.items():
         saved = np.asarray(Image.open(out / "labels" / OUTPUT_NAMES[name]))
         assert saved.shape == (height, width) and saved.max() < predictor.task.num_classes
-        assert Image.open(out / "overlays" / OUTPUT_NAMES[name]).size == (width, height)
+        assert Image.open(out / "overlays" / OVERLAY_NAMES[name]).size == (width, height)
         np.testing.assert_array_equal(predictor(folder / name)["label"].numpy(), saved)
 
     alone = tmp_path / "alone"
@@ -584,7 +586,7 @@ def test_predict_names_the_files_it_passes_over_and_fails(detection_run, tmp_pat
     recipe = ["predict", "--config", str(detection_run / "config.yaml"), "--ckpt_path", checkpoint]
     with pytest.raises(BadDataError, match=r"(?s)^2 file\(s\) found with the images were not predicted"):
         main([*recipe, f"--data.init_args.predict_images={photos}", f"--writer.output_dir={tmp_path / 'b'}"])
-    assert (tmp_path / "b" / "overlays" / "a.png").is_file()
+    assert (tmp_path / "b" / "overlays" / "a.jpg").is_file()
 
 
 def test_predict_writes_only_inside_its_output_folder(detection_run, tmp_path):
@@ -607,7 +609,7 @@ def test_predict_writes_only_inside_its_output_folder(detection_run, tmp_path):
     }
     assert after == before, "nothing written or changed outside the output folder"
     # Both routes through x/ and y/ name the same two files, each predicted once.
-    assert sorted(path.name for path in (out / "overlays").iterdir()) == ["1.png", "2.png"]
+    assert sorted(path.name for path in (out / "overlays").iterdir()) == ["1.jpg", "2.jpg"]
 
 
 def test_predict_and_export_name_an_output_folder_they_cannot_write(
@@ -630,7 +632,7 @@ def test_predict_and_export_name_an_output_folder_they_cannot_write(
     fill_disk_after(monkeypatch, 50)  # the disk fills while the first overlay is written
     out = tmp_path / "out"
     error = _one_line_error([*predict, f"--output_dir={out}"], monkeypatch, capsys)
-    assert error.startswith(f"vitdense predict: cannot write a.png into {out / 'overlays'}: its disk is full")
+    assert error.startswith(f"vitdense predict: cannot write a.jpg into {out / 'overlays'}: its disk is full")
     assert list((out / "overlays").iterdir()) == [] and not (out / "predictions.partial.json").exists()
 
 
@@ -675,4 +677,4 @@ def test_a_cascade_mask_rcnn_checkpoint_predicts_a_folder(tmp_path):
             assert detection["segmentation"]["size"] == [70, 90] and 0.0 <= detection["score"] <= 1.0
             x, y, w, h = detection["bbox"]
             assert 0 <= x <= x + w <= 90 and 0 <= y <= y + h <= 70
-    assert sorted(path.name for path in (out / "overlays").iterdir()) == ["green.png", "red.png"]
+    assert sorted(path.name for path in (out / "overlays").iterdir()) == ["green.jpg", "red.jpg"]

@@ -63,6 +63,17 @@ def test_detection_overlays_match_torchvisions_drawing_pixel_for_pixel():
     assert torch.equal(draw_detections(image, boxes, labels, scores, names, score_threshold=1.1), image)
 
 
+def test_detection_overlays_with_more_masks_than_a_byte_counts_match_torchvisions_drawing():
+    generator = torch.Generator().manual_seed(2)
+    image = torch.randint(0, 256, (3, 60, 80), dtype=torch.uint8, generator=generator)
+    boxes, labels, scores, masks = _detections(60, 80, 300, generator)
+    names = ["a", "bb", "circle", "d", "ellipse"]
+    expected = _torchvision_detections(image, boxes, labels, scores, names, masks, 0.0)
+    assert torch.equal(
+        draw_detections(image, boxes, labels, scores, names, masks=masks, score_threshold=0.0), expected
+    )
+
+
 def test_label_map_overlays_match_torchvisions_drawing_pixel_for_pixel():
     generator = torch.Generator().manual_seed(1)
     image = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8, generator=generator)
@@ -74,3 +85,10 @@ def test_label_map_overlays_match_torchvisions_drawing_pixel_for_pixel():
     )
     assert torch.equal(draw_label_map(image, label_map, 6), expected)
     assert torch.equal(draw_label_map(image, torch.full((40, 50), 9), 6), image)
+    many = torch.randint(-1, 5000, (40, 50), generator=generator)  # more classes than pixels: some absent
+    present = many[many >= 0].unique().tolist()
+    palette = class_colors(5000)
+    expected = draw_segmentation_masks(
+        image, torch.stack([many == v for v in present]), alpha=0.5, colors=[palette[v] for v in present]
+    )
+    assert torch.equal(draw_label_map(image, many, 5000), expected)

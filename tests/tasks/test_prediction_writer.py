@@ -118,15 +118,17 @@ def _photos_and_detections(tmp_path):
 def test_background_overlays_leave_predictions_json_byte_identical_and_draw_the_same_pixels(tmp_path):
     files, detections = _photos_and_detections(tmp_path)
     written = {}
-    for overlays, overlay_format in ((False, "png"), (True, "png"), (True, "jpeg")):
+    for overlays, overlay_format in ((False, "png"), (True, "png"), (True, "jpeg"), (True, None)):
         out = tmp_path / f"{overlays}-{overlay_format}"
-        writer = PredictionWriter(str(out), overlays=overlays, overlay_format=overlay_format)
+        chosen = {} if overlay_format is None else {"overlay_format": overlay_format}
+        writer = PredictionWriter(str(out), overlays=overlays, **chosen)
         writer.on_predict_epoch_end(*_predict(writer, out, files, detections))
         written[overlays, overlay_format] = (out / "predictions.json").read_bytes()
     assert len(set(written.values())) == 1
     assert not (tmp_path / "False-png" / "overlays").exists()
-    jpegs = sorted(p.name for p in (tmp_path / "True-jpeg" / "overlays").iterdir())
-    assert jpegs == ["0.jpg", "1.jpg", "2.jpg"]
+    for chosen in ("jpeg", None):  # JPEG by default
+        jpegs = sorted(p.name for p in (tmp_path / f"True-{chosen}" / "overlays").iterdir())
+        assert jpegs == ["0.jpg", "1.jpg", "2.jpg"]
     for file in files:
         image = torch.from_numpy(np.array(Image.open(file))).permute(2, 0, 1)
         labels = torch.tensor([1, 2, 1])  # category ids 3, 7 -> labels 1, 2

@@ -3,8 +3,9 @@
 The pixels are those of torchvision's ``draw_segmentation_masks`` then ``draw_bounding_boxes`` (a pixel under
 one mask takes its colour, under several black, blended in float32 and truncated), without their cost on a
 photo with many detections: torchvision sums every mask over the whole image and paints each mask through a
-full-image index, 100 full-image passes per image. Here each mask is painted within its extent, the image is
-blended once, and boxes and captions go on one PIL canvas.
+full-image index, 100 full-image passes per image. Here each mask is painted within its extent into one index
+image (which mask is over each pixel, or several), the image is blended once by table lookups that hold the
+float32 blend's results, and boxes and captions go on one PIL canvas.
 """
 
 import colorsys
@@ -89,8 +90,8 @@ def detection_overlay(
     palette = class_colors(len(class_names) + 1)
     colors = [palette[int(label)] for label in labels]
     if masks is not None:
-        kept = masks.cpu().numpy()
-        pixels = _blend(pixels, *_painted_masks(kept, np.flatnonzero(keep.numpy()), colors), mask_alpha)
+        painted = _painted_masks(masks.cpu().numpy(), np.flatnonzero(keep.numpy()))
+        pixels = _blend(pixels, painted, colors, mask_alpha)
     canvas = Image.fromarray(pixels)
     draw = ImageDraw.Draw(canvas)
     width = max(1, round(max(pixels.shape[:2]) / 300))
@@ -102,38 +103,50 @@ def detection_overlay(
     return np.array(canvas)
 
 
-def _painted_masks(
-    masks: np.ndarray, indices: np.ndarray, colors: list[tuple[int, int, int]]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Where the bool (N, H, W) ``masks[indices]`` lie: (H, W) bool, and uint8 (H, W, 3) the colour
-    (``colors``, one per index) of the one mask over each pixel, black under several. Each mask is read
-    whole once, to find its rows, and painted within its extent only."""
-    height, width = masks.shape[1:]
-    count = np.zeros((height, width), np.uint8)
-    color = np.zeros((height, width, 3), np.uint8)
-    for index, rgb in zip(indices, colors):
+def _painted_masks(masks: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Which of the bool (N, H, W) ``masks[indices]`` lies over each pixel: (H, W) unsigned, 0 under none,
+    k under ``masks[indices[k - 1]]`` alone, ``len(indices) + 1`` under several. Each mask is read whole
+    once, to find its rows, and painted within its extent only."""
+    several = len(indices) + 1
+    dtype = np.uint8 if several <= np.iinfo(np.uint8).max else np.uint32
+    painted = np.zeros(masks.shape[1:], dtype)
+    for k, index in enumerate(indices, start=1):
         ys = np.flatnonzero(masks[index].any(axis=1))
         if not len(ys):
             continue
         band = masks[index, ys[0] : ys[-1] + 1]
         xs = np.flatnonzero(band.any(axis=0))
-        rows, cols = slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
-        crop = band[:, cols]
-        # Saturating at 2: "under several" is all that counts.
-        np.minimum(count[rows, cols] + crop, 2, out=count[rows, cols])
-        color[rows, cols][crop] = rgb
-    color[count > 1] = 0
-    return count > 0, color
+        crop = band[:, xs[0] : xs[-1] + 1]
+        extent = painted[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1]
+        under_another = crop & (extent != 0)
+        np.copyto(extent, k, where=crop)
+        np.copyto(extent, several, where=under_another)
+    return painted
 
 
-def _blend(pixels: np.ndarray, covered: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
-    """uint8 (H, W, 3) ``pixels`` with ``color`` (H, W, 3) blended in where ``covered`` (H, W), as torchvision
-    does it: ``pixels * (1 - alpha) + painted * alpha`` in float32, truncated, over every pixel (an uncovered
-    pixel can lose 1 to the float rounding, as it does there)."""
-    painted = np.where(covered[..., None], color, pixels)
-    blended = pixels.astype(np.float32) * np.float32(1 - alpha)
-    blended += painted.astype(np.float32) * np.float32(alpha)
-    return blended.astype(np.uint8)
+def _blend(
+    pixels: np.ndarray, painted: np.ndarray, colors: list[tuple[int, int, int]], alpha: float
+) -> np.ndarray:
+    """uint8 (H, W, 3) ``pixels`` with, where the (H, W) index ``painted`` is k > 0, ``colors[k - 1]`` blended
+    in (black past the last colour), as torchvision does it: ``pixel * (1 - alpha) + colour * alpha`` in
+    float32, truncated, over every pixel (an uncovered pixel can lose 1 to the float rounding, as it does
+    there).
+
+    The result of a channel depends only on its value and the colour over it, so each channel is looked up in
+    a table computed by those float32 operations over all 256 values, (colours + 2) x 256 entries, instead of
+    blending the image's millions of values in float32.
+    """
+    values = np.arange(256, dtype=np.float32)
+    over = np.array([(0, 0, 0), *colors, (0, 0, 0)], np.float32).T[..., None]  # (3, K + 2, 1)
+    table = values * np.float32(1 - alpha) + over * np.float32(alpha)
+    # Row 0, uncovered: blended with itself.
+    table[:, 0] = values * np.float32(1 - alpha) + values * np.float32(alpha)
+    table = table.astype(np.uint8).reshape(3, -1)
+    row = painted.astype(np.intp) << 8
+    blended = np.empty_like(pixels)
+    for channel in range(3):
+        blended[..., channel] = table[channel][row | pixels[..., channel]]
+    return blended
 
 
 def _draw_captions(
@@ -188,7 +201,10 @@ def label_map_overlay(
     covered = (labels >= 0) & (labels < num_classes)
     if not covered.any():
         return pixels.copy()
-    palette = np.array(class_colors(num_classes), np.uint8)
-    color = np.zeros((*labels.shape, 3), np.uint8)
-    color[covered] = palette[labels[covered]]
-    return _blend(pixels, covered, color, alpha)
+    # Table rows for the classes present only: a label map may have thousands of classes.
+    present = np.flatnonzero(np.bincount(labels[covered], minlength=num_classes))
+    row_of = np.zeros(num_classes, np.intp)
+    row_of[present] = np.arange(1, len(present) + 1)
+    painted = np.where(covered, row_of[np.where(covered, labels, 0)], 0)
+    palette = class_colors(num_classes)
+    return _blend(pixels, painted, [palette[value] for value in present], alpha)

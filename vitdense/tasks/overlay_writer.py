@@ -49,11 +49,11 @@ class OverlayWriter:
     after it are not written either.
 
     Args:
-        image_format: ``"png"`` (the drawn pixels, zlib level 1) or ``"jpeg"`` (quality 90).
+        image_format: ``"jpeg"`` (quality 90) or ``"png"`` (the drawn pixels, zlib level 1).
         workers: threads; default the cores this process may use, at most 4.
     """
 
-    def __init__(self, image_format: OverlayFormat = "png", workers: int | None = None) -> None:
+    def __init__(self, image_format: OverlayFormat = "jpeg", workers: int | None = None) -> None:
         self.image_format = image_format
         self.workers = workers or min(4, os.cpu_count() or 1)
         self._slots = threading.BoundedSemaphore(self.workers + 1)
