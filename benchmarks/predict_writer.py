@@ -169,7 +169,8 @@ def run(
 
 def stages(file: Path, detections: dict[str, torch.Tensor], out: Path, repeats: int = 5) -> dict[str, float]:
     """CPU milliseconds (all threads) of each stage of ``file``'s outputs, one at a time, the mean of
-    ``repeats`` runs after one to warm up: the JSON record (the main thread's part), then the overlay's parts."""
+    ``repeats`` runs after one to warm up: the JSON record (the main thread's part), then the overlay's
+    parts."""
     height, width = detections["masks"].shape[-2:]
     output = {**detections, "file_name": str(file), "orig_size": (height, width)}
     names = dict(zip(CATEGORY_IDS, CLASS_NAMES))
