@@ -57,6 +57,15 @@ class DetectionStore:
     def image_ids(self) -> list[int]:
         return sorted(self._entries)
 
+    def category_counts(self) -> dict[int, int]:
+        """The number of detections of each category id, over the images held (each image's latest entry)."""
+        ends = self._detection_ends
+        parts = [
+            np.array(self._category_ids[ends[entry] : ends[entry + 1]]) for entry in self._entries.values()
+        ]
+        category_ids, counts = np.unique(np.concatenate([np.zeros(0, np.int64), *parts]), return_counts=True)
+        return dict(zip(category_ids.tolist(), counts.tolist(), strict=True))
+
     def add(self, image_id: int, results: ImageResults) -> None:
         self._entries[image_id] = len(self._detection_ends) - 1
         self._detection_ends.append(self._detection_ends[-1] + len(results.scores))
