@@ -13,14 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from vitdense.datamodules import (
-    BadDataError,
-    CocoDataModule,
-    CocoDetection,
-    CocoFile,
-    EvalTransform,
-    coco_checks,
-)
+from vitdense.datamodules import BadDataError, CocoDataModule, CocoDetection, CocoFile, EvalTransform
+from vitdense.datamodules import coco_checks
 from vitdense.datamodules.bad_data import SKIP_HINT
 from vitdense.datamodules.coco_file import _collector_paused, load_coco
 from vitdense.datamodules.packed import PackedRecords
