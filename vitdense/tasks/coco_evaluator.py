@@ -195,20 +195,22 @@ class CocoEvaluator:
         without the other IoU type's field (as detectron2 writes them: pycocotools' loadRes would take a
         detection's area from its box even for mask AP). ``scored``: with the fields loadRes adds (``id`` from 1
         over all the results, ``iscrowd`` 0 and ``area``: box ``w * h`` or mask pixels), for COCOeval."""
-        wanted = None if category_ids is None else np.array(sorted(category_ids), np.int64)
+        wanted = None if category_ids is None else set(category_ids)
         number = 0
         for image_id in image_ids:
-            result = self.results[image_id]
-            if len(result.scores) == 0:  # the store keeps no mask fields when nothing was detected anywhere
+            detected = self.results.category_ids(image_id)
+            if len(detected) == 0:  # the store keeps no mask fields when nothing was detected anywhere
                 continue
-            numbers = range(number + 1, number + len(result.scores) + 1)
-            number += len(result.scores)
-            if wanted is not None:
-                chosen = np.flatnonzero(np.isin(result.category_ids, wanted))
-                if len(chosen) == 0:
+            numbers: Sequence[int] = range(number + 1, number + len(detected) + 1)
+            number += len(detected)
+            if wanted is None:
+                result = self.results[image_id]
+            else:
+                chosen = [index for index, category in enumerate(detected.tolist()) if category in wanted]
+                if not chosen:
                     continue
-                numbers = [numbers[index] for index in chosen.tolist()]
-                result = _select(result, chosen)
+                numbers = [numbers[index] for index in chosen]
+                result = self.results.get(image_id, chosen)
             categories, scores = result.category_ids.tolist(), result.scores.tolist()
             if iou_type == "bbox":
                 fields, areas = result.boxes.tolist(), None
@@ -249,18 +251,6 @@ class CocoEvaluator:
             except ValueError:  # NaN or infinity, which JSON cannot hold
                 lines.append(strict_json(record))
         return "[\n" + ",\n".join(lines) + "\n]\n"
-
-
-def _select(result: ImageResults, chosen: np.ndarray) -> ImageResults:
-    """The detections of ``result`` at the indices ``chosen``."""
-    masks: dict[str, Any] = {}
-    if result.mask_counts is not None and result.mask_areas is not None:
-        masks = {
-            "mask_size": result.mask_size,
-            "mask_counts": tuple(result.mask_counts[index] for index in chosen.tolist()),
-            "mask_areas": result.mask_areas[chosen],
-        }
-    return ImageResults(result.boxes[chosen], result.scores[chosen], result.category_ids[chosen], **masks)
 
 
 class _ScoredRecords:
