@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ import pytest
 
 from vitdense.datamodules import BadDataError, CocoDataModule, CocoDetection, CocoFile, EvalTransform
 from vitdense.datamodules import coco_checks
-from vitdense.datamodules.coco_file import load_coco
 from vitdense.datamodules.bad_data import SKIP_HINT
+from vitdense.datamodules.coco_file import _collector_paused, load_coco
+from vitdense.datamodules.packed import PackedRecords
 
 MakeCoco = Callable[..., tuple[Path, Path]]
 IMG = {"id": 1, "file_name": "a.png", "height": 28, "width": 56}
@@ -186,3 +188,36 @@ def test_parsing_leaves_the_garbage_collector_as_it_found_it(
         assert gc.isenabled() is enabled
     finally:
         gc.enable()
+
+
+def test_what_is_built_while_the_collector_is_paused_goes_to_its_oldest_generation_unwalked() -> None:
+    gc.collect()
+    with _collector_paused():
+        built = [[index] for index in range(5000)]
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    assert any(o is built for o in gc.get_objects(generation=2)), "the first collections after would walk it"
+
+
+def test_objects_frozen_before_stay_frozen_and_what_is_built_stays_young() -> None:
+    gc.collect()
+    gc.freeze()  # as a server does before forking its workers
+    try:
+        frozen = gc.get_freeze_count()
+        with _collector_paused():
+            built = [[index] for index in range(5000)]
+        assert gc.isenabled() and gc.get_freeze_count() == frozen
+        assert not any(o is built for o in gc.get_objects(generation=2))
+    finally:
+        gc.unfreeze()
+
+
+def test_packing_records_holds_their_pickles_once() -> None:
+    records = [{"id": i, "polygon": [float(i + k) for k in range(300)]} for i in range(3000)]
+    tracemalloc.start()
+    try:
+        packed = PackedRecords(records)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert list(packed) == records
+    assert peak < 1.3 * packed._buffer.nbytes, "not a list of pickles joined into a second copy"

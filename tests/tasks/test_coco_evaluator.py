@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from vitdense.tasks import coco_evaluator
+from vitdense.tasks import coco_evaluator, coco_scoring
 from vitdense.tasks.coco_evaluator import CocoEvaluator, ap_by_class_name
 
 CATEGORY_IDS = [3, 7]  # labels 1, 2
@@ -453,3 +453,37 @@ def test_two_processes_score_once_on_process_0_and_both_get_the_scores(tmp_path)
     assert zero["per_category_ap"] == one["per_category_ap"]
     assert zero["kept"] == len(detections) and one["kept"] == 0  # process 1 sent its results, kept none
     assert zero["results"] == json.loads(alone.results_json("segm")) and one["results"] is None
+
+
+# Seed 0 makes runs of two categories; seed 5's categories each have more than the limit, scored alone.
+@pytest.mark.parametrize(("seed", "joined"), [(0, True), (5, False)])
+def test_faster_coco_eval_scores_a_few_categories_at_a_time_as_pycocotools_scores_all(
+    seed, joined, monkeypatch
+):
+    """faster-coco-eval scores runs of categories of at most ``_DETECTIONS_PER_PASS`` detections each (the
+    result records of one run exist at a time); joined, they give pycocotools' stats and per-category AP."""
+    coco, category_ids, detections = _scene(seed, ids_from_zero=False)
+    runs: list[tuple[str, list[int], int]] = []
+    make_records = CocoEvaluator._records
+
+    def counted(self, iou_type, image_ids, scored=False, category_ids=None):
+        records = list(make_records(self, iou_type, image_ids, scored, category_ids))
+        runs.append((iou_type, sorted(category_ids), len(records)))
+        return iter(records)
+
+    monkeypatch.setattr(coco_scoring, "_DETECTIONS_PER_PASS", 70)
+    evaluators = [CocoEvaluator(("bbox", "segm"), backend) for backend in ("faster_coco_eval", "pycocotools")]
+    for image_id, detection in detections.items():
+        for evaluator in evaluators:
+            evaluator.update(image_id, detection, category_ids)
+    faster, reference = evaluators
+    reference.compute(coco)
+    monkeypatch.setattr(CocoEvaluator, "_records", counted)
+    faster.compute(coco)
+    for iou_type in ("bbox", "segm"):
+        assert faster.stats[iou_type] == reference.stats[iou_type]
+        assert _same(faster.per_category_ap[iou_type], reference.per_category_ap[iou_type])
+        own = [(group, count) for kind, group, count in runs if kind == iou_type]
+        assert len(own) >= 2 and sorted(k for group, _ in own for k in group) == category_ids
+        assert all(count <= 70 or len(group) == 1 for group, count in own)
+        assert any(len(group) > 1 for group, _ in own) == joined

@@ -62,13 +62,23 @@ def _object_noting_repeated_keys(
 def _collector_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector while parsing builds millions of objects, none of them
     garbage: each collection it triggers walks all of them, a third of the time of parsing a COCO
-    train2017-sized file. Its previous state is restored after."""
+    train2017-sized file. Its previous state is restored after.
+
+    What was built meanwhile then goes to the collector's oldest generation unexamined (``gc.freeze()`` and
+    ``gc.unfreeze()``): left in the youngest, it would be walked three times over by the first collections
+    after (youngest, middle, then a full one: setting up train2017's file spent 28 s in collections, 7 s
+    with this, on a loaded machine). Where objects are frozen already (``gc.freeze()`` before a fork), they
+    stay frozen and what was built stays young.
+    """
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 

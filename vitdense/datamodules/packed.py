@@ -27,9 +27,15 @@ class PackedRecords(Sequence):
     """
 
     def __init__(self, records: Iterable[Any]) -> None:
-        blobs = [pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL) for record in records]
-        self._ends = np.cumsum([len(blob) for blob in blobs], dtype=np.int64)
-        self._buffer = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+        # Each pickle goes into the buffer as soon as it is made: a list of them joined at the end held every
+        # record twice, and left ~600 MB of freed blocks that the process kept (train2017's file).
+        buffer, ends = bytearray(), []
+        for record in records:
+            buffer += pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+            ends.append(len(buffer))
+        self._ends = np.array(ends, dtype=np.int64)
+        self._buffer = np.frombuffer(buffer, dtype=np.uint8)
+        self._buffer.flags.writeable = False
 
     def __len__(self) -> int:
         return len(self._ends)

@@ -12,7 +12,7 @@ once; the other processes receive the metrics, the stats and the per-category AP
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,26 +175,42 @@ class CocoEvaluator:
         stats: dict[str, list[float]] = {}
         per_category: dict[str, dict[int, float]] = {}
         for iou_type in self.iou_types:
-            detections = list(self._records(iou_type, image_ids, scored=True))
+            detections = _ScoredRecords(self, iou_type, image_ids)
             stats[iou_type], precision, category_ids = evaluate_coco(
                 coco_gt, detections, image_ids, iou_type, self.backend
             )
-            del detections
             per_category[iou_type] = per_category_ap(precision, category_ids)
             metrics.update({f"{iou_type}_{name}": value for name, value in zip(STAT_NAMES, stats[iou_type])})
         self._scored_image_ids = image_ids
         return _Scores(metrics, stats, per_category)
 
-    def _records(self, iou_type: str, image_ids: Sequence[int], scored: bool = False) -> Iterator[dict]:
-        """The results of ``image_ids`` as COCO result records, without the other IoU type's field (as
-        detectron2 writes them: pycocotools' loadRes would take a detection's area from its box even for
-        mask AP). ``scored``: with the fields loadRes adds (``id`` from 1, ``iscrowd`` 0 and ``area``: box
-        ``w * h`` or mask pixels), for COCOeval."""
+    def _records(
+        self,
+        iou_type: str,
+        image_ids: Sequence[int],
+        scored: bool = False,
+        category_ids: Collection[int] | None = None,
+    ) -> Iterator[dict]:
+        """The results of ``image_ids`` (of ``category_ids`` only, where given) as COCO result records,
+        without the other IoU type's field (as detectron2 writes them: pycocotools' loadRes would take a
+        detection's area from its box even for mask AP). ``scored``: with the fields loadRes adds (``id`` from 1
+        over all the results, ``iscrowd`` 0 and ``area``: box ``w * h`` or mask pixels), for COCOeval."""
+        wanted = None if category_ids is None else set(category_ids)
         number = 0
         for image_id in image_ids:
-            result = self.results[image_id]
-            if len(result.scores) == 0:  # the store keeps no mask fields when nothing was detected anywhere
+            detected = self.results.category_ids(image_id)
+            if len(detected) == 0:  # the store keeps no mask fields when nothing was detected anywhere
                 continue
+            numbers: Sequence[int] = range(number + 1, number + len(detected) + 1)
+            number += len(detected)
+            if wanted is None:
+                result = self.results[image_id]
+            else:
+                chosen = [index for index, category in enumerate(detected.tolist()) if category in wanted]
+                if not chosen:
+                    continue
+                numbers = [numbers[index] for index in chosen]
+                result = self.results.get(image_id, chosen)
             categories, scores = result.category_ids.tolist(), result.scores.tolist()
             if iou_type == "bbox":
                 fields, areas = result.boxes.tolist(), None
@@ -210,9 +226,8 @@ class CocoEvaluator:
                     record = {"image_id": image_id, "category_id": category, "score": score}
                     record["segmentation"] = field
                 if scored:
-                    number += 1
                     area = field[2] * field[3] if areas is None else areas[index]
-                    record.update(id=number, iscrowd=0, area=area)
+                    record.update(id=numbers[index], iscrowd=0, area=area)
                     if math.isnan(score):  # pycocotools ranks it last; faster-coco-eval refuses NaN
                         record["score"] = -math.inf
                 yield record
@@ -236,3 +251,20 @@ class CocoEvaluator:
             except ValueError:  # NaN or infinity, which JSON cannot hold
                 lines.append(strict_json(record))
         return "[\n" + ",\n".join(lines) + "\n]\n"
+
+
+class _ScoredRecords:
+    """One IoU type's results of the scored images as ``evaluate_coco`` reads them (``ResultRecords``)."""
+
+    def __init__(self, evaluator: CocoEvaluator, iou_type: str, image_ids: Sequence[int]) -> None:
+        self._evaluator = evaluator
+        self._iou_type = iou_type
+        self._image_ids = image_ids
+
+    def counts(self) -> dict[int, int]:
+        return self._evaluator.results.category_counts()
+
+    def records(self, category_ids: Collection[int]) -> Iterator[dict]:
+        return self._evaluator._records(
+            self._iou_type, self._image_ids, scored=True, category_ids=category_ids
+        )

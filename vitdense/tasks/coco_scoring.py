@@ -8,6 +8,11 @@ time and memory (``benchmarks/README.md``). Its options stay at the defaults tha
 rules (``lvis_style``), categories used (``useCats``), the ground truth's ``area`` (``use_area``);
 ``separate_eval`` only splits the C++ call in two.
 
+A category's precision and recall depend on its own objects and detections alone, so faster-coco-eval scores
+the categories in runs of at most ``_DETECTIONS_PER_PASS`` detections and the arrays are joined along the
+categories' axis: the result records and the library's copies of them (an RLE per mask, its match tables)
+exist for one run at a time, not for all the results at once.
+
 It differs in one rounding: a precision is ``tp / (tp + fp)``, pycocotools' ``tp / (tp + fp + eps)``, which
 is 1 - 2**-52 instead of 1 after a single match (see :func:`_as_pycocotools_precision`, which puts that back,
 so that the reported numbers, the per-category AP and the results files re-scored by pycocotools agree to the
@@ -17,8 +22,8 @@ last bit).
 import contextlib
 import io
 import math
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from faster_coco_eval import COCO as FasterCOCO
@@ -28,6 +33,9 @@ from pycocotools.cocoeval import COCOeval
 
 Backend = Literal["faster_coco_eval", "pycocotools"]
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+# faster-coco-eval scores at most this many detections at a time (see the module docstring).
+_DETECTIONS_PER_PASS = 100_000
 
 # pycocotools' COCOeval.summarize(), line by line: AP or AR, IoU threshold (None: all), area, max detections.
 _SUMMARY_ROWS = (
@@ -46,11 +54,23 @@ _SUMMARY_ROWS = (
 )
 
 
+class ResultRecords(Protocol):
+    """The detections to score, made into COCO result records a few categories at a time."""
+
+    def counts(self) -> dict[int, int]:
+        """The number of detections of each category id."""
+        ...
+
+    def records(self, category_ids: Collection[int]) -> Iterator[dict]:
+        """The result records of these categories in the results' order, with ``id``, ``area`` and
+        ``iscrowd`` as ``loadRes`` sets them (``id`` numbered over all the results)."""
+        ...
+
+
 def evaluate_coco(
-    coco_gt: COCO, detections: list[dict], image_ids: Sequence[int], iou_type: str, backend: Backend
+    coco_gt: COCO, detections: ResultRecords, image_ids: Sequence[int], iou_type: str, backend: Backend
 ) -> tuple[list[float], np.ndarray, list[int]]:
-    """Score COCO result records (with ``id``, ``area`` and ``iscrowd`` as ``loadRes`` sets them) on
-    ``image_ids``.
+    """Score the result records on ``image_ids``.
 
     Returns:
         COCOeval's 12 ``stats``, its ``eval["precision"]`` (IoU thresholds, recall points, categories, area
@@ -58,12 +78,10 @@ def evaluate_coco(
         computes them with either backend.
     """
     dataset = coco_gt.dataset
-    # Shallow copies: both libraries write into the annotations they score (pycocotools replaces polygons by
-    # RLE, faster-coco-eval adds "rle" and "ignore"), and the split's COCO object stays as loaded.
-    ground_truth = [dict(ann) for image_id in image_ids for ann in coco_gt.imgToAnns.get(image_id, ())]
     if backend == "pycocotools":
-        gt = _coco_object(COCO, dataset["images"], dataset["categories"], ground_truth)
-        dt = _coco_object(COCO, dataset["images"], dataset["categories"], detections)
+        records = list(detections.records(detections.counts()))
+        gt = _coco_object(COCO, dataset["images"], dataset["categories"], _ground_truth(coco_gt, image_ids))
+        dt = _coco_object(COCO, dataset["images"], dataset["categories"], records)
         evaluation = COCOeval(gt, dt, iou_type)
         evaluation.params.imgIds = list(image_ids)
         with contextlib.redirect_stdout(io.StringIO()):
@@ -73,11 +91,49 @@ def evaluate_coco(
         categories = [int(i) for i in evaluation.params.catIds]
         return [float(v) for v in evaluation.stats], evaluation.eval["precision"], categories
 
+    category_ids = sorted(int(i) for i in coco_gt.getCatIds())
+    precisions, recalls = [], []
+    for group in _category_groups(category_ids, detections.counts(), _DETECTIONS_PER_PASS):
+        params, precision, recall = _evaluate_faster(coco_gt, detections, image_ids, iou_type, group)
+        precisions.append(precision)
+        recalls.append(recall)
+    precision, recall = np.concatenate(precisions, axis=2), np.concatenate(recalls, axis=1)
+    return _summary_stats(precision, recall, params), precision, category_ids
+
+
+def _category_groups(category_ids: list[int], counts: dict[int, int], budget: int) -> list[list[int]]:
+    """Consecutive runs of ``category_ids`` with at most ``budget`` detections each (a category with more
+    is a run of its own); at least one run."""
+    groups: list[list[int]] = [[]]
+    held = 0
+    for category_id in category_ids:
+        count = counts.get(category_id, 0)
+        if groups[-1] and held + count > budget:
+            groups.append([])
+            held = 0
+        groups[-1].append(category_id)
+        held += count
+    return groups
+
+
+def _evaluate_faster(
+    coco_gt: COCO, detections: ResultRecords, image_ids: Sequence[int], iou_type: str, category_ids: list[int]
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """faster-coco-eval's COCOeval on these categories alone.
+
+    Returns:
+        Its ``params``, the precision as pycocotools computes it (:func:`_as_pycocotools_precision`) and its
+        ``eval["recall"]``; the categories' axis is ``category_ids``.
+    """
+    dataset = coco_gt.dataset
+    wanted = set(category_ids)
+    ground_truth = _ground_truth(coco_gt, image_ids, wanted)
     gt = _coco_object(FasterCOCO, dataset["images"], dataset["categories"], ground_truth)
-    dt = _coco_object(FasterCOCO, dataset["images"], dataset["categories"], detections)
+    dt = _coco_object(FasterCOCO, dataset["images"], dataset["categories"], list(detections.records(wanted)))
     evaluation = COCOeval_faster(gt, dt, iou_type, print_function=_silent)
     params = evaluation.params
     params.imgIds = list(image_ids)
+    params.catIds = list(category_ids)
     recall_points = len(params.recThrs)
     # Where a category has n scored objects, the precision at recall 2 / n says whether its two best
     # detections both match (1.0): see _as_pycocotools_precision. Added after the 101 points, sliced off.
@@ -88,8 +144,21 @@ def evaluate_coco(
     evaluation.accumulate()
     column = {n: recall_points + index for index, n in enumerate(counts)}
     precision = _as_pycocotools_precision(evaluation.eval["precision"], recall_points, valid, column)
-    stats = _summary_stats(precision, evaluation.eval["recall"], params)
-    return stats, precision, [int(i) for i in params.catIds]
+    return params, precision, evaluation.eval["recall"]
+
+
+def _ground_truth(
+    coco_gt: COCO, image_ids: Sequence[int], category_ids: Collection[int] | None = None
+) -> list[dict]:
+    """Shallow copies of the annotations of ``image_ids`` (of ``category_ids`` only, where given): both
+    libraries write into the annotations they score (pycocotools replaces polygons by RLE, faster-coco-eval
+    adds "rle" and "ignore"), and the split's COCO object stays as loaded."""
+    return [
+        dict(ann)
+        for image_id in image_ids
+        for ann in coco_gt.imgToAnns.get(image_id, ())
+        if category_ids is None or ann["category_id"] in category_ids
+    ]
 
 
 def _valid_ground_truth(

@@ -57,6 +57,17 @@ class DetectionStore:
     def image_ids(self) -> list[int]:
         return sorted(self._entries)
 
+    def category_counts(self) -> dict[int, int]:
+        """The number of detections of each category id, over the images held (each image's latest entry)."""
+        parts = [self.category_ids(image_id) for image_id in self._entries]
+        category_ids, counts = np.unique(np.concatenate([np.zeros(0, np.int64), *parts]), return_counts=True)
+        return dict(zip(category_ids.tolist(), counts.tolist(), strict=True))
+
+    def category_ids(self, image_id: int) -> np.ndarray:
+        """int64 (N,): the category id of each of the image's detections, without reading the rest."""
+        entry = self._entries[image_id]
+        return np.array(self._category_ids[self._detection_ends[entry] : self._detection_ends[entry + 1]])
+
     def add(self, image_id: int, results: ImageResults) -> None:
         self._entries[image_id] = len(self._detection_ends) - 1
         self._detection_ends.append(self._detection_ends[-1] + len(results.scores))
@@ -75,18 +86,25 @@ class DetectionStore:
             self.add(image_id, other[image_id])
 
     def __getitem__(self, image_id: int) -> ImageResults:
+        return self.get(image_id)
+
+    def get(self, image_id: int, indices: list[int] | None = None) -> ImageResults:
+        """The image's detections; with ``indices``, those at these positions only (the others' masks are not
+        read)."""
         entry = self._entries[image_id]
         start, end = self._detection_ends[entry], self._detection_ends[entry + 1]
         height, width = self._mask_sizes[2 * entry], self._mask_sizes[2 * entry + 1]
+        chosen = slice(None) if indices is None else indices
         masks: dict[str, Any] = {}
         if len(self._count_ends) > 1:  # detections with masks were added
             ends = self._count_ends[start : end + 1]
-            counts = tuple(bytes(self._counts[a:b]) for a, b in zip(ends[:-1], ends[1:]))
-            areas = np.array(self._mask_areas[start:end], np.int64)
+            positions = range(end - start) if indices is None else indices
+            counts = tuple(bytes(self._counts[ends[i] : ends[i + 1]]) for i in positions)
+            areas = np.array(self._mask_areas[start:end], np.int64)[chosen]
             masks = {"mask_size": (height, width), "mask_counts": counts, "mask_areas": areas}
         return ImageResults(
-            boxes=np.array(self._boxes[4 * start : 4 * end], np.float32).reshape(-1, 4),
-            scores=np.array(self._scores[start:end], np.float32),
-            category_ids=np.array(self._category_ids[start:end], np.int64),
+            boxes=np.array(self._boxes[4 * start : 4 * end], np.float32).reshape(-1, 4)[chosen],
+            scores=np.array(self._scores[start:end], np.float32)[chosen],
+            category_ids=np.array(self._category_ids[start:end], np.int64)[chosen],
             **masks,
         )
