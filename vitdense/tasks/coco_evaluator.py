@@ -193,8 +193,8 @@ class CocoEvaluator:
     ) -> Iterator[dict]:
         """The results of ``image_ids`` (of ``category_ids`` only, where given) as COCO result records,
         without the other IoU type's field (as detectron2 writes them: pycocotools' loadRes would take a
-        detection's area from its box even for mask AP). ``scored``: with the fields loadRes adds (``id`` from 1
-        over all the results, ``iscrowd`` 0 and ``area``: box ``w * h`` or mask pixels), for COCOeval."""
+        detection's area from its box even for mask AP). ``scored``: with the fields loadRes adds (``id`` from
+        1 over all the results, ``iscrowd`` 0 and ``area``: box ``w * h`` or mask pixels), for COCOeval."""
         wanted = None if category_ids is None else set(category_ids)
         number = 0
         for image_id in image_ids:
