@@ -22,9 +22,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 RECIPES = Path(__file__).parents[1] / "recipes"
 
 
-# The tests that read the session's demo runs (`demo_detector_run`, `demo_segmenter_run`) carry this mark, so
-# that pytest-xdist hands them to one process, which trains each run once.
-DEMO_RUNS = pytest.mark.xdist_group("demo_runs")
+def reads_demo_run(run: str) -> pytest.MarkDecorator:
+    """The mark of a test that reads the session's demo run ``run`` (``"demo_detector_run"`` or
+    ``"demo_segmenter_run"``): pytest-xdist hands the readers of one run to one process, which trains it
+    once."""
+    return pytest.mark.xdist_group(run)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -105,8 +107,9 @@ def demo_detection_schedule(root: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def demo_detector_run(tmp_path_factory, demo_shapes_root) -> DemoRun:
-    """The demo Mask R-CNN recipe trained for 150 steps (~1.5 min on 2 cores): tests/test_learning.py checks
-    that it learned, tests/test_distributed.py evaluates and predicts with its weights."""
+    """The demo Mask R-CNN recipe trained for 150 steps (~3 min on one thread): tests/test_learning.py checks
+    that it learned, tests/test_distributed.py evaluates and predicts with its weights. Its readers carry
+    ``reads_demo_run("demo_detector_run")``."""
     folder = tmp_path_factory.mktemp("demo_detector")
     return fit_demo(folder, "demo_shapes_mask_rcnn.yaml", demo_detection_schedule(demo_shapes_root))
 
@@ -114,7 +117,7 @@ def demo_detector_run(tmp_path_factory, demo_shapes_root) -> DemoRun:
 @pytest.fixture(scope="session")
 def demo_segmenter_run(tmp_path_factory) -> DemoRun:
     """The demo semantic segmentation recipe trained for 150 steps x 8 crops = 10 epochs of 120 images,
-    evaluated once at the end (~1 min on 2 cores); shared like :func:`demo_detector_run`."""
+    evaluated once at the end (~2 min on one thread); shared like :func:`demo_detector_run`."""
     folder = tmp_path_factory.mktemp("demo_segmenter")
     arguments = [
         f"--data.init_args.root={folder / 'shapes'}",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import DEMO_RUNS
+from tests.conftest import reads_demo_run
 from tests.tasks.test_run_lock import _holder
 from vitdense.cli import main
 
@@ -54,18 +54,24 @@ def _validate_in_this_process(recipe: str, data_root: Path, run_root: Path, extr
 
 
 @pytest.mark.slow
-@DEMO_RUNS
 @pytest.mark.parametrize(
     ("recipe", "trained", "keys"),
     [
-        (
+        pytest.param(
             "demo_shapes_mask_rcnn.yaml",
             "demo_detector_run",
             ["bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50", "segm_APs"],
+            marks=reads_demo_run("demo_detector_run"),
+            id="detection",
         ),
-        ("demo_shapes_semseg.yaml", "demo_segmenter_run", ["mIoU", "aAcc", "mAcc"]),
+        pytest.param(
+            "demo_shapes_semseg.yaml",
+            "demo_segmenter_run",
+            ["mIoU", "aAcc", "mAcc"],
+            marks=reads_demo_run("demo_segmenter_run"),
+            id="semseg",
+        ),
     ],
-    ids=["detection", "semseg"],
 )
 def test_two_processes_match_one_on_an_odd_split(recipe, trained, keys, tmp_path, capsys, request):
     """5 images over 2 processes: a sampler that repeated one to even out the ranks would count it twice."""

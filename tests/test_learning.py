@@ -6,7 +6,7 @@ evaluate their weights too, instead of training their own."""
 import pytest
 import yaml
 
-from tests.conftest import DEMO_RUNS, DemoRun, demo_detection_schedule, fit_demo
+from tests.conftest import DemoRun, demo_detection_schedule, fit_demo, reads_demo_run
 
 
 # The bars each run must pass. An untrained detector scores AP50 ~0.0; the demo's 500 steps reach ~0.98.
@@ -24,11 +24,15 @@ def assert_learned(metrics: dict, bars: dict[str, float]) -> None:
 
 
 @pytest.mark.slow
-@DEMO_RUNS
 @pytest.mark.parametrize(
     ("run", "bars"),
-    [("demo_detector_run", DETECTOR_BARS), ("demo_segmenter_run", SEGMENTER_BARS)],
-    ids=["mask_rcnn", "semseg"],
+    [
+        pytest.param(run, bars, marks=reads_demo_run(run), id=name)
+        for run, bars, name in [
+            ("demo_detector_run", DETECTOR_BARS, "mask_rcnn"),
+            ("demo_segmenter_run", SEGMENTER_BARS, "semseg"),
+        ]
+    ],
 )
 def test_demo_recipe_scores_far_above_chance(run: str, bars: dict[str, float], request):
     run_result: DemoRun = request.getfixturevalue(run)
