@@ -85,48 +85,43 @@ def fit_demo(folder: Path, recipe: str, arguments: list[str]) -> DemoRun:
     return DemoRun(folder, checkpoint, json.loads(printed.getvalue().strip().splitlines()[-1]))
 
 
-@pytest.fixture(scope="session")
-def demo_shapes_root(tmp_path_factory) -> Path:
-    """The data folder of the detection learning runs (written by the first run, reused by the next)."""
-    return tmp_path_factory.mktemp("demo_shapes")
-
-
-def demo_detection_schedule(root: Path) -> list[str]:
-    """150 steps x 4 images = 2 epochs of 300 images, evaluated once at the end."""
+def demo_detection_schedule(root: Path, steps: int) -> list[str]:
+    """``steps`` steps x 4 images = 2 epochs of ``2 * steps`` images in ``root``, evaluated once at the
+    end."""
     return [
         f"--data.init_args.root={root}",
-        "--data.init_args.num_train=300",
+        f"--data.init_args.num_train={2 * steps}",
         "--data.init_args.num_val=40",
-        "--trainer.max_steps=150",
+        f"--trainer.max_steps={steps}",
         "--trainer.max_epochs=2",
         "--trainer.check_val_every_n_epoch=2",
-        "--model.init_args.lr_scheduler.init_args.total_steps=150",
-        "--model.init_args.lr_scheduler.init_args.warmup_steps=30",
+        f"--model.init_args.lr_scheduler.init_args.total_steps={steps}",
+        f"--model.init_args.lr_scheduler.init_args.warmup_steps={steps // 5}",
     ]
 
 
 @pytest.fixture(scope="session")
-def demo_detector_run(tmp_path_factory, demo_shapes_root) -> DemoRun:
-    """The demo Mask R-CNN recipe trained for 150 steps (~3 min on one thread): tests/test_learning.py checks
+def demo_detector_run(tmp_path_factory) -> DemoRun:
+    """The demo Mask R-CNN recipe trained for 100 steps (~2 min on one thread): tests/test_learning.py checks
     that it learned, tests/test_distributed.py evaluates and predicts with its weights. Its readers carry
     ``reads_demo_run("demo_detector_run")``."""
     folder = tmp_path_factory.mktemp("demo_detector")
-    return fit_demo(folder, "demo_shapes_mask_rcnn.yaml", demo_detection_schedule(demo_shapes_root))
+    return fit_demo(folder, "demo_shapes_mask_rcnn.yaml", demo_detection_schedule(folder / "shapes", 100))
 
 
 @pytest.fixture(scope="session")
 def demo_segmenter_run(tmp_path_factory) -> DemoRun:
-    """The demo semantic segmentation recipe trained for 150 steps x 8 crops = 10 epochs of 120 images,
-    evaluated once at the end (~2 min on one thread); shared like :func:`demo_detector_run`."""
+    """The demo semantic segmentation recipe trained for 100 steps x 8 crops = 10 epochs of 80 images,
+    evaluated once at the end (~1.5 min on one thread); shared like :func:`demo_detector_run`."""
     folder = tmp_path_factory.mktemp("demo_segmenter")
     arguments = [
         f"--data.init_args.root={folder / 'shapes'}",
-        "--data.init_args.num_train=120",
+        "--data.init_args.num_train=80",
         "--data.init_args.num_val=20",
-        "--trainer.max_steps=150",
+        "--trainer.max_steps=100",
         "--trainer.max_epochs=10",
         "--trainer.check_val_every_n_epoch=10",
-        "--model.init_args.lr_scheduler.init_args.total_steps=150",
-        "--model.init_args.lr_scheduler.init_args.warmup_steps=20",
+        "--model.init_args.lr_scheduler.init_args.total_steps=100",
+        "--model.init_args.lr_scheduler.init_args.warmup_steps=13",
     ]
     return fit_demo(folder, "demo_shapes_semseg.yaml", arguments)

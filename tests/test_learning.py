@@ -9,16 +9,17 @@ import yaml
 from tests.conftest import DemoRun, demo_detection_schedule, fit_demo, reads_demo_run
 
 
-# The bars each run must pass. An untrained detector scores AP50 ~0.0; the demo's 500 steps reach ~0.98.
-# Predicting background everywhere scores mIoU ~0.15 (background IoU ~0.75, shapes 0); the segmenter's run
-# scored 0.83 when written, the semantic demo (300 steps on 200 images) 0.87.
+# The bars each run must pass. An untrained detector scores AP50 ~0.0; the session's Mask R-CNN run (100
+# steps) scored bbox / segm AP50 0.57 / 0.63 when written, the demo's 500 steps reach ~0.98. Predicting
+# background everywhere scores mIoU ~0.15 (background IoU ~0.75, shapes 0); the segmenter's run (100 steps)
+# scored 0.74 when written, the semantic demo (300 steps on 200 images) 0.87.
 DETECTOR_BARS = {"bbox_AP50": 0.35, "segm_AP50": 0.35}
 SEGMENTER_BARS = {"mIoU": 0.5}
 
 
-def assert_learned(metrics: dict, bars: dict[str, float]) -> None:
-    """The run's 150 steps were all taken and every metric of ``bars`` passed its bar."""
-    assert metrics["step"] == 150, metrics
+def assert_learned(metrics: dict, steps: int, bars: dict[str, float]) -> None:
+    """The run's ``steps`` steps were all taken and every metric of ``bars`` passed its bar."""
+    assert metrics["step"] == steps, metrics
     for key, bar in bars.items():
         assert metrics[key] > bar, (key, metrics)
 
@@ -36,20 +37,20 @@ def assert_learned(metrics: dict, bars: dict[str, float]) -> None:
 )
 def test_demo_recipe_scores_far_above_chance(run: str, bars: dict[str, float], request):
     run_result: DemoRun = request.getfixturevalue(run)
-    assert_learned(run_result.metrics, bars)
+    assert_learned(run_result.metrics, 100, bars)
 
 
 @pytest.mark.slow
-def test_cascade_mask_rcnn_on_the_demo_reaches_the_mask_rcnn_bar(tmp_path, demo_shapes_root):
+def test_cascade_mask_rcnn_on_the_demo_reaches_the_mask_rcnn_bar(tmp_path):
     # The demo recipe with the detector swapped for Cascade Mask R-CNN (same RPN, mask branch, other knobs).
     # Its three stages pool every RoI three times: at 64 RoIs per image (the demo: 128) a training step costs
-    # 1.1-1.2x Mask R-CNN's instead of 1.8x (CPU time, one thread) and the test ~1.15x the Mask R-CNN run.
-    # When written: bbox / segm AP50 0.67 / 0.76 (the Mask R-CNN run: 0.73 / 0.74).
+    # 1.1-1.2x Mask R-CNN's instead of 1.8x (CPU time, one thread). When written: bbox / segm AP50 0.67 / 0.76
+    # after 150 steps (Mask R-CNN: 0.73 / 0.74); after 100 steps it was still below the bar (0.26 / 0.33).
     cascade = tmp_path / "cascade.yaml"
     detector = {"class_path": "vitdense.heads.CascadeMaskRCNN", "init_args": {"roi_batch_size_per_image": 64}}
     cascade.write_text(yaml.safe_dump({"model": {"init_args": {"detector": detector}}}))
-    schedule = demo_detection_schedule(demo_shapes_root)
+    schedule = demo_detection_schedule(tmp_path / "shapes", 150)
     metrics = fit_demo(tmp_path, "demo_shapes_mask_rcnn.yaml", ["--config", str(cascade), *schedule]).metrics
     saved = yaml.safe_load(next(tmp_path.rglob("config.yaml")).read_text())
     assert saved["model"]["init_args"]["detector"]["class_path"] == "vitdense.heads.CascadeMaskRCNN"
-    assert_learned(metrics, DETECTOR_BARS)
+    assert_learned(metrics, 150, DETECTOR_BARS)
