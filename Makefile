@@ -26,7 +26,7 @@ demo: $(VENV)/.installed
 	$(BIN)/vitdense fit --config recipes/demo_shapes_mask_rcnn.yaml
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadgroup --no-loadscope-reorder --durations=15
 
 $(OLDEST)/.installed: pyproject.toml .ci/oldest_constraints.py $(VENV)/.installed
 	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)

@@ -29,6 +29,7 @@ def reads_demo_run(run: str) -> pytest.MarkDecorator:
     return pytest.mark.xdist_group(run)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Group the tests for pytest-xdist (``--dist loadgroup``) and start with the slow groups.
 
