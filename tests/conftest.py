@@ -46,6 +46,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         else:
             group = mark.args[0] if mark.args else mark.kwargs["name"]
         groups.setdefault(group, []).append(item)
+
     def slow_tests(group: list[pytest.Item]) -> int:
         return sum(item.get_closest_marker("slow") is not None for item in group)
 
