@@ -306,9 +306,9 @@ class CascadeRoIHeads(RoIHeadsMixin, nn.Module):
         if self.has_mask():
             first = outputs[0]
             positive = _indices_where([labels > 0 for labels in first.labels])
-            mask_boxes = [p[i] for p, i in zip(first.proposals, positive)]
-            gt_index = [m[i] for m, i in zip(first.matched_idxs, positive)]
-            losses["loss_mask"] = self._mask_loss(features, mask_boxes, gt_index, targets, image_shapes)
+            losses["loss_mask"] = self._mask_loss(
+                features, first.proposals, positive, first.matched_idxs, targets, image_shapes
+            )
         return losses
 
     def forward_stages(

@@ -145,12 +145,17 @@ class RoIHeadsMixin:
     def _mask_loss(
         self,
         features: dict[str, Tensor],
-        boxes: list[Tensor],
-        gt_index: list[Tensor],
+        rois: list[Tensor],
+        positive: list[Tensor],
+        matched_idxs: list[Tensor],
         targets: list[dict[str, Tensor]],
         image_shapes: list[ImageSize],
     ) -> Tensor:
-        """:func:`mask_loss` of the positive RoIs `boxes` (per image (P_i, 4)) matched to `gt_index`."""
+        """:func:`mask_loss` of the positive RoIs: per image, `rois` (R_i, 4) xyxy canvas pixels, `positive`
+        the int64 indices of those with a foreground label, `matched_idxs` (R_i,) the ground truth each RoI is
+        matched to."""
+        boxes = [r[i] for r, i in zip(rois, positive)]
+        gt_index = [m[i] for m, i in zip(matched_idxs, positive)]
         return mask_loss(
             self._mask_logits(features, boxes, image_shapes),
             boxes,
@@ -198,9 +203,9 @@ class AlignedRoIHeads(RoIHeadsMixin, RoIHeads):
         losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
         if self.has_mask():
             positive = [torch.where(lab > 0)[0] for lab in labels]
-            mask_boxes = [p[i] for p, i in zip(proposals, positive)]
-            gt_index = [m[i] for m, i in zip(matched_idxs, positive)]
-            losses["loss_mask"] = self._mask_loss(features, mask_boxes, gt_index, targets, image_shapes)
+            losses["loss_mask"] = self._mask_loss(
+                features, proposals, positive, matched_idxs, targets, image_shapes
+            )
         return losses
 
     def _detect(
