@@ -75,7 +75,7 @@ def whole_inference(
     divisor = model.size_divisibility
     groups: dict[tuple[int, int], list[int]] = {}
     for index, (h, w) in enumerate(image_sizes):
-        padded = (-(-int(h) // divisor) * divisor, -(-int(w) // divisor) * divisor)
+        padded = (padded_size(int(h), divisor), padded_size(int(w), divisor))
         groups.setdefault(padded, []).append(index)
     outputs: list[Tensor | None] = [None] * len(image_sizes)
     for (height, width), indices in groups.items():
