@@ -22,20 +22,38 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 RECIPES = Path(__file__).parents[1] / "recipes"
 
 
+# The seconds each session demo run trains for on one idle core (tests/test_learning.py, `make test`): its
+# readers' group expects them on top of the readers' own.
+DEMO_RUN_SECONDS = {"demo_detector_run": 115, "demo_segmenter_run": 80}
+
+
 def reads_demo_run(run: str) -> pytest.MarkDecorator:
-    """The mark of a test that reads the session's demo run ``run`` (``"demo_detector_run"`` or
-    ``"demo_segmenter_run"``): pytest-xdist hands the readers of one run to one process, which trains it
-    once."""
+    """The mark of a test that reads the session's demo run ``run`` (a key of :data:`DEMO_RUN_SECONDS`):
+    pytest-xdist hands the readers of one run to one process, which trains it once."""
     return pytest.mark.xdist_group(run)
+
+
+def expected_seconds(group: str, items: list[pytest.Item]) -> float:
+    """How long the tests ``items`` of the xdist group ``group`` take on one idle core: the ``seconds`` of
+    their ``slow`` marks, plus the demo run the group trains."""
+    marked = 0.0
+    for item in items:
+        for mark in item.iter_markers("slow"):
+            if "seconds" not in mark.kwargs:
+                raise pytest.UsageError(f"{item.nodeid}: write its mark as @pytest.mark.slow(seconds=N)")
+            marked += mark.kwargs["seconds"]
+    return marked + DEMO_RUN_SECONDS.get(group, 0)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group the tests for pytest-xdist (``--dist loadgroup``) and start with the slow groups.
+    """Group the tests for pytest-xdist (``--dist loadgroup``) and hand out the longest groups first.
 
     A test without an ``xdist_group`` mark joins its module's group, so a module's fixtures are built by one
-    process, once. The groups run in the order of how many ``slow`` tests they hold, most first (then in
-    collection order): a learning run that starts last would keep one process busy while the other idles.
+    process, once. The groups run longest first by :func:`expected_seconds` (then in collection order):
+    pytest-xdist gives a process the next group whenever it is nearly done with its own, so the long groups
+    spread over both processes while the many short ones fill in at the end; a long group started last would
+    keep one process busy while the other idles.
     """
     groups: dict[str, list[pytest.Item]] = {}
     for item in items:
@@ -47,11 +65,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             group = mark.args[0] if mark.args else mark.kwargs["name"]
         groups.setdefault(group, []).append(item)
 
-    def slow_tests(group: list[pytest.Item]) -> int:
-        return sum(item.get_closest_marker("slow") is not None for item in group)
-
-    ordered = sorted(groups.values(), key=slow_tests, reverse=True)
-    items[:] = [item for group in ordered for item in group]
+    ordered = sorted(groups.items(), key=lambda group: expected_seconds(*group), reverse=True)
+    items[:] = [item for _, group in ordered for item in group]
 
 
 @dataclass(frozen=True)

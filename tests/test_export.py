@@ -65,6 +65,7 @@ def segmenter_export(tmp_path_factory):
     return model, export_model(model, SIZE, path, sample=_image(0), onnx=HAS_ONNX)
 
 
+@pytest.mark.slow(seconds=25)  # with its module fixture's export
 def test_mask_rcnn_round_trip(mask_rcnn_export):
     model, report = mask_rcnn_export
     assert model.training, "the model is left in the mode it came in"
@@ -121,6 +122,7 @@ def test_changed_detector_fails_the_check(mask_rcnn_export):
         check_export(report.program_path, changed, SIZE, _image(0), valid_size=(200, 150))
 
 
+@pytest.mark.slow(seconds=8)
 def test_faster_rcnn_without_detections(tmp_path):
     """A program that finds nothing still runs: NMS may keep 0 boxes (torchvision's fake kernel says >= 2)."""
     model = FasterRCNN(3, _pyramid(), score_thresh=0.99, **SMALL)
@@ -147,6 +149,7 @@ def test_nms_rule_is_replaced_only_while_exporting():
     assert _fewest_boxes_nms_may_keep() == 2
 
 
+@pytest.mark.slow(seconds=15)
 def test_cascade_mask_rcnn_round_trip(tmp_path):
     model = CascadeMaskRCNN(3, _pyramid(), **SMALL).train()
     path = tmp_path / "cascade.pt2"

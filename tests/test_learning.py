@@ -24,7 +24,7 @@ def assert_learned(metrics: dict, steps: int, bars: dict[str, float]) -> None:
         assert metrics[key] > bar, (key, metrics)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=0)  # the runs' training counts in DEMO_RUN_SECONDS (tests/conftest.py)
 @pytest.mark.parametrize(
     ("run", "bars"),
     [
@@ -40,17 +40,20 @@ def test_demo_recipe_scores_far_above_chance(run: str, bars: dict[str, float], r
     assert_learned(run_result.metrics, 100, bars)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=140)
 def test_cascade_mask_rcnn_on_the_demo_reaches_the_mask_rcnn_bar(tmp_path):
     # The demo recipe with the detector swapped for Cascade Mask R-CNN (same RPN, mask branch, other knobs).
     # Its three stages pool every RoI three times: at 64 RoIs per image (the demo: 128) a training step costs
-    # 1.1-1.2x Mask R-CNN's instead of 1.8x (CPU time, one thread). When written: bbox / segm AP50 0.67 / 0.76
-    # after 150 steps (Mask R-CNN: 0.73 / 0.74); after 100 steps it was still below the bar (0.26 / 0.33).
+    # 1.1-1.2x Mask R-CNN's instead of 1.8x (CPU time, one thread). Its later stages learn from the earlier
+    # ones' boxes, so it starts slower than Mask R-CNN: after 100 steps with the schedule's 20 warmup steps
+    # it scored bbox / segm AP50 0.26 / 0.33 (with 5: 0.32 / 0.41), under the bar; 150 steps with 30 scored
+    # 0.67 / 0.76 and 120 steps with 6 warmup steps, what this test runs, 0.47 / 0.51 (2026-12-07).
     cascade = tmp_path / "cascade.yaml"
     detector = {"class_path": "vitdense.heads.CascadeMaskRCNN", "init_args": {"roi_batch_size_per_image": 64}}
     cascade.write_text(yaml.safe_dump({"model": {"init_args": {"detector": detector}}}))
-    schedule = demo_detection_schedule(tmp_path / "shapes", 150)
+    schedule = demo_detection_schedule(tmp_path / "shapes", 120)
+    schedule.append("--model.init_args.lr_scheduler.init_args.warmup_steps=6")
     metrics = fit_demo(tmp_path, "demo_shapes_mask_rcnn.yaml", ["--config", str(cascade), *schedule]).metrics
     saved = yaml.safe_load(next(tmp_path.rglob("config.yaml")).read_text())
     assert saved["model"]["init_args"]["detector"]["class_path"] == "vitdense.heads.CascadeMaskRCNN"
-    assert_learned(metrics, 150, DETECTOR_BARS)
+    assert_learned(metrics, 120, DETECTOR_BARS)

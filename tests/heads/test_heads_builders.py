@@ -104,7 +104,7 @@ def test_num_classes_must_count_foreground(fake_backbone):
         FasterRCNN(backbone=fake_backbone, num_classes=0)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=5)
 def test_overfits_one_image(fake_backbone):
     """80 steps (~5 s) on one image with two boxes: the loss falls clearly and the top detection is right.
 
