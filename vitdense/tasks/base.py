@@ -9,8 +9,12 @@ from lightning import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from vitdense.compat.lightning import attached_trainer
-from vitdense.tasks.checkpoint_checks import check_checkpoint_shapes, check_checkpoint_task
-from vitdense.tasks.label_space import LabelSpace
+from vitdense.tasks.checkpoint_checks import (
+    check_checkpoint_shapes,
+    check_checkpoint_task,
+    warn_if_classes_differ,
+)
+from vitdense.tasks.label_space import CHECKPOINT_KEY, LabelSpace
 from vitdense.tasks.monitor_check import check_monitors
 from vitdense.tasks.nonfinite_steps import NonFiniteSteps
 from vitdense.tasks.optimizer_setup import build_optimizers
@@ -41,7 +45,10 @@ class VitDenseTask(LightningModule):
     """
 
     label_space: LabelSpace | None = None
-    """The classes the task predicts; None for a task without classes."""
+    """The classes the task predicts; None for a task without classes. Saved in checkpoints."""
+    _label_space_from_data = False
+    """Set by a subclass's ``setup`` that took :attr:`label_space` from the datamodule: a checkpoint loaded
+    then (evaluating on that data) only has its classes compared, and the datamodule's govern."""
 
     def __init__(
         self,
@@ -94,6 +101,8 @@ class VitDenseTask(LightningModule):
         if per_rank is not None:
             checkpoint["rng_states_per_rank"] = per_rank
         checkpoint["rng_states"] = states
+        if self.label_space is not None:
+            checkpoint[CHECKPOINT_KEY] = self.label_space.to_checkpoint()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
@@ -116,6 +125,18 @@ class VitDenseTask(LightningModule):
             self._rng_states_to_restore = per_rank[self.global_rank]
         else:  # saved by one process, or resumed on another number of them: rank 0's streams
             self._rng_states_to_restore = checkpoint.get("rng_states")
+        if self.label_space is None:
+            return
+        if self._label_space_from_data:
+            warn_if_classes_differ(checkpoint, self.label_space, self.checkpoint_name())
+        else:
+            self._set_label_space(
+                LabelSpace.from_checkpoint(checkpoint, self.label_space, self.checkpoint_name())
+            )
+
+    def _set_label_space(self, label_space: LabelSpace) -> None:
+        """Take ``label_space`` as the task's classes (a subclass also updates what depends on them)."""
+        self.label_space = label_space
 
     def checkpoint_name(self) -> str:
         """The checkpoint being loaded, for messages: its path when the trainer has it."""

@@ -13,9 +13,8 @@ from vitdense.datamodules.predict_images import predict_sample
 from vitdense.datamodules.transforms import EvalTransform
 from vitdense.heads import RCNNDetector, paste_detections
 from vitdense.tasks.base import VitDenseTask
-from vitdense.tasks.checkpoint_checks import warn_if_classes_differ
 from vitdense.tasks.coco_evaluator import STAT_NAMES, Backend, CocoEvaluator, ap_by_class_name
-from vitdense.tasks.label_space import CHECKPOINT_KEY, LabelSpace
+from vitdense.tasks.label_space import LabelSpace
 from vitdense.tasks.task_contract import ExportInputs, PredictionFiles
 from vitdense.tasks.training_end import training_ends
 from vitdense.tasks.visualization import draw_detections, valid_region_at_original
@@ -81,7 +80,6 @@ class DetectionTask(VitDenseTask):
         # The square canvas side of the evaluation transform, from the datamodule; saved in checkpoints so
         # that vitdense.inference prepares images exactly as `vitdense predict` does.
         self.image_size: int | None = None
-        self._label_space_from_data = False
 
     def setup(self, stage: str) -> None:
         precision = str(self.trainer.precision)
@@ -120,16 +118,12 @@ class DetectionTask(VitDenseTask):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint[CHECKPOINT_KEY] = self.label_space.to_checkpoint()
         checkpoint["image_size"] = self.image_size
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        if self._label_space_from_data:  # evaluating on a datamodule: its categories score the detections
-            warn_if_classes_differ(checkpoint, self.label_space, self.checkpoint_name())
-            return
-        self.label_space = LabelSpace.from_checkpoint(checkpoint, self.label_space, self.checkpoint_name())
-        self.image_size = checkpoint.get("image_size", self.image_size)
+        if not self._label_space_from_data:  # else the datamodule's canvas governs, as its categories do
+            self.image_size = checkpoint.get("image_size", self.image_size)
 
     @property
     def category_ids(self) -> list[int]:

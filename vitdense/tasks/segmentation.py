@@ -17,8 +17,7 @@ from vitdense.datamodules.collate import collate_segmentation
 from vitdense.datamodules.segmentation_transforms import SegmentationEvalTransform
 from vitdense.heads import Segmenter, multi_scale_flip_inference, slide_inference, whole_inference
 from vitdense.tasks.base import VitDenseTask
-from vitdense.tasks.checkpoint_checks import warn_if_classes_differ
-from vitdense.tasks.label_space import CHECKPOINT_KEY, LabelSpace
+from vitdense.tasks.label_space import LabelSpace
 from vitdense.tasks.segmentation_metrics import format_class_table, segmentation_scores
 from vitdense.tasks.task_contract import ExportInputs, PredictionFiles
 from vitdense.tasks.visualization import draw_label_map, valid_region_at_original
@@ -132,7 +131,6 @@ class SemanticSegmentationTask(VitDenseTask):
         # The evaluation resize's (long, short) reference, so that vitdense.inference prepares images as
         # `vitdense predict` does.
         self.eval_scale: tuple[int, int] | None = None
-        self._label_space_from_data = False
         self.confmat = MulticlassConfusionMatrix(
             num_classes, ignore_index=self.label_space.ignore_index, validate_args=False
         )
@@ -170,18 +168,13 @@ class SemanticSegmentationTask(VitDenseTask):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint[CHECKPOINT_KEY] = self.label_space.to_checkpoint()
         checkpoint["eval_scale"] = self.eval_scale
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        if self._label_space_from_data:  # evaluating on a datamodule: its ignore index and scale govern
-            warn_if_classes_differ(checkpoint, self.label_space, self.checkpoint_name())
-            return
         eval_scale = checkpoint.get("eval_scale")
-        self.eval_scale = tuple(eval_scale) if eval_scale is not None else self.eval_scale
-        saved = LabelSpace.from_checkpoint(checkpoint, self.label_space, self.checkpoint_name())
-        self._set_label_space(saved)
+        if not self._label_space_from_data and eval_scale is not None:  # else the datamodule's scale governs
+            self.eval_scale = tuple(eval_scale)
 
     def compiled_part(self) -> torch.nn.Module:
         """The whole segmenter: every shape in it follows from the crop's."""
