@@ -15,7 +15,7 @@ from vitdense.heads import RCNNDetector, paste_detections
 from vitdense.tasks.base import VitDenseTask
 from vitdense.tasks.coco_evaluator import STAT_NAMES, Backend, CocoEvaluator, ap_by_class_name
 from vitdense.tasks.label_space import LabelSpace
-from vitdense.tasks.task_contract import ExportInputs, PredictionFiles
+from vitdense.tasks.task_contract import ExportInputs, PredictionFiles, image_entries
 from vitdense.tasks.training_end import training_ends
 from vitdense.tasks.visualization import draw_detections, valid_region_at_original
 
@@ -257,10 +257,7 @@ class DetectionTask(VitDenseTask):
         for target, detection in zip(batch[1], self._detect(batch), strict=True):
             detection = self._paste(detection, target)
             lookup = torch.tensor([0, *self.category_ids], device=detection["labels"].device)
-            output = {**detection, "labels": lookup[detection["labels"]]}
-            output.update(
-                {key: target[key] for key in ("image_id", "file_name", "orig_size") if key in target}
-            )
+            output = {**detection, "labels": lookup[detection["labels"]], **image_entries(target)}
             outputs.append(
                 {key: value.cpu() if torch.is_tensor(value) else value for key, value in output.items()}
             )

@@ -19,7 +19,7 @@ from vitdense.heads import Segmenter, multi_scale_flip_inference, slide_inferenc
 from vitdense.tasks.base import VitDenseTask
 from vitdense.tasks.label_space import LabelSpace
 from vitdense.tasks.segmentation_metrics import format_class_table, segmentation_scores
-from vitdense.tasks.task_contract import ExportInputs, PredictionFiles
+from vitdense.tasks.task_contract import ExportInputs, PredictionFiles, image_entries
 from vitdense.tasks.visualization import draw_label_map, valid_region_at_original
 
 logger = logging.getLogger(__name__)
@@ -301,11 +301,7 @@ class SemanticSegmentationTask(VitDenseTask):
             return []
         outputs = []
         for target, logits in zip(batch[1], self._original_logits(batch), strict=True):
-            output = {"label": logits.argmax(dim=0).cpu()}
-            output.update(
-                {key: target[key] for key in ("image_id", "file_name", "orig_size") if key in target}
-            )
-            outputs.append(output)
+            outputs.append({"label": logits.argmax(dim=0).cpu(), **image_entries(target)})
         return outputs
 
     def eval_transform(self) -> SegmentationEvalTransform:

@@ -13,6 +13,12 @@ from vitdense.tasks.label_space import LabelSpace
 Batch = tuple[torch.Tensor, list[dict[str, Any]]]
 
 
+def image_entries(target: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a sample's target that name its image (those of ``image_id``, ``file_name`` and
+    ``orig_size`` it has), which every prediction record carries."""
+    return {key: target[key] for key in ("image_id", "file_name", "orig_size") if key in target}
+
+
 class ExportInputs(NamedTuple):
     """What a task is exported at, and the image it is checked on.
 
