@@ -38,6 +38,25 @@ def test_a_list_of_floats_is_judged_as_each_float_is(values: list[Any]) -> None:
     assert coco_checks._are_numbers(values) == all(coco_checks._is_number(v) for v in values)
 
 
+# Of equal values of another type or sign (0, 0.0 and -0.0; 56 and 56.0), which one a message shows.
+EDGES = [-3, -0.0, 0, 0.0, 2, 2.5, 56, 56.0, 60.5]
+
+
+def _same(a: float, b: float) -> bool:
+    return type(a) is type(b) and repr(a) == repr(b)
+
+
+def test_clamp_and_overlap_give_what_min_and_max_give() -> None:
+    for v in EDGES:
+        for high in (56, 56.0, 2.5):
+            assert _same(coco_checks._clamp(v, high), min(max(v, 0.0), high)), (v, high)
+    for a1 in EDGES:
+        for a2 in EDGES:
+            for b1, b2 in ((0, 56.0), (-0.0, 2), (2.5, 56), (56.0, 60.5)):
+                expected = max(0.0, min(a2, b2) - max(a1, b1))
+                assert _same(coco_checks._overlap(a1, a2, b1, b2), expected), (a1, a2, b1, b2)
+
+
 # Image 56x28; box xywh [2, 2, 6, 6] (xyxy [2, 2, 8, 8]). Each polygon has a kept part and a 4-number part
 # that is dropped: the check against the box sees the kept part's extent only.
 ON_ITS_BOX = [[2, 2, 8, 2, 8, 8, 2, 8], [50.5, 20, 52, 22]]  # with the dropped part: IoU 36 / 1000

@@ -97,15 +97,24 @@ def _leaves_folder(file_name: str) -> bool:
     return os.path.isabs(norm) or norm == os.pardir or norm.startswith(os.pardir + os.sep)
 
 
-def _clipped_xyxy(bbox: list[float], h: int, w: int) -> tuple[float, float, float, float]:
+# The two helpers below give what the builtins' ``min`` and ``max`` give (the same value, of the same type: a
+# message shows it), without their cost per call (~0.3 us each; ~20 per annotation, 860k annotations).
+def _clamp(v: float, high: float) -> float:
+    """``min(max(v, 0.0), high)``."""
+    v = 0.0 if 0.0 > v else v
+    return high if high < v else v
+
+
+def _overlap(a1: float, a2: float, b1: float, b2: float) -> float:
+    """``max(0.0, min(a2, b2) - max(a1, b1))``: how long ``[a1, a2]`` and ``[b1, b2]`` overlap."""
+    length = (b2 if b2 < a2 else a2) - (b1 if b1 > a1 else a1)
+    return length if length > 0.0 else 0.0
+
+
+def _clipped_xyxy(bbox: list[float], h: int, w: int) -> _Extent:
     """A COCO ``[x, y, w, h]`` box as ``(x1, y1, x2, y2)`` clipped to an ``h x w`` image."""
     x, y, bw, bh = bbox
-    return (
-        min(max(x, 0.0), w),
-        min(max(y, 0.0), h),
-        min(max(x + bw, 0.0), w),
-        min(max(y + bh, 0.0), h),
-    )
+    return _clamp(x, w), _clamp(y, h), _clamp(x + bw, w), _clamp(y + bh, h)
 
 
 def _malformed_box(bbox: Any) -> tuple[str, str] | None:
@@ -229,13 +238,12 @@ def _segmentation_off_its_box(
             return None
         x1, y1, bw, bh = (float(v) for v in mask_utils.toBbox(rle))
         x2, y2 = x1 + bw, y1 + bh
-    x1, x2 = min(max(x1, 0.0), w), min(max(x2, 0.0), w)
-    y1, y2 = min(max(y1, 0.0), h), min(max(y2, 0.0), h)
+    x1, y1, x2, y2 = _clamp(x1, w), _clamp(y1, h), _clamp(x2, w), _clamp(y2, h)
     touches = x2 >= box[0] - 1 and x1 <= box[2] + 1 and y2 >= box[1] - 1 and y1 <= box[3] + 1
     if touches and min(box[2] - box[0], box[3] - box[1]) < 4:
         return None
     # One pair per annotation: pycocotools' iou costs 14 us a call, 12 s over COCO train2017's 860k.
-    inter = max(0.0, min(x2, box[2]) - max(x1, box[0])) * max(0.0, min(y2, box[3]) - max(y1, box[1]))
+    inter = _overlap(x1, x2, box[0], box[2]) * _overlap(y1, y2, box[1], box[3])
     union = (x2 - x1) * (y2 - y1) + (box[2] - box[0]) * (box[3] - box[1]) - inter
     iou = inter / union if union > 0 else 0.0
     if touches and iou >= 0.1:
