@@ -46,12 +46,15 @@ def _is_number(v: Any) -> bool:
 # included) outweighs its speed, so the helpers below run the builtins' C loops over each list (type,
 # isfinite, min, max), with the exact answers of the per-number checks: only lists of plain ints and floats
 # take the fast path.
-_PLAIN_NUMBERS = {int, float}
-
-
 def _are_numbers(values: list[Any]) -> bool:
     """``all(_is_number(v) for v in values)``, without a Python call per value."""
-    if set(map(type, values)) <= _PLAIN_NUMBERS:
+    types = list(map(type, values))  # counted below: faster than a set of them
+    floats = types.count(float)
+    if floats == len(types):
+        # The usual polygon. A sum of finite floats is finite unless it overflows: only then, or when a NaN or
+        # an infinity is among them, is each value looked at (``sum`` is ~5x faster than ``isfinite`` each).
+        return math.isfinite(sum(values)) or all(map(math.isfinite, values))
+    if floats + types.count(int) == len(types):
         return all(map(math.isfinite, values))
     return all(_is_number(v) for v in values)  # bools, other types, subclasses of int or float
 
@@ -63,7 +66,11 @@ def _are_counts(values: list[Any]) -> bool:
     return all(_is_int(v) and v >= 0 for v in values)
 
 
-def _polygon_extent(seg: list[list[float]], empty: float | None = None) -> tuple[float, float, float, float]:
+# (min x, min y, max x, max y) of a segmentation or box, in pixels.
+_Extent = tuple[float, float, float, float]
+
+
+def _polygon_extent(seg: list[list[float]], empty: float | None = None) -> _Extent:
     """``(min x, min y, max x, max y)`` over the vertices of polygon parts ``[x1, y1, x2, y2, ...]``.
 
     The values themselves (``int`` or ``float``; of equal ones the first), as ``min`` and ``max`` over all of
@@ -90,15 +97,24 @@ def _leaves_folder(file_name: str) -> bool:
     return os.path.isabs(norm) or norm == os.pardir or norm.startswith(os.pardir + os.sep)
 
 
-def _clipped_xyxy(bbox: list[float], h: int, w: int) -> tuple[float, float, float, float]:
+# The two helpers below give what the builtins' ``min`` and ``max`` give (the same value, of the same type: a
+# message shows it), without their cost per call (~0.3 us each; ~20 per annotation, 860k annotations).
+def _clamp(v: float, high: float) -> float:
+    """``min(max(v, 0.0), high)``."""
+    v = 0.0 if 0.0 > v else v
+    return high if high < v else v
+
+
+def _overlap(a1: float, a2: float, b1: float, b2: float) -> float:
+    """``max(0.0, min(a2, b2) - max(a1, b1))``: how long ``[a1, a2]`` and ``[b1, b2]`` overlap."""
+    length = (b2 if b2 < a2 else a2) - (b1 if b1 > a1 else a1)
+    return length if length > 0.0 else 0.0
+
+
+def _clipped_xyxy(bbox: list[float], h: int, w: int) -> _Extent:
     """A COCO ``[x, y, w, h]`` box as ``(x1, y1, x2, y2)`` clipped to an ``h x w`` image."""
     x, y, bw, bh = bbox
-    return (
-        min(max(x, 0.0), w),
-        min(max(y, 0.0), h),
-        min(max(x + bw, 0.0), w),
-        min(max(y + bh, 0.0), h),
-    )
+    return _clamp(x, w), _clamp(y, h), _clamp(x + bw, w), _clamp(y + bh, h)
 
 
 def _malformed_box(bbox: Any) -> tuple[str, str] | None:
@@ -150,76 +166,84 @@ def _iscrowd_problem(ann: dict[str, Any]) -> tuple[str, str] | None:
     return "malformed_annotation", f"has iscrowd {value!r}, expected 0 or 1; fix the record"
 
 
-def _check_segmentation(seg: Any, h: int, w: int) -> tuple[Any, tuple[str, str] | None]:
-    """Return ``(cleaned segmentation, None)`` or ``(None, (kind, what is wrong))``.
+def _check_segmentation(seg: Any, h: int, w: int) -> tuple[Any, _Extent | None, tuple[str, str] | None]:
+    """``(cleaned segmentation, its polygons' extent, None)``, or ``(None, None, (kind, what is wrong))``.
 
     Polygon parts with fewer than 3 points or an odd number of coordinates are dropped (detectron2 does
     the same; a 4-number part would otherwise be read by pycocotools as a box); an annotation left without
     a polygon is ``degenerate_polygon``. A polygon reaching far outside the image (any part of it, so that
-    nothing pycocotools rasterises does) is ``coordinates_far_outside``.
+    nothing pycocotools rasterises does) is ``coordinates_far_outside``. The extent is that of the kept parts
+    (see ``_polygon_extent``), for ``_segmentation_off_its_box``; None for an RLE.
     """
     if isinstance(seg, list):
-        parts = []
         for part in seg:
             if not isinstance(part, list) or not _are_numbers(part):
-                return None, ("malformed_segmentation", "a polygon part is not a list of numbers")
-        if (far := _far_outside(*_polygon_extent(seg, empty=0.0), h, w)) is not None:
-            return None, ("coordinates_far_outside", f"a polygon {far}")
-        for part in seg:
-            if len(part) >= 6 and len(part) % 2 == 0:
-                parts.append(part)
+                return None, None, ("malformed_segmentation", "a polygon part is not a list of numbers")
+        # Found once per polygon: ~60M coordinates in COCO train2017, where each pass over them costs seconds.
+        extent = _polygon_extent(seg, empty=0.0)
+        if (far := _far_outside(*extent, h, w)) is not None:
+            return None, None, ("coordinates_far_outside", f"a polygon {far}")
+        parts = [part for part in seg if len(part) >= 6 and len(part) % 2 == 0]
         if not parts:
-            return None, ("degenerate_polygon", "no polygon with at least 3 x,y points")
-        return parts, None
+            return None, None, ("degenerate_polygon", "no polygon with at least 3 x,y points")
+        if len(parts) < len(seg):
+            extent = _polygon_extent(parts)
+        return parts, extent, None
     if isinstance(seg, dict):
-        size, counts = seg.get("size"), seg.get("counts")
-        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
-            return None, ("malformed_segmentation", f"RLE 'size' is {size!r}, expected [height, width]")
-        if list(size) != [h, w]:
-            return None, ("rle_size_mismatch", f"RLE size {size} differs from the image size [{h}, {w}]")
-        if isinstance(counts, list):
-            if not _are_counts(counts) or sum(counts) != h * w:
-                problem = "uncompressed RLE counts must be non-negative ints summing to height*width"
-                return None, ("malformed_segmentation", problem)
-        elif not isinstance(counts, (str, bytes)):
-            problem = f"RLE 'counts' is {type(counts).__name__}, expected a string or a list of ints"
-            return None, ("malformed_segmentation", problem)
-        else:
-            try:  # a compressed string that is not an RLE of this size decodes to nonsense, not an error
-                area = int(mask_utils.area({"size": size, "counts": counts}))
-            except Exception:  # noqa: BLE001 (pycocotools raises several kinds)
-                area = -1
-            if not 0 <= area <= h * w:
-                return None, ("malformed_segmentation", f"RLE 'counts' does not decode to a {h}x{w} mask")
-        return seg, None
+        problem = _rle_problem(seg, h, w)
+        return (None, None, problem) if problem is not None else (seg, None, None)
     problem = f"segmentation is {type(seg).__name__}, expected polygons (list) or RLE (dict)"
-    return None, ("malformed_segmentation", problem)
+    return None, None, ("malformed_segmentation", problem)
+
+
+def _rle_problem(seg: dict[str, Any], h: int, w: int) -> tuple[str, str] | None:
+    """``(kind, what is wrong)`` for an RLE that is not one of an ``h x w`` mask, else None."""
+    size, counts = seg.get("size"), seg.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+        return "malformed_segmentation", f"RLE 'size' is {size!r}, expected [height, width]"
+    if list(size) != [h, w]:
+        return "rle_size_mismatch", f"RLE size {size} differs from the image size [{h}, {w}]"
+    if isinstance(counts, list):
+        if not _are_counts(counts) or sum(counts) != h * w:
+            problem = "uncompressed RLE counts must be non-negative ints summing to height*width"
+            return "malformed_segmentation", problem
+    elif not isinstance(counts, (str, bytes)):
+        problem = f"RLE 'counts' is {type(counts).__name__}, expected a string or a list of ints"
+        return "malformed_segmentation", problem
+    else:
+        try:  # a compressed string that is not an RLE of this size decodes to nonsense, not an error
+            area = int(mask_utils.area({"size": size, "counts": counts}))
+        except Exception:  # noqa: BLE001 (pycocotools raises several kinds)
+            area = -1
+        if not 0 <= area <= h * w:
+            return "malformed_segmentation", f"RLE 'counts' does not decode to a {h}x{w} mask"
+    return None
 
 
 def _segmentation_off_its_box(
-    seg: list[list[float]] | dict[str, Any], box: tuple[float, ...], h: int, w: int
+    seg: list[list[float]] | dict[str, Any], box: _Extent, h: int, w: int, extent: _Extent | None
 ) -> str | None:
     """What is wrong when a checked segmentation lies elsewhere than its box (xyxy, clipped to the image).
 
-    Its extent (polygon vertices, or RLE pixels; an empty RLE is not judged), clipped like the box, must touch
-    the box grown by 1 px and, for a box of 4 px or more each way (a thinner one is within rasterising error
-    of its mask), overlap it with an IoU of at least 0.1.
+    Its extent (polygon vertices: ``extent``, as ``_check_segmentation`` returns it; or, where that is None,
+    the RLE's pixels, found here; an empty RLE is not judged), clipped like the box, must touch the box grown
+    by 1 px and, for a box of 4 px or more each way (a thinner one is within rasterising error of its mask),
+    overlap it with an IoU of at least 0.1.
     """
-    if isinstance(seg, list):
-        x1, y1, x2, y2 = _polygon_extent(seg)
+    if extent is not None:
+        x1, y1, x2, y2 = extent
     else:
         rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else seg
         if not mask_utils.area(rle):
             return None
         x1, y1, bw, bh = (float(v) for v in mask_utils.toBbox(rle))
         x2, y2 = x1 + bw, y1 + bh
-    x1, x2 = (min(max(v, 0.0), w) for v in (x1, x2))
-    y1, y2 = (min(max(v, 0.0), h) for v in (y1, y2))
+    x1, y1, x2, y2 = _clamp(x1, w), _clamp(y1, h), _clamp(x2, w), _clamp(y2, h)
     touches = x2 >= box[0] - 1 and x1 <= box[2] + 1 and y2 >= box[1] - 1 and y1 <= box[3] + 1
     if touches and min(box[2] - box[0], box[3] - box[1]) < 4:
         return None
     # One pair per annotation: pycocotools' iou costs 14 us a call, 12 s over COCO train2017's 860k.
-    inter = max(0.0, min(x2, box[2]) - max(x1, box[0])) * max(0.0, min(y2, box[3]) - max(y1, box[1]))
+    inter = _overlap(x1, x2, box[0], box[2]) * _overlap(y1, y2, box[1], box[3])
     union = (x2 - x1) * (y2 - y1) + (box[2] - box[0]) * (box[3] - box[1]) - inter
     iou = inter / union if union > 0 else 0.0
     if touches and iou >= 0.1:

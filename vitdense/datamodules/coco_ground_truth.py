@@ -72,7 +72,7 @@ class CocoGroundTruth(CheckedDataset):
         if self.evaluation == "segm" or not area_ok:
             if "segmentation" not in ann and self.evaluation == "segm":
                 return "malformed_segmentation", "has no 'segmentation', which mask AP scores; add it"
-            cleaned, problem = _check_segmentation(ann.get("segmentation"), rec.height, rec.width)
+            cleaned, extent, problem = _check_segmentation(ann.get("segmentation"), rec.height, rec.width)
             if self.evaluation == "segm" and problem is not None and problem[0] != "degenerate_polygon":
                 return problem[0], f"has a bad segmentation: {problem[1]}; fix it or delete the annotation"
             if problem is None or problem[0] == "degenerate_polygon":
@@ -94,7 +94,7 @@ class CocoGroundTruth(CheckedDataset):
                 # Mask AP would score such a mask (e.g. a polygon in 0-1 units) as written: near 0, silently.
                 box = _clipped_xyxy(bbox, rec.height, rec.width)
                 if box[2] > box[0] and box[3] > box[1]:  # else: a box problem, noted by the caller
-                    off = _segmentation_off_its_box(cleaned, box, rec.height, rec.width)
+                    off = _segmentation_off_its_box(cleaned, box, rec.height, rec.width, extent)
                     if off is not None:
                         return "segmentation_box_mismatch", off
         if not area_ok:

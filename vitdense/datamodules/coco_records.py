@@ -194,7 +194,7 @@ class CocoRecordChecks(CocoGroundTruth):
             )
         seg = None
         if self.masks:
-            seg, problem = _check_segmentation(ann.get("segmentation"), rec.height, rec.width)
+            seg, extent, problem = _check_segmentation(ann.get("segmentation"), rec.height, rec.width)
             if problem is not None:
                 fix = "give polygons [[x1, y1, x2, y2, x3, y3, ...]] or RLE {'size': [h, w], 'counts': ...}"
                 if problem[0] == "coordinates_far_outside":
@@ -202,7 +202,7 @@ class CocoRecordChecks(CocoGroundTruth):
                 return problem[0], f"has a bad segmentation: {problem[1]}; {fix}"
             # Training boxes come from the masks: a segmentation elsewhere than its box would silently move
             # or erase the object (polygons exported in 0-1 units are the usual cause).
-            off = _segmentation_off_its_box(seg, (x1, y1, x2, y2), rec.height, rec.width)
+            off = _segmentation_off_its_box(seg, (x1, y1, x2, y2), rec.height, rec.width, extent)
             if off is not None:
                 return "segmentation_box_mismatch", off
         return _Instance(ann["id"], (x1, y1, x2, y2), label, seg)
