@@ -20,8 +20,8 @@ shared machine) and ``writer_main_cpu_ms`` (the main thread's CPU time in the wr
 then the ratio of the two runs' totals. Wall times depend on the machine's load; CPU times much less.
 
 ``--stages`` prints instead the CPU time of each stage of one image's outputs, one at a time: the JSON record
-(in the main thread), reading the image again, drawing without and with the masks, and saving as PNG and
-as JPEG.
+(in the main thread, the masks' regions included), reading the image again, drawing without masks, the masks'
+regions alone, drawing with the masks (from their regions), and saving as PNG and as JPEG.
 
     python benchmarks/predict_writer.py                          # 50 images of 1 MP, 100 detections
     python benchmarks/predict_writer.py --model wait --model_ms 23
@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from vitdense.datamodules.instance_masks import mask_regions
 from vitdense.datamodules.predict_images import as_rgb_array
 from vitdense.tasks.overlay_drawing import detection_overlay
 from vitdense.tasks.overlay_writer import save_overlay
@@ -176,15 +177,15 @@ def stages(file: Path, detections: dict[str, torch.Tensor], out: Path, repeats: 
     names = dict(zip(CATEGORY_IDS, CLASS_NAMES))
     boxes, labels, scores = detections["boxes"], detections["labels"], detections["scores"]  # ids = labels
     pixels = as_rgb_array(file)
-    drawn = detection_overlay(pixels, boxes, labels, scores, CLASS_NAMES, masks=detections["masks"])
+    masks = mask_regions(detections["masks"])
+    drawn = detection_overlay(pixels, boxes, labels, scores, CLASS_NAMES, masks=masks)
     out.mkdir(parents=True, exist_ok=True)
     steps = {
         "json_record": lambda: detection_record(output, names),
         "read_image": lambda: as_rgb_array(file),
         "draw_boxes_captions": lambda: detection_overlay(pixels, boxes, labels, scores, CLASS_NAMES),
-        "draw_all": lambda: detection_overlay(
-            pixels, boxes, labels, scores, CLASS_NAMES, masks=detections["masks"]
-        ),
+        "mask_regions": lambda: mask_regions(detections["masks"]),
+        "draw_all": lambda: detection_overlay(pixels, boxes, labels, scores, CLASS_NAMES, masks=masks),
         "save_png": lambda: save_overlay(drawn, out / "overlay.png", "png"),
         "save_jpeg": lambda: save_overlay(drawn, out / "overlay.jpg", "jpeg"),
     }

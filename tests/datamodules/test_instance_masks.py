@@ -7,7 +7,13 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from vitdense.datamodules.instance_masks import InstanceMasks, encode_masks, rle_counts, rle_of_region
+from vitdense.datamodules.instance_masks import (
+    InstanceMasks,
+    _regions_on_the_device,
+    encode_masks,
+    rle_counts,
+    rle_of_region,
+)
 
 
 def _random_masks(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
@@ -104,6 +110,10 @@ def test_encoding_masks_by_their_regions_equals_pycocotools() -> None:
         for rle, mask in zip(encoded, masks):
             expected = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
             assert rle["counts"] == expected["counts"] and list(rle["size"]) == [h, w]
+        if len(masks):  # the GPU's way, run here on the CPU: the same regions as OpenCV's
+            on_device = _regions_on_the_device(torch.from_numpy(masks))
+            assert on_device.origins.tolist() == InstanceMasks.from_dense(masks).origins.tolist()
+            assert on_device.to_rles() == encoded
     corner = np.zeros((7, 5), np.uint8)
     corner[0, 0] = corner[6, 4] = 1  # the first and the last pixel of the frame
     assert rle_of_region(corner, 0, 0, 7, 5) == mask_utils.encode(np.asfortranarray(corner))

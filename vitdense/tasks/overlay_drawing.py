@@ -3,9 +3,10 @@
 The pixels are those of torchvision's ``draw_segmentation_masks`` then ``draw_bounding_boxes`` (a pixel under
 one mask takes its colour, under several black, blended in float32 and truncated), without their cost on a
 photo with many detections: torchvision sums every mask over the whole image and paints each mask through a
-full-image index, 100 full-image passes per image. Here each mask is painted within its extent into one index
-image (which mask is over each pixel, or several), the image is blended once by table lookups that hold the
-float32 blend's results, and boxes and captions go on one PIL canvas.
+full-image index, 100 full-image passes per image. Here each mask is painted from its bounding region
+(:class:`~vitdense.datamodules.instance_masks.InstanceMasks`, which the JSON's RLEs are written from too)
+into one index image (which mask is over each pixel, or several), the image is blended once by table lookups
+that hold the float32 blend's results, and boxes and captions go on one PIL canvas.
 """
 
 import colorsys
@@ -15,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
+
+from vitdense.datamodules.instance_masks import InstanceMasks, mask_regions
 
 __all__ = ["class_colors", "detection_overlay", "draw_detections", "draw_label_map", "label_map_overlay"]
 
@@ -63,7 +66,7 @@ def draw_detections(
         labels,
         scores,
         class_names,
-        masks=masks,
+        masks=mask_regions(masks) if masks is not None else None,
         score_threshold=score_threshold,
         mask_alpha=mask_alpha,
     )
@@ -77,12 +80,13 @@ def detection_overlay(
     scores: Tensor,
     class_names: Sequence[str],
     *,
-    masks: Tensor | None = None,
+    masks: InstanceMasks | None = None,
     score_threshold: float = 0.5,
     mask_alpha: float = 0.45,
 ) -> np.ndarray:
-    """:func:`draw_detections` on uint8 (H, W, 3) ``pixels``, as images are read and saved; returns a new
-    uint8 (H, W, 3) array."""
+    """:func:`draw_detections` on uint8 (H, W, 3) ``pixels``, as images are read and saved, with the masks
+    as their regions (:func:`~vitdense.datamodules.instance_masks.mask_regions`); returns a new uint8
+    (H, W, 3) array."""
     keep = (scores >= score_threshold).cpu()
     boxes, labels, scores = boxes.cpu()[keep].float(), labels.cpu()[keep], scores.cpu()[keep]
     if not len(boxes):
@@ -90,7 +94,7 @@ def detection_overlay(
     palette = class_colors(len(class_names) + 1)
     colors = [palette[int(label)] for label in labels]
     if masks is not None:
-        painted = _painted_masks(masks.cpu().numpy(), np.flatnonzero(keep.numpy()))
+        painted = _painted_masks(masks, np.flatnonzero(keep.numpy()))
         pixels = _blend(pixels, painted, colors, mask_alpha)
     canvas = Image.fromarray(pixels)
     draw = ImageDraw.Draw(canvas)
@@ -103,21 +107,18 @@ def detection_overlay(
     return np.array(canvas)
 
 
-def _painted_masks(masks: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Which of the bool (N, H, W) ``masks[indices]`` lies over each pixel: (H, W) unsigned, 0 under none,
-    k under ``masks[indices[k - 1]]`` alone, ``len(indices) + 1`` under several. Each mask is read whole
-    once, to find its rows, and painted within its extent only."""
+def _painted_masks(masks: InstanceMasks, indices: np.ndarray) -> np.ndarray:
+    """Which of the masks at ``indices`` lies over each pixel: (H, W) unsigned, 0 under none, k under mask
+    ``indices[k - 1]`` alone, ``len(indices) + 1`` under several. Each is painted over its region only."""
     several = len(indices) + 1
     dtype = np.uint8 if several <= np.iinfo(np.uint8).max else np.uint32
-    painted = np.zeros(masks.shape[1:], dtype)
+    painted = np.zeros((masks.height, masks.width), dtype)
     for k, index in enumerate(indices, start=1):
-        ys = np.flatnonzero(masks[index].any(axis=1))
-        if not len(ys):
+        crop = masks.crops[index] != 0
+        if not crop.size:
             continue
-        band = masks[index, ys[0] : ys[-1] + 1]
-        xs = np.flatnonzero(band.any(axis=0))
-        crop = band[:, xs[0] : xs[-1] + 1]
-        extent = painted[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1]
+        x, y = (int(v) for v in masks.origins[index])
+        extent = painted[y : y + crop.shape[0], x : x + crop.shape[1]]
         under_another = crop & (extent != 0)
         np.copyto(extent, k, where=crop)
         np.copyto(extent, several, where=under_another)

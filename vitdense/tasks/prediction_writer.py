@@ -17,7 +17,7 @@ from PIL import Image
 
 from vitdense.atomic_write import OutputWriteError, atomic_file, check_writable_folder, write_atomically
 from vitdense.datamodules.bad_data import BadDataError
-from vitdense.datamodules.instance_masks import encode_masks
+from vitdense.datamodules.instance_masks import InstanceMasks, mask_regions
 from vitdense.datamodules.loading import PaddingIndex
 from vitdense.datamodules.predict_images import as_rgb_array, passed_over_report
 from vitdense.tasks.overlay_drawing import detection_overlay, label_map_overlay
@@ -63,17 +63,22 @@ def output_names(files: list[str | Path]) -> dict[str, Path]:
     return names
 
 
-def detection_record(prediction: dict[str, Any], names: dict[int, str]) -> dict[str, Any]:
+def detection_record(
+    prediction: dict[str, Any], names: dict[int, str], masks: InstanceMasks | None = None
+) -> dict[str, Any]:
     """One image's detections as JSON: COCO xywh boxes, category ids and names, scores, RLE masks.
 
     Args:
         prediction: a ``DetectionTask.predict_step`` output (``boxes`` xyxy, ``labels`` category ids,
             ``scores``, optional bool ``masks`` (N, H, W), ``file_name``, ``orig_size``).
         names: category id -> name.
+        masks: ``mask_regions(prediction["masks"])`` when the caller has it already.
     """
     height, width = (int(v) for v in prediction["orig_size"])
     detections = []
-    rles = encode_masks(prediction["masks"]) if "masks" in prediction else None
+    if masks is None and "masks" in prediction:
+        masks = mask_regions(prediction["masks"])
+    rles = masks.to_rles() if masks is not None else None
     for index, (box, category_id, score) in enumerate(
         zip(prediction["boxes"].tolist(), prediction["labels"].tolist(), prediction["scores"].tolist())
     ):
@@ -231,7 +236,9 @@ class PredictionWriter(BasePredictionWriter):
     def write_detections(self, pl_module: LightningModule, output: dict[str, Any]) -> None:
         """Keep one image's detections for ``predictions.json`` and write its overlay."""
         names = dict(zip(pl_module.category_ids, pl_module.class_names, strict=True))
-        self._records.append(detection_record(output, names))
+        # Each mask's region, found once: the JSON's RLEs and the overlay are read from it.
+        masks = mask_regions(output["masks"]) if "masks" in output else None
+        self._records.append(detection_record(output, names, masks))
         if not self.overlays:
             return
         label_of = {category_id: label for label, category_id in enumerate(pl_module.category_ids, start=1)}
@@ -244,7 +251,7 @@ class PredictionWriter(BasePredictionWriter):
                 labels,
                 output["scores"],
                 class_names,
-                masks=output.get("masks"),
+                masks=masks,
                 score_threshold=self.score_threshold,
             ),
             self._overlay_path(output),
