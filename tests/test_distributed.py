@@ -125,7 +125,7 @@ def test_two_processes_match_one_on_an_odd_split(recipe, trained, keys, tmp_path
     assert {Path(record["file_name"]).name for record in records} == {images[i].name for i in (0, 1, 2, 4)}
 
 
-@pytest.mark.slow(seconds=53)
+@pytest.mark.slow(seconds=59)
 def test_two_processes_resumed_mid_epoch_end_with_the_uninterrupted_weights(tmp_path):
     """Each process resumes its own random streams: proposal sampling draws as many numbers as its images
     have proposals, so the two processes' streams part after the first step, and a process that resumed
@@ -152,7 +152,7 @@ def test_two_processes_resumed_mid_epoch_end_with_the_uninterrupted_weights(tmp_
     torch.testing.assert_close(resumed["state_dict"], straight["state_dict"], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.slow(seconds=20)
+@pytest.mark.slow(seconds=22)
 def test_two_processes_in_a_folder_another_run_holds_stop_together_naming_it(tmp_path):
     """Rank 0 finds the checkpoint folder locked; every process stops with its message, none waits."""
     run_root = tmp_path / "run"

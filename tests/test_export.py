@@ -65,7 +65,7 @@ def segmenter_export(tmp_path_factory):
     return model, export_model(model, SIZE, path, sample=_image(0), onnx=HAS_ONNX)
 
 
-@pytest.mark.slow(seconds=25)  # with its module fixture's export
+@pytest.mark.slow(seconds=28)  # with its module fixture's export
 def test_mask_rcnn_round_trip(mask_rcnn_export):
     model, report = mask_rcnn_export
     assert model.training, "the model is left in the mode it came in"
@@ -122,7 +122,7 @@ def test_changed_detector_fails_the_check(mask_rcnn_export):
         check_export(report.program_path, changed, SIZE, _image(0), valid_size=(200, 150))
 
 
-@pytest.mark.slow(seconds=8)
+@pytest.mark.slow(seconds=9)
 def test_faster_rcnn_without_detections(tmp_path):
     """A program that finds nothing still runs: NMS may keep 0 boxes (torchvision's fake kernel says >= 2)."""
     model = FasterRCNN(3, _pyramid(), score_thresh=0.99, **SMALL)

@@ -95,7 +95,7 @@ def _run(step: str, stdin: str = "") -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-@pytest.mark.slow(seconds=14)  # a fresh interpreter per import
+@pytest.mark.slow(seconds=19)  # a fresh interpreter per import
 def test_importing_the_kit_changes_no_global_state():
     others = _run("list")
     changed = json.loads(_run("check", others))

@@ -501,7 +501,7 @@ def test_load_checkpoint_says_what_is_wrong(tmp_path):
 
 
 @pytest.mark.oldest
-@pytest.mark.slow(seconds=10)
+@pytest.mark.slow(seconds=11)
 def test_export_round_trips_the_trained_detector_with_its_check(
     detection_run, mixed_images, tmp_path, capsys
 ):

@@ -70,7 +70,7 @@ def straight(tmp_path_factory) -> dict:
 
 
 @pytest.mark.oldest
-@pytest.mark.slow(seconds=10)
+@pytest.mark.slow(seconds=9)
 def test_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path, straight):
     # Killed as its 4th step starts, in the middle of the first epoch (4 batches); the latest checkpoint holds
     # 3 steps. The killed run
@@ -106,7 +106,7 @@ def test_kill_and_resume_ends_with_the_uninterrupted_weights(tmp_path, straight)
     )
 
 
-@pytest.mark.slow(seconds=5)
+@pytest.mark.slow(seconds=6)
 def test_resuming_from_a_save_on_an_epochs_last_batch_trains_the_next_epoch_whole(tmp_path, straight):
     """The periodic save lands on the first epoch's last batch (step 4 of 4 batches per epoch); the run is
     killed two steps later. Resumed, it must train the whole second epoch: with a DataLoader worker it
@@ -123,7 +123,7 @@ def test_resuming_from_a_save_on_an_epochs_last_batch_trains_the_next_epoch_whol
     torch.testing.assert_close(resumed["state_dict"], straight["state_dict"], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.slow(seconds=7)
+@pytest.mark.slow(seconds=10)
 def test_a_finished_run_extended_by_an_epoch_trains_that_epoch_as_an_uninterrupted_run(tmp_path):
     """The checkpoint saved at the end of training (here: of max_epochs=2, between periodic saves) resumes
     into the next epoch, with its data, and the continued run keeps writing last.ckpt (no last-v1.ckpt)."""
