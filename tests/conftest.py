@@ -102,9 +102,10 @@ def fit_demo(folder: Path, recipe: str, arguments: list[str]) -> DemoRun:
     return DemoRun(folder, checkpoint, json.loads(printed.getvalue().strip().splitlines()[-1]))
 
 
-def demo_detection_schedule(root: Path, steps: int) -> list[str]:
+def demo_detection_schedule(root: Path, steps: int, warmup_steps: int | None = None) -> list[str]:
     """``steps`` steps x 4 images = 2 epochs of ``2 * steps`` images in ``root``, evaluated once at the
-    end."""
+    end; the learning rate warms up over ``warmup_steps`` (default a fifth of the steps)."""
+    warmup = steps // 5 if warmup_steps is None else warmup_steps
     return [
         f"--data.init_args.root={root}",
         f"--data.init_args.num_train={2 * steps}",
@@ -113,7 +114,7 @@ def demo_detection_schedule(root: Path, steps: int) -> list[str]:
         "--trainer.max_epochs=2",
         "--trainer.check_val_every_n_epoch=2",
         f"--model.init_args.lr_scheduler.init_args.total_steps={steps}",
-        f"--model.init_args.lr_scheduler.init_args.warmup_steps={steps // 5}",
+        f"--model.init_args.lr_scheduler.init_args.warmup_steps={warmup}",
     ]
 
 

@@ -51,8 +51,7 @@ def test_cascade_mask_rcnn_on_the_demo_reaches_the_mask_rcnn_bar(tmp_path):
     cascade = tmp_path / "cascade.yaml"
     detector = {"class_path": "vitdense.heads.CascadeMaskRCNN", "init_args": {"roi_batch_size_per_image": 64}}
     cascade.write_text(yaml.safe_dump({"model": {"init_args": {"detector": detector}}}))
-    schedule = demo_detection_schedule(tmp_path / "shapes", 120)
-    schedule.append("--model.init_args.lr_scheduler.init_args.warmup_steps=6")
+    schedule = demo_detection_schedule(tmp_path / "shapes", 120, warmup_steps=6)
     metrics = fit_demo(tmp_path, "demo_shapes_mask_rcnn.yaml", ["--config", str(cascade), *schedule]).metrics
     saved = yaml.safe_load(next(tmp_path.rglob("config.yaml")).read_text())
     assert saved["model"]["init_args"]["detector"]["class_path"] == "vitdense.heads.CascadeMaskRCNN"
