@@ -1,8 +1,11 @@
 """``vitdense predict``'s time per image, split into model and prediction writer, with and without overlays.
 
 The images are synthetic JPEGs (seeded: blurred colour blobs and noise, as a photo compresses) of ``--size``
-pixels; every image gets the same fixed detections (``--detections`` boxes scoring 0.5-1.0 over 80 classes,
-each with an elliptic bool mask at full size, as the task returns them after pasting). The writer
+pixels; every image gets the same fixed boxes and masks (``--detections`` boxes, each with an elliptic bool
+mask at full size, as the task returns them after pasting) with labels (80 classes) and scores (0.5-1.0)
+drawn anew for each image (seeded), so that the captions ("class_12 0.87") vary from image to image as in
+a real run, where each new caption's text is rendered once (``--captions fixed``: the same labels and scores
+on every image, each caption rendered once for the whole run). The writer
 (``vitdense.tasks.prediction_writer.PredictionWriter``) is driven as Lightning drives it in ``predict``:
 ``setup``, ``on_predict_epoch_start``, ``write_on_batch_end`` per image, ``on_predict_epoch_end``.
 
@@ -20,8 +23,9 @@ shared machine) and ``writer_main_cpu_ms`` (the main thread's CPU time in the wr
 then the ratio of the two runs' totals. Wall times depend on the machine's load; CPU times much less.
 
 ``--stages`` prints instead the CPU time of each stage of one image's outputs, one at a time: the JSON record
-(in the main thread, the masks' regions included), reading the image again, drawing without masks, the masks'
-regions alone, drawing with the masks (from their regions), and saving as PNG and as JPEG.
+(in the main thread, the masks' regions included), reading the image again, drawing without masks (its
+captions' text rendered anew, then as a run draws them, rendered before), the masks' regions alone, drawing
+with the masks (from their regions), and saving as PNG and as JPEG.
 
     python benchmarks/predict_writer.py                          # 50 images of 1 MP, 100 detections
     python benchmarks/predict_writer.py --model wait --model_ms 23
@@ -45,7 +49,7 @@ from PIL import Image, ImageFilter
 
 from vitdense.datamodules.instance_masks import mask_regions
 from vitdense.datamodules.predict_images import as_rgb_array
-from vitdense.tasks.overlay_drawing import detection_overlay
+from vitdense.tasks.overlay_drawing import RenderedCaptions, detection_overlay
 from vitdense.tasks.overlay_writer import save_overlay
 from vitdense.tasks.prediction_writer import PredictionWriter, detection_record
 
@@ -91,6 +95,20 @@ def fixed_detections(height: int, width: int, count: int, seed: int = 0) -> dict
     }
 
 
+def image_labels_scores(images: int, count: int, seed: int = 1) -> list[dict[str, torch.Tensor]]:
+    """Each image's ``labels`` (int64 category ids) and ``scores`` (float32 in [0.5, 1)) for ``count``
+    detections, seeded, uniform: ~80 x 50 captions, fewer repeated than where a few classes dominate (COCO's
+    person)."""
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "labels": torch.from_numpy(rng.choice(CATEGORY_IDS, count)).long(),
+            "scores": torch.from_numpy(rng.uniform(0.5, 1.0, count)).float(),
+        }
+        for _ in range(images)
+    ]
+
+
 class _Model:
     """A stand-in model step: fixed torch work (``cpu``) or a sleep (``wait``) of about ``ms`` alone."""
 
@@ -118,9 +136,15 @@ class _Model:
 
 
 def run(
-    files: list[Path], detections: dict[str, torch.Tensor], out: Path, model: _Model, **writer_options: Any
+    files: list[Path],
+    detections: dict[str, torch.Tensor],
+    out: Path,
+    model: _Model,
+    per_image: list[dict[str, torch.Tensor]] | None = None,
+    **writer_options: Any,
 ) -> dict[str, Any]:
-    """Predict ``files`` as the writer sees it; per-image milliseconds of the model, the writer and all."""
+    """Predict ``files`` as the writer sees it, each with ``detections`` updated by its ``per_image`` entry;
+    per-image milliseconds of the model, the writer and all."""
     height, width = detections["masks"].shape[-2:]
     writer = PredictionWriter(str(out), **writer_options)
     dataset = SimpleNamespace(files=[str(f) for f in files], passed_over=[], apply_exif=True)
@@ -144,7 +168,8 @@ def run(
     for index, file in enumerate(files):
         tick = time.perf_counter()
         model()
-        output = {**detections, "file_name": str(file), "image_id": index, "orig_size": (height, width)}
+        output = {**detections, **(per_image[index] if per_image else {})}
+        output.update(file_name=str(file), image_id=index, orig_size=(height, width))
         tock, thread_tock = time.perf_counter(), time.thread_time()
         writer.write_on_batch_end(trainer, module, [output], [index], None, index, 0)
         model_s += tock - tick
@@ -179,13 +204,19 @@ def stages(file: Path, detections: dict[str, torch.Tensor], out: Path, repeats: 
     pixels = as_rgb_array(file)
     masks = mask_regions(detections["masks"])
     drawn = detection_overlay(pixels, boxes, labels, scores, CLASS_NAMES, masks=masks)
+    captions = RenderedCaptions()  # as a run keeps them: rendered at the warm-up
     out.mkdir(parents=True, exist_ok=True)
     steps = {
         "json_record": lambda: detection_record(output, names),
         "read_image": lambda: as_rgb_array(file),
-        "draw_boxes_captions": lambda: detection_overlay(pixels, boxes, labels, scores, CLASS_NAMES),
+        "draw_boxes_new_captions": lambda: detection_overlay(pixels, boxes, labels, scores, CLASS_NAMES),
+        "draw_boxes_captions": lambda: detection_overlay(
+            pixels, boxes, labels, scores, CLASS_NAMES, captions=captions
+        ),
         "mask_regions": lambda: mask_regions(detections["masks"]),
-        "draw_all": lambda: detection_overlay(pixels, boxes, labels, scores, CLASS_NAMES, masks=masks),
+        "draw_all": lambda: detection_overlay(
+            pixels, boxes, labels, scores, CLASS_NAMES, masks=masks, captions=captions
+        ),
         "save_png": lambda: save_overlay(drawn, out / "overlay.png", "png"),
         "save_jpeg": lambda: save_overlay(drawn, out / "overlay.jpg", "jpeg"),
     }
@@ -206,6 +237,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--images", type=int, default=50)
     parser.add_argument("--size", type=int, nargs=2, default=(864, 1152), metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--detections", type=int, default=100)
+    parser.add_argument(
+        "--captions",
+        choices=("varied", "fixed"),
+        default="varied",
+        help="labels and scores drawn anew for each image (default), or the same on every image",
+    )
     parser.add_argument("--model", choices=("cpu", "wait"), default="cpu")
     parser.add_argument("--model_ms", type=float, default=180.0, help="the model's time per image, alone")
     parser.add_argument(
@@ -231,13 +268,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             costs = stages(files[0], detections, folder / "stages")
             print(json.dumps(costs), flush=True)
             return [costs]
+        varied = options.captions == "varied"
+        per_image = image_labels_scores(len(files), options.detections) if varied else None
         model = _Model(options.model, options.model_ms)
         rows = []
         for overlays in (False, True):
             options_here = extra if overlays else {}
             out = folder / f"overlays_{overlays}"
-            row = run(files, detections, out, model, overlays=overlays, **options_here)
-            row = {"overlays": overlays, "model": options.model, **row, **options_here}
+            row = run(files, detections, out, model, per_image, overlays=overlays, **options_here)
+            row = {"overlays": overlays, "model": options.model, "captions": options.captions, **row}
+            row.update(options_here)
             print(json.dumps(row), flush=True)
             rows.append(row)
         same = [(folder / f"overlays_{o}" / "predictions.json").read_bytes() for o in (False, True)]

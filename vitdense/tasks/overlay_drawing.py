@@ -6,11 +6,16 @@ photo with many detections: torchvision sums every mask over the whole image and
 full-image index, 100 full-image passes per image. Here each mask is painted from its bounding region
 (:class:`~vitdense.datamodules.instance_masks.InstanceMasks`, which the JSON's RLEs are written from too)
 into one index image (which mask is over each pixel, or several), the image is blended once by table lookups
-that hold the float32 blend's results, and boxes and captions go on one PIL canvas.
+that hold the float32 blend's results, and boxes and captions go on one PIL canvas, each caption's text
+rendered once (:class:`RenderedCaptions`, one per prediction run).
 """
 
 import colorsys
+import functools
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,7 +24,14 @@ from torch import Tensor
 
 from vitdense.datamodules.instance_masks import InstanceMasks, mask_regions
 
-__all__ = ["class_colors", "detection_overlay", "draw_detections", "draw_label_map", "label_map_overlay"]
+__all__ = [
+    "RenderedCaptions",
+    "class_colors",
+    "detection_overlay",
+    "draw_detections",
+    "draw_label_map",
+    "label_map_overlay",
+]
 
 
 def class_colors(num_colors: int) -> list[tuple[int, int, int]]:
@@ -31,6 +43,103 @@ def class_colors(num_colors: int) -> list[tuple[int, int, int]]:
         red, green, blue = colorsys.hsv_to_rgb(hue, 0.85, value)
         colors.append((round(255 * red), round(255 * green), round(255 * blue)))
     return colors
+
+
+class CaptionText(NamedTuple):
+    """A caption's rendered text: ``pieces``, each a coverage (an ``L`` image, 0-255) and where its top left
+    goes from the point the caption is drawn at, and ``box`` (left, top, right, bottom) from that point, as
+    ``ImageDraw.textbbox`` measures the whole caption."""
+
+    pieces: tuple[tuple[Image.Image, tuple[int, int]], ...]
+    box: tuple[int, int, int, int]
+
+
+class _Part(NamedTuple):
+    coverage: Image.Image
+    box: tuple[int, int, int, int]
+    advance: float
+    joins_plainly: bool  # no kerning with the space that joins it to the caption's other part
+
+
+@functools.lru_cache(maxsize=16)
+def _caption_font(text_size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=text_size)
+
+
+class RenderedCaptions:
+    """The text of ``name score`` captions, each name and each score rendered once and set side by side.
+
+    Laying out and rendering a caption costs ~0.17 ms of CPU, during which Pillow holds the interpreter lock:
+    100 captions an image held it for ~20 ms, and predicting (whose writer runs Python in the main thread)
+    waited on it. A run has few names and at most 101 scores ("0.00" to "1.00") but thousands of their
+    pairs, so the name (with the space after it) and the score are rendered apart and the score is set at
+    the name's advance. Those are the pixels of drawing the whole caption where the advance is whole pixels
+    (Pillow's hinted font) and neither part is kerned against the space; any other caption is rendered
+    whole. Thread-safe; ``max_bytes`` bounds the coverage kept, the least recently used going first.
+    """
+
+    def __init__(self, max_bytes: int = 32 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._parts: OrderedDict[tuple[str, int, str], _Part] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of coverage kept."""
+        return self._bytes
+
+    def get(self, name: str, score: str, text_size: int) -> CaptionText:
+        """The text of the caption ``f"{name} {score}"`` at ``text_size``."""
+        head, tail = self._part(f"{name} ", text_size, "after"), self._part(score, text_size, "before")
+        if not (head.advance.is_integer() and head.joins_plainly and tail.joins_plainly):
+            whole = self._part(f"{name} {score}", text_size, "")
+            return CaptionText(((whole.coverage, whole.box[:2]),), whole.box)
+        shift = int(head.advance)
+        (left, top, right, bottom), (tail_left, tail_top, tail_right, tail_bottom) = head.box, tail.box
+        return CaptionText(
+            ((head.coverage, (left, top)), (tail.coverage, (shift + tail_left, tail_top))),
+            (
+                min(left, shift + tail_left),
+                min(top, tail_top),
+                max(right, shift + tail_right),
+                max(bottom, tail_bottom),
+            ),
+        )
+
+    def _part(self, text: str, text_size: int, space: str) -> _Part:
+        """``text`` rendered, and whether it joins a space placed ``space`` it ("after" or "before") without
+        kerning."""
+        key = (text, text_size, space)
+        with self._lock:
+            if key in self._parts:
+                self._parts.move_to_end(key)
+                return self._parts[key]
+        part = _rendered_part(text, text_size, space)
+        with self._lock:
+            if key not in self._parts:
+                self._parts[key] = part
+                self._bytes += part.coverage.width * part.coverage.height
+                while self._bytes > self.max_bytes and len(self._parts) > 1:
+                    _, evicted = self._parts.popitem(last=False)
+                    self._bytes -= evicted.coverage.width * evicted.coverage.height
+        return part
+
+
+def _rendered_part(text: str, text_size: int, space: str) -> _Part:
+    font = _caption_font(text_size)
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    left, top, right, bottom = (int(v) for v in measure.textbbox((0, 0), text, font=font))
+    coverage = Image.new("L", (max(1, right - left), max(1, bottom - top)))
+    ImageDraw.Draw(coverage).text((-left, -top), text, fill=255, font=font)
+    advance = font.getlength(text)
+    if space == "after":
+        joins_plainly = advance == font.getlength(text[:-1]) + font.getlength(" ")
+    elif space == "before":
+        joins_plainly = font.getlength(f" {text}") == font.getlength(" ") + advance
+    else:
+        joins_plainly = True
+    return _Part(coverage, (left, top, right, bottom), advance, joins_plainly)
 
 
 def draw_detections(
@@ -83,9 +192,11 @@ def detection_overlay(
     masks: InstanceMasks | None = None,
     score_threshold: float = 0.5,
     mask_alpha: float = 0.45,
+    captions: RenderedCaptions | None = None,
 ) -> np.ndarray:
     """:func:`draw_detections` on uint8 (H, W, 3) ``pixels``, as images are read and saved, with the masks
-    as their regions (:func:`~vitdense.datamodules.instance_masks.mask_regions`); returns a new uint8
+    as their regions (:func:`~vitdense.datamodules.instance_masks.mask_regions`) and the captions' text
+    taken from ``captions`` (rendered there when new; default: for this image alone); returns a new uint8
     (H, W, 3) array."""
     keep = (scores >= score_threshold).cpu()
     boxes, labels, scores = boxes.cpu()[keep].float(), labels.cpu()[keep], scores.cpu()[keep]
@@ -100,10 +211,16 @@ def detection_overlay(
     draw = ImageDraw.Draw(canvas)
     width = max(1, round(max(pixels.shape[:2]) / 300))
     # As torchvision's draw_bounding_boxes: corners truncated to integers, all boxes before any caption.
-    for box, color in zip(boxes.to(torch.int64).tolist(), colors):
+    corners = boxes.to(torch.int64).tolist()
+    for box, color in zip(corners, colors):
         draw.rectangle(box, width=width, outline=color)
-    captions = [f"{class_names[int(label) - 1]} {float(score):.2f}" for label, score in zip(labels, scores)]
-    _draw_captions(draw, canvas.size, boxes, captions, colors, max(10, round(min(pixels.shape[:2]) / 45)))
+    captions = captions if captions is not None else RenderedCaptions()
+    text_size = max(10, round(min(pixels.shape[:2]) / 45))
+    texts = [
+        captions.get(class_names[int(label) - 1], f"{float(score):.2f}", text_size)
+        for label, score in zip(labels, scores)
+    ]
+    _draw_captions(canvas, draw, corners, texts, colors, text_size)
     return np.array(canvas)
 
 
@@ -151,22 +268,21 @@ def _blend(
 
 
 def _draw_captions(
+    canvas: Image.Image,
     draw: ImageDraw.ImageDraw,
-    size: tuple[int, int],
-    boxes: Tensor,
-    captions: list[str],
+    corners: list[list[int]],
+    texts: list[CaptionText],
     colors: list[tuple[int, int, int]],
     text_size: int,
 ) -> None:
-    """Each caption in a box of its colour at the top left of its box, in text ``text_size`` pixels high, so
-    that it reads on a 12 MP photo as on a thumbnail (torchvision's default font is 10 px at any size).
-    Pillow's own font has Latin letters only: other scripts show as empty boxes, as with torchvision's.
-    ``size`` is the canvas's (width, height)."""
-    font = ImageFont.load_default(size=text_size)
+    """Each caption in a box of its colour at the top left of its box (``corners``: xyxy whole pixels, as
+    torchvision places its captions), its text (:class:`RenderedCaptions`) ``text_size`` pixels high, so that
+    it reads on a 12 MP photo as on a thumbnail (torchvision's default font is 10 px at any size). Pillow's
+    own font has Latin letters only: other scripts show as empty boxes, as with torchvision's. ``draw``
+    draws on ``canvas``."""
     margin = max(1, text_size // 8)
-    canvas_width, canvas_height = size
-    for (x1, y1, _, _), caption, color in zip(boxes.tolist(), captions, colors):
-        left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+    canvas_width, canvas_height = canvas.size
+    for (x1, y1, _, _), (pieces, (left, top, right, bottom)), color in zip(corners, texts, colors):
         # At the box's top left, moved inside the image where the box touches its right or bottom edge.
         x = max(margin, min(x1, canvas_width - right - margin))
         y = max(margin - top, min(y1, canvas_height - bottom - margin))
@@ -174,7 +290,9 @@ def _draw_captions(
             (x + left - margin, y + top - margin, x + right + margin, y + bottom + margin), fill=color
         )
         dark = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] < 128
-        draw.text((x, y), caption, fill=(255, 255, 255) if dark else (0, 0, 0), font=font)
+        # The pixels of draw.text((x, y), caption, ...): the same coverage blended in by the same fill.
+        for coverage, (piece_x, piece_y) in pieces:
+            canvas.paste((255, 255, 255) if dark else (0, 0, 0), (x + piece_x, y + piece_y), coverage)
 
 
 def draw_label_map(image: Tensor, label_map: Tensor, num_classes: int, *, alpha: float = 0.5) -> Tensor:

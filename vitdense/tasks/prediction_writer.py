@@ -20,7 +20,7 @@ from vitdense.datamodules.bad_data import BadDataError
 from vitdense.datamodules.instance_masks import InstanceMasks, mask_regions
 from vitdense.datamodules.loading import PaddingIndex
 from vitdense.datamodules.predict_images import as_rgb_array, passed_over_report
-from vitdense.tasks.overlay_drawing import detection_overlay, label_map_overlay
+from vitdense.tasks.overlay_drawing import RenderedCaptions, detection_overlay, label_map_overlay
 from vitdense.tasks.overlay_writer import OVERLAY_FORMATS, OverlayFormat, OverlayWriter
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ class PredictionWriter(BasePredictionWriter):
             raise ValueError(f"overlay_format is one of {', '.join(OVERLAY_FORMATS)}: got {overlay_format!r}")
         self.overlay_format = overlay_format
         self._overlay_writer = OverlayWriter(overlay_format)  # threads started at the first overlay
+        self._captions = RenderedCaptions()  # each caption's text rendered once a run
         self._folder: Path | None = None
         self._names: dict[str, Path] = {}
         self._records: list[dict[str, Any]] = []
@@ -202,6 +203,7 @@ class PredictionWriter(BasePredictionWriter):
                     "out of the images, or write elsewhere (--output_dir, --writer.output_dir)"
                 )
         self._names = output_names(self.images)
+        self._captions = RenderedCaptions()
         self._apply_exif = getattr(dataset, "apply_exif", True)  # overlays drawn on the pixels predicted on
 
     def _output_path(self, kind: str, file_name: str | None, image_id: int) -> Path:
@@ -244,6 +246,7 @@ class PredictionWriter(BasePredictionWriter):
         label_of = {category_id: label for label, category_id in enumerate(pl_module.category_ids, start=1)}
         labels = torch.tensor([label_of[int(c)] for c in output["labels"]], dtype=torch.int64)
         file_name, apply_exif, class_names = output["file_name"], self._apply_exif, pl_module.class_names
+        captions = self._captions
         self._overlay_writer.submit(
             lambda: detection_overlay(
                 as_rgb_array(file_name, apply_exif),  # the pixels predicted on (EXIF orientation included)
@@ -253,6 +256,7 @@ class PredictionWriter(BasePredictionWriter):
                 class_names,
                 masks=masks,
                 score_threshold=self.score_threshold,
+                captions=captions,
             ),
             self._overlay_path(output),
         )
