@@ -119,6 +119,17 @@ def demo_detection_schedule(root: Path, steps: int, warmup_steps: int | None = N
 
 
 @pytest.fixture(scope="session")
+def process_pair(tmp_path_factory):
+    """Two processes that run ``vitdense`` commands as the ranks of one DDP run (:mod:`tests.process_pair`),
+    shared by the tests of one pytest process."""
+    from tests.process_pair import ProcessPair
+
+    pair = ProcessPair(tmp_path_factory.mktemp("process_pair"))
+    yield pair
+    pair.close()
+
+
+@pytest.fixture(scope="session")
 def demo_detector_run(tmp_path_factory) -> DemoRun:
     """The demo Mask R-CNN recipe trained for 100 steps (~2 min on one thread): tests/test_learning.py checks
     that it learned, tests/test_distributed.py evaluates and predicts with its weights. Its readers carry
