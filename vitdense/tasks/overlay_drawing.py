@@ -74,8 +74,8 @@ class RenderedCaptions:
     waited on it. A run has few names and at most 101 scores ("0.00" to "1.00") but thousands of their
     pairs, so the name (with the space after it) and the score are rendered apart and the score is set at
     the name's advance. Those are the pixels of drawing the whole caption where the advance is whole pixels
-    (Pillow's hinted font) and neither part is kerned against the space; any other caption is rendered
-    whole. Thread-safe; ``max_bytes`` bounds the coverage kept, the least recently used going first.
+    (Pillow's hinted font), the name is one line and neither part is kerned against the space; any other
+    caption is rendered whole. Thread-safe; ``max_bytes`` bounds the coverage kept, the least recently used going first.
     """
 
     def __init__(self, max_bytes: int = 32 * 2**20) -> None:
@@ -92,7 +92,8 @@ class RenderedCaptions:
     def get(self, name: str, score: str, text_size: int) -> CaptionText:
         """The text of the caption ``f"{name} {score}"`` at ``text_size``."""
         head, tail = self._part(f"{name} ", text_size, "after"), self._part(score, text_size, "before")
-        if not (head.advance.is_integer() and head.joins_plainly and tail.joins_plainly):
+        one_line = "\n" not in name  # a name over several lines puts the score on its last line
+        if not (one_line and head.advance.is_integer() and head.joins_plainly and tail.joins_plainly):
             whole = self._part(f"{name} {score}", text_size, "")
             return CaptionText(((whole.coverage, whole.box[:2]),), whole.box)
         shift = int(head.advance)
