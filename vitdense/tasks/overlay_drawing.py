@@ -75,7 +75,8 @@ class RenderedCaptions:
     pairs, so the name (with the space after it) and the score are rendered apart and the score is set at
     the name's advance. Those are the pixels of drawing the whole caption where the advance is whole pixels
     (Pillow's hinted font), the name is one line and neither part is kerned against the space; any other
-    caption is rendered whole. Thread-safe; ``max_bytes`` bounds the coverage kept, the least recently used going first.
+    caption is rendered whole. Thread-safe; ``max_bytes`` bounds the coverage kept, the least recently used
+    going first.
     """
 
     def __init__(self, max_bytes: int = 32 * 2**20) -> None:
