@@ -3,6 +3,8 @@ truncated file, and writes inside its output folder only."""
 
 import json
 import threading
+from pathlib import Path
+from concurrent.futures import Future
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +16,13 @@ from tests.full_disk import fill_disk_after
 from vitdense.tasks import prediction_writer
 from vitdense.tasks.overlay_drawing import draw_detections
 from vitdense.tasks.prediction_writer import PeerStoppedError, PredictionWriter, output_names
+
+
+def _built(record):
+    """A record as the writer's background threads leave it: a finished future."""
+    future = Future()
+    future.set_result(record)
+    return future
 
 
 def test_detections_a_failed_gathering_leaves_are_saved_by_their_process(tmp_path, monkeypatch):
@@ -29,7 +38,7 @@ def test_detections_a_failed_gathering_leaves_are_saved_by_their_process(tmp_pat
     module = SimpleNamespace(category_ids=[3], class_names=["circle"])
     writer = PredictionWriter(str(tmp_path))
     writer._folder = tmp_path
-    writer._records = [{"file_name": "b.jpg", "height": 4, "width": 6, "detections": []}]
+    writer._records = [_built({"file_name": "b.jpg", "height": 4, "width": 6, "detections": []})]
     (tmp_path / "predictions.json").write_text("{}")  # an earlier run's
 
     with pytest.raises(
@@ -52,7 +61,7 @@ def test_a_full_disk_keeps_the_earlier_predictions_and_leaves_no_truncated_parti
     writer = PredictionWriter(str(tmp_path))
     writer._folder = tmp_path
     detections = [{"bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.9, "category_id": 3} for _ in range(50)]
-    writer._records = [{"file_name": "b.jpg", "height": 4, "width": 6, "detections": detections}]
+    writer._records = [_built({"file_name": "b.jpg", "height": 4, "width": 6, "detections": detections})]
     (tmp_path / "predictions.json").write_text('{"images": []}')  # an earlier run's, whole
     fill_disk_after(monkeypatch, 100)
     writer.on_exception(trainer, module, MemoryError("out of memory"))
@@ -60,7 +69,7 @@ def test_a_full_disk_keeps_the_earlier_predictions_and_leaves_no_truncated_parti
     assert [path.name for path in tmp_path.iterdir()] == ["predictions.json"]
     assert json.loads((tmp_path / "predictions.json").read_text()) == {"images": []}
     monkeypatch.undo()
-    writer._records = [{"file_name": "b.jpg", "height": 4, "width": 6, "detections": detections}]
+    writer._records = [_built({"file_name": "b.jpg", "height": 4, "width": 6, "detections": detections})]
     writer.on_exception(trainer, module, MemoryError("out of memory"))
     assert len(json.loads((tmp_path / "predictions.partial.json").read_text())["images"]) == 1
 
@@ -151,3 +160,25 @@ def test_a_stopped_predict_keeps_the_overlays_of_the_images_it_predicted(tmp_pat
     writer.on_exception(trainer, module, KeyboardInterrupt())
     assert sorted(p.name for p in (tmp_path / "out" / "overlays").iterdir()) == ["0.jpg", "1.jpg"]
     assert len(json.loads((tmp_path / "out" / "predictions.partial.json").read_text())["images"]) == 2
+
+
+def test_a_record_that_fails_in_the_background_stops_the_run_and_the_others_are_kept(tmp_path, monkeypatch):
+    files, detections = _photos_and_detections(tmp_path)
+    building = prediction_writer.detection_record
+
+    def failing_on_the_second(prediction, *args, **kwargs):
+        if prediction["file_name"].endswith("1.png"):
+            raise ValueError(f"{prediction['file_name']}: boxes and scores differ in length")
+        return building(prediction, *args, **kwargs)
+
+    monkeypatch.setattr(prediction_writer, "detection_record", failing_on_the_second)
+    writer = PredictionWriter(str(tmp_path / "out"), overlays=False)
+    # The last image's record fails: raised at the end (one that fails earlier is raised by a later image's
+    # write, whichever comes first), as a record built in the main thread would have stopped the run.
+    trainer, module = _predict(writer, tmp_path / "out", files[:2], detections)
+    with pytest.raises(ValueError, match="1.png: boxes and scores differ"):
+        writer.on_predict_epoch_end(trainer, module)
+    assert not (tmp_path / "out" / "predictions.json").exists()
+    writer.on_exception(trainer, module, ValueError())
+    saved = json.loads((tmp_path / "out" / "predictions.partial.json").read_text())
+    assert [Path(record["file_name"]).name for record in saved["images"]] == ["0.png"]

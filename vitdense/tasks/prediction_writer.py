@@ -5,6 +5,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from vitdense.datamodules.instance_masks import InstanceMasks, mask_regions
 from vitdense.datamodules.loading import PaddingIndex
 from vitdense.datamodules.predict_images import as_rgb_array, passed_over_report
 from vitdense.tasks.overlay_drawing import RenderedCaptions, detection_overlay, label_map_overlay
-from vitdense.tasks.overlay_writer import OVERLAY_FORMATS, OverlayFormat, OverlayWriter
+from vitdense.tasks.background_writer import OVERLAY_FORMATS, OverlayFormat, BackgroundWriter
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +115,10 @@ class PredictionWriter(BasePredictionWriter):
     indices 0..K-1 at the original resolution; 16-bit when K > 256; named in ``classes.json``) and
     ``overlays/<image>.jpg``. Overlays are ``.png`` with ``overlay_format="png"``. Output names are those of
     :func:`output_names`: no image's files overwrite another's, and all stay inside ``output_dir``. Overlays
-    are drawn and saved in background threads (:class:`~vitdense.tasks.overlay_writer.OverlayWriter`), all
-    written before ``predict`` ends or stops. Every file is written whole or not at all
-    (:mod:`vitdense.atomic_write`), and a folder that cannot be written stops the run before it predicts.
+    are drawn and saved, and the JSON's records built, on background threads
+    (:class:`~vitdense.tasks.background_writer.BackgroundWriter`), all done before ``predict`` ends or
+    stops. Every file is written whole or not at all (:mod:`vitdense.atomic_write`), and a folder that
+    cannot be written stops the run before it predicts.
 
     Files that cannot be read have no outputs; after the others are written, :attr:`unreadable` lists them
     (the command then reports them with :func:`unreadable_report` and exits with status 1).
@@ -147,11 +149,11 @@ class PredictionWriter(BasePredictionWriter):
         if overlay_format not in OVERLAY_FORMATS:
             raise ValueError(f"overlay_format is one of {', '.join(OVERLAY_FORMATS)}: got {overlay_format!r}")
         self.overlay_format = overlay_format
-        self._overlay_writer = OverlayWriter(overlay_format)  # threads started at the first overlay
+        self._background = BackgroundWriter(overlay_format)  # threads started at the first image
         self._captions = RenderedCaptions()  # each caption's text rendered once a run
         self._folder: Path | None = None
         self._names: dict[str, Path] = {}
-        self._records: list[dict[str, Any]] = []
+        self._records: list[Future[dict[str, Any]]] = []  # built on the background threads, in image order
         self._written = 0
         self._apply_exif = True
         self.images: list[str] = []
@@ -238,16 +240,18 @@ class PredictionWriter(BasePredictionWriter):
     def write_detections(self, pl_module: LightningModule, output: dict[str, Any]) -> None:
         """Keep one image's detections for ``predictions.json`` and write its overlay."""
         names = dict(zip(pl_module.category_ids, pl_module.class_names, strict=True))
-        # Each mask's region, found once: the JSON's RLEs and the overlay are read from it.
+        # Each mask's region, found once here (on the device that holds the masks): the JSON's RLEs and the
+        # overlay are read from it, on the background threads, while the model predicts the next batch.
         masks = mask_regions(output["masks"]) if "masks" in output else None
-        self._records.append(detection_record(output, names, masks))
+        detections = {key: value for key, value in output.items() if key != "masks"}  # the regions say all
+        self._records.append(self._background.run(lambda: detection_record(detections, names, masks)))
         if not self.overlays:
             return
         label_of = {category_id: label for label, category_id in enumerate(pl_module.category_ids, start=1)}
         labels = torch.tensor([label_of[int(c)] for c in output["labels"]], dtype=torch.int64)
         file_name, apply_exif, class_names = output["file_name"], self._apply_exif, pl_module.class_names
         captions = self._captions
-        self._overlay_writer.submit(
+        self._background.submit(
             lambda: detection_overlay(
                 as_rgb_array(file_name, apply_exif),  # the pixels predicted on (EXIF orientation included)
                 output["boxes"],
@@ -263,7 +267,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def _overlay_path(self, output: dict[str, Any]) -> Path:
         path = self._output_path("overlays", output["file_name"], output.get("image_id", 0))
-        return path.with_suffix(self._overlay_writer.suffix)
+        return path.with_suffix(self._background.suffix)
 
     def write_label_map(self, pl_module: LightningModule, output: dict[str, Any]) -> None:
         """Write one image's label map PNG and its overlay."""
@@ -274,7 +278,7 @@ class PredictionWriter(BasePredictionWriter):
         self._written += 1
         if self.overlays and output.get("file_name") is not None:
             file_name, apply_exif, num_classes = output["file_name"], self._apply_exif, pl_module.num_classes
-            self._overlay_writer.submit(
+            self._background.submit(
                 lambda: label_map_overlay(as_rgb_array(file_name, apply_exif), label_map, num_classes),
                 self._overlay_path(output),
             )
@@ -287,8 +291,9 @@ class PredictionWriter(BasePredictionWriter):
         Under DDP each process saves its own, as far as it gets: Lightning stops all the processes within
         seconds of one failing.
         """
-        self._overlay_writer.close()
-        records, self._records = self._records, []
+        self._background.close()  # every record built, or failed
+        records = [future.result() for future in self._records if future.exception() is None]
+        self._records = []
         if records and self._folder is not None:
             suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
             path = self._folder / f"predictions.partial{suffix}.json"
@@ -304,7 +309,7 @@ class PredictionWriter(BasePredictionWriter):
             )
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._overlay_writer.close()
+        self._background.close()
 
     def _write_records(self, pl_module: LightningModule, records: list[dict[str, Any]], path: Path) -> None:
         categories = [
@@ -317,8 +322,9 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Write the gathered detections (or count the label maps) and note in :attr:`unreadable` the files
         that have no outputs (every process knows them; the command reports them)."""
-        self._overlay_writer.drain()  # an overlay that failed stops the run here, before predictions.json
-        records, written, unreadable = self._records, self._written, self._unreadable
+        self._background.drain()  # an overlay or record that failed stops the run here, before the JSON
+        records = [future.result() for future in self._records]
+        written, unreadable = self._written, self._unreadable
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             gathered: list[tuple[list[dict[str, Any]], int, list[str]] | None] = [None] * trainer.world_size
             try:

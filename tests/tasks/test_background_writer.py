@@ -1,4 +1,5 @@
-"""Overlays are written in the background, a bounded number at a time, and their failures still stop a run."""
+"""Overlays and other jobs run in the background, a bounded number at a time, and their failures still stop a
+run."""
 
 import threading
 import time
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image
 
 from vitdense.atomic_write import OutputWriteError
-from vitdense.tasks.overlay_writer import OverlayWriter
+from vitdense.tasks.background_writer import BackgroundWriter
 
 
 def _waiting_draw(release: threading.Event, started: list[int]):
@@ -21,7 +22,7 @@ def _waiting_draw(release: threading.Event, started: list[int]):
 
 
 def test_submitting_returns_while_drawing_runs_until_the_queue_is_full(tmp_path):
-    writer = OverlayWriter("png", workers=2)
+    writer = BackgroundWriter("png", workers=2)
     release, started = threading.Event(), []
     for index in range(3):  # 2 drawing, 1 waiting: submit returned each time
         writer.submit(_waiting_draw(release, started), tmp_path / f"{index}.png")
@@ -42,7 +43,7 @@ def test_a_failed_overlay_is_raised_by_the_next_submit_or_the_drain_and_stops_th
     def failing():
         raise OutputWriteError("cannot write a.png into out: its disk is full")
 
-    writer = OverlayWriter("jpeg", workers=1)
+    writer = BackgroundWriter("jpeg", workers=1)
     writer.submit(failing, tmp_path / "a.jpg")
     with pytest.raises(OutputWriteError, match="its disk is full"):
         writer.drain()
@@ -58,3 +59,20 @@ def test_a_failed_overlay_is_raised_by_the_next_submit_or_the_drain_and_stops_th
     writer.drain()
     assert Image.open(tmp_path / "c.jpg").format == "JPEG"
     writer.close()
+
+
+def test_a_job_returns_its_result_and_its_failure_stops_the_overlays_after_it(tmp_path):
+    writer = BackgroundWriter("png", workers=2)
+    assert writer.run(lambda: {"file_name": "a.jpg"}).result(10) == {"file_name": "a.jpg"}
+
+    def failing():
+        raise ValueError("record of b.jpg: no such category")
+
+    failed = writer.run(failing)
+    assert isinstance(failed.exception(10), ValueError)
+    with pytest.raises(ValueError, match="no such category"):
+        writer.submit(lambda: np.zeros((4, 6, 3), np.uint8), tmp_path / "c.png")
+    with pytest.raises(ValueError):
+        writer.drain()
+    writer.close()
+    assert list(tmp_path.iterdir()) == []

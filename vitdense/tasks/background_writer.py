@@ -1,9 +1,9 @@
-"""Overlays drawn and saved in background threads, so that predicting never waits for image compression.
+"""The prediction writer's per-image work on background threads: each image's JSON record (its masks' RLEs)
+and its overlay, drawn and saved, so that predicting never waits for encoding or image compression.
 
-Threads rather than processes: drawing (numpy), PNG's zlib and libjpeg run in C with the GIL released, so
-threads use the cores as processes would, and they share the detections the model returned, where a process
-would be sent each image's bool (N, H, W) masks (100 MB for 100 detections on a 1 MP photo), a copy that
-costs more than the drawing.
+Threads rather than processes: drawing (numpy, OpenCV), PNG's zlib and libjpeg run in C with the GIL
+released, so threads use the cores as processes would, and they share the detections the model returned,
+where a process would be sent each image's masks, a copy that costs more than the drawing.
 """
 
 import logging
@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -21,7 +21,9 @@ from vitdense.atomic_write import atomic_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OVERLAY_FORMATS", "OverlayFormat", "OverlayWriter", "save_overlay"]
+T = TypeVar("T")
+
+__all__ = ["OVERLAY_FORMATS", "BackgroundWriter", "OverlayFormat", "save_overlay"]
 
 OverlayFormat = Literal["png", "jpeg"]
 OVERLAY_FORMATS: dict[str, str] = {"png": ".png", "jpeg": ".jpg"}  # format -> file suffix
@@ -39,14 +41,15 @@ def save_overlay(pixels: np.ndarray, path: Path, image_format: OverlayFormat) ->
             Image.fromarray(pixels).save(file, format="JPEG", quality=JPEG_QUALITY)
 
 
-class OverlayWriter:
-    """Draws and saves overlays on ``workers`` threads, with at most ``workers + 1`` waiting or in progress.
+class BackgroundWriter:
+    """Runs jobs (:meth:`run`) and draws and saves overlays (:meth:`submit`) on ``workers`` threads, with at
+    most ``workers + 1`` waiting or in progress.
 
-    :meth:`submit` returns at once while a slot is free, and waits for one otherwise, so that memory stays
-    bounded when drawing is slower than predicting (each waiting overlay holds its image's detections).
-    The first overlay that fails (a full disk, an image that can no longer be read) is raised by the next
-    :meth:`submit` or by :meth:`drain`, where a synchronous write would have raised it; the others that fail
-    after it are not written either.
+    :meth:`run` and :meth:`submit` return at once while a slot is free, and wait for one otherwise, so that
+    memory stays bounded when the writing is slower than predicting (each waiting job holds its image's
+    detections). The first job that fails (a full disk, an image that can no longer be read) is raised by
+    the next :meth:`run` or :meth:`submit` or by :meth:`drain`, where a synchronous write would have raised
+    it; the overlays submitted after it are not written.
 
     Args:
         image_format: ``"jpeg"`` (quality 90) or ``"png"`` (the drawn pixels, zlib level 1).
@@ -74,14 +77,23 @@ class OverlayWriter:
         Raises:
             BaseException: the failure of an overlay submitted before.
         """
+        self.run(lambda: self._write(draw, path))
+
+    def run(self, job: Callable[[], T]) -> "Future[T]":
+        """Run ``job()`` on the threads, under the same bound as the overlays; the future holds its result.
+
+        Raises:
+            BaseException: the failure of work submitted before.
+        """
         self._raise_failure()
         self._slots.acquire()
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="vitdense-overlay")
-        future = self._pool.submit(self._write, draw, path)
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="vitdense-writer")
+        future = self._pool.submit(job)
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._done)
+        return future
 
     def _write(self, draw: Callable[[], np.ndarray], path: Path) -> None:
         if self._failure is None:  # after a failure, the run stops: no more files
