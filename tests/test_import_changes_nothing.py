@@ -1,5 +1,5 @@
 """Importing the kit changes nothing global (house rule 13): no warning or logging filter, no logger level,
-no torch operator or fake kernel, no random state.
+no torch operator or fake kernel, no random state, no thread count (torch's, OpenCV's).
 
 Each of the kit's modules is imported, in a fresh interpreter, after every other module it brings in: what
 those libraries do when imported is theirs, the difference after that is the kit's. ``vitdense.__main__``,
@@ -50,6 +50,8 @@ def state():
         },
         "torch random state": torch.random.get_rng_state().tolist(),
         "torch default dtype": str(torch.get_default_dtype()),
+        "torch threads": torch.get_num_threads(),
+        "opencv threads": __import__("cv2").getNumThreads(),
         "numpy random state": repr(np.random.get_state()[1][:8]),
         "random state": repr(random.getstate()[1][:8]),
     }

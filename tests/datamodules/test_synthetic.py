@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from pycocotools.coco import COCO
@@ -82,3 +83,19 @@ def test_shapes_datamodule_writes_once_and_loads(tmp_path: Path) -> None:
     assert all(t["masks"].shape[1:] == (224, 224) for t in targets)
     images, targets = next(iter(dm.val_dataloader()))
     assert images.shape[1:] == (3, 224, 224) and targets[0]["scale"] == 1.0
+
+
+def test_opencv_runs_single_threaded_once_a_loader_forks_workers_and_not_before(tmp_path: Path) -> None:
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        without = ShapesDataModule(root=str(tmp_path), num_train=4, num_val=2, num_workers=0, batch_size=2)
+        without.setup("fit")
+        next(iter(without.train_dataloader()))
+        assert cv2.getNumThreads() == 2  # no worker to fork: OpenCV keeps its threads
+        forking = ShapesDataModule(root=str(tmp_path), num_train=4, num_val=2, num_workers=1, batch_size=2)
+        forking.setup("fit")
+        images, _ = next(iter(forking.train_dataloader()))
+        assert cv2.getNumThreads() == 1 and images.shape == (2, 3, 224, 224)
+    finally:
+        cv2.setNumThreads(threads)

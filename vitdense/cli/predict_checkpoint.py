@@ -12,6 +12,7 @@ from vitdense.argument_parser import CommandArgumentParser
 from vitdense.cli.checkpoint_options import add_trust_class_option
 from vitdense.cli.errors import error_message
 from vitdense.datamodules import BadDataError, PredictImages, distributed_evaluation
+from vitdense.datamodules.worker_processes import fork_safe_opencv
 from vitdense.inference import Predictor, load_checkpoint
 from vitdense.tasks.prediction_writer import PredictionWriter, unreadable_report
 
@@ -132,6 +133,7 @@ class _ImagesToPredict(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         dataset, sampler = distributed_evaluation(self.dataset)
+        fork_safe_opencv(self.num_workers)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

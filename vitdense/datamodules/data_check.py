@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from torch.utils.data import DataLoader, Dataset
 
 from vitdense.datamodules.bad_data import SKIP_HINT, BadDataError, CheckedDataset, Finding, Policy
+from vitdense.datamodules.worker_processes import fork_safe_opencv
 
 __all__ = [
     "CheckableDataModule",
@@ -181,6 +182,7 @@ def _verify_all(dataset: CheckedDataset, num_workers: int) -> tuple[dict[int, Fi
     """Bad records (index -> finding) and notes of ``dataset``, each record read once."""
     verify = _Verify(dataset)
     if num_workers > 0 and len(dataset) > 1:
+        fork_safe_opencv(num_workers)
         loader = DataLoader(verify, batch_size=16, num_workers=num_workers, collate_fn=_as_list)
         results = (item for batch in loader for item in batch)
     else:

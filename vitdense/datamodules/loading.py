@@ -15,6 +15,7 @@ from vitdense.datamodules import data_check
 from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, OnBadData, Policy
 from vitdense.datamodules.predict_images import PredictImages
 from vitdense.datamodules.resumable import ResumableSampler, SeededSamples
+from vitdense.datamodules.worker_processes import fork_safe_opencv
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +219,7 @@ class SplitDataModule(L.LightningDataModule):
         return datasets
 
     def _loader(self, dataset: Dataset, sampler: Sampler | None, batch_size: int) -> DataLoader:
+        fork_safe_opencv(self.num_workers)
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -26,9 +26,6 @@ import torch  # noqa: E402
 from albumentations.core.transforms_interface import BaseTransformInitSchema  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-# OpenCV's thread pool does not survive fork(); see vitdense.datamodules.transforms (same setting).
-cv2.setNumThreads(0)
-
 __all__ = [
     "CatMaxRatioCrop",
     "PhotoMetricDistortion",

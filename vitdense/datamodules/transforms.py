@@ -24,11 +24,6 @@ from pydantic import Field  # noqa: E402
 
 from vitdense.datamodules.instance_masks import InstanceMasks  # noqa: E402
 
-# OpenCV's thread pool does not survive fork(): a DataLoader worker forked after the parent used cv2 hangs
-# on its first parallel call. Workers already run in parallel, so OpenCV runs single-threaded (as in
-# detectron2 and mmdet).
-cv2.setNumThreads(0)
-
 __all__ = ["EvalTransform", "LargeScaleJitter", "TrainTransform", "TransformOutput", "boxes_from_masks"]
 
 
