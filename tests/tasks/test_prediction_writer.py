@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from tests.full_disk import fill_disk_after
+from vitdense.atomic_write import OutputWriteError
 from vitdense.tasks import prediction_writer
 from vitdense.tasks.overlay_drawing import draw_detections
 from vitdense.tasks.prediction_writer import PeerStoppedError, PredictionWriter, output_names
@@ -182,3 +183,39 @@ def test_a_record_that_fails_in_the_background_stops_the_run_and_the_others_are_
     writer.on_exception(trainer, module, ValueError())
     saved = json.loads((tmp_path / "out" / "predictions.partial.json").read_text())
     assert [Path(record["file_name"]).name for record in saved["images"]] == ["0.png"]
+
+
+def test_label_maps_are_saved_in_the_background_and_a_full_disk_still_stops_the_run(tmp_path, monkeypatch):
+    dataset = SimpleNamespace(files=["a.jpg", "b.jpg"])
+    trainer = SimpleNamespace(
+        log_dir=str(tmp_path),
+        default_root_dir=str(tmp_path),
+        is_global_zero=True,
+        world_size=1,
+        global_rank=0,
+        strategy=SimpleNamespace(broadcast=lambda value, src=0: value),
+        predict_dataloaders=[SimpleNamespace(dataset=dataset)],
+    )
+    module = SimpleNamespace(num_classes=300, class_names=[f"c{index}" for index in range(300)])
+    module.write_prediction = lambda files, output: files.write_label_map(module, output)
+    module.finish_predictions = lambda files, records, written: files.write_classes_json(module, written)
+    labels = torch.tensor([[0, 299], [7, 7]])
+    for out, full in ((tmp_path / "out", False), (tmp_path / "full", True)):
+        writer = PredictionWriter(str(out), overlays=False)
+        writer.setup(trainer, module, "predict")
+        writer.on_predict_epoch_start(trainer, module)
+        if full:
+            fill_disk_after(monkeypatch, 10)
+        for index, name in enumerate(["a.jpg"] if full else ["a.jpg", "b.jpg"]):  # full: raised at the end
+            output = {"label": labels, "file_name": name, "image_id": index}
+            writer.write_on_batch_end(trainer, module, [output], [index], None, index, 0)
+        if not full:
+            writer.on_predict_epoch_end(trainer, module)
+            saved = np.asarray(Image.open(out / "labels" / "a.png"))
+            assert saved.dtype == np.uint16 and saved.tolist() == [[0, 299], [7, 7]]  # 16-bit above 256
+            assert sorted(p.name for p in (out / "labels").iterdir()) == ["a.png", "b.png"]
+            continue
+        with pytest.raises(OutputWriteError, match=r"cannot write a.png into .*labels: its disk is full"):
+            writer.on_predict_epoch_end(trainer, module)
+        writer.on_exception(trainer, module, OSError())
+        assert not list((out / "labels").glob("*.png")) and not (out / "classes.json").exists()

@@ -115,7 +115,7 @@ class PredictionWriter(BasePredictionWriter):
     indices 0..K-1 at the original resolution; 16-bit when K > 256; named in ``classes.json``) and
     ``overlays/<image>.jpg``. Overlays are ``.png`` with ``overlay_format="png"``. Output names are those of
     :func:`output_names`: no image's files overwrite another's, and all stay inside ``output_dir``. Overlays
-    are drawn and saved, and the JSON's records built, on background threads
+    are drawn and saved, the JSON's records built and the label maps saved, on background threads
     (:class:`~vitdense.tasks.background_writer.BackgroundWriter`), all done before ``predict`` ends or
     stops. Every file is written whole or not at all (:mod:`vitdense.atomic_write`), and a folder that
     cannot be written stops the run before it predicts.
@@ -270,11 +270,11 @@ class PredictionWriter(BasePredictionWriter):
         return path.with_suffix(self._background.suffix)
 
     def write_label_map(self, pl_module: LightningModule, output: dict[str, Any]) -> None:
-        """Write one image's label map PNG and its overlay."""
+        """Write one image's label map PNG and its overlay, on the background threads."""
         label_map = output["label"]
         dtype = np.uint8 if pl_module.num_classes <= 256 else np.uint16
         path = self._output_path("labels", output.get("file_name"), output.get("image_id", 0))
-        _save_png(label_map.numpy().astype(dtype), path)
+        self._background.run(lambda: _save_png(label_map.numpy().astype(dtype), path))
         self._written += 1
         if self.overlays and output.get("file_name") is not None:
             file_name, apply_exif, num_classes = output["file_name"], self._apply_exif, pl_module.num_classes
