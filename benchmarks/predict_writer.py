@@ -49,8 +49,8 @@ from PIL import Image, ImageFilter
 
 from vitdense.datamodules.instance_masks import mask_regions
 from vitdense.datamodules.predict_images import as_rgb_array
-from vitdense.tasks.overlay_drawing import RenderedCaptions, detection_overlay
 from vitdense.tasks.background_writer import save_overlay
+from vitdense.tasks.overlay_drawing import RenderedCaptions, detection_overlay
 from vitdense.tasks.prediction_writer import PredictionWriter, detection_record
 
 CLASS_NAMES = [f"class_{index}" for index in range(80)]

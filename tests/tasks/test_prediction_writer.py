@@ -3,8 +3,8 @@ truncated file, and writes inside its output folder only."""
 
 import json
 import threading
-from pathlib import Path
 from concurrent.futures import Future
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np

@@ -21,8 +21,8 @@ from vitdense.datamodules.bad_data import BadDataError
 from vitdense.datamodules.instance_masks import InstanceMasks, mask_regions
 from vitdense.datamodules.loading import PaddingIndex
 from vitdense.datamodules.predict_images import as_rgb_array, passed_over_report
+from vitdense.tasks.background_writer import OVERLAY_FORMATS, BackgroundWriter, OverlayFormat
 from vitdense.tasks.overlay_drawing import RenderedCaptions, detection_overlay, label_map_overlay
-from vitdense.tasks.background_writer import OVERLAY_FORMATS, OverlayFormat, BackgroundWriter
 
 logger = logging.getLogger(__name__)
 
