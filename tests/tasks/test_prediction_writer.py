@@ -83,10 +83,10 @@ def test_outputs_stay_inside_the_output_folder_whatever_the_paths_hold():
     assert sorted(str(name) for name in output_names(same).values()) == ["1.jpg-1.png", "1.jpg.png"]
 
 
-def _predict(writer, folder, files, detections):
-    """Drive ``writer`` as Lightning's predict does, one image per batch, with the same ``detections``."""
+def _one_process_trainer(folder, files):
+    """What the writer reads of Lightning's trainer in a one-process ``predict`` of ``files``."""
     dataset = SimpleNamespace(files=[str(f) for f in files], passed_over=[], apply_exif=True)
-    trainer = SimpleNamespace(
+    return SimpleNamespace(
         log_dir=str(folder),
         default_root_dir=str(folder),
         is_global_zero=True,
@@ -95,6 +95,11 @@ def _predict(writer, folder, files, detections):
         strategy=SimpleNamespace(broadcast=lambda value, src=0: value),
         predict_dataloaders=[SimpleNamespace(dataset=dataset)],
     )
+
+
+def _predict(writer, folder, files, detections):
+    """Drive ``writer`` as Lightning's predict does, one image per batch, with the same ``detections``."""
+    trainer = _one_process_trainer(folder, files)
     module = SimpleNamespace(category_ids=[3, 7], class_names=["circle", "square"])
     # The detection task's side of the prediction contract (vitdense.tasks.DetectionTask).
     module.write_prediction = lambda files, output: files.write_detections(module, output)
@@ -186,16 +191,7 @@ def test_a_record_that_fails_in_the_background_stops_the_run_and_the_others_are_
 
 
 def test_label_maps_are_saved_in_the_background_and_a_full_disk_still_stops_the_run(tmp_path, monkeypatch):
-    dataset = SimpleNamespace(files=["a.jpg", "b.jpg"])
-    trainer = SimpleNamespace(
-        log_dir=str(tmp_path),
-        default_root_dir=str(tmp_path),
-        is_global_zero=True,
-        world_size=1,
-        global_rank=0,
-        strategy=SimpleNamespace(broadcast=lambda value, src=0: value),
-        predict_dataloaders=[SimpleNamespace(dataset=dataset)],
-    )
+    trainer = _one_process_trainer(tmp_path, ["a.jpg", "b.jpg"])
     module = SimpleNamespace(num_classes=300, class_names=[f"c{index}" for index in range(300)])
     module.write_prediction = lambda files, output: files.write_label_map(module, output)
     module.finish_predictions = lambda files, records, written: files.write_classes_json(module, written)
