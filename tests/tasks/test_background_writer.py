@@ -54,7 +54,7 @@ def test_a_failed_overlay_is_raised_by_the_next_submit_or_the_drain_and_stops_th
 
     writer.submit(failing, tmp_path / "a.jpg")  # a failure the run stopped before raising: logged
     writer.close()
-    assert "An overlay could not be written either: cannot write a.png" in caplog.text
+    assert "A prediction's output could not be written either: cannot write a.png" in caplog.text
     writer.submit(lambda: np.zeros((4, 6, 3), np.uint8), tmp_path / "c.jpg")  # a fresh start after close
     writer.drain()
     assert Image.open(tmp_path / "c.jpg").format == "JPEG"

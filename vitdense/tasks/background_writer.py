@@ -75,7 +75,7 @@ class BackgroundWriter:
         """Save what ``draw()`` returns (uint8 (H, W, 3)) to ``path``, in the background.
 
         Raises:
-            BaseException: the failure of an overlay submitted before.
+            BaseException: the failure of work submitted before.
         """
         self.run(lambda: self._write(draw, path))
 
@@ -113,24 +113,24 @@ class BackgroundWriter:
             raise failure
 
     def drain(self) -> None:
-        """Wait until every submitted overlay is written.
+        """Wait until every job and overlay submitted is done.
 
         Raises:
-            BaseException: the first overlay's failure.
+            BaseException: the first failure.
         """
         self._wait()
         self._raise_failure()
 
     def close(self) -> None:
-        """Wait for the overlays submitted (a run that stops keeps those of the images it predicted), then
-        stop the threads. A failure not raised yet is logged: the error that stopped the run is the one to
-        report."""
+        """Wait for the jobs and overlays submitted (a run that stops keeps those of the images it predicted),
+        then stop the threads. A failure not raised yet is logged: the error that stopped the run is the one
+        to report."""
         self._wait()
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
         if self._failure is not None and not self._raised:
-            logger.warning("An overlay could not be written either: %s", self._failure)
+            logger.warning("A prediction's output could not be written either: %s", self._failure)
         self._failure, self._raised = None, False
 
     def _wait(self) -> None:
