@@ -50,8 +50,9 @@ class ProcessPair:
         results = [self.folder / f"result_{self._requests}.rank{rank}.json" for rank in range(2)]
         request = {"arguments": arguments, "cwd": str(cwd), "results": [str(path) for path in results]}
         for process in self._processes:
-            process.stdin.write(json.dumps(request) + "\n")
-            process.stdin.flush()
+            with contextlib.suppress(OSError):  # a process that stopped since: reported below, with its log
+                process.stdin.write(json.dumps(request) + "\n")
+                process.stdin.flush()
         deadline = time.monotonic() + timeout
         while not all(path.exists() for path in results):
             stopped = any(process.poll() is not None for process in self._processes)
