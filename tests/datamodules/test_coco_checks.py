@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import MakeCoco
-from vitdense.datamodules import BadDataError, CocoDetection, EvalTransform
-from vitdense.datamodules import coco_checks
+from vitdense.datamodules import BadDataError, CocoDetection, EvalTransform, coco_checks
 from vitdense.datamodules.bad_data import SKIP_HINT
 
 IMG = {"id": 1, "file_name": "a.png", "height": 28, "width": 56}
@@ -35,7 +34,7 @@ GOOD["segmentation"] = [[2, 2, 8, 2, 8, 8]]
     ids=repr,
 )
 def test_a_list_of_floats_is_judged_as_each_float_is(values: list[Any]) -> None:
-    assert coco_checks._are_numbers(values) == all(coco_checks._is_number(v) for v in values)
+    assert coco_checks._are_numbers(values) == all(coco_checks.is_number(v) for v in values)
 
 
 # Of equal values of another type or sign (0, 0.0 and -0.0; 56 and 56.0), which one a message shows.

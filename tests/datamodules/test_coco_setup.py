@@ -13,10 +13,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from vitdense.datamodules import BadDataError, CocoDataModule, CocoDetection, CocoFile, EvalTransform
-from vitdense.datamodules import coco_checks
+from vitdense.datamodules import (
+    BadDataError,
+    CocoDataModule,
+    CocoDetection,
+    CocoFile,
+    EvalTransform,
+    coco_checks,
+)
 from vitdense.datamodules.bad_data import SKIP_HINT
-from vitdense.datamodules.coco_file import _collector_paused, load_coco
+from vitdense.datamodules.coco_file import collector_paused, load_coco
 from vitdense.datamodules.packed import PackedRecords
 
 MakeCoco = Callable[..., tuple[Path, Path]]
@@ -141,8 +147,8 @@ VALUE_LISTS = [
 
 @pytest.mark.parametrize("values", VALUE_LISTS, ids=repr)
 def test_list_checks_answer_as_the_checks_per_value(values: list[Any]) -> None:
-    assert coco_checks._are_numbers(values) == all(coco_checks._is_number(v) for v in values)
-    assert coco_checks._are_counts(values) == all(coco_checks._is_int(v) and v >= 0 for v in values)
+    assert coco_checks._are_numbers(values) == all(coco_checks.is_number(v) for v in values)
+    assert coco_checks._are_counts(values) == all(coco_checks.is_int(v) and v >= 0 for v in values)
 
 
 @pytest.mark.parametrize(
@@ -192,7 +198,7 @@ def test_parsing_leaves_the_garbage_collector_as_it_found_it(
 
 def test_what_is_built_while_the_collector_is_paused_goes_to_its_oldest_generation_unwalked() -> None:
     gc.collect()
-    with _collector_paused():
+    with collector_paused():
         built = [[index] for index in range(5000)]
     assert gc.isenabled() and gc.get_freeze_count() == 0
     assert any(o is built for o in gc.get_objects(generation=2)), "the first collections after would walk it"
@@ -203,7 +209,7 @@ def test_objects_frozen_before_stay_frozen_and_what_is_built_stays_young() -> No
     gc.freeze()  # as a server does before forking its workers
     try:
         frozen = gc.get_freeze_count()
-        with _collector_paused():
+        with collector_paused():
             built = [[index] for index in range(5000)]
         assert gc.isenabled() and gc.get_freeze_count() == frozen
         assert not any(o is built for o in gc.get_objects(generation=2))

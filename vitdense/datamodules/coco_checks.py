@@ -14,13 +14,32 @@ from typing import Any
 
 from pycocotools import mask as mask_utils
 
+__all__ = [
+    "Extent",
+    "ImageRecord",
+    "InstanceRecord",
+    "check_segmentation",
+    "clipped_xyxy",
+    "far_box",
+    "is_int",
+    "is_number",
+    "is_size",
+    "iscrowd_problem",
+    "leaves_folder",
+    "malformed_box",
+    "segmentation_off_its_box",
+]
 
-def _is_int(v: Any) -> bool:
+
+def is_int(v: Any) -> bool:
+    """Whether ``v`` is a JSON integer (a bool is not)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass
-class _Instance:
+class InstanceRecord:
+    """A checked, non-crowd annotation as the dataset keeps it."""
+
     ann_id: int
     box: tuple[float, float, float, float]  # xyxy, clipped to the image
     label: int
@@ -28,16 +47,19 @@ class _Instance:
 
 
 @dataclass
-class _ImageRecord:
+class ImageRecord:
+    """A checked image record and the instances kept on it."""
+
     image_id: int
     file_name: str
     path: str
     height: int
     width: int
-    instances: list[_Instance] = field(default_factory=list)
+    instances: list[InstanceRecord] = field(default_factory=list)
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """Whether ``v`` is a finite JSON number (a bool is not)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -47,7 +69,7 @@ def _is_number(v: Any) -> bool:
 # isfinite, min, max), with the exact answers of the per-number checks: only lists of plain ints and floats
 # take the fast path.
 def _are_numbers(values: list[Any]) -> bool:
-    """``all(_is_number(v) for v in values)``, without a Python call per value."""
+    """``all(is_number(v) for v in values)``, without a Python call per value."""
     types = list(map(type, values))  # counted below: faster than a set of them
     floats = types.count(float)
     if floats == len(types):
@@ -56,21 +78,21 @@ def _are_numbers(values: list[Any]) -> bool:
         return math.isfinite(sum(values)) or all(map(math.isfinite, values))
     if floats + types.count(int) == len(types):
         return all(map(math.isfinite, values))
-    return all(_is_number(v) for v in values)  # bools, other types, subclasses of int or float
+    return all(is_number(v) for v in values)  # bools, other types, subclasses of int or float
 
 
 def _are_counts(values: list[Any]) -> bool:
-    """``all(_is_int(v) and v >= 0 for v in values)``, without a Python call per value."""
+    """``all(is_int(v) and v >= 0 for v in values)``, without a Python call per value."""
     if set(map(type, values)) <= {int}:
         return not values or min(values) >= 0
-    return all(_is_int(v) and v >= 0 for v in values)
+    return all(is_int(v) and v >= 0 for v in values)
 
 
 # (min x, min y, max x, max y) of a segmentation or box, in pixels.
-_Extent = tuple[float, float, float, float]
+Extent = tuple[float, float, float, float]
 
 
-def _polygon_extent(seg: list[list[float]], empty: float | None = None) -> _Extent:
+def _polygon_extent(seg: list[list[float]], empty: float | None = None) -> Extent:
     """``(min x, min y, max x, max y)`` over the vertices of polygon parts ``[x1, y1, x2, y2, ...]``.
 
     The values themselves (``int`` or ``float``; of equal ones the first), as ``min`` and ``max`` over all of
@@ -86,11 +108,12 @@ def _polygon_extent(seg: list[list[float]], empty: float | None = None) -> _Exte
     return min(xs), min(ys), max(xs), max(ys)
 
 
-def _is_size(v: Any) -> bool:
-    return _is_int(v) and v > 0
+def is_size(v: Any) -> bool:
+    """Whether ``v`` is a positive integer."""
+    return is_int(v) and v > 0
 
 
-def _leaves_folder(file_name: str) -> bool:
+def leaves_folder(file_name: str) -> bool:
     """Whether ``file_name`` names a file outside the folder it is relative to: an absolute path, or one that
     climbs out with ``..``. Read from the name alone: a link inside the folder may point anywhere."""
     norm = os.path.normpath(file_name)
@@ -111,13 +134,13 @@ def _overlap(a1: float, a2: float, b1: float, b2: float) -> float:
     return length if length > 0.0 else 0.0
 
 
-def _clipped_xyxy(bbox: list[float], h: int, w: int) -> _Extent:
+def clipped_xyxy(bbox: list[float], h: int, w: int) -> Extent:
     """A COCO ``[x, y, w, h]`` box as ``(x1, y1, x2, y2)`` clipped to an ``h x w`` image."""
     x, y, bw, bh = bbox
     return _clamp(x, w), _clamp(y, h), _clamp(x + bw, w), _clamp(y + bh, h)
 
 
-def _malformed_box(bbox: Any) -> tuple[str, str] | None:
+def malformed_box(bbox: Any) -> tuple[str, str] | None:
     """``(kind, what is wrong and the fix)`` for a ``bbox`` that is not four numbers, else None."""
     if isinstance(bbox, list) and len(bbox) == 4 and _are_numbers(bbox):
         return None
@@ -148,7 +171,7 @@ def _far_outside(x1: float, y1: float, x2: float, y2: float, h: int, w: int) -> 
     )
 
 
-def _far_box(bbox: list[float], h: int, w: int) -> tuple[str, str] | None:
+def far_box(bbox: list[float], h: int, w: int) -> tuple[str, str] | None:
     """``(kind, what is wrong and the fix)`` for a box (COCO xywh) reaching far outside an ``h x w`` image."""
     x, y, bw, bh = bbox
     far = _far_outside(x, y, x + bw, y + bh, h, w)
@@ -157,23 +180,23 @@ def _far_box(bbox: list[float], h: int, w: int) -> tuple[str, str] | None:
     return "coordinates_far_outside", f"has box {bbox} (xywh), which {far}; fix it or delete the annotation"
 
 
-def _iscrowd_problem(ann: dict[str, Any]) -> tuple[str, str] | None:
+def iscrowd_problem(ann: dict[str, Any]) -> tuple[str, str] | None:
     """``(kind, what is wrong and the fix)`` unless ``iscrowd`` is missing or the integer 0 or 1: a ``"0"``, a
     2 or a ``null`` would be read by truthiness, turning an object into a crowd region or back."""
     value = ann.get("iscrowd", 0)
-    if _is_int(value) and value in (0, 1):
+    if is_int(value) and value in (0, 1):
         return None
     return "malformed_annotation", f"has iscrowd {value!r}, expected 0 or 1; fix the record"
 
 
-def _check_segmentation(seg: Any, h: int, w: int) -> tuple[Any, _Extent | None, tuple[str, str] | None]:
+def check_segmentation(seg: Any, h: int, w: int) -> tuple[Any, Extent | None, tuple[str, str] | None]:
     """``(cleaned segmentation, its polygons' extent, None)``, or ``(None, None, (kind, what is wrong))``.
 
     Polygon parts with fewer than 3 points or an odd number of coordinates are dropped (detectron2 does
     the same; a 4-number part would otherwise be read by pycocotools as a box); an annotation left without
     a polygon is ``degenerate_polygon``. A polygon reaching far outside the image (any part of it, so that
     nothing pycocotools rasterises does) is ``coordinates_far_outside``. The extent is that of the kept parts
-    (see ``_polygon_extent``), for ``_segmentation_off_its_box``; None for an RLE.
+    (see ``_polygon_extent``), for ``segmentation_off_its_box``; None for an RLE.
     """
     if isinstance(seg, list):
         for part in seg:
@@ -199,7 +222,7 @@ def _check_segmentation(seg: Any, h: int, w: int) -> tuple[Any, _Extent | None, 
 def _rle_problem(seg: dict[str, Any], h: int, w: int) -> tuple[str, str] | None:
     """``(kind, what is wrong)`` for an RLE that is not one of an ``h x w`` mask, else None."""
     size, counts = seg.get("size"), seg.get("counts")
-    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+    if not (isinstance(size, list) and len(size) == 2 and all(is_int(v) for v in size)):
         return "malformed_segmentation", f"RLE 'size' is {size!r}, expected [height, width]"
     if list(size) != [h, w]:
         return "rle_size_mismatch", f"RLE size {size} differs from the image size [{h}, {w}]"
@@ -220,12 +243,12 @@ def _rle_problem(seg: dict[str, Any], h: int, w: int) -> tuple[str, str] | None:
     return None
 
 
-def _segmentation_off_its_box(
-    seg: list[list[float]] | dict[str, Any], box: _Extent, h: int, w: int, extent: _Extent | None
+def segmentation_off_its_box(
+    seg: list[list[float]] | dict[str, Any], box: Extent, h: int, w: int, extent: Extent | None
 ) -> str | None:
     """What is wrong when a checked segmentation lies elsewhere than its box (xyxy, clipped to the image).
 
-    Its extent (polygon vertices: ``extent``, as ``_check_segmentation`` returns it; or, where that is None,
+    Its extent (polygon vertices: ``extent``, as ``check_segmentation`` returns it; or, where that is None,
     the RLE's pixels, found here; an empty RLE is not judged), clipped like the box, must touch the box grown
     by 1 px and, for a box of 4 px or more each way (a thinner one is within rasterising error of its mask),
     overlap it with an IoU of at least 0.1.

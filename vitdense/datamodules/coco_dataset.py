@@ -12,9 +12,15 @@ from pycocotools.coco import COCO
 
 from vitdense.datamodules.bad_data import DECODE_ERRORS, Finding, Policy
 from vitdense.datamodules.bad_data import SKIP_HINT as _SKIP_HINT
-from vitdense.datamodules.coco_checks import _Instance
-from vitdense.datamodules.coco_file import _check_box_format, _check_has_segmentations, _check_pixel_units
-from vitdense.datamodules.coco_file import _collector_paused, categories_of, load_coco
+from vitdense.datamodules.coco_checks import InstanceRecord
+from vitdense.datamodules.coco_file import (
+    categories_of,
+    check_box_format,
+    check_has_segmentations,
+    check_pixel_units,
+    collector_paused,
+    load_coco,
+)
 from vitdense.datamodules.coco_records import CocoRecordChecks
 from vitdense.datamodules.images import image_conversions, read_image
 from vitdense.datamodules.instance_masks import InstanceMasks
@@ -24,7 +30,7 @@ from vitdense.datamodules.transforms import EvalTransform, TrainTransform
 __all__ = ["CocoDetection", "decode_masks"]
 
 
-def decode_masks(instances: list[_Instance], h: int, w: int) -> InstanceMasks:
+def decode_masks(instances: list[InstanceRecord], h: int, w: int) -> InstanceMasks:
     """Rasterise instance segmentations (polygons, compressed or uncompressed RLE) over their own boxes.
 
     Returns:
@@ -120,10 +126,10 @@ class CocoDetection(CocoRecordChecks):
         self.masks = masks
         self.keep_empty_images = keep_empty_images
         self.coco = coco if coco is not None else load_coco(annotation_file)
-        _check_pixel_units(self.coco, self.annotation_file)
-        _check_box_format(self.coco, self.annotation_file)
+        check_pixel_units(self.coco, self.annotation_file)
+        check_box_format(self.coco, self.annotation_file)
         if masks or evaluation == "segm":
-            _check_has_segmentations(self.coco, self.annotation_file)
+            check_has_segmentations(self.coco, self.annotation_file)
         file_ids, file_names = categories_of(self.coco, annotation_file, warn=category_ids is None)
         if category_ids is None:
             self.category_ids, self.class_names = file_ids, file_names
@@ -131,7 +137,7 @@ class CocoDetection(CocoRecordChecks):
             names = dict(zip(file_ids, file_names))
             self.category_ids = list(category_ids)
             self.class_names = [names.get(i, str(i)) for i in self.category_ids]
-        with _collector_paused():
+        with collector_paused():
             records = self._build_records()
         self._instance_counts = np.asarray([len(r.instances) for r in records], dtype=np.int64)
         # Packed: DataLoader workers then share the records instead of copying them (see PackedRecords).

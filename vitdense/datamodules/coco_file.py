@@ -20,9 +20,18 @@ from typing import Any
 from pycocotools.coco import COCO
 
 from vitdense.datamodules.bad_data import BadDataError, Finding
-from vitdense.datamodules.coco_checks import _is_int, _is_number, _malformed_box
+from vitdense.datamodules.coco_checks import is_int, is_number, malformed_box
 
-__all__ = ["CocoFile", "categories_of", "load_coco"]
+__all__ = [
+    "INDEX_KEYS",
+    "CocoFile",
+    "categories_of",
+    "check_box_format",
+    "check_has_segmentations",
+    "check_pixel_units",
+    "collector_paused",
+    "load_coco",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +52,7 @@ class CocoFile(COCO):
         self.malformed: list[tuple[str, int, Any]] = []
 
 
-_INDEX_KEYS = {"images": ("id",), "annotations": ("id", "image_id", "category_id")}
+INDEX_KEYS = {"images": ("id",), "annotations": ("id", "image_id", "category_id")}
 
 
 def _object_noting_repeated_keys(
@@ -59,7 +68,7 @@ def _object_noting_repeated_keys(
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector while parsing builds millions of objects, none of them
     garbage: each collection it triggers walks all of them, a third of the time of parsing a COCO
     train2017-sized file. Its previous state is restored after.
@@ -104,7 +113,7 @@ def load_coco(annotation_file: str | Path) -> CocoFile:
 
     repeated: list[tuple[str, dict[str, Any]]] = []
     try:
-        with path.open("rb") as f, _collector_paused():
+        with path.open("rb") as f, collector_paused():
             data = json.load(f, object_pairs_hook=partial(_object_noting_repeated_keys, repeated))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise fail(
@@ -124,27 +133,27 @@ def load_coco(annotation_file: str | Path) -> CocoFile:
     if not isinstance(data.get("categories"), list) or not data["categories"]:
         raise fail("malformed_json", f"{path}: no 'categories' list; add the category records (id, name)")
     for cat in data["categories"]:
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+        if not isinstance(cat, dict) or not is_int(cat.get("id")):
             raise fail("malformed_json", f"{path}: category {cat!r} has no integer 'id'; fix the record")
     data.setdefault("annotations", [])
     if not isinstance(data["annotations"], list):
         raise fail("malformed_json", f"{path}: 'annotations' is not a list; fix the file")
     coco = CocoFile(path)
-    for section, keys in _INDEX_KEYS.items():
+    for section, keys in INDEX_KEYS.items():
         kept = []
         for position, record in enumerate(data[section]):
-            if isinstance(record, dict) and all(_is_int(record.get(k)) for k in keys):
+            if isinstance(record, dict) and all(is_int(record.get(k)) for k in keys):
                 kept.append(record)
             else:
                 coco.malformed.append((section, position, record))
         data[section] = kept
     coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()), _collector_paused():
+    with contextlib.redirect_stdout(io.StringIO()), collector_paused():
         coco.createIndex()
     return coco
 
 
-def _check_pixel_units(coco: COCO, annotation_file: str | Path) -> None:
+def check_pixel_units(coco: COCO, annotation_file: str | Path) -> None:
     """Raise when every box of the file lies within ``[0, 1] x [0, 1]``: its coordinates are normalised
     (as YOLO-style exporters write them), not pixels. Box and segmentation then agree with each other, so no
     single record looks wrong, but every object would be a dot in the top-left pixel.
@@ -155,7 +164,7 @@ def _check_pixel_units(coco: COCO, annotation_file: str | Path) -> None:
     boxes, far = 0, 0.0
     for ann in coco.dataset["annotations"]:
         bbox = ann.get("bbox") if isinstance(ann, dict) else None
-        if _malformed_box(bbox) is None and bbox[2] > 0 and bbox[3] > 0:  # a degenerate box says nothing
+        if malformed_box(bbox) is None and bbox[2] > 0 and bbox[3] > 0:  # a degenerate box says nothing
             boxes += 1
             far = max(far, bbox[0] + bbox[2], bbox[1] + bbox[3])
     if boxes and far <= 1.0:
@@ -175,7 +184,7 @@ def _check_pixel_units(coco: COCO, annotation_file: str | Path) -> None:
 _CORNER_MIN_BOXES, _CORNER_MIN_IMAGES, _CORNER_SHARE = 20, 5, 0.95
 
 
-def _check_box_format(coco: COCO, annotation_file: str | Path) -> None:
+def check_box_format(coco: COCO, annotation_file: str | Path) -> None:
     """Raise when the boxes are corners ``[x1, y1, x2, y2]``, not COCO's ``[x, y, width, height]``: at
     least 20 boxes over at least 5 images, 95% of them fit their images as corners (-1 <= x1 < x2 <= width
     + 1, likewise y) and at least half of the boxes, read as COCO's, run past the image by over 2 px and a
@@ -188,12 +197,12 @@ def _check_box_format(coco: COCO, annotation_file: str | Path) -> None:
     sizes = {
         img["id"]: (img.get("height"), img.get("width"))
         for img in coco.dataset["images"]
-        if _is_number(img.get("height")) and _is_number(img.get("width"))
+        if is_number(img.get("height")) and is_number(img.get("width"))
     }
     boxes, corners, past, images, example = 0, 0, 0, set(), None
     for ann in coco.dataset["annotations"]:
         bbox, size = ann.get("bbox"), sizes.get(ann.get("image_id"))
-        if size is None or _malformed_box(bbox) is not None:
+        if size is None or malformed_box(bbox) is not None:
             continue
         (x, y, a, b), (h, w) = bbox, size
         boxes += 1
@@ -214,7 +223,7 @@ def _check_box_format(coco: COCO, annotation_file: str | Path) -> None:
         raise BadDataError(message, Finding("corner_boxes", message, str(annotation_file), "annotations"))
 
 
-def _check_has_segmentations(coco: COCO, annotation_file: str | Path) -> None:
+def check_has_segmentations(coco: COCO, annotation_file: str | Path) -> None:
     """Raise when masks are wanted but no annotation of the file has a segmentation: a boxes-only file
     would otherwise give one error per annotation.
 
@@ -248,7 +257,7 @@ def categories_of(
     """
     cats = {}
     for cat in coco.dataset["categories"]:
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+        if not isinstance(cat, dict) or not is_int(cat.get("id")):
             raise BadDataError(f"{annotation_file}: category {cat!r} has no integer 'id'; fix the record")
         if cat["id"] in cats:
             message = f"{annotation_file}: category id {cat['id']} appears twice; make ids unique"
