@@ -7,10 +7,19 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 import torch
+from jsonargparse import ArgumentParser
 from pycocotools.coco import COCO
 
-from vitdense.datamodules import ShapesDataModule, boxes_from_masks, write_shapes_coco
+from vitdense.datamodules import (
+    CocoDataModule,
+    SegmentationFolderDataModule,
+    ShapesDataModule,
+    ShapesSegmentationDataModule,
+    boxes_from_masks,
+    write_shapes_coco,
+)
 
 
 def test_same_seed_gives_byte_identical_json(tmp_path: Path) -> None:
@@ -99,3 +108,43 @@ def test_opencv_runs_single_threaded_once_a_loader_forks_workers_and_not_before(
         assert cv2.getNumThreads() == 1 and images.shape == (2, 3, 224, 224)
     finally:
         cv2.setNumThreads(threads)
+
+
+@pytest.mark.parametrize(
+    ("module", "parent", "own_defaults", "fixed"),
+    [
+        (
+            ShapesDataModule,
+            CocoDataModule,
+            {"image_size": 224, "batch_size": 4, "num_workers": 2, "min_scale": 0.5, "max_scale": 1.5},
+            [f"{split}_{kind}" for split in ("train", "val", "test") for kind in ("images", "annotations")],
+        ),
+        (
+            ShapesSegmentationDataModule,
+            SegmentationFolderDataModule,
+            {"crop_size": 224, "scale": (320, 240), "batch_size": 8, "num_workers": 2},
+            [f"{split}_{kind}" for split in ("train", "val", "test") for kind in ("images", "labels")]
+            + ["num_classes", "class_names", "ignore_index"],
+        ),
+    ],
+)
+def test_the_command_line_offers_every_option_of_the_general_datamodule(
+    module: type, parent: type, own_defaults: dict, fixed: list[str]
+) -> None:
+    # As LightningCLI reads the class: the options the Shapes class forwards to its parent are offered with
+    # the parent's defaults, its own with its defaults, and what the generated set fixes (its folders, its
+    # classes) is no option.
+    def defaults(cls: type) -> dict:
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, "data")
+        return vars(parser.get_defaults()["data"])
+
+    offered, general = defaults(module), defaults(parent)
+    assert {"root", "num_train", "num_val", "seed"} <= offered.keys()
+    assert not offered.keys() & set(fixed)
+    assert offered.keys() - {"root", "num_train", "num_val", "seed"} == general.keys() - set(fixed)
+    for name, value in general.items():
+        if name not in fixed and name not in own_defaults:
+            assert offered[name] == value, name
+    assert {name: offered[name] for name in own_defaults} == own_defaults
+    assert "predict_apply_exif" in offered

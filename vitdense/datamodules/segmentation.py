@@ -13,9 +13,7 @@ with the image resized to fit ``scale`` and the label at the original resolution
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from functools import partial
-from typing import Any
 
 from vitdense.datamodules.bad_data import OnBadData, Policy
 from vitdense.datamodules.collate import collate_segmentation
@@ -28,33 +26,8 @@ __all__ = [
     "LabelMapping",
     "SegmentationFolder",
     "SegmentationFolderDataModule",
-    "pipeline_options",
     "read_label",
 ]
-
-PIPELINE_OPTIONS = (
-    "predict_images",
-    "crop_size",
-    "scale",
-    "ratio_range",
-    "cat_max_ratio",
-    "batch_size",
-    "eval_batch_size",
-    "num_workers",
-    "size_divisibility",
-    "on_bad_data",
-    "check_data",
-)
-
-
-def pipeline_options(arguments: Mapping[str, Any]) -> dict[str, Any]:
-    """The pipeline and loading arguments of :class:`SegmentationFolderDataModule` among ``arguments``.
-
-    A DataModule on a fixed folder layout with defaults of its own (the semantic shapes set) declares these in
-    its own signature and hands them on as they are: ``pipeline_options(locals())``. One with this class's
-    defaults (ADE20K) forwards ``**kwargs`` instead.
-    """
-    return {name: arguments[name] for name in PIPELINE_OPTIONS}
 
 
 class SegmentationFolderDataModule(SplitDataModule):

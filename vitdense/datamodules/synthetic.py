@@ -6,10 +6,11 @@ Each writes its set under ``root`` on first use (:mod:`~vitdense.datamodules.sha
 
 from __future__ import annotations
 
+from typing import Any
+
 from vitdense.datamodules.ade20k import ade20k_split_folders
-from vitdense.datamodules.bad_data import OnBadData
 from vitdense.datamodules.coco import CocoDataModule
-from vitdense.datamodules.segmentation import SegmentationFolderDataModule, pipeline_options
+from vitdense.datamodules.segmentation import SegmentationFolderDataModule
 from vitdense.datamodules.shapes import SHAPES_CATEGORIES
 from vitdense.datamodules.shapes_coco import prepared_shapes_coco, write_shapes_coco
 from vitdense.datamodules.shapes_semseg import (
@@ -31,14 +32,19 @@ __all__ = [
 class ShapesDataModule(CocoDataModule):
     """:class:`CocoDataModule` on the synthetic shapes set, written under ``root`` if missing or stale.
 
+    The set's files are the four split arguments; the test split is the validation split.
+
     Args:
         root: data folder (written on first use; reused when its parameters match).
         num_train: training images.
         num_val: validation images.
         seed: generator seed.
+        image_size: training / evaluation side; the images are written at 224 px.
+        batch_size: training batch size.
+        num_workers: DataLoader workers.
         min_scale: defaults to 0.5 rather than COCO's 0.1, which would shrink 30 px shapes to 3 px.
         max_scale: largest jitter factor.
-        Other arguments: as :class:`CocoDataModule`; images are written at 224 px.
+        Other arguments: as :class:`CocoDataModule`, with its defaults.
     """
 
     def __init__(
@@ -47,37 +53,28 @@ class ShapesDataModule(CocoDataModule):
         num_train: int = 200,
         num_val: int = 50,
         seed: int = 0,
-        predict_images: str | None = None,
         image_size: int = 224,
-        size_divisibility: int = 56,
         batch_size: int = 4,
-        eval_batch_size: int | None = None,
         num_workers: int = 2,
-        masks: bool = True,
-        keep_empty_images: bool = True,
         min_scale: float = 0.5,
         max_scale: float = 1.5,
-        on_bad_data: OnBadData = "error",
-        check_data: bool = False,
+        **kwargs: Any,
     ) -> None:
         paths = prepared_shapes_coco(root, num_train=num_train, num_val=num_val, image_size=224, seed=seed)
+        # The split files are the generated set's: named here, they are no arguments of this class.
         super().__init__(
             train_images=str(paths["train_images"]),
             train_annotations=str(paths["train_annotations"]),
             val_images=str(paths["val_images"]),
             val_annotations=str(paths["val_annotations"]),
-            predict_images=predict_images,
+            test_images=None,
+            test_annotations=None,
             image_size=image_size,
-            size_divisibility=size_divisibility,
             batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
             num_workers=num_workers,
-            masks=masks,
-            keep_empty_images=keep_empty_images,
             min_scale=min_scale,
             max_scale=max_scale,
-            on_bad_data=on_bad_data,
-            check_data=check_data,
+            **kwargs,
         )
         self.root = root
 
@@ -99,7 +96,12 @@ class ShapesSegmentationDataModule(SegmentationFolderDataModule):
         num_train: training images.
         num_val: validation images.
         seed: generator seed.
-        Other arguments: as :class:`SegmentationFolderDataModule`.
+        reduce_zero_label: ignore the background (see above).
+        crop_size: training crop side.
+        scale: ``(long, short)`` reference size of the resize.
+        batch_size: training batch size.
+        num_workers: DataLoader workers.
+        Other arguments: as :class:`SegmentationFolderDataModule`, with its defaults.
     """
 
     def __init__(
@@ -108,29 +110,35 @@ class ShapesSegmentationDataModule(SegmentationFolderDataModule):
         num_train: int = 200,
         num_val: int = 40,
         seed: int = 0,
-        predict_images: str | None = None,
         reduce_zero_label: bool = False,
         crop_size: int = 224,
         scale: tuple[int, int] = (320, 240),
-        ratio_range: tuple[float, float] = (0.5, 2.0),
-        cat_max_ratio: float = 0.75,
         batch_size: int = 8,
-        eval_batch_size: int = 1,
         num_workers: int = 2,
-        size_divisibility: int = 14,
-        on_bad_data: OnBadData = "error",
-        check_data: bool = False,
+        **kwargs: Any,
     ) -> None:
         base = prepared_shapes_semseg(
             root, num_train=num_train, num_val=num_val, image_size=(240, 320), seed=seed
         )
         names = SHAPES_SEMSEG_CLASSES[1:] if reduce_zero_label else SHAPES_SEMSEG_CLASSES
+        # The split folders and classes are the generated set's: named here, they are no arguments of this
+        # class.
+        folders = ade20k_split_folders(base)
         super().__init__(
-            **ade20k_split_folders(base),
+            train_images=folders["train_images"],
+            train_labels=folders["train_labels"],
+            val_images=folders["val_images"],
+            val_labels=folders["val_labels"],
             num_classes=len(names),
+            test_images=None,
+            test_labels=None,
             class_names=list(names),
             ignore_index=255,
             reduce_zero_label=reduce_zero_label,
-            **pipeline_options(locals()),
+            crop_size=crop_size,
+            scale=scale,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            **kwargs,
         )
         self.root = root
