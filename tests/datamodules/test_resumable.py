@@ -2,6 +2,7 @@
 
 import hashlib
 import pickle
+import warnings
 
 import lightning
 import pytest
@@ -288,3 +289,18 @@ def test_augmented_training_samples_are_pinned(shapes, tmp_path):
         "coco": ["f7d37720537a816c", "51286162d8385817", "8e4c2593396e2f67", "30815101acefc57f"],
         "semseg": ["7c8ad19fd8e5d07d", "608958f3574dabce", "4a3e15babf07baa2", "91535532fbf1f2e8"],
     }
+
+
+def test_a_run_resumed_mid_epoch_is_not_warned_of_its_data_and_leaves_the_warning_filters_alone(tmp_path):
+    # Lightning warns that a loader without state may not resume mid-epoch; the training loader declares its
+    # (empty) state: its position is the DataModule's. No filter is added to silence the warning instead.
+    saver = ModelCheckpoint(tmp_path / "ckpt", filename="{step}", every_n_train_steps=3, save_top_k=-1)
+    _fit(tmp_path, limit_val_batches=0, callbacks=[saver], max_steps=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        filters = list(warnings.filters)
+        checkpoint = tmp_path / "ckpt" / "step=3.ckpt"
+        trainer, recorder = _fit(tmp_path, checkpoint, limit_val_batches=0, max_steps=6)
+        assert warnings.filters == filters
+    assert not [w for w in caught if "resuming from a checkpoint" in str(w.message)], caught
+    assert recorder.seen[0][0] == 3 and trainer.global_step == 6

@@ -1,7 +1,6 @@
 """DataLoaders and split datasets shared by the kit's DataModules, and evaluation sampling under DDP."""
 
 import logging
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,7 +13,7 @@ from vitdense.compat.lightning import training_position
 from vitdense.datamodules import data_check
 from vitdense.datamodules.bad_data import BadDataError, CheckedDataset, OnBadData, Policy
 from vitdense.datamodules.predict_images import PredictImages
-from vitdense.datamodules.resumable import ResumableSampler, SeededSamples
+from vitdense.datamodules.resumable import ResumableSampler, ResumedDataLoader, SeededSamples
 from vitdense.datamodules.worker_processes import fork_safe_opencv
 
 logger = logging.getLogger(__name__)
@@ -218,9 +217,15 @@ class SplitDataModule(L.LightningDataModule):
             datasets[split.split] = split.dataset
         return datasets
 
-    def _loader(self, dataset: Dataset, sampler: Sampler | None, batch_size: int) -> DataLoader:
+    def _loader(
+        self,
+        dataset: Dataset,
+        sampler: Sampler | None,
+        batch_size: int,
+        loader: type[DataLoader] = DataLoader,
+    ) -> DataLoader:
         fork_safe_opencv(self.num_workers)
-        return DataLoader(
+        return loader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
@@ -259,7 +264,7 @@ class SplitDataModule(L.LightningDataModule):
                 epoch, batches = epoch + 1, 0
             sampler.resume(epoch, batches * self.batch_size)
             self._resume_train_at = None
-        return self._loader(SeededSamples(self.train_dataset), sampler, self.batch_size)
+        return self._loader(SeededSamples(self.train_dataset), sampler, self.batch_size, ResumedDataLoader)
 
     def val_dataloader(self) -> DataLoader:
         return self._evaluation_loader(self.val_dataset, "validate")
@@ -300,9 +305,6 @@ class SplitDataModule(L.LightningDataModule):
         trainer = self.trainer
         if "train_epoch" not in state_dict or (trainer is not None and trainer.state.fn != "fit"):
             return  # e.g. validate --ckpt_path: a later fit of this datamodule starts afresh
-        # Lightning warns that a DataLoader without its own state cannot resume mid-epoch; this DataModule
-        # restores the position itself (train_dataloader).
-        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
         epoch, done = int(state_dict["train_epoch"]), int(state_dict["train_batches_done"])
         saved = (state_dict.get("train_processes"), state_dict.get("train_batch_size"))
         self._resume_train_at = (epoch, done, None in saved)

@@ -10,11 +10,11 @@ killed mid-epoch and resumed from its checkpoint sees the same batches as one th
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vitdense.datamodules.bad_data import CheckedDataset
 
-__all__ = ["ResumableSampler", "SeededIndex", "SeededSamples"]
+__all__ = ["ResumableSampler", "ResumedDataLoader", "SeededIndex", "SeededSamples"]
 
 
 class SeededIndex(int):
@@ -102,3 +102,19 @@ class SeededSamples(Dataset):
         if isinstance(index, SeededIndex):
             return self.dataset.sample(int(index), index.seed)
         return self.dataset[index]
+
+
+class ResumedDataLoader(DataLoader):
+    """The training ``DataLoader``, resumable as Lightning defines it (``state_dict`` / ``load_state_dict``).
+
+    Its position is not its own state: it is the DataModule's (saved in checkpoints beside it, see
+    :meth:`~vitdense.datamodules.loading.SplitDataModule.state_dict`) and is in its :class:`ResumableSampler`
+    when the DataModule makes it. So the state it hands Lightning is empty, and declaring it tells Lightning
+    that a run resumed mid-epoch goes on where it stopped (without it, Lightning warns that it may not).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore here: the DataModule restored the position before the loader was made."""
