@@ -32,7 +32,7 @@ __all__ = [
 class ShapesDataModule(CocoDataModule):
     """:class:`CocoDataModule` on the synthetic shapes set, written under ``root`` if missing or stale.
 
-    The set's files are the four split arguments; the test split is the validation split.
+    The generated files are its training and validation splits (the test split is the validation split).
 
     Args:
         root: data folder (written on first use; reused when its parameters match).
