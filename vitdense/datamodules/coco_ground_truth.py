@@ -12,8 +12,17 @@ from typing import Any, Literal
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from vitdense.datamodules import coco_checks as checks
 from vitdense.datamodules.bad_data import CheckedDataset
+from vitdense.datamodules.coco_checks import (
+    ImageRecord,
+    check_segmentation,
+    clipped_xyxy,
+    far_box,
+    is_number,
+    iscrowd_problem,
+    malformed_box,
+    segmentation_off_its_box,
+)
 
 __all__ = ["CocoGroundTruth"]
 
@@ -33,7 +42,7 @@ class CocoGroundTruth(CheckedDataset):
     category_ids: list[int]
     class_names: list[str]
 
-    def _check_ground_truth(self, ann: dict[str, Any], rec: checks.ImageRecord) -> tuple[str, str] | None:
+    def _check_ground_truth(self, ann: dict[str, Any], rec: ImageRecord) -> tuple[str, str] | None:
         """Make ``ann`` scorable by COCOeval, or return ``(kind, what is wrong and the fix)``.
 
         COCOeval reads every annotation of an evaluated image, crowd regions included: ``bbox``, ``iscrowd``,
@@ -51,20 +60,19 @@ class CocoGroundTruth(CheckedDataset):
         if "iscrowd" not in ann:
             ann["iscrowd"] = 0
             note("iscrowd_missing", "has no 'iscrowd': evaluated as 0 (an object, not a crowd region)")
-        elif (problem := checks.iscrowd_problem(ann)) is not None:
+        elif (problem := iscrowd_problem(ann)) is not None:
             return problem
         bbox = ann.get("bbox")
-        if (problem := checks.malformed_box(bbox)) is not None:
+        if (problem := malformed_box(bbox)) is not None:
             return problem
-        if (problem := checks.far_box(bbox, rec.height, rec.width)) is not None:
+        if (problem := far_box(bbox, rec.height, rec.width)) is not None:
             return problem
-        area_ok = checks.is_number(ann.get("area")) and ann["area"] >= 0
+        area_ok = is_number(ann.get("area")) and ann["area"] >= 0
         rle = None
         if self.evaluation == "segm" or not area_ok:
             if "segmentation" not in ann and self.evaluation == "segm":
                 return "malformed_segmentation", "has no 'segmentation', which mask AP scores; add it"
-            segmentation = ann.get("segmentation")
-            cleaned, extent, problem = checks.check_segmentation(segmentation, rec.height, rec.width)
+            cleaned, extent, problem = check_segmentation(ann.get("segmentation"), rec.height, rec.width)
             if self.evaluation == "segm" and problem is not None and problem[0] != "degenerate_polygon":
                 return problem[0], f"has a bad segmentation: {problem[1]}; fix it or delete the annotation"
             if problem is None or problem[0] == "degenerate_polygon":
@@ -84,9 +92,9 @@ class CocoGroundTruth(CheckedDataset):
                 )
             if self.evaluation == "segm" and not ann["iscrowd"] and cleaned is not None:
                 # Mask AP would score such a mask (e.g. a polygon in 0-1 units) as written: near 0, silently.
-                box = checks.clipped_xyxy(bbox, rec.height, rec.width)
+                box = clipped_xyxy(bbox, rec.height, rec.width)
                 if box[2] > box[0] and box[3] > box[1]:  # else: a box problem, noted by the caller
-                    off = checks.segmentation_off_its_box(cleaned, box, rec.height, rec.width, extent)
+                    off = segmentation_off_its_box(cleaned, box, rec.height, rec.width, extent)
                     if off is not None:
                         return "segmentation_box_mismatch", off
         if not area_ok:

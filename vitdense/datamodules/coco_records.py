@@ -8,9 +8,21 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from vitdense.datamodules import coco_checks as checks
 from vitdense.datamodules.bad_data import MIN_IMAGE_SIDE
 from vitdense.datamodules.bad_data import SKIP_HINT as _SKIP_HINT
+from vitdense.datamodules.coco_checks import (
+    ImageRecord,
+    InstanceRecord,
+    check_segmentation,
+    clipped_xyxy,
+    far_box,
+    is_int,
+    is_size,
+    iscrowd_problem,
+    leaves_folder,
+    malformed_box,
+    segmentation_off_its_box,
+)
 from vitdense.datamodules.coco_file import INDEX_KEYS
 from vitdense.datamodules.coco_ground_truth import CocoGroundTruth
 from vitdense.datamodules.images import pixel_limit
@@ -39,7 +51,7 @@ class CocoRecordChecks(CocoGroundTruth):
         message = f"{self.annotation_file}: {record}{about} {problem}, {_SKIP_HINT}"
         self._bad(kind, message, file=self.annotation_file, record=record)
 
-    def _image_records(self) -> dict[int, checks.ImageRecord]:
+    def _image_records(self) -> dict[int, ImageRecord]:
         for section, position, raw in getattr(self.coco, "malformed", ()):
             name = "image" if section == "images" else "annotation"
             rid = raw.get("id") if isinstance(raw, dict) else None
@@ -49,7 +61,7 @@ class CocoRecordChecks(CocoGroundTruth):
                 wrong = [
                     f"'{k}': {raw[k]!r} ({type(raw[k]).__name__})" if k in raw else f"no '{k}'"
                     for k in keys
-                    if not checks.is_int(raw.get(k))
+                    if not is_int(raw.get(k))
                 ]
                 problem = f"has {', '.join(wrong)}"
             else:
@@ -60,7 +72,7 @@ class CocoRecordChecks(CocoGroundTruth):
             self._bad_record(kind, record, f"{problem}; needs integer {needs}; fix the record")
         images = self.coco.dataset["images"]
         counts = Counter(img["id"] for img in images)
-        records: dict[int, checks.ImageRecord] = {}
+        records: dict[int, ImageRecord] = {}
         for img in images:
             for side in ("height", "width"):  # some tools write 375.0; pycocotools needs ints
                 if isinstance(img.get(side), float) and img[side].is_integer():
@@ -76,12 +88,12 @@ class CocoRecordChecks(CocoGroundTruth):
                 )
                 self._bad_record("duplicate_image_id", record, f"{problem}; give every image a unique id")
                 continue
-            if not (isinstance(name, str) and checks.is_size(h) and checks.is_size(w)):
+            if not (isinstance(name, str) and is_size(h) and is_size(w)):
                 problem = f"{str(img)[:200]} needs a 'file_name' and positive integer 'height'/'width'"
                 self._bad_record("malformed_image_record", record, f"{problem}; fix the record")
                 continue
             path = os.path.join(self.images_root, name)
-            if not self.allow_outside_images and checks.leaves_folder(name):
+            if not self.allow_outside_images and leaves_folder(name):
                 self._bad(
                     "image_outside_folder",
                     f"{path} ({record}, listed in {self.annotation_file}) lies outside the images folder "
@@ -123,13 +135,13 @@ class CocoRecordChecks(CocoGroundTruth):
                     record=record,
                 )
                 continue
-            records[iid] = checks.ImageRecord(iid, name, path, h, w)
+            records[iid] = ImageRecord(iid, name, path, h, w)
         return self._without_shared_files(records)
 
-    def _without_shared_files(self, records: dict[int, checks.ImageRecord]) -> dict[int, checks.ImageRecord]:
+    def _without_shared_files(self, records: dict[int, ImageRecord]) -> dict[int, ImageRecord]:
         """``records`` less those whose file another record names too (all of them: each would be trained on
         and scored as an image of its own, and which one's annotations are right is unknown)."""
-        by_file: dict[str, list[checks.ImageRecord]] = {}
+        by_file: dict[str, list[ImageRecord]] = {}
         for rec in records.values():
             by_file.setdefault(os.path.normpath(rec.path), []).append(rec)
         for shared in (group for group in by_file.values() if len(group) > 1):
@@ -149,11 +161,11 @@ class CocoRecordChecks(CocoGroundTruth):
         return records
 
     def _instance(
-        self, ann: dict[str, Any], rec: checks.ImageRecord, label: int
-    ) -> checks.InstanceRecord | tuple[str, str]:
+        self, ann: dict[str, Any], rec: ImageRecord, label: int
+    ) -> InstanceRecord | tuple[str, str]:
         """The checked instance of a non-crowd annotation, or ``(kind, what is wrong and the fix)``."""
         bbox = ann.get("bbox")
-        if (problem := checks.malformed_box(bbox)) is not None:
+        if (problem := malformed_box(bbox)) is not None:
             return problem
         x, y, bw, bh = bbox
         if bw <= 0 or bh <= 0:
@@ -161,12 +173,12 @@ class CocoRecordChecks(CocoGroundTruth):
                 f"has a zero-area or negative box {bbox} (COCO xywh); fix its width/height or delete "
                 "the annotation"
             )
-        if (problem := checks.far_box(bbox, rec.height, rec.width)) is not None:
+        if (problem := far_box(bbox, rec.height, rec.width)) is not None:
             return problem
         # Clipped to the image, as detectron2 does (COCO itself has boxes ~1 px past the border, from
         # rounding; annotation tools let boxes be dragged past it): dropping the object would teach it as
         # background. Only a box with nothing inside the image is bad.
-        x1, y1, x2, y2 = checks.clipped_xyxy(bbox, rec.height, rec.width)
+        x1, y1, x2, y2 = clipped_xyxy(bbox, rec.height, rec.width)
         if x2 - x1 <= 0 or y2 - y1 <= 0:
             return "box_outside_image", (
                 f"has box {bbox} (xywh) wholly outside the {rec.width}x{rec.height} (w x h) image; fix the "
@@ -184,7 +196,7 @@ class CocoRecordChecks(CocoGroundTruth):
             )
         seg = None
         if self.masks:
-            seg, extent, problem = checks.check_segmentation(ann.get("segmentation"), rec.height, rec.width)
+            seg, extent, problem = check_segmentation(ann.get("segmentation"), rec.height, rec.width)
             if problem is not None:
                 fix = "give polygons [[x1, y1, x2, y2, x3, y3, ...]] or RLE {'size': [h, w], 'counts': ...}"
                 if problem[0] == "coordinates_far_outside":
@@ -192,12 +204,12 @@ class CocoRecordChecks(CocoGroundTruth):
                 return problem[0], f"has a bad segmentation: {problem[1]}; {fix}"
             # Training boxes come from the masks: a segmentation elsewhere than its box would silently move
             # or erase the object (polygons exported in 0-1 units are the usual cause).
-            off = checks.segmentation_off_its_box(seg, (x1, y1, x2, y2), rec.height, rec.width, extent)
+            off = segmentation_off_its_box(seg, (x1, y1, x2, y2), rec.height, rec.width, extent)
             if off is not None:
                 return "segmentation_box_mismatch", off
-        return checks.InstanceRecord(ann["id"], (x1, y1, x2, y2), label, seg)
+        return InstanceRecord(ann["id"], (x1, y1, x2, y2), label, seg)
 
-    def _build_records(self) -> list[checks.ImageRecord]:
+    def _build_records(self) -> list[ImageRecord]:
         records = self._image_records()
         image_ids = {img["id"] for img in self.coco.dataset["images"]}
         label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
@@ -233,7 +245,7 @@ class CocoRecordChecks(CocoGroundTruth):
                 continue
             if iid not in records:
                 continue  # a bad image, already reported
-            if self.evaluation is None and (problem := checks.iscrowd_problem(ann)) is not None:
+            if self.evaluation is None and (problem := iscrowd_problem(ann)) is not None:
                 had_instances.add(iid)  # an object or a crowd region: the image is no negative either way
                 reject(ann, *problem)
                 continue
@@ -292,7 +304,7 @@ class CocoRecordChecks(CocoGroundTruth):
                 kept.append(rec)
         return kept
 
-    def _too_many_objects(self, rec: checks.ImageRecord) -> None:
+    def _too_many_objects(self, rec: ImageRecord) -> None:
         """Report a training image with more objects than ``max_objects_per_image`` (the caller drops it)."""
         cost = "a mask of the whole canvas and " if self.masks else ""
         self._bad_record(
