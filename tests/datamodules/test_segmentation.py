@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from jsonargparse import ArgumentParser
 from PIL import Image
 
 from vitdense.datamodules import (
@@ -362,3 +363,17 @@ def test_workers_draw_different_augmentations(tmp_path: Path) -> None:
     crops = [targets[0]["label"] for _, targets in loader]
     by_worker = torch.stack(crops[0::2]), torch.stack(crops[1::2])
     assert not torch.equal(*by_worker)
+
+
+def test_ade20k_offers_every_option_of_the_folder_datamodule_but_what_ade20k_fixes() -> None:
+    # As LightningCLI reads the class (``**kwargs`` resolved by jsonargparse), with the general defaults.
+    def defaults(cls: type) -> dict:
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, "data")
+        return vars(parser.get_defaults()["data"])
+
+    fixed = [f"{split}_{kind}" for split in ("train", "val", "test") for kind in ("images", "labels")]
+    fixed += ["num_classes", "class_names", "ignore_index", "reduce_zero_label"]
+    offered, general = defaults(ADE20KDataModule), defaults(SegmentationFolderDataModule)
+    assert offered.keys() - {"root"} == general.keys() - set(fixed)
+    assert all(offered[name] == general[name] for name in offered.keys() - {"root"})

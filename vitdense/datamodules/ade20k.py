@@ -110,7 +110,6 @@ class ADE20KDataModule(SegmentationFolderDataModule):
             class_names=ADE20K_CLASSES,
             ignore_index=255,
             reduce_zero_label=True,
-            predict_apply_exif=True,
             **kwargs,
         )
         self.root = root
