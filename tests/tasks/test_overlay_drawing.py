@@ -3,6 +3,7 @@
 import io
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
@@ -122,21 +123,28 @@ def test_captions_set_from_their_name_and_score_have_the_pixels_and_box_of_the_w
     assert again.pieces[0][0] is captions.get("person", "0.87", 13).pieces[0][0]  # the name, rendered once
 
 
-def test_a_caption_whose_parts_are_kerned_against_the_space_is_rendered_whole(monkeypatch):
+@pytest.mark.parametrize(
+    ("kerned_pair", "kerned_caption", "plain_caption"),
+    [("n ", ("person", "0.50"), ("dog", "0.50")), (" 1", ("dog", "1.00"), ("dog", "0.50"))],
+    ids=["name-space", "space-score"],
+)
+def test_a_caption_whose_parts_are_kerned_against_the_space_is_rendered_whole(
+    monkeypatch, kerned_pair, kerned_caption, plain_caption
+):
     default = ImageFont.load_default(size=19)
 
     class KernedFont(type(default)):
-        def getlength(self, text, *args, **kwargs):  # a name kerned against the space after it
-            return super().getlength(text, *args, **kwargs) - (1 if text.endswith("n ") else 0)
+        def getlength(self, text, *args, **kwargs):  # one pair of letters kerned, around the space
+            return super().getlength(text, *args, **kwargs) - (1 if kerned_pair in text else 0)
 
     kerned = KernedFont(io.BytesIO(default.font_bytes), 19, layout_engine=default.layout_engine)
     monkeypatch.setattr(overlay_drawing, "_caption_font", lambda text_size: kerned)
     captions = RenderedCaptions()
-    assert len(captions.get("person", "0.50", 19).pieces) == 1  # whole: its parts would not join as drawn
-    assert np.array_equal(
-        _drawn_whole("person 0.50", 19, captions.get("person", "0.50", 19)), _drawn_whole("person 0.50", 19)
-    )
-    assert len(captions.get("dog", "0.50", 19).pieces) == 2
+    text = captions.get(*kerned_caption, 19)
+    assert len(text.pieces) == 1  # whole: its parts would not join as drawn
+    caption = " ".join(kerned_caption)
+    assert np.array_equal(_drawn_whole(caption, 19, text), _drawn_whole(caption, 19))
+    assert len(captions.get(*plain_caption, 19).pieces) == 2
 
 
 def test_rendered_captions_keep_the_parts_used_last_within_their_bytes():

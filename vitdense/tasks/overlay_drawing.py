@@ -59,7 +59,10 @@ class _Part(NamedTuple):
     coverage: Image.Image
     box: tuple[int, int, int, int]
     advance: float
-    joins_plainly: bool  # no kerning with the space that joins it to the caption's other part
+    # Whether the text (less a space it ends with) is laid out as its advance plus a space's when a space
+    # follows it / precedes it: no kerning with the space that joins it to the caption's other part.
+    joins_space_after: bool
+    joins_space_before: bool
 
 
 @functools.lru_cache(maxsize=16)
@@ -82,7 +85,7 @@ class RenderedCaptions:
 
     def __init__(self, max_bytes: int = 32 * 2**20) -> None:
         self.max_bytes = max_bytes
-        self._parts: OrderedDict[tuple[str, int, str], _Part] = OrderedDict()
+        self._parts: OrderedDict[tuple[str, int], _Part] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -93,10 +96,11 @@ class RenderedCaptions:
 
     def get(self, name: str, score: str, text_size: int) -> CaptionText:
         """The text of the caption ``f"{name} {score}"`` at ``text_size``."""
-        head, tail = self._part(f"{name} ", text_size, "after"), self._part(score, text_size, "before")
+        head, tail = self._part(f"{name} ", text_size), self._part(score, text_size)
         one_line = "\n" not in name  # a name over several lines puts the score on its last line
-        if not (one_line and head.advance.is_integer() and head.joins_plainly and tail.joins_plainly):
-            whole = self._part(f"{name} {score}", text_size, "")
+        joined_plainly = head.joins_space_after and tail.joins_space_before
+        if not (one_line and head.advance.is_integer() and joined_plainly):
+            whole = self._part(f"{name} {score}", text_size)
             return CaptionText(((whole.coverage, whole.box[:2]),), whole.box)
         shift = int(head.advance)
         (left, top, right, bottom), (tail_left, tail_top, tail_right, tail_bottom) = head.box, tail.box
@@ -110,15 +114,14 @@ class RenderedCaptions:
             ),
         )
 
-    def _part(self, text: str, text_size: int, space: str) -> _Part:
-        """``text`` rendered, and whether it joins a space placed ``space`` it ("after" or "before") without
-        kerning."""
-        key = (text, text_size, space)
+    def _part(self, text: str, text_size: int) -> _Part:
+        """``text`` rendered at ``text_size``, from the cache when it is there."""
+        key = (text, text_size)
         with self._lock:
             if key in self._parts:
                 self._parts.move_to_end(key)
                 return self._parts[key]
-        part = _rendered_part(text, text_size, space)
+        part = _rendered_part(text, text_size)
         with self._lock:
             if key not in self._parts:
                 self._parts[key] = part
@@ -129,20 +132,21 @@ class RenderedCaptions:
         return part
 
 
-def _rendered_part(text: str, text_size: int, space: str) -> _Part:
+def _rendered_part(text: str, text_size: int) -> _Part:
     font = _caption_font(text_size)
     measure = ImageDraw.Draw(Image.new("L", (1, 1)))
     left, top, right, bottom = (int(v) for v in measure.textbbox((0, 0), text, font=font))
     coverage = Image.new("L", (max(1, right - left), max(1, bottom - top)))
     ImageDraw.Draw(coverage).text((-left, -top), text, fill=255, font=font)
-    advance = font.getlength(text)
-    if space == "after":
-        joins_plainly = advance == font.getlength(text[:-1]) + font.getlength(" ")
-    elif space == "before":
-        joins_plainly = font.getlength(f" {text}") == font.getlength(" ") + advance
-    else:
-        joins_plainly = True
-    return _Part(coverage, (left, top, right, bottom), advance, joins_plainly)
+    word, space = text.removesuffix(" "), font.getlength(" ")
+    word_advance = font.getlength(word)
+    return _Part(
+        coverage,
+        (left, top, right, bottom),
+        font.getlength(text),
+        font.getlength(f"{word} ") == word_advance + space,
+        font.getlength(f" {word}") == space + word_advance,
+    )
 
 
 def draw_detections(
