@@ -196,22 +196,31 @@ def test_label_maps_are_saved_in_the_background_and_a_full_disk_still_stops_the_
     module.write_prediction = lambda files, output: files.write_label_map(module, output)
     module.finish_predictions = lambda files, records, written: files.write_classes_json(module, written)
     labels = torch.tensor([[0, 299], [7, 7]])
-    for out, full in ((tmp_path / "out", False), (tmp_path / "full", True)):
+
+    def started(out):
         writer = PredictionWriter(str(out), overlays=False)
         writer.setup(trainer, module, "predict")
         writer.on_predict_epoch_start(trainer, module)
-        if full:
-            fill_disk_after(monkeypatch, 10)
-        for index, name in enumerate(["a.jpg"] if full else ["a.jpg", "b.jpg"]):  # full: raised at the end
+        return writer
+
+    def write(writer, names):
+        for index, name in enumerate(names):
             output = {"label": labels, "file_name": name, "image_id": index}
             writer.write_on_batch_end(trainer, module, [output], [index], None, index, 0)
-        if not full:
-            writer.on_predict_epoch_end(trainer, module)
-            saved = np.asarray(Image.open(out / "labels" / "a.png"))
-            assert saved.dtype == np.uint16 and saved.tolist() == [[0, 299], [7, 7]]  # 16-bit above 256
-            assert sorted(p.name for p in (out / "labels").iterdir()) == ["a.png", "b.png"]
-            continue
-        with pytest.raises(OutputWriteError, match=r"cannot write a.png into .*labels: its disk is full"):
-            writer.on_predict_epoch_end(trainer, module)
-        writer.on_exception(trainer, module, OSError())
-        assert not list((out / "labels").glob("*.png")) and not (out / "classes.json").exists()
+
+    out = tmp_path / "out"
+    writer = started(out)
+    write(writer, ["a.jpg", "b.jpg"])
+    writer.on_predict_epoch_end(trainer, module)
+    saved = np.asarray(Image.open(out / "labels" / "a.png"))
+    assert saved.dtype == np.uint16 and saved.tolist() == [[0, 299], [7, 7]]  # 16-bit above 256 classes
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["a.png", "b.png"]
+
+    full = tmp_path / "full"
+    writer = started(full)
+    fill_disk_after(monkeypatch, 10)
+    write(writer, ["a.jpg"])
+    with pytest.raises(OutputWriteError, match=r"cannot write a.png into .*labels: its disk is full"):
+        writer.on_predict_epoch_end(trainer, module)  # the background save's failure, raised at the end
+    writer.on_exception(trainer, module, OSError())
+    assert not list((full / "labels").glob("*.png")) and not (full / "classes.json").exists()
